@@ -1,0 +1,5 @@
+"""Fast Walsh–Hadamard transforms (the rotation QuaRot applies before 4-bit quantization)."""
+from symkernels.hadamard.ops import hadamard_transform
+from symkernels.hadamard.reference import hadamard_matrix
+
+__all__ = ["hadamard_transform", "hadamard_matrix"]

@@ -1,0 +1,128 @@
+"""Public Hadamard ops: argument checks, backend choice, fake and autograd registrations."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from symkernels import _backend
+from symkernels.hadamard import reference
+
+OP_NAME = "hadamard_transform"
+IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_SIZE = 1 << reference.MAX_LOG2_SIZE
+
+
+def _check_args(x: torch.Tensor, scale: float) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{OP_NAME}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{OP_NAME}: x must have a floating dtype in {SUPPORTED_DTYPES}, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{OP_NAME}: x must have at least one dimension (the transformed one), got a scalar")
+    n = x.shape[-1]
+    if n < 2 or n > MAX_SIZE or n & (n - 1):
+        lower = 1 << max(1, min(reference.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2
+        upper = min(MAX_SIZE, max(2, lower * 2 if lower < n else lower))
+        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, got {n} "
+                         f"(nearest supported sizes: {sorted({lower, upper})})")
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{OP_NAME}: scale must be a finite Python number, got {scale!r}")
+
+
+def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, backend: str | None = None) -> torch.Tensor:
+    """Fast Walsh–Hadamard transform along the last dimension.
+
+    Args:
+        x: ``[..., n]`` with n = 2^k, 1 ≤ k ≤ 15; float16, bfloat16, float32 or float64. Any strides.
+        scale: multiplies the result; ``1/sqrt(n)`` makes the transform orthonormal and self-inverse.
+        backend: ``None`` (fastest available for x's device), ``"reference"``, ``"cpu"``, ``"cuda"``
+            or ``"triton"``.
+
+    Returns:
+        ``[..., n]``, same dtype, contiguous; equal to ``x @ H_n.T * scale`` with the Sylvester-ordered
+        Hadamard matrix H_n (``symkernels.hadamard.reference.hadamard_matrix``), computed in fp32
+        (fp64 for fp64 inputs) and rounded once. Differentiable to any order (backward is the same
+        transform of the gradient, since H_n is symmetric), also in forward mode.
+    """
+    _check_args(x, scale)
+    impl = _backend.resolve(OP_NAME, x.device, backend, IMPLEMENTED)
+    if impl == "reference":
+        return reference.hadamard_transform(x, scale)
+    return _HadamardFunction.apply(x, float(scale), impl)
+
+
+def _raw_transform(x: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
+    """One kernel call, no autograd recording."""
+    if impl == "triton":
+        from symkernels.hadamard import triton as triton_impl  # imported late: triton is optional
+
+        return triton_impl.hadamard_transform(x, scale)
+    return torch.ops.symkernels.hadamard_transform(x, scale)
+
+
+class _HadamardFunction(torch.autograd.Function):
+    """Autograd for the kernel backends, in both modes.
+
+    The transform is linear and symmetric, so the gradient (reverse mode) and the tangent (forward mode)
+    are both the same transform applied to the incoming gradient / tangent. ``backward`` calls ``apply``
+    again, so double (and higher) backward is recorded as well. This wrapper exists because a bare
+    ``torch.library`` op has no forward-mode formula; the dispatcher op below carries its own
+    ``register_autograd`` for users calling ``torch.ops.symkernels.hadamard_transform`` directly.
+    """
+
+    @staticmethod
+    def forward(x, scale, impl):
+        return _raw_transform(x, scale, impl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.scale, ctx.impl = inputs
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _HadamardFunction.apply(grad, ctx.scale, ctx.impl), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, _scale_tangent, _impl_tangent):
+        return _HadamardFunction.apply(x_tangent, ctx.scale, ctx.impl)
+
+    @staticmethod
+    def vmap(info, in_dims, x, scale, impl):
+        # The op maps over every leading dim, so a vmapped batch dim only has to stay off the last dim.
+        x_bdim = in_dims[0]
+        if x_bdim is not None:
+            x = x.movedim(x_bdim, 0)
+        return _HadamardFunction.apply(x, scale, impl), 0 if x_bdim is not None else None
+
+
+def _register_dispatcher_op() -> None:
+    if not _backend.has_dispatcher_op(OP_NAME):
+        return
+    qualname = f"symkernels::{OP_NAME}"
+
+    # Needed so torch.compile / export can trace the op without running a kernel.
+    @torch.library.register_fake(qualname)
+    def _fake(x, scale):
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+    def _setup_context(ctx, inputs, output):
+        ctx.scale = inputs[1]
+
+    # Backward calls the op itself, so double backward is the op again.
+    def _backward(ctx, grad):
+        return torch.ops.symkernels.hadamard_transform(grad, ctx.scale), None
+
+    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+
+    # Without a CUDA C++ build, CUDA tensors still go through the dispatcher op, to the Triton kernel.
+    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
+        @torch.library.register_kernel(qualname, "cuda")
+        def _cuda_via_triton(x, scale):
+            from symkernels.hadamard import triton as triton_impl
+
+            return triton_impl.hadamard_transform(x, scale)
+
+
+_register_dispatcher_op()
