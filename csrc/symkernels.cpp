@@ -1,0 +1,52 @@
+// Every op schema of symkernels, declared once. Kernels register per dispatch key in
+// csrc/<pillar>/<op>_cpu.cpp (CPU) and <op>_cuda.cpp (CUDA); autograd and fake (meta) kernels are
+// registered from Python (symkernels/<pillar>/ops.py), next to the public functions.
+//
+// The pybind11 module carries only non-tensor helpers (build info): tensor ops go through the
+// dispatcher so that torch.compile, opcheck and export see them.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "common/simd.h"
+
+#ifndef SYMKERNELS_CUDA_ARCHES
+#define SYMKERNELS_CUDA_ARCHES ""
+#endif
+
+TORCH_LIBRARY(symkernels, m) {
+  // Hadamard (csrc/hadamard): y = x @ H_n.T * scale along the last dim, n = 2^k.
+  m.def("hadamard_transform(Tensor x, float scale) -> Tensor");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "symkernels native build: op registrations (loaded for their side effect) and build info";
+  m.def("build_info", []() {
+    py::dict info;
+#ifdef SYMKERNELS_WITH_CUDA
+    info["cuda"] = true;
+    info["cuda_arches"] = SYMKERNELS_CUDA_ARCHES;
+#else
+    info["cuda"] = false;
+    info["cuda_arches"] = "";
+#endif
+    info["simd"] = symkernels::simd::runtime_simd_level();
+#if defined(__x86_64__) && !defined(SYMKERNELS_NO_SIMD_CLONES)
+    info["simd_compiled"] = py::make_tuple("avx512", "avx2", "sse2");
+#else
+    info["simd_compiled"] = py::make_tuple("scalar");
+#endif
+#ifdef _OPENMP
+    info["openmp"] = true;
+#else
+    info["openmp"] = false;
+#endif
+#ifdef SYMKERNELS_SANITIZE
+    info["sanitizers"] = SYMKERNELS_SANITIZE;
+#endif
+    info["compiler"] = __VERSION__;
+    info["torch_compiled"] = SYMKERNELS_TORCH_VERSION;
+    return info;
+  });
+}

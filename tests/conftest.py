@@ -1,0 +1,69 @@
+"""Backend/device parametrization shared by every pillar's tests.
+
+Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when its module is imported, so the
+variable is set here, before any test module imports symkernels' Triton code. Without a CUDA device the
+Triton kernels then run in the NumPy interpreter on CPU tensors (slow: keep their shapes tiny).
+"""
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("triton was imported before tests/conftest.py could set TRITON_INTERPRET=1")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import symkernels  # noqa: E402
+from symkernels import _backend  # noqa: E402
+
+# CI profile: few, fast examples; `pytest --hypothesis-profile=deep` explores further.
+settings.register_profile("ci", max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def backend_device(backend: str) -> torch.device:
+    """Where a backend's tensors live in tests: CUDA for 'cuda' (and for Triton when a GPU exists)."""
+    if backend == "cuda" or (backend == "triton" and HAS_CUDA):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def require_backend(backend: str) -> torch.device:
+    """Skip (with the registry's reason) when the backend is unavailable here; return its test device."""
+    status = _backend.backend_status(backend)
+    if not status.available:
+        pytest.skip(f"backend {backend!r} unavailable: {status.reason}")
+    return backend_device(backend)
+
+
+@pytest.fixture(params=symkernels.BACKENDS)
+def backend(request) -> str:
+    """Every backend; unavailable ones skip with their reason (reference always runs)."""
+    require_backend(request.param)
+    return request.param
+
+
+@pytest.fixture
+def device(backend) -> torch.device:
+    return backend_device(backend)
+
+
+@pytest.fixture(params=[b for b in symkernels.BACKENDS if b != "reference"])
+def kernel_backend(request) -> str:
+    """Every non-reference backend (the ones compared against the reference)."""
+    require_backend(request.param)
+    return request.param
+
+
+def pytest_report_header(config):
+    lines = [f"symkernels build: {_backend.build_info()}"]
+    for name, status in _backend.backends().items():
+        lines.append(f"  backend {name:9s} {'available' if status.available else 'UNAVAILABLE'}: {status.reason}")
+    return lines
