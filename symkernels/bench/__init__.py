@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m symkernels.bench``; the harness is ``symkernels.bench.harness``."""
