@@ -63,6 +63,11 @@ def native_has_cuda() -> bool:
     return _C is not None and bool(_C.build_info()["cuda"])
 
 
+@torch.compiler.assume_constant_result
+def backend_available(name: str) -> bool:
+    return backend_status(name).available
+
+
 def backend_status(name: str) -> BackendStatus:
     if name == "reference":
         return BackendStatus(name, True, "pure PyTorch, always available")
@@ -116,6 +121,9 @@ def has_dispatcher_op(op_name: str) -> bool:
     return hasattr(torch.ops.symkernels, op_name)
 
 
+# Registrations are fixed once the pillars are imported, so Dynamo may evaluate these probes once at
+# trace time and bake in the answer (otherwise they would break the graph under fullgraph=True).
+@torch.compiler.assume_constant_result
 def dispatcher_has_kernel(op_name: str, device: torch.device) -> bool:
     """True when the dispatcher op has a kernel for this device type (CPU or CUDA key)."""
     if not has_dispatcher_op(op_name):
@@ -136,16 +144,15 @@ def resolve(op_name: str, device: torch.device, backend: str | None, implemented
     if backend is None:
         if dispatcher_has_kernel(op_name, device):
             return "dispatcher"
-        if device.type == "cuda" and "triton" in implemented and backend_status("triton"):
+        if device.type == "cuda" and "triton" in implemented and backend_available("triton"):
             return "triton"
         return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend not in implemented:
         raise NotImplementedError(f"{op_name}: backend={backend!r} is not implemented; this op has {implemented}")
-    status = backend_status(backend)
-    if not status:
-        raise RuntimeError(f"{op_name}: backend={backend!r} is unavailable: {status.reason}")
+    if not backend_available(backend):
+        raise RuntimeError(f"{op_name}: backend={backend!r} is unavailable: {backend_status(backend).reason}")
     if backend == "reference":
         return "reference"
     if backend == "triton":

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from symkernels import _backend
+from symkernels import _autograd, _backend
 from symkernels.hadamard import reference
 
 OP_NAME = "hadamard_transform"
@@ -110,11 +110,23 @@ def _register_dispatcher_op() -> None:
     def _setup_context(ctx, inputs, output):
         ctx.scale = inputs[1]
 
-    # Backward calls the op itself, so double backward is the op again.
+    # The transform is linear and symmetric: gradient and tangent are the op applied to them, so the
+    # op is its own backward and jvp, to every order.
     def _backward(ctx, grad):
         return torch.ops.symkernels.hadamard_transform(grad, ctx.scale), None
 
-    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+    def _jvp(ctx, x_tangent, _scale_tangent):
+        return torch.ops.symkernels.hadamard_transform(x_tangent, ctx.scale)
+
+    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+
+    # The op maps over all leading dims, so a vmapped dim only has to be moved off the last one.
+    @torch.library.register_vmap(qualname)
+    def _vmap(info, in_dims, x, scale):
+        x_bdim = in_dims[0]
+        if x_bdim is None:
+            return torch.ops.symkernels.hadamard_transform(x, scale), None
+        return torch.ops.symkernels.hadamard_transform(x.movedim(x_bdim, 0), scale), 0
 
     # Without a CUDA C++ build, CUDA tensors still go through the dispatcher op, to the Triton kernel.
     if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
