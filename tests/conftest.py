@@ -20,9 +20,11 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 import symkernels  # noqa: E402
 from symkernels import _backend  # noqa: E402
 
-# CI profile: few, fast examples; `pytest --hypothesis-profile=deep` explores further.
-settings.register_profile("ci", max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI profile: few, fast examples; HYPOTHESIS_PROFILE=deep explores further. The backend fixtures are
+# plain strings (no state to reset between examples), so function-scoped fixtures are safe with @given.
+_HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=20, deadline=None, suppress_health_check=_HEALTH)
+settings.register_profile("deep", max_examples=500, deadline=None, suppress_health_check=_HEALTH)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
