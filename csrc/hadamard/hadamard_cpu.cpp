@@ -7,6 +7,7 @@
 //   3. strides ≥ B run over the whole row (≤ 128 KiB fp32, L2-resident).
 // Stages 2 and 3 go two at a time (radix 4), halving the loads and stores per stage.
 // fp16/bf16 rows are widened into an fp32 scratch row and rounded once at the end.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,11 +16,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/simd.h"
-#include "hadamard/hadamard.h"
+#include "hadamard/hadamard_args.h"
 
 namespace symkernels::hadamard {
 namespace {
@@ -122,16 +123,8 @@ SYMKERNELS_INLINE void transform_row(const T* in, T* x, int64_t n, T scale) {
   vector_stages(x, n, block, n);
 }
 
-// Entry points compiled once per ISA (see common/simd.h). Each transforms `rows` consecutive rows.
-SYMKERNELS_SIMD_CLONES void rows_f32(const float* in, float* out, int64_t rows, int64_t n, float scale) {
-  for (int64_t r = 0; r < rows; ++r) transform_row(in + r * n, out + r * n, n, scale);
-}
-
-SYMKERNELS_SIMD_CLONES void rows_f64(const double* in, double* out, int64_t rows, int64_t n, double scale) {
-  for (int64_t r = 0; r < rows; ++r) transform_row(in + r * n, out + r * n, n, scale);
-}
-
-// Half types: widen to fp32 scratch, transform, round once.
+// Entry points compiled once per ISA (see common/simd.h), one overload per dtype; each transforms
+// `rows` consecutive rows. Half types are widened into an fp32 scratch row and rounded once.
 template <typename Half>
 SYMKERNELS_INLINE void rows_half(const Half* in, Half* out, int64_t rows, int64_t n, float scale, float* scratch) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -143,67 +136,38 @@ SYMKERNELS_INLINE void rows_half(const Half* in, Half* out, int64_t rows, int64_
   }
 }
 
-SYMKERNELS_SIMD_CLONES void rows_f16(const c10::Half* in, c10::Half* out, int64_t rows, int64_t n, float scale,
-                                     float* scratch) {
-  rows_half(in, out, rows, n, scale, scratch);
+SYMKERNELS_SIMD_CLONES void transform_rows(const float* in, float* out, int64_t rows, int64_t n, double scale, float*) {
+  for (int64_t r = 0; r < rows; ++r) transform_row(in + r * n, out + r * n, n, static_cast<float>(scale));
 }
-
-SYMKERNELS_SIMD_CLONES void rows_bf16(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int64_t n,
-                                      float scale, float* scratch) {
-  rows_half(in, out, rows, n, scale, scratch);
+SYMKERNELS_SIMD_CLONES void transform_rows(const double* in, double* out, int64_t rows, int64_t n, double scale,
+                                           float*) {
+  for (int64_t r = 0; r < rows; ++r) transform_row(in + r * n, out + r * n, n, scale);
+}
+SYMKERNELS_SIMD_CLONES void transform_rows(const c10::Half* in, c10::Half* out, int64_t rows, int64_t n,
+                                           double scale, float* scratch) {
+  rows_half(in, out, rows, n, static_cast<float>(scale), scratch);
+}
+SYMKERNELS_SIMD_CLONES void transform_rows(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int64_t n,
+                                           double scale, float* scratch) {
+  rows_half(in, out, rows, n, static_cast<float>(scale), scratch);
 }
 
 at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
-  constexpr const char* op = "hadamard_transform";
-  check_floating(x, op, "x");
-  check_min_dim(x, 1, op, "x");
-  const int64_t n = x.size(-1);
-  TORCH_CHECK_VALUE(is_power_of_two(n) && n >= (int64_t{1} << kMinLog2Size) && n <= (int64_t{1} << kMaxLog2Size),
-                    op, ": x.shape[-1] must be a power of two between 2 and 32768, got ", n);
+  const int64_t n = check_hadamard_args(x);
   const at::Tensor input = x.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t rows = input.numel() / n;
   if (rows == 0) return out;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / n);
-
-  switch (x.scalar_type()) {
-    case at::kFloat: {
-      const float* src = input.const_data_ptr<float>();
-      float* dst = out.mutable_data_ptr<float>();
-      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        rows_f32(src + begin * n, dst + begin * n, end - begin, n, static_cast<float>(scale));
-      });
-      break;
-    }
-    case at::kDouble: {
-      const double* src = input.const_data_ptr<double>();
-      double* dst = out.mutable_data_ptr<double>();
-      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        rows_f64(src + begin * n, dst + begin * n, end - begin, n, scale);
-      });
-      break;
-    }
-    case at::kHalf: {
-      const c10::Half* src = input.const_data_ptr<c10::Half>();
-      c10::Half* dst = out.mutable_data_ptr<c10::Half>();
-      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        std::vector<float> scratch(n);
-        rows_f16(src + begin * n, dst + begin * n, end - begin, n, static_cast<float>(scale), scratch.data());
-      });
-      break;
-    }
-    case at::kBFloat16: {
-      const c10::BFloat16* src = input.const_data_ptr<c10::BFloat16>();
-      c10::BFloat16* dst = out.mutable_data_ptr<c10::BFloat16>();
-      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-        std::vector<float> scratch(n);
-        rows_bf16(src + begin * n, dst + begin * n, end - begin, n, static_cast<float>(scale), scratch.data());
-      });
-      break;
-    }
-    default:
-      TORCH_CHECK_TYPE(false, op, ": unsupported dtype ", x.scalar_type());
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hadamard_transform_cpu", [&] {
+    const scalar_t* src = input.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      // fp32 scratch row for the half types (unused for fp32/fp64, which transform in place in `out`).
+      std::vector<float> scratch(std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double> ? 0 : n);
+      transform_rows(src + begin * n, dst + begin * n, end - begin, n, scale, scratch.data());
+    });
+  });
   return out;
 }
 

@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common/checks.h"
+#include "hadamard/hadamard_args.h"
 #include "hadamard/hadamard_cuda.h"
 
 namespace symkernels::hadamard {
@@ -25,11 +25,7 @@ DType to_dtype(at::ScalarType s) {
 
 at::Tensor hadamard_transform_cuda(const at::Tensor& x, double scale) {
   constexpr const char* op = "hadamard_transform";
-  check_floating(x, op, "x");
-  check_min_dim(x, 1, op, "x");
-  const int64_t n = x.size(-1);
-  TORCH_CHECK_VALUE(is_power_of_two(n) && n >= (int64_t{1} << kMinLog2Size) && n <= (int64_t{1} << kMaxLog2Size),
-                    op, ": x.shape[-1] must be a power of two between 2 and 32768, got ", n);
+  const int64_t n = check_hadamard_args(x);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor input = x.contiguous();
   // The kernel moves 16-byte vectors; a contiguous view with an odd storage offset is copied first.
