@@ -146,6 +146,13 @@ def real_from_complex(l: int) -> np.ndarray:
 def _gaunt_block(l1: int, l2: int, l3: int) -> np.ndarray:
     """Real 'integral' Gaunt block [2l1+1, 2l2+1, 2l3+1], float64, read-only (cached)."""
     shape = (2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1)
+    order = sorted(range(3), key=lambda i: (l1, l2, l3)[i])
+    if order != [0, 1, 2]:
+        # G is symmetric under permuting the (degree, index) pairs: compute the sorted triple once.
+        canonical = _gaunt_block(*[(l1, l2, l3)[i] for i in order])
+        block = np.ascontiguousarray(canonical.transpose(np.argsort(order)))
+        block.setflags(write=False)
+        return block
     if (l1 + l2 + l3) % 2 or l3 > l1 + l2 or l3 < abs(l1 - l2):
         block = np.zeros(shape)
     else:
