@@ -92,13 +92,25 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
     """
     l1, l2, lmax_out = _check_args(x1, x2, lmax_out, normalization)
     device = _backend.common_device(OP_NAME, x1=x1, x2=x2)
-    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    impl = _resolve(device, backend)
     if impl == "reference":
         return reference.gaunt_tensor_product(x1, x2, lmax_out, normalization)
-    if x1.dtype in _HALF:  # kernels compute in float32; round once at the end
-        out = _GauntFunction.apply(x1.float(), x2.float(), lmax_out, normalization, impl)
-        return out.to(x1.dtype)
-    return _GauntFunction.apply(x1, x2, lmax_out, normalization, impl)
+    half = x1.dtype in _HALF  # kernels compute in float32; round once at the end
+    a, b = (x1.float(), x2.float()) if half else (x1, x2)
+    if impl == "dispatcher" and torch.compiler.is_compiling():
+        # Dynamo cannot trace an autograd.Function with a custom jvp; the dispatcher op carries its own
+        # register_autograd (backward = the op again), so compiled graphs keep every reverse-mode order.
+        out = _raw_product(a, b, lmax_out, normalization, impl)
+    else:
+        out = _GauntFunction.apply(a, b, lmax_out, normalization, impl)
+    return out.to(x1.dtype) if half else out
+
+
+# The choice depends only on (device, backend) and the build; it queries the dispatcher, which Dynamo
+# cannot trace, so under torch.compile it is evaluated once at trace time as a constant.
+@torch.compiler.assume_constant_result
+def _resolve(device: torch.device, backend: str | None) -> str:
+    return _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
 
 
 # ---------------------------------------------------------------------------------------------
