@@ -9,7 +9,8 @@ Conventions (the same as e3nn ≥ 0.5, see ``/work/shared/design/gaunt.md``):
 * The real basis used here is the textbook one,
   Y_lm = √2 N_l^|m| P̄_l^|m|(cos θ)·{cos(mφ) for m > 0, sin(|m|φ) for m < 0}, Y_l0 = N_l^0 P̄_l^0(cos θ),
   with P̄ the associated Legendre function *without* the Condon–Shortley phase. e3nn's basis is this
-  one evaluated at a rotated point (real SH at (y, z, x)); a common rotation of all three factors
+  one evaluated at a rotated point (e3nn Y(x,y,z) = textbook Y(z,x,y), a cyclic permutation, i.e. a
+  rotation; tested in tests/gaunt/test_modules.py); a common rotation of all three factors
   leaves ∫ Y Y Y unchanged, so the Gaunt tensor below *is* the Gaunt tensor of e3nn's basis — tested
   against ``sympy.physics.wigner.real_gaunt`` (same basis, same order) and c·``e3nn.o3.wigner_3j``.
 
