@@ -14,7 +14,6 @@
 // row's inputs makes that whole output row NaN (the product function is undefined everywhere). We
 // reproduce that with a per-lane "poison" 0*x summed over the row's inputs (NaN iff any non-finite)
 // added to every output.
-#include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -23,9 +22,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/simd.h"
-#include "gaunt/gaunt.h"
+#include "gaunt/gaunt_args.h"
 
 namespace symkernels::gaunt {
 namespace {
@@ -107,14 +105,6 @@ SYMKERNELS_SIMD_CLONES void rows_f64(const double* x1, const double* x2, double*
   rows_impl(x1, x2, out, tile_begin, tile_end, rows, n1, n2, no, paths, coeffs, nnz);
 }
 
-int64_t lmax_of(int64_t n, const char* op, const char* arg) {
-  int64_t l = 0;
-  while ((l + 1) * (l + 1) < n) ++l;
-  TORCH_CHECK_VALUE(n >= 1 && (l + 1) * (l + 1) == n, op, ": ", arg,
-                    ".shape[-1] must be a perfect square (L+1)^2 (degrees 0..L), got ", n);
-  return l;
-}
-
 template <typename T>
 void run(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, const at::Tensor& paths, const at::Tensor& coeffs,
          int n1, int n2, int no) {
@@ -141,61 +131,15 @@ void run(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, const at::Te
 
 at::Tensor gaunt_tensor_product_cpu(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& paths,
                                     const at::Tensor& coeffs, int64_t lmax_out) {
-  constexpr const char* op = "gaunt_tensor_product";
-  TORCH_CHECK_TYPE(x1.scalar_type() == at::kFloat || x1.scalar_type() == at::kDouble, op,
-                   ": x1 must be float32 or float64 (the Python wrapper widens float16/bfloat16), got ",
-                   x1.scalar_type());
-  TORCH_CHECK_TYPE(x2.scalar_type() == x1.scalar_type(), op, ": x2 must have x1's dtype ", x1.scalar_type(),
-                   ", got ", x2.scalar_type());
-  check_min_dim(x1, 1, op, "x1");
-  check_min_dim(x2, 1, op, "x2");
-  const int64_t l1 = lmax_of(x1.size(-1), op, "x1");
-  const int64_t l2 = lmax_of(x2.size(-1), op, "x2");
-  TORCH_CHECK_VALUE(l1 <= kMaxL && l2 <= kMaxL, op, ": input degrees must be <= ", kMaxL, ", got ", l1, " and ", l2);
-  // Not capped at L1+L2: backward asks for the gradient of x1 (degree L1) as a product of x2 and the
-  // output gradient, and L1 may exceed L2+Lo; the table then simply has no entries for those outputs.
-  TORCH_CHECK_VALUE(lmax_out >= 0 && lmax_out <= 2 * kMaxL, op, ": lmax_out must be between 0 and ", 2 * kMaxL,
-                    ", got ", lmax_out);
-  TORCH_CHECK_TYPE(paths.scalar_type() == at::kInt, op, ": paths must be int32, got ", paths.scalar_type());
-  TORCH_CHECK_VALUE(paths.dim() == 2 && paths.size(1) == 3, op, ": paths must have shape [nnz, 3], got ",
-                    paths.sizes());
-  TORCH_CHECK_VALUE(coeffs.dim() == 1 && coeffs.size(0) == paths.size(0), op, ": coeffs must have shape [",
-                    paths.size(0), "] (one per path), got ", coeffs.sizes());
-  TORCH_CHECK_TYPE(coeffs.is_floating_point(), op, ": coeffs must be floating point, got ", coeffs.scalar_type());
-  TORCH_CHECK_VALUE(paths.device().is_cpu() && coeffs.device().is_cpu() && x2.device().is_cpu(), op,
-                    ": all tensors must be on the CPU for this kernel");
-
-  const int n1 = static_cast<int>(x1.size(-1)), n2 = static_cast<int>(x2.size(-1));
-  const int no = static_cast<int>((lmax_out + 1) * (lmax_out + 1));
-  const at::Tensor table = paths.contiguous();
-  // Never read or write out of bounds, whatever table a caller passes.
-  const int32_t* t = table.const_data_ptr<int32_t>();
-  for (int64_t n = 0; n < table.size(0); ++n) {
-    TORCH_CHECK_VALUE(t[3 * n] >= 0 && t[3 * n] < n1 && t[3 * n + 1] >= 0 && t[3 * n + 1] < n2 && t[3 * n + 2] >= 0 &&
-                          t[3 * n + 2] < no,
-                      op, ": paths[", n, "] = (", t[3 * n], ", ", t[3 * n + 1], ", ", t[3 * n + 2],
-                      ") is out of range for sizes (", n1, ", ", n2, ", ", no, ")");
-  }
-
-  const auto lead1 = x1.sizes().slice(0, x1.dim() - 1);
-  const auto lead2 = x2.sizes().slice(0, x2.dim() - 1);
-  std::vector<int64_t> lead = at::infer_size(lead1, lead2);
-  std::vector<int64_t> shape1(lead), shape2(lead), shape_out(lead);
-  shape1.push_back(n1);
-  shape2.push_back(n2);
-  shape_out.push_back(no);
-  // Broadcast rows are materialized: the kernel streams both inputs row by row.
-  const at::Tensor a = x1.expand(shape1).contiguous();
-  const at::Tensor b = x2.expand(shape2).contiguous();
-  at::Tensor out = at::empty(shape_out, x1.options());
-  if (out.numel() == 0) return out;
+  PreparedArgs args = prepare_args(x1, x2, paths, coeffs, lmax_out, /*allow_half=*/false);
+  if (args.out.numel() == 0) return args.out;
   const at::Tensor c = coeffs.to(x1.scalar_type()).contiguous();
   if (x1.scalar_type() == at::kFloat) {
-    run<float>(a, b, out, table, c, n1, n2, no);
+    run<float>(args.a, args.b, args.out, args.paths, c, args.n1, args.n2, args.no);
   } else {
-    run<double>(a, b, out, table, c, n1, n2, no);
+    run<double>(args.a, args.b, args.out, args.paths, c, args.n1, args.n2, args.no);
   }
-  return out;
+  return args.out;
 }
 
 TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("gaunt_tensor_product", &gaunt_tensor_product_cpu); }

@@ -95,7 +95,9 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
     impl = _resolve(device, backend)
     if impl == "reference":
         return reference.gaunt_tensor_product(x1, x2, lmax_out, normalization)
-    half = x1.dtype in _HALF  # kernels compute in float32; round once at the end
+    # The CPU and Triton kernels compute half inputs in float32 (widen here, round once at the end); the
+    # CUDA kernel reads half/bfloat16 itself and accumulates in float32.
+    half = x1.dtype in _HALF and not (impl == "dispatcher" and device.type == "cuda")
     a, b = (x1.float(), x2.float()) if half else (x1, x2)
     if impl == "dispatcher" and torch.compiler.is_compiling():
         # Dynamo cannot trace an autograd.Function with a custom jvp; the dispatcher op carries its own
@@ -149,7 +151,8 @@ def _raw_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, normalizatio
 
         return triton_impl.gaunt_tensor_product(x1, x2, *_grid_tables(l1, l2, lmax_out, normalization,
                                                                       x1.device, x1.dtype))
-    paths, coeffs = _sparse_tables(l1, l2, lmax_out, normalization, x1.device, x1.dtype)
+    coeff_dtype = torch.float32 if x1.dtype in _HALF else x1.dtype  # never round the table to half
+    paths, coeffs = _sparse_tables(l1, l2, lmax_out, normalization, x1.device, coeff_dtype)
     return torch.ops.symkernels.gaunt_tensor_product(x1, x2, paths, coeffs, lmax_out)
 
 

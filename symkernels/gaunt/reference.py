@@ -1,9 +1,16 @@
 """Pure-PyTorch Gaunt tensor product: a dense einsum with the Gaunt tensor, the truth for every backend."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from symkernels.gaunt import coefficients
+
+
+@functools.lru_cache(maxsize=64)
+def _dense(l1: int, l2: int, lmax_out: int, normalization: str, device: torch.device, dtype: torch.dtype):
+    return torch.from_numpy(coefficients.dense_gaunt_tensor(l1, l2, lmax_out, normalization).copy()).to(device, dtype)
 
 
 def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int,
@@ -16,7 +23,6 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int,
     l1 = int(round(x1.shape[-1] ** 0.5)) - 1
     l2 = int(round(x2.shape[-1] ** 0.5)) - 1
     compute = torch.float32 if x1.dtype in (torch.float16, torch.bfloat16) else x1.dtype
-    dense = torch.from_numpy(coefficients.dense_gaunt_tensor(l1, l2, lmax_out, normalization).copy())
-    g = dense.to(device=x1.device, dtype=compute)
+    g = _dense(l1, l2, lmax_out, normalization, x1.device, compute)
     out = torch.einsum("ijk,...i,...j->...k", g, x1.to(compute), x2.to(compute))
     return out.to(x1.dtype)
