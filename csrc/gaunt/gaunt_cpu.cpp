@@ -3,10 +3,10 @@
 // Why sparse-direct on CPU: it does 2*nnz FLOP per row, fewer than the sphere-grid or 2D-Fourier
 // routes for every L <= 8 (design note §4), and each row is independent.
 //
-// SIMD runs across rows, not along the table: a tile of W rows (one 64-byte vector: 16 fp32 / 8 fp64)
-// is transposed into [coefficient][lane] buffers, so every table entry is two vector loads and one
-// vector FMA for W rows at once, with no gathers. The table is sorted by output index (Python side),
-// so the accumulator for one output stays in a register for a run of entries and is flushed with +=
+// SIMD runs across rows, not along the table: a tile of 4 vectors of rows (64-byte vectors: 64 fp32 /
+// 32 fp64 rows) is transposed into [coefficient][row] buffers, so every table entry is a few vector
+// loads and FMAs for all rows of the tile at once, with no gathers. The table is sorted by output index (Python side),
+// so the accumulators for one output stay in registers for a run of entries and are flushed with +=
 // when the output index changes (correct for any order, fastest when sorted). Tiles are spread over
 // threads with at::parallel_for.
 //
@@ -35,59 +35,74 @@ using simd::Vec;
 // Tiles per parallel task: enough table work that thread start-up is noise.
 constexpr int64_t kWorkPerTask = 1 << 16;
 
-template <typename T>
-struct TileBuffers {
-  std::vector<T> a, b, c;  // [n][W] transposed tiles of x1, x2, out
-};
+// Rows per tile = kTileVectors vectors. Every table entry (three indices and a coefficient, scalar
+// loads) then feeds kTileVectors independent FMA chains, which both amortizes those loads and hides the
+// FMA latency (a single chain would wait ~4 cycles per entry).
+constexpr int kTileVectors = 4;
 
-// One tile of `count` <= W rows starting at row `row0`.
+template <typename T>
+constexpr int kTileRows = kTileVectors * Vec<T>::width;
+
+// One tile of `count` <= kTileRows rows starting at row `row0`. at/bt/ct are [n][kTileRows] buffers.
 template <typename T>
 SYMKERNELS_INLINE void tile(const T* x1, const T* x2, T* out, int64_t row0, int64_t count, int n1, int n2, int no,
                             const PathEntry* paths, const T* coeffs, int64_t nnz, T* at, T* bt, T* ct) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
-  V poison{};
-  for (int i = 0; i < n1; ++i) {
-    V v{};
-    for (int r = 0; r < count; ++r) v[r] = x1[(row0 + r) * n1 + i];
-    poison += v * T(0);
-    store(at + i * W, v);
-  }
-  for (int i = 0; i < n2; ++i) {
-    V v{};
-    for (int r = 0; r < count; ++r) v[r] = x2[(row0 + r) * n2 + i];
-    poison += v * T(0);
-    store(bt + i * W, v);
-  }
-  for (int k = 0; k < no; ++k) store(ct + k * W, poison);
-  if (nnz > 0) {
-    int current = paths[0].i3;
-    V acc{};
-    for (int64_t n = 0; n < nnz; ++n) {
-      const PathEntry p = paths[n];
-      if (p.i3 != current) {
-        store(ct + current * W, load<V>(ct + current * W) + acc);
-        acc = V{};
-        current = p.i3;
+  constexpr int R = kTileVectors;
+  constexpr int S = R * W;
+  V poison[R] = {};
+  auto transpose_in = [&](const T* x, int n, T* dst) {
+    for (int i = 0; i < n; ++i) {
+      for (int v = 0; v < R; ++v) {
+        V lanes{};
+        for (int l = 0; l < W; ++l) {
+          const int64_t r = v * W + l;
+          if (r < count) lanes[l] = x[(row0 + r) * n + i];
+        }
+        poison[v] += lanes * T(0);
+        store(dst + i * S + v * W, lanes);
       }
-      acc += coeffs[n] * load<V>(at + p.i1 * W) * load<V>(bt + p.i2 * W);
     }
-    store(ct + current * W, load<V>(ct + current * W) + acc);
+  };
+  transpose_in(x1, n1, at);
+  transpose_in(x2, n2, bt);
+  for (int k = 0; k < no; ++k) {
+    for (int v = 0; v < R; ++v) store(ct + k * S + v * W, poison[v]);
+  }
+  // Walk the table run by run (a run = consecutive entries with one output index).
+  for (int64_t start = 0; start < nnz;) {
+    const int k = paths[start].i3;
+    V acc[R] = {};
+    int64_t n = start;
+    for (; n < nnz && paths[n].i3 == k; ++n) {
+      const T c = coeffs[n];
+      const T* pa = at + int64_t(paths[n].i1) * S;
+      const T* pb = bt + int64_t(paths[n].i2) * S;
+      for (int v = 0; v < R; ++v) acc[v] += c * load<V>(pa + v * W) * load<V>(pb + v * W);
+    }
+    for (int v = 0; v < R; ++v) store(ct + k * S + v * W, load<V>(ct + k * S + v * W) + acc[v]);
+    start = n;
   }
   for (int k = 0; k < no; ++k) {
-    const V v = load<V>(ct + k * W);
-    for (int r = 0; r < count; ++r) out[(row0 + r) * no + k] = v[r];
+    for (int v = 0; v < R; ++v) {
+      const V lanes = load<V>(ct + k * S + v * W);
+      for (int l = 0; l < W; ++l) {
+        const int64_t r = v * W + l;
+        if (r < count) out[(row0 + r) * no + k] = lanes[l];
+      }
+    }
   }
 }
 
 template <typename T>
 SYMKERNELS_INLINE void rows_impl(const T* x1, const T* x2, T* out, int64_t tile_begin, int64_t tile_end, int64_t rows,
                                  int n1, int n2, int no, const PathEntry* paths, const T* coeffs, int64_t nnz) {
-  constexpr int W = Vec<T>::width;
-  std::vector<T> at(size_t(n1) * W), bt(size_t(n2) * W), ct(size_t(no) * W);
+  constexpr int64_t S = kTileRows<T>;
+  std::vector<T> at(size_t(n1) * S), bt(size_t(n2) * S), ct(size_t(no) * S);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t row0 = t * W;
-    const int64_t count = std::min<int64_t>(W, rows - row0);
+    const int64_t row0 = t * S;
+    const int64_t count = std::min<int64_t>(S, rows - row0);
     tile(x1, x2, out, row0, count, n1, n2, no, paths, coeffs, nnz, at.data(), bt.data(), ct.data());
   }
 }
@@ -108,9 +123,9 @@ SYMKERNELS_SIMD_CLONES void rows_f64(const double* x1, const double* x2, double*
 template <typename T>
 void run(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, const at::Tensor& paths, const at::Tensor& coeffs,
          int n1, int n2, int no) {
-  constexpr int W = Vec<T>::width;
+  constexpr int64_t S = kTileRows<T>;
   const int64_t rows = out.numel() / no;
-  const int64_t tiles = (rows + W - 1) / W;
+  const int64_t tiles = (rows + S - 1) / S;
   const int64_t nnz = paths.size(0);
   const T* pa = a.const_data_ptr<T>();
   const T* pb = b.const_data_ptr<T>();

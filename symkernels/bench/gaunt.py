@@ -59,43 +59,46 @@ def cases(device: torch.device, quick: bool) -> Iterable[Case]:
     cueq = "cuEquivariance: not installed; its kernels are CUDA-only" if device.type == "cpu" else \
         "cuEquivariance: not installed in this environment"
     for lmax in degrees:
-        n = (lmax + 1) ** 2
-        rows = batch * channels
-        gen = torch.Generator(device="cpu").manual_seed(lmax)
-        a = torch.randn(batch, channels, n, generator=gen).to(device)
-        b = torch.randn(batch, channels, n, generator=gen).to(device)
-        nnz = C.sparse_gaunt_table(lmax, lmax, lmax)[0].shape[0]
-        peers = _e3nn_peers(lmax, channels, device)
-        ours = lambda x, y: gaunt_tensor_product(x, y, lmax, backend=ours_backend)  # noqa: E731
-        dense = lambda x, y: reference.gaunt_tensor_product(x, y, lmax)  # noqa: E731
-        for mode in ("forward", "forward+backward"):
-            impls = {}
-            if mode == "forward":
-                impls["symkernels"] = lambda: ours(a, b)
-                impls["dense reference (einsum)"] = lambda: dense(a, b)
-            else:
-                impls["symkernels"] = _fwd_bwd(ours, a, b)
-                impls["dense reference (einsum)"] = _fwd_bwd(dense, a, b)
-            if isinstance(peers, str):
-                impls["e3nn TensorProduct (c² weights)"] = impls["e3nn S² grid"] = peers
-            else:
-                tp, grid_product, to_e3nn = peers
-                ea, eb = to_e3nn(a), to_e3nn(b)
-                if mode == "forward":
-                    impls["e3nn TensorProduct (c² weights)"] = lambda tp=tp, ea=ea, eb=eb: tp(ea, eb)
-                    impls["e3nn S² grid"] = lambda g=grid_product: g(a, b)
-                else:
-                    impls["e3nn TensorProduct (c² weights)"] = _fwd_bwd(tp, ea, eb)
-                    impls["e3nn S² grid"] = _fwd_bwd(grid_product, a, b)
-            impls["cuEquivariance"] = cueq
-            io_bytes = rows * 3 * n * 4
-            yield Case(op=f"gaunt_tensor_product {mode}", shape=f"{batch}x{channels} L={lmax}->{lmax}",
-                       dtype="float32", impls=impls, ours="symkernels",
-                       bytes_moved=io_bytes * (1 if mode == "forward" else 3),
-                       flops=2 * nnz * rows * (1 if mode == "forward" else 3),
-                       extra={"nnz(G)": nnz, "backend": ours_backend},
-                       check=(lambda a=a, b=b, ours=ours, dense=dense: _check(ours(a, b), dense(a, b)))
-                       if mode == "forward" else None)
+        yield from _cases_for_degree(lmax, batch, channels, device, ours_backend, cueq)
+
+
+def _cases_for_degree(lmax: int, batch: int, channels: int, device: torch.device, ours_backend: str,
+                      cueq: str) -> Iterable[Case]:
+    # One function call per degree, so every closure below binds this degree's tensors (the harness
+    # collects all cases before timing them).
+    n = (lmax + 1) ** 2
+    rows = batch * channels
+    gen = torch.Generator(device="cpu").manual_seed(lmax)
+    a = torch.randn(batch, channels, n, generator=gen).to(device)
+    b = torch.randn(batch, channels, n, generator=gen).to(device)
+    nnz = C.sparse_gaunt_table(lmax, lmax, lmax)[0].shape[0]
+    peers = _e3nn_peers(lmax, channels, device)
+
+    def ours(x, y):
+        return gaunt_tensor_product(x, y, lmax, backend=ours_backend)
+
+    def dense(x, y):
+        return reference.gaunt_tensor_product(x, y, lmax)
+
+    for mode in ("forward", "forward+backward"):
+        forward = mode == "forward"
+        impls = {"symkernels": (lambda: ours(a, b)) if forward else _fwd_bwd(ours, a, b),
+                 "dense reference (einsum)": (lambda: dense(a, b)) if forward else _fwd_bwd(dense, a, b)}
+        if isinstance(peers, str):
+            impls["e3nn TensorProduct (c² weights)"] = impls["e3nn S² grid"] = peers
+        else:
+            tp, grid_product, to_e3nn = peers
+            ea, eb = to_e3nn(a), to_e3nn(b)
+            impls["e3nn TensorProduct (c² weights)"] = (lambda: tp(ea, eb)) if forward else _fwd_bwd(tp, ea, eb)
+            impls["e3nn S² grid"] = (lambda: grid_product(a, b)) if forward else _fwd_bwd(grid_product, a, b)
+        impls["cuEquivariance"] = cueq
+        io_bytes = rows * 3 * n * 4
+        yield Case(op=f"gaunt_tensor_product {mode}", shape=f"{batch}x{channels} L={lmax}->{lmax}",
+                   dtype="float32", impls=impls, ours="symkernels",
+                   bytes_moved=io_bytes * (1 if forward else 3),
+                   flops=2 * nnz * rows * (1 if forward else 3),
+                   extra={"nnz(G)": nnz, "backend": ours_backend},
+                   check=(lambda: _check(ours(a, b), dense(a, b))) if forward else None)
 
 
 def _check(out: torch.Tensor, expected: torch.Tensor) -> None:
