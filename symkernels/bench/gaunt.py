@@ -52,7 +52,7 @@ def _fwd_bwd(fn, *inputs):
 
 @sweep("gaunt")
 def cases(device: torch.device, quick: bool) -> Iterable[Case]:
-    batch, channels = (500, 16) if quick else (10_000, 32)
+    batch, channels = (250, 16) if quick else (10_000, 32)
     degrees = (1, 2, 4) if quick else (1, 2, 3, 4, 5, 6, 8, 10)
     ours_backend = "cuda" if device.type == "cuda" and _backend.backend_status("cuda") else \
         ("triton" if device.type == "cuda" else "cpu")
