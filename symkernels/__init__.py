@@ -7,7 +7,8 @@
 """
 from symkernels._backend import BACKENDS, backends, build_info
 from symkernels.hadamard import hadamard_transform
+from symkernels.gaunt import gaunt_tensor_product
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "__version__"]
+__all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "gaunt_tensor_product", "__version__"]

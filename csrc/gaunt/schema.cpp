@@ -1,0 +1,10 @@
+// Op schemas of the Gaunt pillar (see csrc/symkernels.cpp for why schemas live per pillar).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(symkernels, m) {
+  // out[..., k] = sum_n coeffs[n] * x1[..., paths[n,0]] * x2[..., paths[n,1]] over entries with paths[n,2] == k,
+  // k < (lmax_out+1)^2, leading dims of x1 and x2 broadcast. With (paths, coeffs) the nonzeros of the real
+  // Gaunt tensor (symkernels.gaunt.coefficients.sparse_gaunt_table) this is the Gaunt tensor product; the
+  // table is an argument so that backward can pass the same entries with permuted columns (G is symmetric).
+  m.def("gaunt_tensor_product(Tensor x1, Tensor x2, Tensor paths, Tensor coeffs, int lmax_out) -> Tensor");
+}

@@ -1,0 +1,364 @@
+"""gaunt_tensor_product: every backend vs the dense reference; the reference vs e3nn; invariants; autograd."""
+import contextlib
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from symkernels import _backend
+from symkernels._testing import assert_close, random_noncontiguous
+from symkernels.gaunt import coefficients as C
+from symkernels.gaunt import gaunt_tensor_product as gtp
+from symkernels.gaunt import reference
+from tests.conftest import require_backend
+
+F64 = torch.float64
+
+
+def _rand(*shape, dtype=F64, seed=0):
+    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _size(l):
+    return (l + 1) ** 2
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels vs the reference.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("l1,l2", list(itertools.product(range(7), repeat=2)))
+def test_cpu_matches_reference_all_degrees(l1, l2):
+    require_backend("cpu")
+    a = _rand(19, _size(l1), seed=l1)
+    b = _rand(19, _size(l2), seed=10 + l2)
+    for lo in range(l1 + l2 + 1):  # every truncation, including Lo < max(L1, L2)
+        assert_close(gtp(a, b, lo, backend="cpu"), reference.gaunt_tensor_product(a, b, lo), msg=f"{l1},{l2},{lo}")
+
+
+@pytest.mark.parametrize("l1,l2,lo", [(0, 2, 2), (1, 1, 2), (2, 3, 3), (3, 2, 5), (4, 4, 8), (6, 1, 4)])
+def test_triton_matches_reference(l1, l2, lo):
+    device = require_backend("triton")
+    a = _rand(21, _size(l1), seed=1).to(device)
+    b = _rand(21, _size(l2), seed=2).to(device)
+    assert_close(gtp(a, b, lo, backend="triton"), reference.gaunt_tensor_product(a, b, lo))
+    assert_close(gtp(a.float(), b.float(), lo, backend="triton"), reference.gaunt_tensor_product(a, b, lo).float())
+
+
+@pytest.mark.parametrize("l1,l2,lo", [(12, 3, 12), (12, 12, 2), (10, 2, 12), (7, 8, 15)])
+def test_cpu_spot_checks_high_degree(l1, l2, lo):
+    require_backend("cpu")
+    a, b = _rand(9, _size(l1), seed=3), _rand(9, _size(l2), seed=4)
+    assert_close(gtp(a, b, lo, backend="cpu"), reference.gaunt_tensor_product(a, b, lo))
+
+
+def test_triton_spot_check_high_degree():
+    device = require_backend("triton")
+    a, b = _rand(5, _size(12), seed=5).to(device), _rand(5, _size(3), seed=6).to(device)
+    assert_close(gtp(a, b, 10, backend="triton"), reference.gaunt_tensor_product(a, b, 10))
+
+
+@pytest.mark.parametrize("l", [1, 4, 8, 12])
+def test_float32_relative_accuracy(kernel_backend, l):
+    """fp32 max error ≤ 1e-5 relative to max|truth| (float64 dense contraction), for L ≤ 12."""
+    if kernel_backend == "triton" and l > 4:
+        pytest.skip("interpreter: the Triton kernel is checked at L ≤ 4 here (L = 12 in fp64 above)")
+    device = require_backend(kernel_backend)
+    lo = l if l == 12 else 2 * l  # (12, 12, 24) tables take ~10 s to generate; Lo = 12 covers the path
+    a, b = _rand(64, _size(l), seed=7), _rand(64, _size(l), seed=8)
+    truth = reference.gaunt_tensor_product(a, b, lo)
+    out = gtp(a.float().to(device), b.float().to(device), lo, backend=kernel_backend).cpu().double()
+    rel = ((out - truth).abs().max() / truth.abs().max()).item()
+    assert rel <= 1e-5, rel
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_widen_to_float32(dtype):
+    require_backend("cpu")
+    a, b = _rand(8, 9, dtype=dtype), _rand(8, 4, dtype=dtype, seed=1)
+    out = gtp(a, b, backend="cpu")
+    assert out.dtype == dtype
+    assert_close(out, reference.gaunt_tensor_product(a, b, 3))
+
+
+def test_nan_row_poisons_only_its_row(backend):
+    device = require_backend(backend)
+    a, b = _rand(3, 9).to(device), _rand(3, 4, seed=1).to(device)
+    a[1, 5] = float("nan")
+    b[2, 0] = float("inf")
+    out, ref = gtp(a, b, backend=backend), reference.gaunt_tensor_product(a, b, 3)
+    assert out[1].isnan().all() and ref[1].isnan().all()
+    assert out[2].isnan().all() and ref[2].isnan().all()
+    assert_close(out[0], ref[0])
+
+
+# --------------------------------------------------------------------------------------------
+# The reference vs e3nn (independent constructions of the same product).
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _float64_default():
+    """e3nn builds its 3j / grid buffers in the default dtype; .double() afterwards would keep their float32
+    rounding (3e-8), so build them under a float64 default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(F64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _to_e3nn_layout(x, lmax):
+    """[B, C, (L+1)²] → e3nn mul_ir [B, Σ_l C·(2l+1)]."""
+    return torch.cat([x[..., l * l:(l + 1) ** 2].reshape(x.shape[0], -1) for l in range(lmax + 1)], dim=-1)
+
+
+def test_reference_matches_e3nn_tensor_product_uuu():
+    o3 = pytest.importorskip("e3nn.o3")
+    l1, l2, lo, ch = 2, 3, 4, 3
+    irreps = lambda lmax: o3.Irreps([(ch, (l, (-1) ** l)) for l in range(lmax + 1)])  # noqa: E731
+    instructions = [(i1, i2, io, "uuu", False, C.gaunt_constant(i1, i2, io) ** 2)
+                    for i1 in range(l1 + 1) for i2 in range(l2 + 1) for io in range(lo + 1)
+                    if abs(i1 - i2) <= io <= i1 + i2 and (i1 + i2 + io) % 2 == 0]
+    with _float64_default():
+        tp = o3.TensorProduct(irreps(l1), irreps(l2), irreps(lo), instructions, irrep_normalization="none",
+                              path_normalization="none")
+    a, b = _rand(5, ch, _size(l1), seed=1), _rand(5, ch, _size(l2), seed=2)
+    expected = tp(_to_e3nn_layout(a, l1), _to_e3nn_layout(b, l2))
+    got = _to_e3nn_layout(reference.gaunt_tensor_product(a, b, lo), lo)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+def test_reference_matches_e3nn_s2_grid():
+    # Only 'integral': e3nn's S² grid 'component' scales by 1/√(lmax+1) (it normalizes over all degrees),
+    # unlike o3.spherical_harmonics' 'component', which the pointwise test below covers.
+    normalization = "integral"
+    o3 = pytest.importorskip("e3nn.o3")
+    l1, l2, lo = 3, 2, 4
+    res = (2 * (l1 + l2 + 1), 2 * (l1 + l2 + lo) + 1)  # fine enough for the product, degree L1+L2
+    with _float64_default():
+        to1 = o3.ToS2Grid(l1, res, normalization=normalization)
+        to2 = o3.ToS2Grid(l2, res, normalization=normalization)
+        back = o3.FromS2Grid(res, lo, normalization=normalization)
+    a, b = _rand(4, _size(l1), seed=3), _rand(4, _size(l2), seed=4)
+    expected = back(to1(a) * to2(b))
+    got = reference.gaunt_tensor_product(a, b, lo, normalization)
+    torch.testing.assert_close(got, expected, atol=1e-11, rtol=1e-10)
+
+
+@pytest.mark.parametrize("normalization", ["integral", "component"])
+def test_full_product_is_pointwise_product_of_e3nn_sh(normalization):
+    """With Lo = L1+L2 nothing is truncated: f3(r) = f1(r)·f2(r) at every point, evaluating the coefficient
+    vectors with e3nn's own spherical harmonics (so this checks e3nn's basis, order and normalization)."""
+    o3 = pytest.importorskip("e3nn.o3")
+    l1, l2 = 3, 2
+    points = _rand(50, 3, seed=9)
+    sh = lambda lmax: o3.spherical_harmonics(list(range(lmax + 1)), points, normalize=True,  # noqa: E731
+                                             normalization=normalization)
+    a, b = _rand(_size(l1), seed=1), _rand(_size(l2), seed=2)
+    c = reference.gaunt_tensor_product(a, b, l1 + l2, normalization)
+    torch.testing.assert_close(sh(l1 + l2) @ c, (sh(l1) @ a) * (sh(l2) @ b), atol=1e-11, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# Invariants.
+# --------------------------------------------------------------------------------------------
+def test_equivariance_under_rotations(backend):
+    o3 = pytest.importorskip("e3nn.o3")
+    device = require_backend(backend)
+    l1, l2, lo = 3, 2, 4
+    d = lambda lmax, r: o3.Irreps([(1, (l, (-1) ** l)) for l in range(lmax + 1)]).D_from_matrix(r)  # noqa: E731
+    torch.manual_seed(0)
+    rot = o3.rand_matrix(dtype=torch.float32)
+    a, b = _rand(7, _size(l1), dtype=torch.float32, seed=5), _rand(7, _size(l2), dtype=torch.float32, seed=6)
+    lhs = gtp((a @ d(l1, rot).T).to(device), (b @ d(l2, rot).T).to(device), lo, backend=backend).cpu()
+    rhs = gtp(a.to(device), b.to(device), lo, backend=backend).cpu() @ d(lo, rot).T
+    assert_close(lhs, rhs)
+
+
+def test_constant_function_is_identity_and_commutativity(backend):
+    device = require_backend(backend)
+    a, b = _rand(6, 16, seed=1).to(device), _rand(6, 9, seed=2).to(device)
+    one = torch.zeros(1, 1, dtype=F64, device=device)
+    one[..., 0] = math.sqrt(4 * math.pi)  # the constant function 1 in 'integral' normalization
+    assert_close(gtp(a, one, backend=backend), a)
+    e00 = torch.ones(1, dtype=F64, device=device)  # and in 'component' normalization
+    assert_close(gtp(e00, a, normalization="component", backend=backend), a.expand(6, 16))
+    assert_close(gtp(a, b, 4, backend=backend), gtp(b, a, 4, backend=backend))
+
+
+def test_adjointness(backend):
+    device = require_backend(backend)
+    a, b, g = _rand(5, 9, seed=1).to(device), _rand(5, 16, seed=2).to(device), _rand(5, 25, seed=3).to(device)
+    lhs = (gtp(a, b, 4, backend=backend) * g).sum()
+    rhs = (a * gtp(b, g, 2, backend=backend)).sum()
+    assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes, strides, broadcasting (hypothesis).
+# --------------------------------------------------------------------------------------------
+@given(l1=st.integers(0, 4), l2=st.integers(0, 4), lead=st.lists(st.integers(0, 5), min_size=0, max_size=3),
+       bcast=st.booleans(), noncontig=st.booleans(), data=st.data())
+def test_random_shapes_cpu(l1, l2, lead, bcast, noncontig, data):
+    require_backend("cpu")
+    lo = data.draw(st.integers(0, l1 + l2))
+    shape2 = [1] * len(lead) if bcast else list(lead)
+    make = random_noncontiguous if noncontig else (lambda s, dtype: torch.randn(*s, dtype=dtype))
+    a = make(tuple(lead) + (_size(l1),), dtype=F64)
+    b = make(tuple(shape2) + (_size(l2),), dtype=F64)
+    out = gtp(a, b, lo, backend="cpu")
+    assert out.shape == tuple(lead) + (_size(lo),)
+    assert_close(out, reference.gaunt_tensor_product(a, b, lo))
+
+
+def test_triton_broadcast_noncontiguous_and_empty():
+    device = require_backend("triton")
+    a = random_noncontiguous((3, 4, 9), dtype=F64).to(device)
+    b = _rand(3, 1, 4).to(device)
+    assert_close(gtp(a, b, 3, backend="triton"), reference.gaunt_tensor_product(a, b, 3))
+    empty = gtp(torch.zeros(0, 9, dtype=F64, device=device), b[0], backend="triton")
+    assert empty.shape == (0, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd: gradcheck / gradgradcheck in float64, JVP, vmap; the VJP identity of the design note.
+# --------------------------------------------------------------------------------------------
+def test_gradcheck_and_gradgradcheck(backend):
+    device = require_backend(backend)
+    if backend == "triton":  # the interpreter is slow: fewer elements (double backward vs reference below)
+        a = _rand(2, 4, seed=1).to(device).requires_grad_()
+        b = _rand(1, 1, seed=2).to(device).requires_grad_()
+    else:
+        a = _rand(2, 3, 9, seed=1).to(device).requires_grad_()
+        b = _rand(1, 4, seed=2).to(device).requires_grad_()  # broadcast along the leading dims
+    fn = lambda x, y: gtp(x, y, 1, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, b), check_forward_ad=True)
+    if backend != "triton":
+        assert torch.autograd.gradgradcheck(fn, (a, b))
+
+
+def test_double_backward_matches_reference(kernel_backend):
+    device = require_backend(kernel_backend)
+    a = _rand(3, 9, seed=1).to(device).requires_grad_()
+    b = _rand(3, 4, seed=2).to(device).requires_grad_()
+    g = _rand(3, 9, seed=3).to(device)
+    results = []
+    for fn in (lambda x, y: gtp(x, y, 2, backend=kernel_backend), lambda x, y: reference.gaunt_tensor_product(x, y, 2)):
+        ga, gb = torch.autograd.grad(fn(a, b), (a, b), g, create_graph=True)
+        results.append(torch.autograd.grad((ga.square().sum() + (gb * gb.flip(-1)).sum()), (a, b)))
+    for got, expected in zip(*results):
+        assert_close(got, expected)
+
+
+def test_backward_is_gaunt_product_with_degree_above_l2_plus_lo(backend):
+    """∂/∂x1 = GTP(x2, g) truncated to L1, here with L1 = 6 > L2 + Lo = 3."""
+    device = require_backend(backend)
+    a = _rand(4, _size(6), seed=1).to(device).requires_grad_()
+    b = _rand(4, _size(1), seed=2).to(device).requires_grad_()
+    g = _rand(4, _size(2), seed=3).to(device)
+    ga, gb = torch.autograd.grad(gtp(a, b, 2, backend=backend), (a, b), g)
+    ra, rb = torch.autograd.grad(reference.gaunt_tensor_product(a, b, 2), (a, b), g)
+    assert_close(ga, ra)
+    assert_close(gb, rb)
+    assert_close(ga, reference.gaunt_tensor_product(b, g, 6))
+
+
+def test_jvp_and_vmap(kernel_backend):
+    device = require_backend(kernel_backend)
+    a, b = _rand(3, 9, seed=1).to(device), _rand(3, 4, seed=2).to(device)
+    da, db = _rand(3, 9, seed=3).to(device), _rand(3, 4, seed=4).to(device)
+    fn = lambda x, y: gtp(x, y, 3, backend=kernel_backend)  # noqa: E731
+    out, tangent = torch.func.jvp(fn, (a, b), (da, db))
+    _, expected = torch.func.jvp(lambda x, y: reference.gaunt_tensor_product(x, y, 3), (a, b), (da, db))
+    assert_close(tangent, expected)
+    batched = torch.vmap(fn, in_dims=(0, None))(torch.stack([a, 2 * a]), b)
+    assert_close(batched, torch.stack([fn(a, b), fn(2 * a, b)]))
+
+
+def test_torch_ops_autograd_registration_double_backward():
+    """The raw dispatcher op's register_autograd (permuted tables) matches the reference to second order."""
+    require_backend("cpu")
+    paths, coeffs = C.sparse_gaunt_table(2, 1, 2)
+    a = _rand(3, 9, seed=1).requires_grad_()
+    b = _rand(3, 4, seed=2).requires_grad_()
+    fn = lambda x, y: torch.ops.symkernels.gaunt_tensor_product(x, y, paths, coeffs, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, b))
+    assert torch.autograd.gradgradcheck(fn, (a, b))
+
+
+def test_opcheck():
+    require_backend("cpu")
+    for l1, l2, lo, dtype in [(2, 1, 3, torch.float32), (1, 2, 1, F64)]:
+        paths, coeffs = C.sparse_gaunt_table(l1, l2, lo)
+        a = _rand(4, _size(l1), dtype=dtype).requires_grad_()
+        b = _rand(2, 1, _size(l2), dtype=dtype, seed=1).requires_grad_()
+        torch.library.opcheck(torch.ops.symkernels.gaunt_tensor_product.default, (a, b, paths, coeffs.to(dtype), lo))
+
+
+def test_torch_compile_fullgraph():
+    require_backend("cpu")
+    a = _rand(4, 3, 9, dtype=torch.float32).requires_grad_()
+    b = _rand(4, 1, 4, dtype=torch.float32, seed=1).requires_grad_()
+
+    def loss(x, y):
+        return gtp(x, y, 3).square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    out = compiled(a, b)
+    grads = torch.autograd.grad(out, (a, b))
+    expected = torch.autograd.grad(loss(a, b), (a, b))
+    for g, e in zip(grads, expected):
+        assert_close(g, e)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: clear errors naming the argument.
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+def test_bad_inputs(backend_name):
+    require_backend(backend_name)
+    a, b = torch.randn(2, 9), torch.randn(2, 4)
+    with pytest.raises(ValueError, match=r"x1.shape\[-1\] must be a perfect square .* got 8 \(nearest: 4 or 9\)"):
+        gtp(torch.randn(2, 8), b, backend=backend_name)
+    with pytest.raises(ValueError, match=r"lmax_out must be between 0 and L1\+L2 = 3"):
+        gtp(a, b, 4, backend=backend_name)
+    with pytest.raises(ValueError, match="lmax_out must be between 0 and"):
+        gtp(a, b, -1, backend=backend_name)
+    with pytest.raises(TypeError, match="lmax_out must be an int"):
+        gtp(a, b, 2.0, backend=backend_name)
+    with pytest.raises(TypeError, match="x1 must have a floating dtype"):
+        gtp(torch.ones(2, 9, dtype=torch.int64), b, backend=backend_name)
+    with pytest.raises(TypeError, match="same dtype"):
+        gtp(a, b.double(), backend=backend_name)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        gtp(torch.randn(3, 9), b, backend=backend_name)
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
+        gtp(a, b.to("meta"), backend=backend_name)
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        gtp(a, b, normalization="schmidt", backend=backend_name)
+    with pytest.raises(TypeError, match="x2 must be a torch.Tensor"):
+        gtp(a, [1.0], backend=backend_name)
+
+
+def test_raw_op_rejects_out_of_range_tables():
+    require_backend("cpu")
+    a, b = torch.randn(2, 9), torch.randn(2, 4)
+    paths = torch.tensor([[0, 0, 0], [9, 0, 0]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"paths\[1\] = \(9, 0, 0\) is out of range"):
+        torch.ops.symkernels.gaunt_tensor_product(a, b, paths, torch.ones(2), 1)
+    with pytest.raises(ValueError, match="coeffs must have shape"):
+        torch.ops.symkernels.gaunt_tensor_product(a, b, paths[:1], torch.ones(2), 1)
+    with pytest.raises(TypeError, match="paths must be int32"):
+        torch.ops.symkernels.gaunt_tensor_product(a, b, paths.long(), torch.ones(2), 1)
+    with pytest.raises(TypeError, match="x1 must be float32 or float64"):
+        torch.ops.symkernels.gaunt_tensor_product(a.long(), b, paths, torch.ones(2), 1)
+
+
+def test_backend_resolution():
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    if _backend.backend_status("cpu"):
+        assert _backend.resolve("gaunt_tensor_product", a.device, None, ("reference", "cpu")) == "dispatcher"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gtp(a, b, backend="fortran")
