@@ -19,31 +19,40 @@ def register_autograd(qualname: str, backward: Callable, *, setup_context: Calla
     """Like ``torch.library.register_autograd(qualname, backward, setup_context=...)``, plus ``jvp``.
 
     ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)`` have torch.library's meaning;
-    ``jvp(ctx, *input_tangents)`` returns the output tangent(s), with ``None`` for inputs without one.
+    ``jvp(ctx, *input_tangents)`` returns the output tangent(s); an input without a tangent gets ``None``.
+    Tensors that ``jvp`` needs must be saved with ``ctx.save_for_forward`` (autograd.Function's rule).
     Higher orders work when ``backward``/``jvp`` are written with differentiable ops (e.g. the op itself).
     """
     namespace, name = qualname.split("::")
     op = getattr(getattr(torch.ops, namespace), name).default
 
+    # The dispatcher keyset travels as the *last* argument (as in torch.library's own generated
+    # Function) and is hidden from the user's callbacks, including ctx.needs_input_grad.
     class _OpFunction(torch.autograd.Function):
         @staticmethod
-        def forward(keyset, *args):
+        def forward(*args_and_keyset):
+            *args, keyset = args_and_keyset
             # Run the kernels below Autograd (CPU/CUDA/Meta keys) without re-entering this function.
             with torch._C._AutoDispatchBelowAutograd():
                 return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
         @staticmethod
         def setup_context(ctx, inputs, output):
-            setup_context(ctx, inputs[1:], output)
+            setup_context(ctx, inputs[:-1], output)
 
         @staticmethod
         def backward(ctx, *grads):
-            result = backward(ctx, *grads)
-            return (None, *(result if isinstance(result, tuple) else (result,)))
+            needs = ctx.needs_input_grad
+            try:
+                ctx.needs_input_grad = needs[:-1]
+                result = backward(ctx, *grads)
+            finally:
+                ctx.needs_input_grad = needs
+            return (*(result if isinstance(result, tuple) else (result,)), None)
 
         @staticmethod
-        def jvp(ctx, _keyset_tangent, *tangents):
-            return jvp(ctx, *tangents)
+        def jvp(ctx, *tangents_and_keyset_tangent):
+            return jvp(ctx, *tangents_and_keyset_tangent[:-1])
 
     _OpFunction.__name__ = _OpFunction.__qualname__ = f"{name}_autograd"
 
@@ -56,8 +65,8 @@ def register_autograd(qualname: str, backward: Callable, *, setup_context: Calla
         if torch._C._are_functorch_transforms_active():
             # Tell functorch this single-level Function call is deliberate (it is one level's autograd).
             with torch._functorch.utils.enable_single_level_autograd_function():
-                return base_apply(keyset, *args)
-        return base_apply(keyset, *args)
+                return base_apply(*args, keyset)
+        return base_apply(*args, keyset)
 
     lib = _LIBRARIES.setdefault(namespace, torch.library.Library(namespace, "IMPL"))
     lib.impl(name, autograd_kernel, "Autograd", with_keyset=True)

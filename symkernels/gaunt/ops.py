@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from symkernels import _backend
+from symkernels import _autograd, _backend
 from symkernels.gaunt import coefficients, reference
 
 OP_NAME = "gaunt_tensor_product"
@@ -232,8 +232,10 @@ def _register_dispatcher_op() -> None:
         return x1.new_empty((*lead, (lmax_out + 1) ** 2))
 
     def _setup_context(ctx, inputs, output):
-        x1, x2, paths, coeffs, _ = inputs
+        x1, x2, paths, coeffs, lmax_out = inputs
         ctx.save_for_backward(x1, x2, paths, coeffs)
+        ctx.save_for_forward(x1, x2, paths, coeffs)
+        ctx.lmax_out = lmax_out
 
     def _permuted(paths, columns):
         # Same entries with the roles of the indices permuted (G is symmetric), re-sorted by the new output
@@ -256,7 +258,19 @@ def _register_dispatcher_op() -> None:
             g2 = torch.ops.symkernels.gaunt_tensor_product(x1, grad, p, coeffs[order], l2).sum_to_size(x2.shape)
         return g1, g2, None, None, None
 
-    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+    # The product is bilinear: d(x1 ⊛ x2) = dx1 ⊛ x2 + x1 ⊛ dx2, each term the op again.
+    def _jvp(ctx, x1_t, x2_t, *_table_tangents):
+        x1, x2, paths, coeffs = ctx.saved_tensors
+        terms = []
+        if x1_t is not None:
+            terms.append(torch.ops.symkernels.gaunt_tensor_product(x1_t, x2, paths, coeffs, ctx.lmax_out))
+        if x2_t is not None:
+            terms.append(torch.ops.symkernels.gaunt_tensor_product(x1, x2_t, paths, coeffs, ctx.lmax_out))
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    # Reverse and forward mode for callers of torch.ops.symkernels.gaunt_tensor_product itself (a plain
+    # torch.library.register_autograd would give them silent zero tangents under torch.func.jvp).
+    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
 
 
 _register_dispatcher_op()

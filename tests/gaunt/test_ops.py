@@ -362,3 +362,23 @@ def test_backend_resolution():
         assert _backend.resolve("gaunt_tensor_product", a.device, None, ("reference", "cpu")) == "dispatcher"
     with pytest.raises(ValueError, match="backend must be one of"):
         gtp(a, b, backend="fortran")
+
+
+def test_bare_dispatcher_op_has_real_tangents():
+    """torch.ops.symkernels.gaunt_tensor_product called directly: tangents in forward mode are not zero."""
+    from symkernels.gaunt import ops as gaunt_ops
+    from tests.conftest import require_backend
+
+    require_backend("cpu")
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(3, 9, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    t1, t2 = torch.randn_like(x1), torch.randn_like(x2)
+    paths, coeffs = gaunt_ops._sparse_tables(2, 1, 3, "integral", x1.device, x1.dtype)
+    op = lambda a, b: torch.ops.symkernels.gaunt_tensor_product(a, b, paths, coeffs, 3)  # noqa: E731
+    _, tangent = torch.func.jvp(op, (x1, x2), (t1, t2))
+    ref = lambda a, b: gaunt_ops.gaunt_tensor_product(a, b, 3, backend="reference")  # noqa: E731
+    _, expected = torch.func.jvp(ref, (x1, x2), (t1, t2))
+    assert tangent.abs().max() > 0
+    assert_close(tangent, expected)
+    assert torch.autograd.gradcheck(op, (x1.requires_grad_(), x2.requires_grad_()), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(op, (x1, x2))
