@@ -56,7 +56,8 @@ sanitize: setup
 	SYMKERNELS_SANITIZE=1 $(PY) setup.py -q build_ext --inplace
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(PY) -m pytest -q -x -k "not triton and not compile" $(PYTEST_ARGS); status=$$?; \
+	  sh -c '$(PY) -c "import symkernels; assert \"sanitizers\" in symkernels.build_info(), \"not the ASan build\"" && \
+	  $(PY) -m pytest -q -x -k "not triton and not compile" $(PYTEST_ARGS)'; status=$$?; \
 	rm -f symkernels/_C*.so; $(PY) setup.py -q build_ext --inplace; exit $$status
 
 # On a GPU machine, with its own torch (a CUDA build; no venv, offline): build with CUDA, run the whole
