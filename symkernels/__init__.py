@@ -7,7 +7,9 @@
 """
 from symkernels._backend import BACKENDS, backends, build_info
 from symkernels.hadamard import hadamard_transform
+from symkernels.hadamard import random_hadamard, randomized_hadamard_transform
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "__version__"]
+__all__ += ["random_hadamard", "randomized_hadamard_transform"]

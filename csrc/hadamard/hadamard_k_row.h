@@ -1,0 +1,90 @@
+// One-row Kronecker Hadamard transform for CPU kernels: y = x · (H_K ⊗ H_P)ᵀ · scale, P = 2^m.
+//
+// Shared by the hadamard_transform_k op and the fused rotate+quantize op (csrc/quarot/), so that both
+// produce bit-identical rotated rows. Everything here is inline: it must be compiled inside the
+// caller's SYMKERNELS_SIMD_CLONES entry point to get that clone's vector ISA.
+//
+// Order of work per row (the data is touched once in memory, everything else is in L1/L2):
+//   1. widen the row into the accumulation type, FWHT each of the K segments of length P;
+//   2. mix the K segments: out[k, j] = scale · Σ_k' H_K[k, k'] · seg[k', j]. Done on 16-column vector
+//      slabs with 4 output segments per pass, so each loaded slab feeds 4 FMAs; a K×16 slab
+//      (≤ 172·64 B = 11 KiB) stays in L1 across the K/4 passes.
+#pragma once
+
+#include <cstdint>
+
+#include "common/simd.h"
+
+namespace symkernels::hadamard {
+
+// In-place radix-2 FWHT of x[0, p) (p a power of two). The inner loop runs over contiguous lanes, so
+// the compiler vectorizes every stage with stride ≥ the vector width.
+template <typename A>
+SYMKERNELS_INLINE void fwht_inplace(A* x, int64_t p) {
+  for (int64_t h = 1; h < p; h *= 2) {
+    for (int64_t i = 0; i < p; i += 2 * h) {
+      for (int64_t j = i; j < i + h; ++j) {
+        const A a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+    }
+  }
+}
+
+// seg: K·P values (K segments of P, already FWHT'd); out: K·P values; hk: K×K row-major.
+template <typename A>
+SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int64_t p, const A* hk, A scale) {
+  using V = typename simd::Vec<A>::type;
+  constexpr int64_t W = simd::Vec<A>::width;
+  const int64_t p_vec = p - p % W;
+  for (int64_t j = 0; j < p_vec; j += W) {
+    int64_t k = 0;
+    for (; k + 4 <= k_order; k += 4) {
+      V a0{}, a1{}, a2{}, a3{};
+      const A* h0 = hk + k * k_order;
+      for (int64_t kk = 0; kk < k_order; ++kk) {
+        const V v = simd::load<V>(seg + kk * p + j);
+        a0 += h0[kk] * v;
+        a1 += h0[k_order + kk] * v;
+        a2 += h0[2 * k_order + kk] * v;
+        a3 += h0[3 * k_order + kk] * v;
+      }
+      simd::store(out + k * p + j, a0 * scale);
+      simd::store(out + (k + 1) * p + j, a1 * scale);
+      simd::store(out + (k + 2) * p + j, a2 * scale);
+      simd::store(out + (k + 3) * p + j, a3 * scale);
+    }
+    for (; k < k_order; ++k) {
+      V acc{};
+      for (int64_t kk = 0; kk < k_order; ++kk) acc += hk[k * k_order + kk] * simd::load<V>(seg + kk * p + j);
+      simd::store(out + k * p + j, acc * scale);
+    }
+  }
+  // Columns left over when P is not a multiple of the vector width (P < W): scalar.
+  for (int64_t j = p_vec; j < p; ++j) {
+    for (int64_t k = 0; k < k_order; ++k) {
+      A acc = 0;
+      for (int64_t kk = 0; kk < k_order; ++kk) acc += hk[k * k_order + kk] * seg[kk * p + j];
+      out[k * p + j] = acc * scale;
+    }
+  }
+}
+
+// Full row: in (any element type convertible to A) → out (A), using `scratch` (K·P values of A).
+// With K == 1 and hk = [1] this is the plain power-of-two FWHT.
+template <typename A, typename T>
+SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, int64_t k_order, int64_t p, const A* hk, A scale,
+                                              A* scratch) {
+  const int64_t n = k_order * p;
+  for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<A>(in[i]);
+  for (int64_t k = 0; k < k_order; ++k) fwht_inplace(scratch + k * p, p);
+  if (k_order == 1) {
+    const A s = scale * hk[0];
+    for (int64_t i = 0; i < n; ++i) out[i] = scratch[i] * s;
+    return;
+  }
+  kronecker_mix(scratch, out, k_order, p, hk, scale);
+}
+
+}  // namespace symkernels::hadamard
