@@ -8,8 +8,10 @@
 from symkernels._backend import BACKENDS, backends, build_info
 from symkernels.hadamard import hadamard_transform
 from symkernels.hadamard import random_hadamard, randomized_hadamard_transform
+from symkernels.quarot import dequantize_int4, fake_quantize_int4, int4_matmul, quantize_int4
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "__version__"]
-__all__ += ["random_hadamard", "randomized_hadamard_transform"]
+__all__ += ["random_hadamard", "randomized_hadamard_transform", "quantize_int4", "dequantize_int4",
+            "fake_quantize_int4", "int4_matmul"]
