@@ -21,6 +21,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -151,7 +152,12 @@ void micro_scalar(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
 
 enum class Isa { kAvx512Vnni, kAvx2, kScalar };
 
+// SYMKERNELS_INT4_ISA=avx2|scalar forces a narrower path (tests use it to cover every path on one CPU).
 Isa detect_isa() {
+  if (const char* forced = std::getenv("SYMKERNELS_INT4_ISA")) {
+    if (std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
+    if (std::strcmp(forced, "avx2") == 0 && __builtin_cpu_supports("avx2")) return Isa::kAvx2;
+  }
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return Isa::kAvx512Vnni;
@@ -198,7 +204,7 @@ void epilogue(const Problem& p, const int32_t* acc, int mr, int nr, int64_t m0, 
 
 template <typename Out>
 void gemm(const Problem& p, int64_t M, int64_t N, const float* sa, const float* sw, const float* bias, Out* out) {
-  static const Isa isa = detect_isa();
+  const Isa isa = detect_isa();  // a getenv and a cpuid per call: negligible next to a GEMM
   const int64_t panels = (N + kPanelN - 1) / kPanelN;
   const int64_t m_blocks = (M + 3) / 4;
   // Parallel over (panel, row-block) pairs, panel-major so a thread's consecutive work reuses its W panel.
