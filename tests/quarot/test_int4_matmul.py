@@ -139,3 +139,17 @@ def test_opcheck_int4_matmul():
         w = torch.randint(0, 256, (n, kb), generator=gen, dtype=torch.uint8)
         torch.library.opcheck(torch.ops.symkernels.int4_matmul,
                               (a, torch.rand(m), w, torch.rand(n), bias, torch.float16))
+
+
+@pytest.mark.parametrize("isa", ["avx2", "scalar", ""])
+def test_every_cpu_isa_path_exact(monkeypatch, isa):
+    """The CPU kernel picks VNNI/AVX2/scalar at run time; force each path (if the CPU has it)."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
+    gen = torch.Generator().manual_seed(11)
+    for m, n, k in ((1, 9, 80), (6, 5, 512), (13, 17, 64)):  # K/2 = 40: one SIMD block + an 8-byte tail
+        a_p, a = _random_packed(m, k, gen)
+        w_p, w = _random_packed(n, k, gen)
+        out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
+        torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
