@@ -7,8 +7,8 @@
 // Order of work per row (the data is touched once in memory, everything else is in L1/L2):
 //   1. widen the row into the accumulation type, FWHT each of the K segments of length P;
 //   2. mix the K segments: out[k, j] = scale · Σ_k' H_K[k, k'] · seg[k', j]. Done on 16-column vector
-//      slabs with 4 output segments per pass, so each loaded slab feeds 4 FMAs; a K×16 slab
-//      (≤ 172·64 B = 11 KiB) stays in L1 across the K/4 passes.
+//      slabs with 8 output segments per pass, so each loaded slab feeds 8 FMAs; a K×16 slab
+//      (≤ 172·64 B = 11 KiB) stays in L1 across the K/8 passes.
 #pragma once
 
 #include <cstdint>
@@ -17,13 +17,42 @@
 
 namespace symkernels::hadamard {
 
-// In-place radix-2 FWHT of x[0, p) (p a power of two). The inner loop runs over contiguous lanes, so
-// the compiler vectorizes every stage with stride ≥ the vector width.
+// Butterfly between lanes H apart inside one vector: lane i becomes v[i] + v[i^H] (bit H of i clear) or
+// v[i^H] − v[i] (set). Constant permutation and sign vectors: one shuffle and one FMA.
+template <typename A, int H>
+SYMKERNELS_INLINE typename simd::Vec<A>::type lane_butterfly(typename simd::Vec<A>::type v) {
+  using V = typename simd::Vec<A>::type;
+  using I = typename simd::Vec<A>::index;
+  I partner{};
+  V sign{};
+  for (int i = 0; i < simd::Vec<A>::width; ++i) {
+    partner[i] = i ^ H;
+    sign[i] = (i & H) ? A(-1) : A(1);
+  }
+  return __builtin_shuffle(v, partner) + sign * v;
+}
+
+// In-place FWHT of x[0, p) (p a power of two). Strides below the vector width run inside registers
+// (one load/store per vector for all of them); wider strides are radix-2 passes over whole vectors.
 template <typename A>
 SYMKERNELS_INLINE void fwht_inplace(A* x, int64_t p) {
-  for (int64_t h = 1; h < p; h *= 2) {
+  using V = typename simd::Vec<A>::type;
+  constexpr int64_t W = simd::Vec<A>::width;
+  int64_t h = 1;
+  if (p >= W) {
+    for (int64_t i = 0; i < p; i += W) {
+      V v = simd::load<V>(x + i);
+      v = lane_butterfly<A, 1>(v);
+      v = lane_butterfly<A, 2>(v);
+      v = lane_butterfly<A, 4>(v);
+      if constexpr (W == 16) v = lane_butterfly<A, 8>(v);
+      simd::store(x + i, v);
+    }
+    h = W;
+  }
+  for (; h < p; h *= 2) {
     for (int64_t i = 0; i < p; i += 2 * h) {
-      for (int64_t j = i; j < i + h; ++j) {
+      for (int64_t j = i; j < i + h; ++j) {  // h ≥ W here (or p < W): contiguous, vectorized
         const A a = x[j], b = x[j + h];
         x[j] = a + b;
         x[j + h] = a - b;
@@ -40,6 +69,16 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
   const int64_t p_vec = p - p % W;
   for (int64_t j = 0; j < p_vec; j += W) {
     int64_t k = 0;
+    // 8 output segments per pass: 8 accumulators + 1 loaded slab, each slab load feeds 8 FMAs.
+    for (; k + 8 <= k_order; k += 8) {
+      V acc[8] = {};
+      const A* h0 = hk + k * k_order;
+      for (int64_t kk = 0; kk < k_order; ++kk) {
+        const V v = simd::load<V>(seg + kk * p + j);
+        for (int r = 0; r < 8; ++r) acc[r] += h0[r * k_order + kk] * v;
+      }
+      for (int r = 0; r < 8; ++r) simd::store(out + (k + r) * p + j, acc[r] * scale);
+    }
     for (; k + 4 <= k_order; k += 4) {
       V a0{}, a1{}, a2{}, a3{};
       const A* h0 = hk + k * k_order;

@@ -63,6 +63,10 @@ struct Problem {
   const uint8_t* a_packed;   // [M, kb]
   const uint8_t* w;          // [N, kb]
   int64_t kb, kb_main;
+  // Optional pre-unpacked W panel (unsigned codes w + 8, same K order as A) for columns
+  // [w_unpacked_n0, w_unpacked_n0 + kPanelN): used when many rows reuse each W byte.
+  const uint8_t* w_unpacked = nullptr;
+  int64_t w_unpacked_n0 = 0;
 };
 
 // ---- AVX-512 VNNI ----------------------------------------------------------------------------------
@@ -78,6 +82,10 @@ SK_AVX512_TARGET void micro_avx512(const Problem& p, int64_t m0, int64_t n0, int
   for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
     __m512i wv[NR];
     for (int j = 0; j < NR; ++j) {
+      if (p.w_unpacked) {
+        wv[j] = _mm512_loadu_si512(p.w_unpacked + (n0 + j - p.w_unpacked_n0) * a_stride + 2 * blk);
+        continue;
+      }
       const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (n0 + j) * p.kb + blk));
       const __m256i lo = _mm256_xor_si256(_mm256_and_si256(packed, nib), eight);
       const __m256i hi = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), nib), eight);
@@ -105,6 +113,12 @@ SK_AVX2_TARGET void micro_avx2(const Problem& p, int64_t m0, int64_t n0, int32_t
   for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
     __m256i wlo[NR], whi[NR];
     for (int j = 0; j < NR; ++j) {
+      if (p.w_unpacked) {
+        const uint8_t* wu = p.w_unpacked + (n0 + j - p.w_unpacked_n0) * a_stride + 2 * blk;
+        wlo[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wu));
+        whi[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wu + kBlockBytes));
+        continue;
+      }
       const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (n0 + j) * p.kb + blk));
       wlo[j] = _mm256_xor_si256(_mm256_and_si256(packed, nib), eight);
       whi[j] = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), nib), eight);
@@ -202,28 +216,65 @@ void epilogue(const Problem& p, const int32_t* acc, int mr, int nr, int64_t m0, 
   }
 }
 
+// Rows from which a W panel is unpacked once into an L2-resident buffer (then every row block reuses it)
+// instead of being unpacked in registers for each 4-row block: below this the GEMM is bound by reading
+// W, and the in-register unpack is free.
+constexpr int64_t kPreUnpackRows = 16;
+
+template <typename Out>
+void run_panel(const Problem& p, Isa isa, int64_t panel, int64_t m_begin, int64_t m_end, int64_t M, int64_t N,
+               const float* sa, const float* sw, const float* bias, Out* out) {
+  int32_t acc[16];
+  const int64_t n_end = std::min(N, (panel + 1) * kPanelN);
+  for (int64_t m0 = m_begin; m0 < m_end; m0 += 4) {
+    const int mr = static_cast<int>(std::min<int64_t>(4, M - m0));
+    int64_t n0 = panel * kPanelN;
+    for (; n0 + 4 <= n_end; n0 += 4) {
+      micro_rows<4>(isa, mr, p, m0, n0, acc);
+      epilogue(p, acc, mr, 4, m0, n0, sa, sw, bias, out, N);
+    }
+    for (; n0 < n_end; ++n0) {
+      micro_rows<1>(isa, mr, p, m0, n0, acc);
+      epilogue(p, acc, mr, 1, m0, n0, sa, sw, bias, out, N);
+    }
+  }
+}
+
 template <typename Out>
 void gemm(const Problem& p, int64_t M, int64_t N, const float* sa, const float* sw, const float* bias, Out* out) {
   const Isa isa = detect_isa();  // a getenv and a cpuid per call: negligible next to a GEMM
   const int64_t panels = (N + kPanelN - 1) / kPanelN;
   const int64_t m_blocks = (M + 3) / 4;
-  // Parallel over (panel, row-block) pairs, panel-major so a thread's consecutive work reuses its W panel.
-  at::parallel_for(0, panels * m_blocks, 1, [&](int64_t begin, int64_t end) {
-    int32_t acc[16];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t panel = task / m_blocks, mb = task % m_blocks;
-      const int64_t m0 = mb * 4;
-      const int mr = static_cast<int>(std::min<int64_t>(4, M - m0));
-      const int64_t n_end = std::min(N, (panel + 1) * kPanelN);
-      int64_t n0 = panel * kPanelN;
-      for (; n0 + 4 <= n_end; n0 += 4) {
-        micro_rows<4>(isa, mr, p, m0, n0, acc);
-        epilogue(p, acc, mr, 4, m0, n0, sa, sw, bias, out, N);
+  if (M < kPreUnpackRows || isa == Isa::kScalar || p.kb_main == 0) {
+    // Parallel over (panel, row-block) pairs, panel-major so a thread's consecutive work reuses its W panel.
+    at::parallel_for(0, panels * m_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t panel = task / m_blocks, mb = task % m_blocks;
+        run_panel(p, isa, panel, mb * 4, mb * 4 + 4, M, N, sa, sw, bias, out);
       }
-      for (; n0 < n_end; ++n0) {
-        micro_rows<1>(isa, mr, p, m0, n0, acc);
-        epilogue(p, acc, mr, 1, m0, n0, sa, sw, bias, out, N);
+    });
+    return;
+  }
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    const int64_t stride = 2 * p.kb_main;
+    std::vector<uint8_t> buf(static_cast<size_t>(kPanelN * stride));
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t n0 = panel * kPanelN, cols = std::min(N, n0 + kPanelN) - n0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const uint8_t* wrow = p.w + (n0 + c) * p.kb;
+        uint8_t* dst = buf.data() + c * stride;
+        for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
+          for (int64_t t = 0; t < kBlockBytes; ++t) {
+            const uint8_t b = wrow[blk + t];
+            dst[2 * blk + t] = (b & 0xF) ^ 8;
+            dst[2 * blk + kBlockBytes + t] = ((b >> 4) & 0xF) ^ 8;
+          }
+        }
       }
+      Problem local = p;
+      local.w_unpacked = buf.data();
+      local.w_unpacked_n0 = n0;
+      run_panel(local, isa, panel, 0, M, M, N, sa, sw, bias, out);
     }
   });
 }

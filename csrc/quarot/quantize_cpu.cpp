@@ -43,9 +43,12 @@ SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* s
     }
     const float scale = nan ? NAN : (clip * amax) / 7.0f;
     scales[r] = scale;
+    // two simple loops the compiler vectorizes: codes (as floats, in place), then nibble packing
+    for (int64_t i = 0; i < n; ++i) row[i] = quantize_code(row[i], scale);
     uint8_t* dst = packed + r * (n / 2);
     for (int64_t j = 0; j < n / 2; ++j) {
-      dst[j] = pack_pair(quantize_value(row[2 * j], scale), quantize_value(row[2 * j + 1], scale));
+      dst[j] = pack_pair(static_cast<int8_t>(static_cast<int>(row[2 * j])),
+                         static_cast<int8_t>(static_cast<int>(row[2 * j + 1])));
     }
   }
 }

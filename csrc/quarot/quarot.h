@@ -15,18 +15,17 @@ namespace symkernels::quarot {
 constexpr int kQMin = -8;
 constexpr int kQMax = 7;
 
-// q = clamp(round_half_even(x / scale), −8, 7); NaN (amax = 0, or NaN/inf in the row) maps to 0 and the
-// scale carries it. Division, not a multiply by 1/scale, so every backend gets the correctly rounded
-// quotient the reference computes. Clamping before rounding is the same as after (integer bounds).
-SYMKERNELS_HD int8_t quantize_value(float x, float scale) {
-  float v = x / scale;
-  if (!(v == v)) return 0;
-  v = v < float(kQMin) ? float(kQMin) : (v > float(kQMax) ? float(kQMax) : v);
-#if defined(__CUDA_ARCH__)
-  return static_cast<int8_t>(__float2int_rn(v));  // round half to even
-#else
-  return static_cast<int8_t>(std::nearbyint(v));  // default FE_TONEAREST: round half to even
-#endif
+// q = clamp(round_half_even(x / scale), −8, 7) as a float; NaN (amax = 0, or NaN/inf in the row) maps
+// to 0 and the scale carries it. Division, not a multiply by 1/scale, so every backend gets the correctly
+// rounded quotient the reference computes. Clamping before rounding equals clamping after (integer
+// bounds). Rounding: adding 1.5·2^23 leaves no fraction bits, so the FPU's round-to-nearest-even does it;
+// exact for |c| ≤ 8, no libm call, and branch-free so the CPU loop vectorizes (compilers keep (c + M) − M
+// without -ffast-math). NaN compares false, so it passes the clamp and is replaced at the end.
+SYMKERNELS_HD float quantize_code(float x, float scale) {
+  const float v = x / scale;
+  const float c = v < float(kQMin) ? float(kQMin) : (v > float(kQMax) ? float(kQMax) : v);
+  const float r = (c + 12582912.0f) - 12582912.0f;
+  return v == v ? r : 0.0f;
 }
 
 SYMKERNELS_HD uint8_t pack_pair(int8_t even, int8_t odd) {

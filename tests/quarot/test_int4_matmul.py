@@ -148,7 +148,8 @@ def test_every_cpu_isa_path_exact(monkeypatch, isa):
         pytest.skip("cpu backend unavailable")
     monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
     gen = torch.Generator().manual_seed(11)
-    for m, n, k in ((1, 9, 80), (6, 5, 512), (13, 17, 64)):  # K/2 = 40: one SIMD block + an 8-byte tail
+    # K/2 = 40: one SIMD block + an 8-byte tail; M ≥ 16 takes the pre-unpacked W panel path
+    for m, n, k in ((1, 9, 80), (6, 5, 512), (13, 17, 64), (21, 70, 80)):
         a_p, a = _random_packed(m, k, gen)
         w_p, w = _random_packed(n, k, gen)
         out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
