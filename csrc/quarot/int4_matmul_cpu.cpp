@@ -72,27 +72,33 @@ struct Problem {
 // ---- AVX-512 VNNI ----------------------------------------------------------------------------------
 #define SK_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
-template <int MR, int NR>
+template <int MR, int NR, bool kPre>
 SK_AVX512_TARGET void micro_avx512(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
+  const int64_t a_stride = 2 * p.kb_main;
+  // Row pointers hoisted out of the K loop: the loop body is loads, (unpack,) and dpbusd only.
+  const uint8_t* wrow[NR];
+  const int8_t* arow[MR];
+  for (int j = 0; j < NR; ++j)
+    wrow[j] = kPre ? p.w_unpacked + (n0 + j - p.w_unpacked_n0) * a_stride : p.w + (n0 + j) * p.kb;
+  for (int i = 0; i < MR; ++i) arow[i] = p.a_unpacked + (m0 + i) * a_stride;
   __m512i acc[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
   const __m256i nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(0x08);
-  const int64_t a_stride = 2 * p.kb_main;
   for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
     __m512i wv[NR];
     for (int j = 0; j < NR; ++j) {
-      if (p.w_unpacked) {
-        wv[j] = _mm512_loadu_si512(p.w_unpacked + (n0 + j - p.w_unpacked_n0) * a_stride + 2 * blk);
-        continue;
+      if constexpr (kPre) {
+        wv[j] = _mm512_loadu_si512(wrow[j] + 2 * blk);
+      } else {
+        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[j] + blk));
+        const __m256i lo = _mm256_xor_si256(_mm256_and_si256(packed, nib), eight);
+        const __m256i hi = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), nib), eight);
+        wv[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
       }
-      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (n0 + j) * p.kb + blk));
-      const __m256i lo = _mm256_xor_si256(_mm256_and_si256(packed, nib), eight);
-      const __m256i hi = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), nib), eight);
-      wv[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
     }
     for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_loadu_si512(p.a_unpacked + (m0 + i) * a_stride + 2 * blk);
+      const __m512i av = _mm512_loadu_si512(arow[i] + 2 * blk);
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
     }
   }
@@ -183,7 +189,8 @@ Isa detect_isa() {
 template <int MR, int NR>
 void micro(Isa isa, const Problem& p, int64_t m0, int64_t n0, int32_t* acc) {
   switch (isa) {
-    case Isa::kAvx512Vnni: return micro_avx512<MR, NR>(p, m0, n0, acc);
+    case Isa::kAvx512Vnni:
+      return p.w_unpacked ? micro_avx512<MR, NR, true>(p, m0, n0, acc) : micro_avx512<MR, NR, false>(p, m0, n0, acc);
     case Isa::kAvx2: return micro_avx2<MR, NR>(p, m0, n0, acc);
     default: return micro_scalar<MR, NR>(p, m0, n0, acc);
   }
