@@ -61,13 +61,44 @@ SYMKERNELS_INLINE void fwht_inplace(A* x, int64_t p) {
   }
 }
 
+// R output segments (rows k .. k+R) × 2 vector slabs (columns j0 .. j0 + 2W) of the K×K mix.
+template <typename A, int R>
+SYMKERNELS_INLINE void mix_rows_two_slabs(const A* seg, A* out, int64_t k_order, int64_t p, const A* hk, A scale,
+                                          int64_t k, int64_t j0) {
+  using V = typename simd::Vec<A>::type;
+  constexpr int64_t W = simd::Vec<A>::width;
+  V lo[R] = {}, hi[R] = {};
+  const A* h0 = hk + k * k_order;
+  for (int64_t kk = 0; kk < k_order; ++kk) {
+    const V v0 = simd::load<V>(seg + kk * p + j0), v1 = simd::load<V>(seg + kk * p + j0 + W);
+    for (int r = 0; r < R; ++r) {
+      const A h = h0[r * k_order + kk];
+      lo[r] += h * v0;
+      hi[r] += h * v1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    simd::store(out + (k + r) * p + j0, lo[r] * scale);
+    simd::store(out + (k + r) * p + j0 + W, hi[r] * scale);
+  }
+}
+
 // seg: K·P values (K segments of P, already FWHT'd); out: K·P values; hk: K×K row-major.
 template <typename A>
 SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int64_t p, const A* hk, A scale) {
   using V = typename simd::Vec<A>::type;
   constexpr int64_t W = simd::Vec<A>::width;
   const int64_t p_vec = p - p % W;
-  for (int64_t j = 0; j < p_vec; j += W) {
+  int64_t j0 = 0;
+  // Two vector slabs × 8 output segments: each broadcast H entry feeds 2 FMAs and each slab load 8,
+  // so the loop is FMA-bound rather than load-bound. Same per-output summation order as below.
+  for (; j0 + 2 * W <= p_vec; j0 += 2 * W) {
+    int64_t k = 0;
+    for (; k + 8 <= k_order; k += 8) mix_rows_two_slabs<A, 8>(seg, out, k_order, p, hk, scale, k, j0);
+    for (; k + 4 <= k_order; k += 4) mix_rows_two_slabs<A, 4>(seg, out, k_order, p, hk, scale, k, j0);
+    for (; k < k_order; ++k) mix_rows_two_slabs<A, 1>(seg, out, k_order, p, hk, scale, k, j0);
+  }
+  for (int64_t j = j0; j < p_vec; j += W) {
     int64_t k = 0;
     // 8 output segments per pass: 8 accumulators + 1 loaded slab, each slab load feeds 8 FMAs.
     for (; k + 8 <= k_order; k += 8) {
