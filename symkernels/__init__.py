@@ -6,9 +6,17 @@
     True
 """
 from symkernels._backend import BACKENDS, backends, build_info
-from symkernels.hadamard import hadamard_transform
 from symkernels.gaunt import gaunt_tensor_product
+from symkernels.hadamard import hadamard_transform, random_hadamard, randomized_hadamard_transform
+from symkernels.quarot import dequantize_int4, fake_quantize_int4, int4_matmul, quantize_int4
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "gaunt_tensor_product", "__version__"]
+__all__ = [
+    "BACKENDS", "backends", "build_info", "__version__",
+    # hadamard + quarot
+    "hadamard_transform", "random_hadamard", "randomized_hadamard_transform",
+    "quantize_int4", "dequantize_int4", "fake_quantize_int4", "int4_matmul",
+    # gaunt
+    "gaunt_tensor_product",
+]

@@ -6,7 +6,7 @@ import math
 import torch
 
 from symkernels import _autograd, _backend
-from symkernels.hadamard import reference
+from symkernels.hadamard import hadamard_k, hadamard_k_ops, reference
 
 OP_NAME = "hadamard_transform"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
@@ -25,13 +25,15 @@ def _check_args(x: torch.Tensor, scale: float) -> None:
     if n < 2 or n > MAX_SIZE or n & (n - 1):
         lower = 1 << max(1, min(reference.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2
         upper = min(MAX_SIZE, max(2, lower * 2 if lower < n else lower))
-        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, got {n} "
-                         f"(nearest supported sizes: {sorted({lower, upper})})")
+        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, or K·2^m for "
+                         f"K in {hadamard_k.ORDERS}, got {n} (nearest supported sizes: "
+                         f"{sorted({lower, upper} | set(hadamard_k.nearest_supported(n)))})")
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{OP_NAME}: scale must be a finite Python number, got {scale!r}")
 
 
-def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, backend: str | None = None) -> torch.Tensor:
+def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False,
+                       backend: str | None = None) -> torch.Tensor:
     """Fast Walsh–Hadamard transform along the last dimension.
 
     Args:
@@ -45,7 +47,14 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, backend: str | No
         Hadamard matrix H_n (``symkernels.hadamard.reference.hadamard_matrix``), computed in fp32
         (fp64 for fp64 inputs) and rounded once. Differentiable to any order (backward is the same
         transform of the gradient, since H_n is symmetric), also in forward mode.
+
+    Non-power-of-two sizes n = K·2^m (K in ``hadamard_k.ORDERS``, e.g. 11008 = 172·2^6) use
+    H_n = H_K ⊗ H_{2^m}, element index k·2^m + j, in one pass (``hadamard_k_ops``). H_K need not be
+    symmetric, so there ``transpose=True`` gives ``x @ H_n * scale`` (the inverse, with scale 1/n);
+    for powers of two it changes nothing.
     """
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and hadamard_k.decompose(x.shape[-1]) is not None:
+        return hadamard_k_ops.hadamard_transform_k(x, scale, transpose=transpose, backend=backend)
     _check_args(x, scale)
     impl = _backend.resolve(OP_NAME, x.device, backend, IMPLEMENTED)
     if impl == "reference":

@@ -1,0 +1,96 @@
+// CPU kernel of hadamard_transform_k: one pass per row (widen, K segment FWHTs and the K×K mix all in
+// cache, see hadamard_k_row.h), rows split across threads.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/simd.h"
+#include "hadamard/hadamard_k_row.h"
+
+namespace symkernels::hadamard {
+namespace {
+
+// Rows per parallel task: enough elements that thread start-up is noise next to the work.
+constexpr int64_t kElementsPerTask = 1 << 14;
+
+// One clone per ISA for each (accumulation, storage) type pair; A = double only for fp64 inputs.
+template <typename A, typename T>
+SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, int64_t k_order, int64_t p, const A* hk, A scale) {
+  const int64_t n = k_order * p;
+  std::vector<A> scratch(n), row(n);
+  for (int64_t r = 0; r < rows; ++r) {
+    kronecker_hadamard_row(in + r * n, row.data(), k_order, p, hk, scale, scratch.data());
+    for (int64_t i = 0; i < n; ++i) out[r * n + i] = static_cast<T>(row[i]);
+  }
+}
+
+SYMKERNELS_SIMD_CLONES void rows_f32(const float* in, float* out, int64_t rows, int64_t k, int64_t p, const float* hk,
+                                     float scale) {
+  rows_impl(in, out, rows, k, p, hk, scale);
+}
+SYMKERNELS_SIMD_CLONES void rows_f64(const double* in, double* out, int64_t rows, int64_t k, int64_t p,
+                                     const double* hk, double scale) {
+  rows_impl(in, out, rows, k, p, hk, scale);
+}
+SYMKERNELS_SIMD_CLONES void rows_f16(const c10::Half* in, c10::Half* out, int64_t rows, int64_t k, int64_t p,
+                                     const float* hk, float scale) {
+  rows_impl(in, out, rows, k, p, hk, scale);
+}
+SYMKERNELS_SIMD_CLONES void rows_bf16(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int64_t k, int64_t p,
+                                      const float* hk, float scale) {
+  rows_impl(in, out, rows, k, p, hk, scale);
+}
+
+template <typename T, typename A, typename Fn>
+void run(const at::Tensor& input, at::Tensor& out, const at::Tensor& hk, int64_t k, int64_t p, double scale, Fn fn) {
+  const int64_t n = k * p;
+  const int64_t rows = input.numel() / n;
+  const T* src = input.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  const A* h = hk.const_data_ptr<A>();
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / n);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    fn(src + begin * n, dst + begin * n, end - begin, k, p, h, static_cast<A>(scale));
+  });
+}
+
+at::Tensor hadamard_transform_k_cpu(const at::Tensor& x, const at::Tensor& hk, double scale) {
+  constexpr const char* op = "hadamard_transform_k";
+  check_floating(x, op, "x");
+  check_min_dim(x, 1, op, "x");
+  check_floating(hk, op, "hk");
+  TORCH_CHECK_VALUE(hk.dim() == 2 && hk.size(0) == hk.size(1) && hk.size(0) >= 1, op,
+                    ": hk must be a square K×K matrix, got shape ", hk.sizes());
+  TORCH_CHECK_VALUE(hk.device() == x.device(), op, ": hk must be on x's device (", x.device(), "), got ", hk.device());
+  const int64_t k = hk.size(0);
+  const int64_t n = x.size(-1);
+  TORCH_CHECK_VALUE(n % k == 0 && is_power_of_two(n / k), op, ": x.shape[-1] must be K·2^m for K = hk.shape[0] = ", k,
+                    ", got ", n);
+  const int64_t p = n / k;
+  const at::Tensor input = x.contiguous();
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  if (input.numel() == 0) return out;
+  const bool f64 = x.scalar_type() == at::kDouble;
+  const at::Tensor h = hk.to(f64 ? at::kDouble : at::kFloat).contiguous();
+  switch (x.scalar_type()) {
+    case at::kFloat: run<float, float>(input, out, h, k, p, scale, rows_f32); break;
+    case at::kDouble: run<double, double>(input, out, h, k, p, scale, rows_f64); break;
+    case at::kHalf: run<c10::Half, float>(input, out, h, k, p, scale, rows_f16); break;
+    case at::kBFloat16: run<c10::BFloat16, float>(input, out, h, k, p, scale, rows_bf16); break;
+    default: TORCH_CHECK_TYPE(false, op, ": unsupported dtype ", x.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("hadamard_transform_k", &hadamard_transform_k_cpu); }
+
+}  // namespace symkernels::hadamard

@@ -1,0 +1,127 @@
+// CPU kernel of quantize_int4: per row, one read of x and one write of n/2 bytes + one scale.
+// Rotation (optional), absmax, scale, round and pack all run on an L1/L2-resident fp32 copy of the row.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/simd.h"
+#include "hadamard/hadamard_k_row.h"
+#include "quarot/quarot.h"
+
+namespace symkernels::quarot {
+namespace {
+
+constexpr int64_t kElementsPerTask = 1 << 14;
+
+template <typename T>
+SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,
+                                          float clip, const float* hk, int64_t k_order, float rot_scale) {
+  std::vector<float> row(n), scratch(hk ? n : 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* src = in + r * n;
+    if (hk) {
+      hadamard::kronecker_hadamard_row(src, row.data(), k_order, n / k_order, hk, rot_scale, scratch.data());
+    } else {
+      for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(src[i]);
+    }
+    // NaN-propagating absmax (std::max would drop a NaN that is not first).
+    float amax = 0.f;
+    bool nan = false;
+    for (int64_t i = 0; i < n; ++i) {
+      const float a = std::fabs(row[i]);
+      nan |= a != a;
+      amax = a > amax ? a : amax;
+    }
+    const float scale = nan ? NAN : (clip * amax) / 7.0f;
+    scales[r] = scale;
+    // two simple loops the compiler vectorizes: codes (as floats, in place), then nibble packing
+    for (int64_t i = 0; i < n; ++i) row[i] = quantize_code(row[i], scale);
+    uint8_t* dst = packed + r * (n / 2);
+    for (int64_t j = 0; j < n / 2; ++j) {
+      dst[j] = pack_pair(static_cast<int8_t>(static_cast<int>(row[2 * j])),
+                         static_cast<int8_t>(static_cast<int>(row[2 * j + 1])));
+    }
+  }
+}
+
+#define QUANTIZE_CLONE(NAME, T)                                                                              \
+  SYMKERNELS_SIMD_CLONES void NAME(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,     \
+                                   float clip, const float* hk, int64_t k_order, float rot_scale) {           \
+    quantize_rows_impl(in, packed, scales, rows, n, clip, hk, k_order, rot_scale);                           \
+  }
+QUANTIZE_CLONE(quantize_rows_f32, float)
+QUANTIZE_CLONE(quantize_rows_f64, double)
+QUANTIZE_CLONE(quantize_rows_f16, c10::Half)
+QUANTIZE_CLONE(quantize_rows_bf16, c10::BFloat16)
+#undef QUANTIZE_CLONE
+
+template <typename T, typename Fn>
+void run(const at::Tensor& x, at::Tensor& packed, at::Tensor& scales, double clip, const at::Tensor* hk,
+         double rot_scale, Fn fn) {
+  const int64_t n = x.size(-1);
+  const int64_t rows = n ? x.numel() / n : 0;
+  const T* src = x.const_data_ptr<T>();
+  uint8_t* dst = packed.mutable_data_ptr<uint8_t>();
+  float* sc = scales.mutable_data_ptr<float>();
+  const float* h = hk ? hk->const_data_ptr<float>() : nullptr;
+  const int64_t k = hk ? hk->size(0) : 1;
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(n, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    fn(src + begin * n, dst + begin * (n / 2), sc + begin, end - begin, n, static_cast<float>(clip), h, k,
+       static_cast<float>(rot_scale));
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_int4_cpu(const at::Tensor& x, double clip_ratio,
+                                                      const std::optional<at::Tensor>& hk, double rot_scale) {
+  constexpr const char* op = "quantize_int4";
+  check_floating(x, op, "x");
+  check_min_dim(x, 1, op, "x");
+  const int64_t n = x.size(-1);
+  TORCH_CHECK_VALUE(n % 2 == 0, op, ": x.shape[-1] must be even (two 4-bit codes per byte), got ", n);
+  TORCH_CHECK_VALUE(std::isfinite(clip_ratio) && clip_ratio > 0.0 && clip_ratio <= 1.0, op,
+                    ": clip_ratio must be in (0, 1], got ", clip_ratio);
+  at::Tensor h;
+  if (hk.has_value()) {
+    TORCH_CHECK_VALUE(hk->dim() == 2 && hk->size(0) == hk->size(1) && hk->size(0) >= 1, op,
+                      ": hk must be a square K×K matrix, got shape ", hk->sizes());
+    const int64_t k = hk->size(0);
+    TORCH_CHECK_VALUE(n % k == 0 && is_power_of_two(n / k), op, ": x.shape[-1] must be K·2^m for K = ", k,
+                      ", got ", n);
+    h = hk->to(at::kFloat).contiguous();
+  }
+  const at::Tensor input = x.contiguous();
+  std::vector<int64_t> packed_shape(x.sizes().begin(), x.sizes().end()), scale_shape = packed_shape;
+  packed_shape.back() = n / 2;
+  scale_shape.back() = 1;
+  at::Tensor packed = at::empty(packed_shape, x.options().dtype(at::kByte));
+  at::Tensor scales = at::empty(scale_shape, x.options().dtype(at::kFloat));
+  if (input.numel() == 0) {
+    scales.zero_();  // rows of length 0: amax = 0 → scale 0, as the reference
+    return {packed, scales};
+  }
+  const at::Tensor* hp = hk.has_value() ? &h : nullptr;
+  switch (x.scalar_type()) {
+    case at::kFloat: run<float>(input, packed, scales, clip_ratio, hp, rot_scale, quantize_rows_f32); break;
+    case at::kDouble: run<double>(input, packed, scales, clip_ratio, hp, rot_scale, quantize_rows_f64); break;
+    case at::kHalf: run<c10::Half>(input, packed, scales, clip_ratio, hp, rot_scale, quantize_rows_f16); break;
+    case at::kBFloat16: run<c10::BFloat16>(input, packed, scales, clip_ratio, hp, rot_scale, quantize_rows_bf16); break;
+    default: TORCH_CHECK_TYPE(false, op, ": unsupported dtype ", x.scalar_type());
+  }
+  return {packed, scales};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("quantize_int4", &quantize_int4_cpu); }
+
+}  // namespace symkernels::quarot

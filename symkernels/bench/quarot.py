@@ -1,0 +1,111 @@
+"""QuaRot pillar benchmarks: non-power-of-two Hadamard, fused rotate+quantize, W4A4 GEMM.
+
+Peers run side by side: the two-pass Hadamard (QuaRot's route: FWHT + dense K×K matmul) and a dense
+n×n matmul; unfused torch ops for rotate+quantize (QuaRot's ≈ 6 launches); torch float32 / bfloat16
+matmul and ``torch._int_mm`` (int8×int8→int32, without the dequant epilogue) for the GEMM.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+import symkernels
+from symkernels import _backend
+from symkernels.bench.harness import Case, sweep
+from symkernels.hadamard import hadamard_k
+from symkernels.hadamard.hadamard_k_ops import hk_for
+from symkernels.quarot import reference
+
+
+def _ours_backend(device: torch.device) -> str | None:
+    return None  # the dispatcher: C++ on CPU, CUDA/Triton on GPU
+
+
+def _two_pass(x: torch.Tensor, hk: torch.Tensor, scale: float) -> torch.Tensor:
+    """QuaRot's route: the power-of-two FWHT (symkernels' kernel), then a dense K×K matmul."""
+    k = hk.shape[0]
+    p = x.shape[-1] // k
+    y = symkernels.hadamard_transform(x.reshape(-1, k, p), 1.0) if p > 1 else x.reshape(-1, k, p)
+    return (hk @ y).reshape(x.shape) * scale
+
+
+def _unfused_rotate_quantize(x: torch.Tensor, hk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What QuaRot runs: rotation kernel(s), then abs, max, div, round, clamp, cast, pack as torch ops."""
+    n = x.shape[-1]
+    if hk is None:
+        xr = symkernels.hadamard_transform(x, 1.0 / math.sqrt(n))
+    else:
+        xr = _two_pass(x, hk, 1.0 / math.sqrt(n))
+    scale = xr.abs().amax(dim=-1, keepdim=True) / 7.0
+    q = torch.clamp(torch.round(xr / scale), -8, 7).to(torch.int8)
+    return reference.pack_int4(q), scale
+
+
+def _hadamard_cases(device, quick) -> Iterable[Case]:
+    shapes = [(64, 3584), (64, 11008)] if quick else [(256, 3584), (256, 11008), (256, 14336), (64, 28672)]
+    for rows, n in shapes:
+        k, p = hadamard_k.decompose(n)
+        x = torch.randn(rows, n, device=device)
+        hk = hk_for(n, torch.float32, device)
+        scale = 1.0 / math.sqrt(n)
+        impls = {"symkernels one-pass": lambda x=x: symkernels.hadamard_transform(x, scale),
+                 "two-pass (FWHT + K×K matmul)": lambda x=x, hk=hk: _two_pass(x, hk, scale)}
+        if n <= 11008:
+            h = hadamard_k.hadamard_matrix_any(n, dtype=torch.float32, device=device)
+            impls["dense n×n matmul"] = lambda x=x, h=h: x @ h.T * scale
+        else:
+            impls["dense n×n matmul"] = f"skipped: a {n}×{n} fp32 matrix is {4 * n * n / 2**30:.1f} GiB"
+        impls["fast-hadamard-transform"] = "not installed (CUDA-only package; no CPU path, K·2^m only for K≤40)"
+        yield Case(op="hadamard_transform", shape=f"{rows}x{n} (K={k})", dtype="float32", impls=impls,
+                   ours="symkernels one-pass", bytes_moved=2 * x.nbytes, flops=rows * n * (k + int(math.log2(p))))
+
+
+def _quantize_cases(device, quick) -> Iterable[Case]:
+    shapes = [(256, 4096), (256, 11008)] if quick else [(2048, 4096), (2048, 11008), (16, 4096)]
+    for rows, n in shapes:
+        x = torch.randn(rows, n, device=device)
+        hk = None if n & (n - 1) == 0 else hk_for(n, torch.float32, device)
+        yield Case(op="rotate+quantize_int4", shape=f"{rows}x{n}", dtype="float32",
+                   impls={"symkernels fused": lambda x=x: symkernels.quantize_int4(x, hadamard=True),
+                          "unfused torch ops": lambda x=x, hk=hk: _unfused_rotate_quantize(x, hk)},
+                   ours="symkernels fused", bytes_moved=x.nbytes + x.nbytes // 8 + 4 * rows)
+        yield Case(op="quantize_int4 (no rotation)", shape=f"{rows}x{n}", dtype="float32",
+                   impls={"symkernels": lambda x=x: symkernels.quantize_int4(x),
+                          "torch ops": lambda x=x: reference.quantize_int4(x)},
+                   ours="symkernels", bytes_moved=x.nbytes + x.nbytes // 8 + 4 * rows)
+
+
+def _gemm_cases(device, quick) -> Iterable[Case]:
+    sizes = [4096] if quick else [4096, 11008]
+    ms = [1, 16, 256] if quick else [1, 16, 256, 2048]
+    for kn in sizes:
+        w = torch.randn(kn, kn, device=device) / math.sqrt(kn)
+        w_p, w_s = symkernels.quantize_int4(w)
+        w8 = torch.randint(-8, 8, (kn, kn), dtype=torch.int8, device=device).T  # [K, N] for _int_mm
+        w_bf16 = w.to(torch.bfloat16)
+        for m in ms:
+            x = torch.randn(m, kn, device=device)
+            a_p, a_s = symkernels.quantize_int4(x)
+            a8 = torch.randint(-8, 8, (m, kn), dtype=torch.int8, device=device)
+            x_bf16 = x.to(torch.bfloat16)
+            impls = {"symkernels W4A4": lambda a_p=a_p, a_s=a_s: symkernels.int4_matmul(a_p, a_s, w_p, w_s),
+                     "torch fp32 matmul": lambda x=x: x @ w.T,
+                     "torch._int_mm int8 (no epilogue)": lambda a8=a8: torch._int_mm(a8, w8)}
+            if not (quick and device.type == "cpu"):
+                impls["torch bf16 matmul"] = lambda x=x_bf16: x @ w_bf16.T
+            else:
+                impls["torch bf16 matmul"] = "skipped in --quick on CPU (slow, no AMX path in this torch build)"
+            yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}", dtype="int4→fp32", impls=impls,
+                       ours="symkernels W4A4", flops=2 * m * kn * kn,
+                       bytes_moved=m * kn // 2 + kn * kn // 2 + 4 * m * kn + 4 * (m + kn))
+
+
+@sweep("quarot")
+def cases(device: torch.device, quick: bool) -> Iterable[Case]:
+    if device.type == "cuda" and not _backend.backend_status("triton") and not _backend.native_has_cuda():
+        raise RuntimeError("quarot benchmarks on CUDA need the CUDA build or Triton")
+    yield from _hadamard_cases(device, quick)
+    yield from _quantize_cases(device, quick)
+    yield from _gemm_cases(device, quick)

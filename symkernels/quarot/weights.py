@@ -1,0 +1,104 @@
+"""Weight quantization to symmetric INT4: round-to-nearest (RTN) and GPTQ, per output channel or in
+groups of input columns (group_size, e.g. 128).
+
+Both return integer codes ``q`` (int8 in [−8, 7], [N, K]) and scales ``[N, K/group_size]`` (one column
+for per-channel), with ``W ≈ q · scale`` broadcast over each group. The W4A4 kernel's epilogue takes one
+scale per output channel, so only per-channel weights run on ``int4_matmul``; group-wise weights are
+for simulated (dequantized) evaluation.
+
+GPTQ (Frantar et al., 2022): quantize columns left to right, and after each column spread its rounding
+error over the not-yet-quantized columns with the inverse Hessian of the layer's squared error,
+H = 2·XᵀX / tokens (+ percdamp·mean(diag H) on the diagonal), in blocks of ``blocksize`` columns using
+the upper Cholesky factor of H⁻¹. Computed in float64.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _scale_of(w: torch.Tensor, clip_ratio: float) -> torch.Tensor:
+    """Symmetric INT4 scale per row of w ([..., cols] → [..., 1]), fp32, as for activations."""
+    amax = w.abs().amax(dim=-1, keepdim=True).float()
+    s = (torch.tensor(clip_ratio, dtype=torch.float32) * amax) / 7.0
+    return torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row quantizes to 0 with any scale
+
+
+def _round(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.round(w / scale), -8, 7)
+
+
+def _check(w: torch.Tensor, group_size: int | None, op: str) -> int:
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        raise TypeError(f"{op}: weight must be a 2-D floating tensor [out, in], got "
+                        f"{getattr(w, 'shape', type(w).__name__)}")
+    k = w.shape[1]
+    if group_size is None:
+        return k
+    if not isinstance(group_size, int) or group_size <= 0 or k % group_size:
+        raise ValueError(f"{op}: group_size must be a positive divisor of in_features={k}, got {group_size!r}")
+    return group_size
+
+
+def quantize_weight_rtn(w: torch.Tensor, *, group_size: int | None = None, clip_ratio: float = 1.0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest INT4: (codes int8 [N, K], scales fp32 [N, K/g])."""
+    g = _check(w, group_size, "quantize_weight_rtn")
+    n, k = w.shape
+    wg = w.float().reshape(n, k // g, g)
+    scale = _scale_of(wg, clip_ratio)  # [N, G, 1]
+    q = _round(wg, scale)
+    return q.reshape(n, k).to(torch.int8), scale.reshape(n, k // g)
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    n, k = q.shape
+    groups = scale.shape[1]
+    return (q.float().reshape(n, groups, k // groups) * scale.float()[..., None]).reshape(n, k)
+
+
+def gptq_hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = 2·XᵀX / tokens of a calibration batch x [..., K] (float64)."""
+    x2 = x.reshape(-1, x.shape[-1]).double()
+    return 2.0 * x2.T @ x2 / max(1, x2.shape[0])
+
+
+def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, *, group_size: int | None = None,
+                         clip_ratio: float = 1.0, blocksize: int = 128, percdamp: float = 0.01
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ INT4: (codes int8 [N, K], scales fp32 [N, K/g]) minimizing ‖(W − Ŵ)Xᵀ‖² given H = 2XᵀX/t."""
+    g = _check(w, group_size, "quantize_weight_gptq")
+    n, k = w.shape
+    if hessian.shape != (k, k):
+        raise ValueError(f"quantize_weight_gptq: hessian must be [{k}, {k}], got {tuple(hessian.shape)}")
+    wq = w.double().clone()
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0  # inputs that are always zero: any weight works, pin it to 0
+    h[dead, dead] = 1.0
+    wq[:, dead] = 0.0
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(k, dtype=torch.float64)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+    q = torch.zeros(n, k, dtype=torch.int8)
+    scales = torch.zeros(n, k // g, dtype=torch.float32)
+    if group_size is None:  # per-channel: the scale comes from the whole (original) row, like RTN
+        scales[:, 0] = _scale_of(wq, clip_ratio)[:, 0]
+    for b0 in range(0, k, blocksize):
+        b1 = min(k, b0 + blocksize)
+        block = wq[:, b0:b1].clone()
+        err = torch.zeros_like(block)
+        hb = hinv[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            col = b0 + i
+            if group_size is not None and col % g == 0:
+                # group scale from the weights as updated so far (this block's error already applied)
+                current = torch.cat([block[:, i:], wq[:, b1:]], dim=1)[:, :g]
+                scales[:, col // g] = _scale_of(current, clip_ratio)[:, 0]
+            s = scales[:, col // g].double()
+            qi = _round(block[:, i], s)
+            q[:, col] = qi.to(torch.int8)
+            e = (block[:, i] - qi * s) / hb[i, i]
+            block[:, i:] -= e[:, None] * hb[i, i:][None, :]
+            err[:, i] = e
+        wq[:, b0:b1] = block
+        wq[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return q, scales

@@ -1,0 +1,156 @@
+"""int4_matmul: exact int32 accumulation, fused fp32 epilogue, every backend vs the reference."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import symkernels
+from symkernels import _backend
+from symkernels._testing import assert_close
+from symkernels.quarot import reference
+
+
+def _random_packed(rows, k, gen=None, extreme=False):
+    if extreme:  # all −8: the largest |acc| (64·K), checks no int overflow / saturation
+        q = torch.full((rows, k), -8, dtype=torch.int8)
+    else:
+        q = torch.randint(-8, 8, (rows, k), generator=gen, dtype=torch.int8)
+    return reference.pack_int4(q), q
+
+
+def _device(b):
+    return torch.device("cuda" if b == "cuda" or (b == "triton" and torch.cuda.is_available()) else "cpu")
+
+
+def test_reference_vs_plain_int_math():
+    a_p, a = _random_packed(5, 64)
+    w_p, w = _random_packed(7, 64)
+    sa, sw = torch.rand(5, 1) + 0.1, torch.rand(7, 1) + 0.1
+    bias = torch.randn(7)
+    out = reference.int4_matmul(a_p, sa, w_p, sw, bias)
+    expected = (a.int() @ w.int().T).float() * sa * sw.T + bias  # the issue's stated truth
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 8, 64), (5, 12, 128), (17, 33, 192), (4, 4, 72), (3, 5, 2), (64, 70, 256)])
+def test_exact_integer_accumulation(kernel_backend, m, n, k):
+    """Unit scales, no bias: the output is the integer dot product itself, exactly."""
+    if kernel_backend == "triton" and (m * n * k > 4096 * 8) and not torch.cuda.is_available():
+        m, n = min(m, 16), min(n, 16)
+    dev = _device(kernel_backend)
+    gen = torch.Generator().manual_seed(m * 1000 + n)
+    a_p, a = _random_packed(m, k, gen)
+    w_p, w = _random_packed(n, k, gen)
+    ones_a, ones_w = torch.ones(m, 1), torch.ones(n, 1)
+    out = symkernels.int4_matmul(a_p.to(dev), ones_a.to(dev), w_p.to(dev), ones_w.to(dev), backend=kernel_backend)
+    torch.testing.assert_close(out.cpu(), (a.long() @ w.long().T).float(), atol=0, rtol=0)
+
+
+def test_extreme_codes_no_overflow(kernel_backend):
+    dev = _device(kernel_backend)
+    k = 4096 if kernel_backend != "triton" or torch.cuda.is_available() else 256
+    a_p, _ = _random_packed(2, k, extreme=True)
+    w_p, _ = _random_packed(3, k, extreme=True)
+    out = symkernels.int4_matmul(a_p.to(dev), torch.ones(2, 1, device=dev), w_p.to(dev), torch.ones(3, 1, device=dev),
+                                 backend=kernel_backend, out_dtype=torch.float32)
+    assert bool((out.cpu() == 64.0 * k).all()), "acc = 64·K must be exact (QuaRot's fp16 epilogue gives inf here)"
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_epilogue_vs_reference(kernel_backend, out_dtype, with_bias):
+    if kernel_backend == "triton" and out_dtype == torch.bfloat16 and not torch.cuda.is_available():
+        pytest.skip("no bf16 in the Triton interpreter")
+    dev = _device(kernel_backend)
+    gen = torch.Generator().manual_seed(3)
+    m, n, k = 9, 20, 128
+    a_p, _ = _random_packed(m, k, gen)
+    w_p, _ = _random_packed(n, k, gen)
+    sa, sw = torch.rand(m, 1, generator=gen) * 0.1, torch.rand(n, 1, generator=gen) * 0.01
+    bias = torch.randn(n, generator=gen).to(torch.float16) if with_bias else None
+    args = [t.to(dev) if t is not None else None for t in (a_p, sa, w_p, sw, bias)]
+    out = symkernels.int4_matmul(*args, out_dtype=out_dtype, backend=kernel_backend)
+    ref = reference.int4_matmul(a_p, sa.reshape(-1), w_p, sw.reshape(-1), bias, out_dtype)
+    assert out.dtype == out_dtype and out.shape == (m, n)
+    assert_close(out.cpu(), ref)
+
+
+@given(m=st.integers(0, 9), n=st.integers(0, 9), kb=st.integers(0, 40), seed=st.integers(0, 2**16),
+       noncontig=st.booleans())
+def test_hypothesis_shapes(m, n, kb, seed, noncontig):
+    gen = torch.Generator().manual_seed(seed)
+    a_p = torch.randint(0, 256, (m, 2 * kb), generator=gen, dtype=torch.uint8)
+    w_p = torch.randint(0, 256, (n, kb), generator=gen, dtype=torch.uint8)
+    a_p = a_p[:, ::2] if noncontig else a_p[:, :kb]
+    sa, sw = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen)
+    ref = reference.int4_matmul(a_p, sa.reshape(-1), w_p, sw, None)
+    for b in ("cpu", "triton"):
+        if not _backend.backend_status(b) or (b == "triton" and (torch.cuda.is_available() or m * n == 0)):
+            continue
+        out = symkernels.int4_matmul(a_p, sa, w_p, sw, backend=b)
+        assert out.shape == (m, n)
+        assert_close(out, ref, msg=f"{b} m={m} n={n} kb={kb}")
+
+
+def test_quantized_pipeline_matches_float_matmul():
+    """quantize → int4_matmul approximates x @ wᵀ within the INT4 error (sanity of layouts and scales)."""
+    x, w = torch.randn(16, 256), torch.randn(32, 256)
+    a_p, sa = symkernels.quantize_int4(x)
+    w_p, sw = symkernels.quantize_int4(w)
+    out = symkernels.int4_matmul(a_p, sa, w_p, sw)
+    exact = x @ w.T
+    rel = (out - exact).norm() / exact.norm()
+    assert rel < 0.25, rel
+    deq = symkernels.dequantize_int4(a_p, sa) @ symkernels.dequantize_int4(w_p, sw).T
+    assert_close(out, deq)
+
+
+def test_bad_inputs():
+    a_p, w_p = torch.zeros(2, 8, dtype=torch.uint8), torch.zeros(3, 8, dtype=torch.uint8)
+    sa, sw = torch.ones(2, 1), torch.ones(3, 1)
+    with pytest.raises(TypeError, match="a_packed must be a uint8"):
+        symkernels.int4_matmul(a_p.to(torch.int8), sa, w_p, sw)
+    with pytest.raises(ValueError, match="same K/2"):
+        symkernels.int4_matmul(a_p, sa, torch.zeros(3, 4, dtype=torch.uint8), sw)
+    with pytest.raises(ValueError, match="a_scale must have shape"):
+        symkernels.int4_matmul(a_p, torch.ones(3, 1), w_p, sw)
+    with pytest.raises(ValueError, match="w_scale must have shape"):
+        symkernels.int4_matmul(a_p, sa, w_p, torch.ones(2, 1))
+    with pytest.raises(TypeError, match="w_scale must be a float32"):
+        symkernels.int4_matmul(a_p, sa, w_p, sw.half())
+    with pytest.raises(ValueError, match="bias must have shape"):
+        symkernels.int4_matmul(a_p, sa, w_p, sw, torch.ones(2))
+    with pytest.raises(TypeError, match="out_dtype"):
+        symkernels.int4_matmul(a_p, sa, w_p, sw, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match="2-D"):
+        symkernels.int4_matmul(a_p[None], sa, w_p, sw)
+    if _backend.backend_status("cpu"):
+        with pytest.raises(ValueError, match="same K/2"):
+            torch.ops.symkernels.int4_matmul(a_p, sa, torch.zeros(3, 4, dtype=torch.uint8), sw, None, torch.float32)
+        with pytest.raises(TypeError, match="uint8"):
+            torch.ops.symkernels.int4_matmul(a_p.to(torch.int8), sa, w_p, sw, None, torch.float32)
+
+
+def test_opcheck_int4_matmul():
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    gen = torch.Generator().manual_seed(0)
+    for m, n, kb, bias in ((3, 5, 32, None), (4, 4, 40, torch.randn(4)), (0, 3, 8, None)):
+        a = torch.randint(0, 256, (m, kb), generator=gen, dtype=torch.uint8)
+        w = torch.randint(0, 256, (n, kb), generator=gen, dtype=torch.uint8)
+        torch.library.opcheck(torch.ops.symkernels.int4_matmul,
+                              (a, torch.rand(m), w, torch.rand(n), bias, torch.float16))
+
+
+@pytest.mark.parametrize("isa", ["avx2", "scalar", ""])
+def test_every_cpu_isa_path_exact(monkeypatch, isa):
+    """The CPU kernel picks VNNI/AVX2/scalar at run time; force each path (if the CPU has it)."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
+    gen = torch.Generator().manual_seed(11)
+    # K/2 = 40: one SIMD block + an 8-byte tail; M ≥ 16 takes the pre-unpacked W panel path
+    for m, n, k in ((1, 9, 80), (6, 5, 512), (13, 17, 64), (21, 70, 80)):
+        a_p, a = _random_packed(m, k, gen)
+        w_p, w = _random_packed(n, k, gen)
+        out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
+        torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
