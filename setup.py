@@ -78,7 +78,10 @@ class CMakeBuild(build_ext):
         args = [
             "cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
             f"-DPython_EXECUTABLE={sys.executable}",
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={ext_path.parent}",
+            # Each variant (cpu/cuda, sanitized or not) links into its own folder; the result is copied to
+            # where setuptools expects it. A shared output path would let one variant's up-to-date .so
+            # stand in for another's (ninja would see nothing to do after a switch).
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir / 'lib'}",
             f"-DSYMKERNELS_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
             f"-DSYMKERNELS_SANITIZE={'ON' if sanitize else 'OFF'}",
         ]
@@ -87,6 +90,8 @@ class CMakeBuild(build_ext):
         subprocess.run(args, check=True)
         jobs = os.environ.get("MAX_JOBS")
         subprocess.run(["cmake", "--build", str(build_dir)] + (["-j", jobs] if jobs else []), check=True)
+        ext_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build_dir / "lib" / ext_path.name, ext_path)
 
 
 setup(

@@ -4,4 +4,8 @@
 TORCH_LIBRARY_FRAGMENT(symkernels, m) {
   // y = x @ H_n.T * scale along the last dim (Sylvester H_n, n = 2^k, 2 <= n <= 32768).
   m.def("hadamard_transform(Tensor x, float scale) -> Tensor");
+  // y = x @ (hk ⊗ H_P).T * scale along the last dim, n = K·P, hk a K×K matrix (a ±1 Hadamard matrix
+  // in practice), H_P the Sylvester matrix of the power of two P = n / K. Element k·P + j ↔ (k, j).
+  // Kernels: hadamard_k_cpu.cpp, hadamard_k_cuda.cpp.
+  m.def("hadamard_transform_k(Tensor x, Tensor hk, float scale) -> Tensor");
 }

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from symkernels import _backend
+from symkernels import _autograd, _backend
 from symkernels.hadamard import hadamard_k
 
 OP_NAME = "hadamard_transform_k"
@@ -118,7 +118,12 @@ def _register_dispatcher_op() -> None:
     def _backward(ctx, grad):
         return torch.ops.symkernels.hadamard_transform_k(grad, ctx.hk.t().contiguous(), ctx.scale), None, None
 
-    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+    # Linear in x: the tangent is the same transform of the input tangent.
+    def _jvp(ctx, x_tangent, _hk_tangent, _scale_tangent):
+        return torch.ops.symkernels.hadamard_transform_k(x_tangent, ctx.hk, ctx.scale)
+
+    # Reverse and forward mode also for direct callers of the torch.ops op (see symkernels/_autograd.py).
+    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
 
     if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
         @torch.library.register_kernel(qualname, "cuda")
