@@ -1,0 +1,87 @@
+// Shared math of the JVP kernels, usable from C++ and CUDA (no torch headers): the counter-based RNG of
+// seeded tangents and the activation epilogue. The spec (and the pure-PyTorch twin that the tests compare
+// bit for bit) is in symkernels/jvp/reference.py.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SYMKERNELS_HD __host__ __device__ __forceinline__
+#else
+#define SYMKERNELS_HD inline __attribute__((always_inline))
+#endif
+
+namespace symkernels::jvp {
+
+enum class Activation : int { kNone = 0, kRelu, kGelu, kGeluTanh, kSilu, kTanh };
+enum class Distribution : int { kGaussian = 0, kRademacher = 1 };
+
+// lowbias32 (Chris Wellons): a uint32 bijection with low avalanche bias.
+SYMKERNELS_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// Seed -> stream key; the seed is in [0, 2^31) so 2*seed + s fits in 32 bits.
+SYMKERNELS_HD uint32_t seed_key(int64_t seed, uint32_t stream) { return mix32(uint32_t(2 * seed) + stream); }
+
+SYMKERNELS_HD uint32_t seeded_bits(uint32_t index, uint32_t key) { return mix32(mix32(index + key) ^ key); }
+
+// One tangent element. fp32 math everywhere, so backends differ at most by the last-ulp differences of
+// their log/cos (Gaussian); Rademacher values are bit-identical.
+SYMKERNELS_HD float seeded_value(uint32_t index, uint32_t key0, uint32_t key1, Distribution dist) {
+  const uint32_t b0 = seeded_bits(index, key0);
+  if (dist == Distribution::kRademacher) return (b0 >> 31) ? -1.0f : 1.0f;
+  const uint32_t b1 = seeded_bits(index, key1);
+  const float u1 = float((b0 >> 8) + 1u) * 5.9604644775390625e-08f;  // 2^-24: (0, 1], so log is finite
+  const float u2 = float(b1 >> 8) * 5.9604644775390625e-08f;
+  return sqrtf(-2.0f * logf(u1)) * cosf(6.283185307179586f * u2);
+}
+
+// act(z) and act'(z) together: the derivative reuses the transcendental of the value.
+template <typename acc_t>
+SYMKERNELS_HD void activation_and_derivative(Activation act, acc_t z, acc_t& y, acc_t& d) {
+  switch (act) {
+    case Activation::kNone:
+      y = z;
+      d = acc_t(1);
+      return;
+    case Activation::kRelu:
+      y = z > acc_t(0) ? z : (z != z ? z : acc_t(0));  // NaN propagates like torch.relu
+      d = y <= acc_t(0) ? acc_t(0) : acc_t(1);          // PyTorch's JVP convention (threshold on output)
+      return;
+    case Activation::kGelu: {
+      const acc_t cdf = acc_t(0.5) * (acc_t(1) + std::erf(z * acc_t(0.7071067811865476)));
+      const acc_t pdf = std::exp(acc_t(-0.5) * z * z) * acc_t(0.3989422804014327);
+      y = z * cdf;
+      d = cdf + z * pdf;
+      return;
+    }
+    case Activation::kGeluTanh: {
+      const acc_t c = acc_t(0.7978845608028654), a = acc_t(0.044715);
+      const acc_t th = std::tanh(c * (z + a * z * z * z));
+      y = acc_t(0.5) * z * (acc_t(1) + th);
+      d = acc_t(0.5) * (acc_t(1) + th) + acc_t(0.5) * z * (acc_t(1) - th * th) * c * (acc_t(1) + acc_t(3) * a * z * z);
+      return;
+    }
+    case Activation::kSilu: {
+      const acc_t s = acc_t(1) / (acc_t(1) + std::exp(-z));
+      y = z * s;
+      d = s * (acc_t(1) + z * (acc_t(1) - s));
+      return;
+    }
+    case Activation::kTanh: {
+      const acc_t th = std::tanh(z);
+      y = th;
+      d = acc_t(1) - th * th;
+      return;
+    }
+  }
+}
+
+}  // namespace symkernels::jvp
