@@ -102,7 +102,7 @@ class _Canonical:
         self.weight = weight
         self.bias = bias
         # Tangents without a T dim get a T dim of 1: the kernels broadcast it over all T.
-        self.x_t = None if x_t is None else (x_t.reshape(-1 if "x_t" in counts else 1, M, K))
+        self.x_t = None if x_t is None else (x_t.reshape(T if "x_t" in counts else 1, M, K))
         self.weight_t = None if weight_t is None else (weight_t if weight_t.dim() == 3 else weight_t.unsqueeze(0))
         self.bias_t = None if bias_t is None else (bias_t if bias_t.dim() == 2 else bias_t.unsqueeze(0))
         self.seed = weight_seed
