@@ -1,4 +1,4 @@
 """Forward-mode (JVP) kernels: fused primal + tangent ops, seeded tangents, forward-gradient training."""
-from symkernels.jvp.ops import linear_dual
+from symkernels.jvp.ops import attention_dual, layer_norm_dual, linear_dual, rms_norm_dual, softmax_dual
 
-__all__ = ["linear_dual"]
+__all__ = ["attention_dual", "layer_norm_dual", "linear_dual", "rms_norm_dual", "softmax_dual"]

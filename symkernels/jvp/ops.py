@@ -284,3 +284,236 @@ def _register_dispatcher_op() -> None:
 
 
 _register_dispatcher_op()
+
+
+# ======================================================================================================
+# Row-wise duals: layer_norm_dual, rms_norm_dual, softmax_dual (last dim). Backends: reference, triton.
+# ======================================================================================================
+ROW_IMPLEMENTED = ("reference", "triton")
+
+
+def _row_canonical(op, x, x_t, params):
+    """Checks and canonical shapes for the row duals. params: [(name, primal, tangent)] of [N] vectors."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: x must have a floating dtype in {SUPPORTED_DTYPES}, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least one dimension, got a scalar")
+    N = x.shape[-1]
+    counts = {}
+    tensors = [("x_t", x_t)] + [(n, p) for n, p, _ in params] + [(n + "_t", t) for n, _, t in params]
+    for name, t in tensors:
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    if x_t is not None:
+        if tuple(x_t.shape) == tuple(x.shape):
+            pass
+        elif x_t.dim() == x.dim() + 1 and tuple(x_t.shape[1:]) == tuple(x.shape):
+            counts["x_t"] = x_t.shape[0]
+        else:
+            raise ValueError(f"{op}: x_t must have the shape of x {list(x.shape)} or [T, {', '.join(map(str, x.shape))}]"
+                             f", got {list(x_t.shape)}")
+    for name, p, t in params:
+        if p is not None and tuple(p.shape) != (N,):
+            raise ValueError(f"{op}: {name} must have shape [{N}] (x.shape[-1]), got {list(p.shape)}")
+        if t is not None:
+            if p is None:
+                raise ValueError(f"{op}: {name}_t was given but {name} is None")
+            if tuple(t.shape) == (N,):
+                pass
+            elif t.dim() == 2 and t.shape[1] == N:
+                counts[name + "_t"] = t.shape[0]
+            else:
+                raise ValueError(f"{op}: {name}_t must have shape [{N}] or [T, {N}], got {list(t.shape)}")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
+                         + ", ".join(f"{k} has T={v}" for k, v in counts.items()))
+    T = next(iter(counts.values())) if counts else 1
+    lead = tuple(x.shape[:-1])
+    R = 1
+    for s in lead:
+        R *= s
+    xc = x.reshape(R, N)
+    xt = None if x_t is None else x_t.reshape(T if "x_t" in counts else 1, R, N)
+    canon = [(p, None if t is None else (t if t.dim() == 2 else t.unsqueeze(0))) for _, p, t in params]
+
+    def outputs(y, y_t):
+        y = y.reshape(x.shape)
+        y_t = y_t.reshape(T, *x.shape)
+        return y, (y_t if counts else y_t[0])
+
+    return xc, xt, canon, T, outputs
+
+
+def _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl):
+    if impl == "reference":
+        with torch.no_grad():
+            return reference.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+    from symkernels.jvp import triton as triton_impl
+
+    return triton_impl.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+
+
+def _row_primal(kind, eps):
+    """The plain-PyTorch primal (for backward by torch.func.vjp and the transform-safe tangent)."""
+    def f(x, w, b):
+        return reference.row_dual(kind, x, None, w, None, b, None, eps, 0)[0]
+    return f
+
+
+class _RowDualFunction(torch.autograd.Function):
+    """Same contract as _LinearDualFunction, for the row duals: (y, y_t) from one kernel call, y_t
+    non-differentiable; ``fused`` means y_t is y's own forward-AD tangent. Backward is torch.func.vjp of
+    the plain primal on the saved inputs, hence differentiable again (double backward)."""
+
+    @staticmethod
+    def forward(x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
+        return _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b = inputs[:3]
+        ctx.kind, ctx.eps, ctx.fused = inputs[6], inputs[7], inputs[10]
+        ctx.save_for_backward(x, w, b)
+        ctx.save_for_forward(x, w, b, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_y_t):
+        x, w, b = ctx.saved_tensors
+        f = _row_primal(ctx.kind, ctx.eps)
+        _, vjp_fn = torch.func.vjp(lambda x, w, b: f(x, w, b), x, w, b)
+        gx, gw, gb = vjp_fn(grad_y)
+        return gx, gw, gb, None, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, w_dot, b_dot, *_ignored):
+        x, w, b, y_t = ctx.saved_tensors
+        if ctx.fused:
+            return y_t[0], None
+        f = _row_primal(ctx.kind, ctx.eps)
+        zeros = lambda p, d: torch.zeros_like(p) if d is None and p is not None else d  # noqa: E731
+        return torch.func.jvp(f, (x, w, b), (zeros(x, x_dot), zeros(w, w_dot), zeros(b, b_dot)))[1], None
+
+    @staticmethod
+    def vmap(info, in_dims, x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
+        return _vmap_rule(_RowDualFunction, info, in_dims, (x, w, b), (x_t, w_t, b_t), T,
+                          lambda xt, wt, bt, TT: (x, w, b, xt, wt, bt, kind, eps, TT, impl, fused))
+
+
+def _vmap_rule(fn, info, in_dims, primals, tangents, T, make_args):
+    """Shared vmap rule of the dual Functions: if only tangents are batched (vmap over jvp), fold the
+    vmapped dim into the tangent dim T — B·T tangents in one kernel call sharing one primal; otherwise
+    (batched primals) one call per batch element."""
+    B = info.batch_size
+    if all(d is None for d in in_dims[:len(primals)]):
+        def fold(t, d):
+            if t is None:
+                return None
+            if d is None:
+                return t if t.shape[0] == 1 else t.unsqueeze(0).expand(B, *t.shape).reshape(B * T, *t.shape[1:])
+            t = t.movedim(d, 0)
+            if t.shape[1] == 1 and T > 1:
+                t = t.expand(B, T, *t.shape[2:])
+            return t.reshape(B * T, *t.shape[2:])
+
+        tdims = in_dims[len(primals):len(primals) + len(tangents)]
+        y, y_t = fn.apply(*make_args(*(fold(t, d) for t, d in zip(tangents, tdims)), B * T))
+        return (y, y_t.reshape(B, T, *y_t.shape[1:])), (None, 0)
+    outs = []
+    for i in range(B):
+        sel = [a if d is None or a is None else a.select(d, i) for a, d in zip((*primals, *tangents), in_dims)]
+        p, t = sel[:len(primals)], sel[len(primals):]
+        args = list(make_args(*t, T))
+        args[:len(primals)] = p
+        outs.append(fn.apply(*args))
+    return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+def _row_dual(op, kind, x, x_t, params, eps, backend):
+    xc, xt, canon, T, outputs = _row_canonical(op, x, x_t, params)
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
+    if x.shape[-1] > (1 << 16):
+        raise ValueError(f"{op}: x.shape[-1] must be at most 65536 (a row is held in registers), got {x.shape[-1]}")
+    tensors = {"x": x, "x_t": x_t, **{n: p for n, p, _ in params}, **{n + "_t": t for n, _, t in params}}
+    device = _backend.common_device(op, **tensors)
+    impl = _backend.resolve(op, device, backend, ROW_IMPLEMENTED)
+    (w, w_t), (b, b_t) = (canon + [(None, None), (None, None)])[:2]
+    y, y_t = _RowDualFunction.apply(xc, w, b, xt, w_t, b_t, kind, float(eps), T, impl, False)
+    return outputs(y, y_t)
+
+
+def layer_norm_dual(x, x_t, weight=None, weight_t=None, bias=None, bias_t=None, *, eps: float = 1e-5,
+                    backend: str | None = None):
+    """Primal and tangent of ``F.layer_norm(x, (N,), weight, bias, eps)`` over the last dim, one pass.
+
+    Shapes: x ``[..., N]``; x_t ``x.shape`` or ``[T, *x.shape]``; weight/bias ``[N]``; their tangents
+    ``[N]`` or ``[T, N]``. Returns ``(y, y_t)`` like ``linear_dual`` (y_t non-differentiable).
+    Backends: "reference", "triton" (None: triton for CUDA tensors, else the reference).
+    """
+    return _row_dual("layer_norm_dual", "layer_norm", x, x_t, [("weight", weight, weight_t), ("bias", bias, bias_t)],
+                     eps, backend)
+
+
+def rms_norm_dual(x, x_t, weight=None, weight_t=None, *, eps: float = 1e-6, backend: str | None = None):
+    """Primal and tangent of ``x / sqrt(mean(x²) + eps) * weight`` over the last dim (as layer_norm_dual)."""
+    return _row_dual("rms_norm_dual", "rms_norm", x, x_t, [("weight", weight, weight_t)], eps, backend)
+
+
+def softmax_dual(x, x_t, *, backend: str | None = None):
+    """Primal and tangent of ``softmax(x, dim=-1)``: ṡ = s ⊙ (ẋ − ⟨s, ẋ⟩) (as layer_norm_dual)."""
+    return _row_dual("softmax_dual", "softmax", x, x_t, [], 0.0, backend)
+
+
+# ======================================================================================================
+# attention_dual: reference only (closed-form tangent; no fused flash-style kernel yet).
+# ======================================================================================================
+def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = False, scale: float | None = None,
+                   backend: str | None = None):
+    """Primal and tangent of ``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]`` tensors.
+
+    Tangents have the primal's shape or a leading T; returns ``(o, o_t)``. Only the reference backend
+    exists (the closed form of fwdgrad.md §4, without materialising the Jacobian); the fused flash-style
+    kernel is future work.
+    """
+    op = "attention_dual"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != q.dtype or t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{op}: {name} must have q's floating dtype, got {t.dtype}")
+        if t.dim() < 2:
+            raise ValueError(f"{op}: {name} must have shape [..., L, d], got {list(t.shape)}")
+    if k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[-1] != q.shape[-1] or k.shape[:-2] != q.shape[:-2] \
+            or v.shape[:-2] != q.shape[:-2] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{op}: expected q [..., Lq, d], k [..., Lk, d], v [..., Lk, dv], got "
+                         f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    counts = {}
+    canon = []
+    for name, p, t in (("q_t", q, q_t), ("k_t", k, k_t), ("v_t", v, v_t)):
+        if t is None:
+            canon.append(None)
+            continue
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.shape == p.shape:
+            canon.append(t.unsqueeze(0))
+        elif t.dim() == p.dim() + 1 and t.shape[1:] == p.shape:
+            counts[name] = t.shape[0]
+            canon.append(t)
+        else:
+            raise ValueError(f"{op}: {name} must have shape {list(p.shape)} or [T, ...], got {list(t.shape)}")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
+                         + ", ".join(f"{k_} has T={v_}" for k_, v_ in counts.items()))
+    _backend.common_device(op, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
+    _backend.resolve(op, q.device, backend, ("reference",))
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o, o_t = reference.attention_dual(q, k, v, *canon, causal=bool(causal), scale=scale)
+    T = next(iter(counts.values())) if counts else 1
+    o_t = o_t.expand(T, *o.shape)
+    return o, (o_t if counts else o_t[0])

@@ -172,3 +172,83 @@ def linear_dual(x: torch.Tensor, x_t: torch.Tensor | None, weight: torch.Tensor,
     if bias_t is not None:
         z_t = z_t + bias_t[:, None, :]
     return y, activation_derivative(activation, z) * z_t
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row-wise duals (normalisations and softmax) over the last dim. Canonical shapes: x [R, N],
+# x_t [Tx, R, N], weight/bias [N], weight_t/bias_t [Tw|Tb, N] with Tx, Tw, Tb in {1, T}; returns
+# (y [R, N], y_t [T, R, N]). Tangent rules (derived in /work/shared/design/fwdgrad.md §4):
+#   layer norm: x̂ = (x − μ)/σ, ẋ̂ = (ẋ − mean ẋ − x̂·mean(x̂ ẋ))/σ, ẏ = γ ẋ̂ + γ̇ x̂ + β̇
+#   rms norm:   x̂ = x/r,       ẋ̂ = (ẋ − x̂·mean(x̂ ẋ))/r,          ẏ = γ ẋ̂ + γ̇ x̂
+#   softmax:    s = softmax(x), ṡ = s (ẋ − ⟨s, ẋ⟩)
+# ---------------------------------------------------------------------------------------------------
+ROW_KINDS = ("layer_norm", "rms_norm", "softmax")
+
+
+def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
+    if kind == "softmax":
+        s = torch.softmax(x, dim=-1)
+        if x_t is None or T == 0:
+            return s, x.new_zeros((T, *x.shape))
+        s_t = s * (x_t - (s * x_t).sum(-1, keepdim=True))
+        return s, s_t.expand(T, *x.shape).clone()
+    if kind == "layer_norm":
+        mu = x.mean(-1, keepdim=True)
+        xc = x - mu
+        inv = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
+    else:
+        xc = x
+        inv = torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
+    xh = xc * inv
+    y = xh if weight is None else xh * weight
+    if bias is not None:
+        y = y + bias
+    y_t = x.new_zeros((T, *x.shape))
+    if T == 0:
+        return y, y_t
+    if x_t is not None:
+        centred = x_t - x_t.mean(-1, keepdim=True) if kind == "layer_norm" else x_t
+        xh_t = (centred - xh * (xh * x_t).mean(-1, keepdim=True)) * inv
+        y_t = y_t + (xh_t if weight is None else xh_t * weight)
+    if weight_t is not None:
+        y_t = y_t + xh * weight_t[:, None, :]
+    if bias_t is not None:
+        y_t = y_t + bias_t[:, None, :]
+    return y, y_t
+
+
+def attention(q, k, v, causal: bool, scale: float):
+    """softmax(q kᵀ·scale [+ causal mask]) v over [..., L, d]."""
+    s = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        Lq, Lk = s.shape[-2], s.shape[-1]
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(Lk - Lq)
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
+    """Primal and tangent of attention by the closed form (fwdgrad.md §4): with P = softmax(S),
+    Ṡ = (q̇ kᵀ + q k̇ᵀ)·scale, Ȯ = P(Ṡ ⊙ ... ) written as Ȯ = (P ⊙ Ṡ) v − rowsum(P ⊙ Ṡ)·O + P v̇.
+    Tangents are [T, *q.shape] etc. (or None for zero); returns (o, o_t [T, ...])."""
+    s = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        Lq, Lk = s.shape[-2], s.shape[-1]
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(Lk - Lq)
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    o = p @ v
+    s_t = 0
+    if q_t is not None:
+        s_t = s_t + q_t @ k.transpose(-1, -2) * scale
+    if k_t is not None:
+        s_t = s_t + q @ k_t.transpose(-1, -2) * scale
+    o_t = 0
+    if q_t is not None or k_t is not None:
+        ps = p * s_t  # masked entries have p = 0, so their (finite) Ṡ drops out
+        o_t = ps @ v - ps.sum(-1, keepdim=True) * o
+    if v_t is not None:
+        o_t = o_t + p @ v_t
+    if isinstance(o_t, int):
+        o_t = torch.zeros_like(o).unsqueeze(0)
+    return o, o_t

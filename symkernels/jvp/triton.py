@@ -187,3 +187,88 @@ def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int,
         GAUSSIAN=distribution == "gaussian", HAS_BT=bias_t is not None, ACT=_ACT_CODES[activation],
         ACC_F64=x.dtype == torch.float64, PREC=prec, BLOCK_M=block, BLOCK_N=block, BLOCK_K=block if interpreted else 32)
     return y, y_t
+
+
+# ------------------------------------------------------------------------------------------------------
+# Row-wise duals: layer norm, RMS norm, softmax over the last dim (one kernel, the kind a constexpr).
+# One program per row holds the whole row in registers: the statistics (mean, 1/σ, or max/sum) are
+# computed once and shared by the primal and all T tangents, each tangent costing two more row
+# reductions (mean ẋ and mean x̂ẋ, or ⟨s, ẋ⟩) — one pass over memory per tangent.
+# ------------------------------------------------------------------------------------------------------
+_ROW_KIND_CODES = {name: i for i, name in enumerate(reference.ROW_KINDS)}
+MAX_ROW = 1 << 16  # a row lives in registers; beyond this a split-row kernel would be needed
+
+
+@triton.jit
+def _row_dual_kernel(x_ptr, xt_ptr, w_ptr, wt_ptr, b_ptr, bt_ptr, y_ptr, yt_ptr, R, N, T, eps,
+                     s_xt_t, s_wt_t, s_bt_t, KIND: tl.constexpr, HAS_XT: tl.constexpr, HAS_W: tl.constexpr,
+                     HAS_WT: tl.constexpr, HAS_B: tl.constexpr, HAS_BT: tl.constexpr, ACC_F64: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0).to(acc_dtype)
+    if KIND == 2:
+        xm = tl.where(mask, x, float("-inf"))
+        e = tl.where(mask, tl.exp(xm - tl.max(xm, axis=0)), 0.0)
+        xh = e / tl.sum(e, axis=0)
+        inv = xh  # unused for softmax
+        y = xh
+    else:
+        if KIND == 0:
+            xc = tl.where(mask, x - tl.sum(x, axis=0) / N, 0.0)
+        else:
+            xc = x
+        inv = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
+        xh = xc * inv
+        y = xh
+        if HAS_W:
+            w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(acc_dtype)
+            y = y * w
+        if HAS_B:
+            y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(acc_dtype)
+    tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    for t in range(0, T):
+        y_t = tl.zeros((BLOCK_N,), dtype=acc_dtype)
+        if HAS_XT:
+            xt = tl.load(xt_ptr + t * s_xt_t + row * N + cols, mask=mask, other=0.0).to(acc_dtype)
+            if KIND == 2:
+                y_t = xh * (xt - tl.sum(xh * xt, axis=0))
+            else:
+                if KIND == 0:
+                    xt_c = tl.where(mask, xt - tl.sum(xt, axis=0) / N, 0.0)
+                else:
+                    xt_c = xt
+                xh_t = (xt_c - xh * (tl.sum(xh * xt, axis=0) / N)) * inv
+                if HAS_W:
+                    xh_t = xh_t * w
+                y_t = xh_t
+        if HAS_WT:
+            y_t += xh * tl.load(wt_ptr + t * s_wt_t + cols, mask=mask, other=0.0).to(acc_dtype)
+        if HAS_BT:
+            y_t += tl.load(bt_ptr + t * s_bt_t + cols, mask=mask, other=0.0).to(acc_dtype)
+        tl.store(yt_ptr + (t * R + row) * N + cols, y_t.to(yt_ptr.dtype.element_ty), mask=mask)
+
+
+def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
+    """Launcher on canonical shapes (see reference.row_dual)."""
+    R, N = x.shape
+    y = torch.empty((R, N), dtype=x.dtype, device=x.device)
+    y_t = torch.empty((T, R, N), dtype=x.dtype, device=x.device)
+    if R == 0 or N == 0:
+        return y, y_t
+    x = x.contiguous()
+    x_t, weight_t, bias_t = (None if t is None else t.contiguous() for t in (x_t, weight_t, bias_t))
+    t_stride = lambda t, n: 0 if t is None or t.shape[0] == 1 else n  # noqa: E731  shared tangent: stride 0
+    block = triton.next_power_of_2(N)
+    dummy = x
+    _row_dual_kernel[(R,)](
+        x, x_t if x_t is not None else dummy, weight if weight is not None else dummy,
+        weight_t if weight_t is not None else dummy, bias if bias is not None else dummy,
+        bias_t if bias_t is not None else dummy, y, y_t, R, N, T, float(eps),
+        t_stride(x_t, R * N), t_stride(weight_t, N), t_stride(bias_t, N),
+        KIND=_ROW_KIND_CODES[kind], HAS_XT=x_t is not None, HAS_W=weight is not None, HAS_WT=weight_t is not None,
+        HAS_B=bias is not None, HAS_BT=bias_t is not None, ACC_F64=x.dtype == torch.float64, BLOCK_N=block,
+        num_warps=max(1, min(16, block // 256)))
+    return y, y_t
