@@ -222,7 +222,7 @@ def attention(q, k, v, causal: bool, scale: float):
     s = (q @ k.transpose(-1, -2)) * scale
     if causal:
         Lq, Lk = s.shape[-2], s.shape[-1]
-        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(Lk - Lq)
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(0)  # top-left aligned, as torch SDPA is_causal
         s = s.masked_fill(~mask, float("-inf"))
     return torch.softmax(s, dim=-1) @ v
 
@@ -234,7 +234,7 @@ def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
     s = (q @ k.transpose(-1, -2)) * scale
     if causal:
         Lq, Lk = s.shape[-2], s.shape[-1]
-        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(Lk - Lq)
+        mask = torch.ones(Lq, Lk, dtype=torch.bool, device=s.device).tril(0)  # top-left aligned, as torch SDPA is_causal
         s = s.masked_fill(~mask, float("-inf"))
     p = torch.softmax(s, dim=-1)
     o = p @ v

@@ -259,7 +259,8 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
     if R == 0 or N == 0:
         return y, y_t
     x = x.contiguous()
-    x_t, weight_t, bias_t = (None if t is None else t.contiguous() for t in (x_t, weight_t, bias_t))
+    x_t, weight, weight_t, bias, bias_t = (None if t is None else t.contiguous()
+                                           for t in (x_t, weight, weight_t, bias, bias_t))
     t_stride = lambda t, n: 0 if t is None or t.shape[0] == 1 else n  # noqa: E731  shared tangent: stride 0
     block = triton.next_power_of_2(N)
     dummy = x
