@@ -385,8 +385,15 @@ class _RowDualFunction(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_y_t):
         x, w, b = ctx.saved_tensors
         f = _row_primal(ctx.kind, ctx.eps)
-        _, vjp_fn = torch.func.vjp(lambda x, w, b: f(x, w, b), x, w, b)
-        gx, gw, gb = vjp_fn(grad_y)
+        present = [t for t in (x, w, b) if t is not None]
+
+        def primal(*ts):
+            it = iter(ts)
+            return f(*(None if t is None else next(it) for t in (x, w, b)))
+
+        _, vjp_fn = torch.func.vjp(primal, *present)
+        grads = iter(vjp_fn(grad_y))
+        gx, gw, gb = (None if t is None else next(grads) for t in (x, w, b))
         return gx, gw, gb, None, None, None, None, None, None, None, None
 
     @staticmethod
@@ -394,9 +401,9 @@ class _RowDualFunction(torch.autograd.Function):
         x, w, b, y_t = ctx.saved_tensors
         if ctx.fused:
             return y_t[0], None
-        f = _row_primal(ctx.kind, ctx.eps)
-        zeros = lambda p, d: torch.zeros_like(p) if d is None and p is not None else d  # noqa: E731
-        return torch.func.jvp(f, (x, w, b), (zeros(x, x_dot), zeros(w, w_dot), zeros(b, b_dot)))[1], None
+        # y's tangent from plain torch ops (reference.row_dual with T = 1), differentiable and transform-safe.
+        tan = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731
+        return reference.row_dual(ctx.kind, x, tan(x_dot), w, tan(w_dot), b, tan(b_dot), ctx.eps, 1)[1][0], None
 
     @staticmethod
     def vmap(info, in_dims, x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
