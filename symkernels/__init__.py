@@ -7,7 +7,9 @@
 """
 from symkernels._backend import BACKENDS, backends, build_info
 from symkernels.hadamard import hadamard_transform
+from symkernels.jvp import ForwardGradientAdam, ForwardGradientSGD, forward_gradient, linear_dual
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "__version__"]
+__all__ = ["BACKENDS", "ForwardGradientAdam", "ForwardGradientSGD", "backends", "build_info", "forward_gradient",
+           "hadamard_transform", "linear_dual", "__version__"]
