@@ -161,10 +161,10 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
         lookup = {id(p): o for p, o in zip(params, offsets)}
         for group in self.param_groups:
             for p in group["params"]:
-                g = torch.zeros_like(p)
-                for t in range(self.num_tangents):
-                    g.add_(seeded_param_tangent(p, t, lookup[id(p)], total, seed, self.distribution),
-                           alpha=float(d[t]) / self.num_tangents)
+                # Regenerate this parameter's T tangents (bit-identical to the ones the JVPs used) and
+                # contract with the T scalars; only one parameter's tangents exist at a time.
+                v = seeded_param_tangents(p, 0, self.num_tangents, lookup[id(p)], total, seed, self.distribution)
+                g = torch.tensordot(d.to(p.dtype), v, dims=1) / self.num_tangents
                 self._apply(p, g, group)
         return loss
 

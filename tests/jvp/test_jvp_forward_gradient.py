@@ -96,3 +96,12 @@ def test_bad_arguments():
         forward_gradient(loss_fn, torch.zeros(3), x, target)
     with pytest.raises(ValueError, match="fn must return a scalar loss"):
         forward_gradient(lambda p, x, t: torch.func.functional_call(net, p, (x,)), params, x, target)
+
+
+def test_digits_example_smoke():
+    pytest.importorskip("sklearn")
+    from symkernels.jvp.examples import train
+
+    for method in ("backprop", "forward_gradient"):
+        r = train(method, steps=3, tangents=2, hidden=8)
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["median_step_ms"] > 0 and r["peak_step_memory_kib"] >= 0
