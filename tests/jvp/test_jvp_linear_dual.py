@@ -241,3 +241,20 @@ def test_cpp_op_bad_inputs():
         op(x, None, w, torch.randn(1, 5, 4), None, None, "none", 1, 3)
     with pytest.raises(ValueError, match="distribution must be 'gaussian' or 'rademacher'"):
         op(x, None, w, None, None, None, "none", 1, 3, "uniform")
+
+
+def test_dispatcher_op_compiles_fullgraph():
+    if not _backend.has_dispatcher_op("linear_dual"):
+        pytest.skip("symkernels._C not built")
+    d = make((4,), 8, 6, torch.float32, T=2)
+
+    def f(x, x_t, w, w_t):
+        y, y_t = torch.ops.symkernels.linear_dual(x, x_t, w, w_t, None, None, "silu", 2)
+        return y * 2, y_t
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    args = (d["x"], d["x_t"], d["w"], d["w_t"])
+    for a, e in zip(compiled(*args), f(*args)):
+        assert_close(a, e)
+    # A non-zero tangent under compile (the silent-zero failure mode of compiled forward AD).
+    assert compiled(*args)[1].abs().max() > 1e-3

@@ -177,3 +177,20 @@ def test_silent_zero_guard_catches_a_bare_custom_op():
     except (RuntimeError, NotImplementedError):
         return  # a loud failure is fine too
     assert t.abs().max() == 0, "bare custom op no longer gives silent zeros"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_vmap_over_batched_primals(backend):
+    _need(backend)
+    x, w, b = _args([(4, 3, 6), (5, 6), (5,)])
+    xt = _args([(4, 3, 6)], 1)[0]
+    f = lambda x: SF.linear(x, w, b, "gelu", backend=backend)  # noqa: E731
+    plain = lambda x: F.gelu(F.linear(x, w, b))  # noqa: E731
+    assert_close(vmap(f)(x), plain(x))
+    # Per-example jvp (primal and tangent both vmapped) and jacfwd.
+    got = vmap(lambda x, t: jvp(f, (x,), (t,))[1])(x, xt)
+    assert_close(got, vmap(lambda x, t: jvp(plain, (x,), (t,))[1])(x, xt))
+    assert_close(torch.func.jacfwd(f)(x[0]), torch.func.jacfwd(plain)(x[0]))
+    g = lambda x: SF.layer_norm(x, backend="reference")  # noqa: E731
+    assert_close(vmap(lambda x, t: jvp(g, (x,), (t,))[1])(x, xt),
+                 vmap(lambda x, t: jvp(lambda x: F.layer_norm(x, (6,)), (x,), (t,))[1])(x, xt))
