@@ -1,5 +1,5 @@
 // Shared math of the JVP kernels, usable from C++ and CUDA (no torch headers): the counter-based RNG of
-// seeded tangents and the activation epilogue. The spec (and the pure-PyTorch twin that the tests compare
+// seeded tangents and the activation codes. The spec (and the pure-PyTorch twin that the tests compare
 // bit for bit) is in symkernels/jvp/reference.py.
 #pragma once
 
@@ -41,47 +41,6 @@ SYMKERNELS_HD float seeded_value(uint32_t index, uint32_t key0, uint32_t key1, D
   const float u1 = float((b0 >> 8) + 1u) * 5.9604644775390625e-08f;  // 2^-24: (0, 1], so log is finite
   const float u2 = float(b1 >> 8) * 5.9604644775390625e-08f;
   return sqrtf(-2.0f * logf(u1)) * cosf(6.283185307179586f * u2);
-}
-
-// act(z) and act'(z) together: the derivative reuses the transcendental of the value.
-template <typename acc_t>
-SYMKERNELS_HD void activation_and_derivative(Activation act, acc_t z, acc_t& y, acc_t& d) {
-  switch (act) {
-    case Activation::kNone:
-      y = z;
-      d = acc_t(1);
-      return;
-    case Activation::kRelu:
-      y = z > acc_t(0) ? z : (z != z ? z : acc_t(0));  // NaN propagates like torch.relu
-      d = y <= acc_t(0) ? acc_t(0) : acc_t(1);          // PyTorch's JVP convention (threshold on output)
-      return;
-    case Activation::kGelu: {
-      const acc_t cdf = acc_t(0.5) * (acc_t(1) + std::erf(z * acc_t(0.7071067811865476)));
-      const acc_t pdf = std::exp(acc_t(-0.5) * z * z) * acc_t(0.3989422804014327);
-      y = z * cdf;
-      d = cdf + z * pdf;
-      return;
-    }
-    case Activation::kGeluTanh: {
-      const acc_t c = acc_t(0.7978845608028654), a = acc_t(0.044715);
-      const acc_t th = std::tanh(c * (z + a * z * z * z));
-      y = acc_t(0.5) * z * (acc_t(1) + th);
-      d = acc_t(0.5) * (acc_t(1) + th) + acc_t(0.5) * z * (acc_t(1) - th * th) * c * (acc_t(1) + acc_t(3) * a * z * z);
-      return;
-    }
-    case Activation::kSilu: {
-      const acc_t s = acc_t(1) / (acc_t(1) + std::exp(-z));
-      y = z * s;
-      d = s * (acc_t(1) + z * (acc_t(1) - s));
-      return;
-    }
-    case Activation::kTanh: {
-      const acc_t th = std::tanh(z);
-      y = th;
-      d = acc_t(1) - th * th;
-      return;
-    }
-  }
 }
 
 }  // namespace symkernels::jvp

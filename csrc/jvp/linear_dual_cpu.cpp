@@ -6,15 +6,25 @@
 //   * x times [W_t(0); ...; W_t(T-1)]^T gives every weight-tangent product in one GEMM;
 //   * seeded W_t is generated tile by tile (kSeedTileElements values) and multiplied at once, so the
 //     T·N·K tangent is never held in memory.
-// The fusion is the epilogue: one pass that adds the bias, evaluates act(z) and act'(z) ONCE per element
-// (the transcendental is shared by value and derivative) and writes y and all T tangents.
+// The epilogue computes act(z) and act'(z) ONCE (ATen's vectorized kernels, opmath precision) and then
+// one fused pass writes all T tangents y_t = act'(z) ⊙ (x_t W^T + x W_t^T + b_t) without materialising
+// the summed pre-activation tangent.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/tanh_backward.h>
+#include <ATen/ops/threshold_backward.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -91,28 +101,53 @@ void seeded_weight_products(const at::Tensor& x, at::Tensor& zw, int64_t rows, i
   }
 }
 
-template <typename scalar_t>
-void epilogue(const scalar_t* za, int64_t Tx, const scalar_t* zw, int64_t Tw, const scalar_t* bias,
-              const scalar_t* bias_t, int64_t Tb, scalar_t* y, scalar_t* y_t, int64_t M, int64_t N, int64_t T,
-              Activation act) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t grain = std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(N * std::max<int64_t>(T, 1), 1));
+// y = act(z) and d = act'(z) for the whole [M, N] primal, in opmath precision, by ATen's vectorized
+// (SLEEF) elementwise kernels: d is computed once and shared by all T tangents.
+std::pair<at::Tensor, at::Tensor> activation_and_derivative(const at::Tensor& z, Activation act) {
+  switch (act) {
+    case Activation::kNone:
+      return {z, at::Tensor()};  // d = 1: the tangent loop skips the multiply
+    case Activation::kRelu: {
+      at::Tensor y = at::relu(z);
+      // PyTorch's relu JVP convention: 0 where relu(z) <= 0, else 1 (so NaN passes the tangent through).
+      return {y, at::threshold_backward(at::ones_like(z), y, 0)};
+    }
+    case Activation::kGelu:
+      return {at::gelu(z), at::gelu_backward(at::ones_like(z), z, "none")};
+    case Activation::kGeluTanh:
+      return {at::gelu(z, "tanh"), at::gelu_backward(at::ones_like(z), z, "tanh")};
+    case Activation::kSilu:
+      return {at::silu(z), at::silu_backward(at::ones_like(z), z)};
+    case Activation::kTanh: {
+      at::Tensor y = at::tanh(z);
+      return {y, at::tanh_backward(at::ones_like(z), y)};
+    }
+  }
+  TORCH_CHECK(false, kOp, ": unknown activation");
+}
+
+// The fused tangent pass: y_t[t] = d ⊙ (x-tangent product + weight-tangent product + bias tangent), one
+// read of each input row and one write per tangent; rows split across threads.
+template <typename scalar_t, typename acc_t>
+void tangent_epilogue(const scalar_t* za, int64_t Tx, const scalar_t* zw, int64_t Tw, const scalar_t* bias_t,
+                      int64_t Tb, const acc_t* d, scalar_t* y_t, int64_t M, int64_t N, int64_t T) {
+  const int64_t grain = std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(N * T, 1));
   at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      for (int64_t n = 0; n < N; ++n) {
-        acc_t z = acc_t(za[m * N + n]);
-        if (bias) z += acc_t(bias[n]);
-        acc_t v, d;
-        activation_and_derivative(act, z, v, d);
-        y[m * N + n] = scalar_t(v);
-        for (int64_t t = 0; t < T; ++t) {
+      const acc_t* __restrict__ dm = d ? d + m * N : nullptr;
+      for (int64_t t = 0; t < T; ++t) {
+        // x-tangent rows sit below the primal rows of za (row M + tx*M + m); weight-tangent products are
+        // laid out [M, Tw*N]; a tangent shared by all T has index 0.
+        const scalar_t* __restrict__ zx = Tx ? za + (M + (Tx == 1 ? 0 : t) * M + m) * N : nullptr;
+        const scalar_t* __restrict__ zwm = Tw ? zw + m * Tw * N + (Tw == 1 ? 0 : t) * N : nullptr;
+        const scalar_t* __restrict__ bt = Tb ? bias_t + (Tb == 1 ? 0 : t) * N : nullptr;
+        scalar_t* __restrict__ out = y_t + (t * M + m) * N;
+        for (int64_t n = 0; n < N; ++n) {
           acc_t zt = 0;
-          // x-tangent rows sit below the primal rows of za: row M + tx*M + m.
-          if (Tx) zt += acc_t(za[(M + (Tx == 1 ? 0 : t) * M + m) * N + n]);
-          // weight-tangent products are laid out [M, Tw*N].
-          if (Tw) zt += acc_t(zw[m * Tw * N + (Tw == 1 ? 0 : t) * N + n]);
-          if (Tb) zt += acc_t(bias_t[(Tb == 1 ? 0 : t) * N + n]);
-          y_t[(t * M + m) * N + n] = scalar_t(d * zt);
+          if (zx) zt += acc_t(zx[n]);
+          if (zwm) zt += acc_t(zwm[n]);
+          if (bt) zt += acc_t(bt[n]);
+          out[n] = scalar_t(dm ? dm[n] * zt : zt);
         }
       }
     }
@@ -167,14 +202,24 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const at::Tensor bt = Tb ? bias_t->contiguous() : at::Tensor();
 
-  at::Tensor y = at::empty({M, N}, x.options());
   at::Tensor y_t = at::empty({T, M, N}, x.options());
-  if (M * N == 0) return {y, y_t};
+  if (M * N == 0) return {at::empty({M, N}, x.options()), y_t};
+  // Primal epilogue in opmath precision (fp32 for half types): z = x W^T + b, then act and act'.
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  at::Tensor z = za.narrow(0, 0, M).to(acc_type);
+  if (b.defined()) z.add_(b.to(acc_type));
+  auto [y_acc, d] = activation_and_derivative(z, act);
+  at::Tensor y = y_acc.to(x.scalar_type());
+  if (y.is_alias_of(za)) y = y.clone();  // activation "none" in opmath dtype: do not hand out the scratch buffer
+  if (T == 0) return {y, y_t};
+  if (d.defined()) d = d.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_dual_cpu", [&] {
-    epilogue<scalar_t>(za.const_data_ptr<scalar_t>(), Tx, zw.defined() ? zw.const_data_ptr<scalar_t>() : nullptr, Tw,
-                       b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
-                       bt.defined() ? bt.const_data_ptr<scalar_t>() : nullptr, Tb, y.mutable_data_ptr<scalar_t>(),
-                       y_t.mutable_data_ptr<scalar_t>(), M, N, T, act);
+    using acc_t = at::opmath_type<scalar_t>;
+    tangent_epilogue<scalar_t, acc_t>(za.const_data_ptr<scalar_t>(), Tx,
+                                      zw.defined() ? zw.const_data_ptr<scalar_t>() : nullptr, Tw,
+                                      bt.defined() ? bt.const_data_ptr<scalar_t>() : nullptr, Tb,
+                                      d.defined() ? d.const_data_ptr<acc_t>() : nullptr,
+                                      y_t.mutable_data_ptr<scalar_t>(), M, N, T);
   });
   return {y, y_t};
 }

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from symkernels.jvp import reference
 
-_ACT_CODES = {name: i for i, name in enumerate(reference.ACTIVATIONS)}  # same order as csrc/jvp/jvp.h
+_ACT_CODES = {name: i for i, name in enumerate(reference.ACTIVATIONS)}  # same order as csrc/jvp/jvp.h's enum
 
 
 @triton.jit
