@@ -477,15 +477,16 @@ def softmax_dual(x, x_t, *, backend: str | None = None):
 
 
 # ======================================================================================================
-# attention_dual: reference only (closed-form tangent; no fused flash-style kernel yet).
+# attention_dual: reference (closed form) and a flash-style Triton kernel.
 # ======================================================================================================
 def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = False, scale: float | None = None,
                    backend: str | None = None):
     """Primal and tangent of ``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]`` tensors.
 
-    Tangents have the primal's shape or a leading T; returns ``(o, o_t)``. Only the reference backend
-    exists (the closed form of fwdgrad.md §4, without materialising the Jacobian); the fused flash-style
-    kernel is future work.
+    Tangents have the primal's shape or a leading T; returns ``(o, o_t)``. Backends: "reference" (the
+    closed form of fwdgrad.md §4 with the L×L matrices) and "triton" (flash-style: online softmax with the
+    tangent statistics, nothing L×L stored). Causal masking is top-left aligned like SDPA's ``is_causal``.
+    Not differentiable (no backward); use ``functional.attention`` for autograd.
     """
     op = "attention_dual"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -517,10 +518,24 @@ def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = Fals
     if len(set(counts.values())) > 1:
         raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
                          + ", ".join(f"{k_} has T={v_}" for k_, v_ in counts.items()))
-    _backend.common_device(op, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
-    _backend.resolve(op, q.device, backend, ("reference",))
+    device = _backend.common_device(op, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
+    impl = _backend.resolve(op, device, backend, ("reference", "triton"))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    o, o_t = reference.attention_dual(q, k, v, *canon, causal=bool(causal), scale=scale)
     T = next(iter(counts.values())) if counts else 1
-    o_t = o_t.expand(T, *o.shape)
+    if impl == "triton":
+        from symkernels.jvp import triton as triton_impl
+
+        lead = q.shape[:-2]
+        BH = 1
+        for s_ in lead:
+            BH *= s_
+        flat = lambda t, lead_t: t.reshape(*lead_t, BH, *t.shape[-2:])  # noqa: E731  [.., BH, L, d]
+        o, o_t = triton_impl.attention_dual(flat(q, ()), flat(k, ()), flat(v, ()),
+                                            *(None if t is None else flat(t, (t.shape[0],)) for t in canon),
+                                            causal=bool(causal), scale=scale)
+        o, o_t = o.reshape(*lead, *o.shape[-2:]), o_t.reshape(T, *lead, *o.shape[-2:])
+    else:
+        with torch.no_grad():
+            o, o_t = reference.attention_dual(q, k, v, *canon, causal=bool(causal), scale=scale)
+        o_t = o_t.expand(T, *o.shape)
     return o, (o_t if counts else o_t[0])

@@ -273,3 +273,101 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
         HAS_B=bias is not None, HAS_BT=bias_t is not None, ACC_F64=x.dtype == torch.float64, BLOCK_N=block,
         num_warps=max(1, min(16, block // 256)))
     return y, y_t
+
+
+# ------------------------------------------------------------------------------------------------------
+# Flash-style attention JVP: one program per (query block, batch·head, tangent). The K/V loop keeps the
+# online-softmax state (running max m, normaliser l) and three tangent statistics, all rescaled together
+# when m grows:  acc_o = Σ p v,  acc_t = Σ p ṡ v + Σ p v̇,  a = Σ p ṡ   (p = exp(s − m), unnormalised),
+# with ṡ = (q̇ kᵀ + q k̇ᵀ)·scale. At the end o = acc_o / l and ȯ = acc_t / l − (a / l)·o
+# (fwdgrad.md §4). Nothing of size L×L is stored. Tangent t ≥ 1 recomputes the primal statistics (a
+# T-accumulator version would share them).
+# ------------------------------------------------------------------------------------------------------
+@triton.jit
+def _attention_dual_kernel(q_ptr, k_ptr, v_ptr, qt_ptr, kt_ptr, vt_ptr, o_ptr, ot_ptr, Lq, Lk, D, DV, scale,
+                           s_qt_t, s_kt_t, s_vt_t, HAS_QT: tl.constexpr, HAS_KT: tl.constexpr,
+                           HAS_VT: tl.constexpr, CAUSAL: tl.constexpr, ACC_F64: tl.constexpr, PREC: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                           BLOCK_DV: tl.constexpr):
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    pid_m, bh, t = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, BLOCK_D)
+    rdv = tl.arange(0, BLOCK_DV)
+    mask_q = (rm[:, None] < Lq) & (rd[None, :] < D)
+    q_off = bh * Lq * D + rm[:, None] * D + rd[None, :]
+    q = tl.load(q_ptr + q_off, mask=mask_q, other=0.0)
+    if HAS_QT:
+        qt = tl.load(qt_ptr + t * s_qt_t + q_off, mask=mask_q, other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=acc_dtype)
+    l_i = tl.zeros((BLOCK_M,), dtype=acc_dtype)
+    a_i = tl.zeros((BLOCK_M,), dtype=acc_dtype)
+    acc_o = tl.zeros((BLOCK_M, BLOCK_DV), dtype=acc_dtype)
+    acc_t = tl.zeros((BLOCK_M, BLOCK_DV), dtype=acc_dtype)
+    for n0 in range(0, Lk, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        mask_k = (rn[:, None] < Lk) & (rd[None, :] < D)
+        mask_v = (rn[:, None] < Lk) & (rdv[None, :] < DV)
+        k_off = bh * Lk * D + rn[:, None] * D + rd[None, :]
+        v_off = bh * Lk * DV + rn[:, None] * DV + rdv[None, :]
+        k = tl.load(k_ptr + k_off, mask=mask_k, other=0.0)
+        v = tl.load(v_ptr + v_off, mask=mask_v, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(acc_dtype) * scale
+        valid = rn[None, :] < Lk
+        if CAUSAL:
+            valid = valid & (rn[None, :] <= rm[:, None])  # top-left aligned, as torch SDPA is_causal
+        s = tl.where(valid, s, float("-inf"))
+        s_dot = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+        if HAS_QT:
+            s_dot += tl.dot(qt, tl.trans(k), input_precision=PREC).to(acc_dtype) * scale
+        if HAS_KT:
+            kt = tl.load(kt_ptr + t * s_kt_t + k_off, mask=mask_k, other=0.0)
+            s_dot += tl.dot(q, tl.trans(kt), input_precision=PREC).to(acc_dtype) * scale
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # Rows with no valid key so far keep m = -inf; use 0 there so exp() gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        ps = tl.where(valid, p * s_dot, 0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        a_i = a_i * alpha + tl.sum(ps, axis=1)
+        acc_o = acc_o * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC).to(acc_dtype)
+        acc_t = acc_t * alpha[:, None] + tl.dot(ps.to(v.dtype), v, input_precision=PREC).to(acc_dtype)
+        if HAS_VT:
+            vt = tl.load(vt_ptr + t * s_vt_t + v_off, mask=mask_v, other=0.0)
+            acc_t += tl.dot(p.to(vt.dtype), vt, input_precision=PREC).to(acc_dtype)
+        m_i = m_new
+    o = acc_o / l_i[:, None]
+    o_t = acc_t / l_i[:, None] - (a_i / l_i)[:, None] * o
+    o_off = bh * Lq * DV + rm[:, None] * DV + rdv[None, :]
+    mask_o = (rm[:, None] < Lq) & (rdv[None, :] < DV)
+    if t == 0:
+        tl.store(o_ptr + o_off, o.to(o_ptr.dtype.element_ty), mask=mask_o)
+    tl.store(ot_ptr + t * (tl.num_programs(1) * Lq * DV) + o_off, o_t.to(ot_ptr.dtype.element_ty), mask=mask_o)
+
+
+def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
+    """Launcher: q [BH, Lq, D], k [BH, Lk, D], v [BH, Lk, DV], tangents [Tk, ...] (Tk in {1, T}) or None.
+    Returns (o [BH, Lq, DV], o_t [T, BH, Lq, DV])."""
+    BH, Lq, D = q.shape
+    Lk, DV = v.shape[1], v.shape[2]
+    T = max([t.shape[0] for t in (q_t, k_t, v_t) if t is not None], default=1)
+    o = torch.empty((BH, Lq, DV), dtype=q.dtype, device=q.device)
+    o_t = torch.zeros((T, BH, Lq, DV), dtype=q.dtype, device=q.device)
+    if BH == 0 or Lq == 0 or Lk == 0:
+        o.zero_()  # softmax over no keys: an empty sum, as in the reference
+        return o, o_t
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q_t, k_t, v_t = (None if t is None else t.contiguous() for t in (q_t, k_t, v_t))
+    stride = lambda t, x: 0 if t is None or t.shape[0] == 1 else x.numel()  # noqa: E731  shared tangent
+    interpreted = q.device.type != "cuda"
+    block = 16 if interpreted else 64
+    prec = "tf32" if (q.dtype == torch.float32 and not interpreted and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    grid = (triton.cdiv(Lq, block), BH, T)
+    _attention_dual_kernel[grid](
+        q, k, v, q_t if q_t is not None else q, k_t if k_t is not None else k, v_t if v_t is not None else v, o, o_t,
+        Lq, Lk, D, DV, float(scale), stride(q_t, q), stride(k_t, k), stride(v_t, v),
+        HAS_QT=q_t is not None, HAS_KT=k_t is not None, HAS_VT=v_t is not None, CAUSAL=bool(causal),
+        ACC_F64=q.dtype == torch.float64, PREC=prec, BLOCK_M=block, BLOCK_N=block,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)))
+    return o, o_t
