@@ -4,5 +4,6 @@ from symkernels.jvp.forward_gradient import ForwardGradientAdam, ForwardGradient
 from symkernels.jvp.modules import MLP, Attention, LayerNorm, Linear, RMSNorm
 from symkernels.jvp.ops import attention_dual, layer_norm_dual, linear_dual, rms_norm_dual, softmax_dual
 
-__all__ = ["ForwardGradientAdam", "ForwardGradientSGD", "forward_gradient", "Attention", "LayerNorm", "Linear", "MLP", "RMSNorm", "attention_dual", "functional", "layer_norm_dual",
-           "linear_dual", "rms_norm_dual", "softmax_dual"]
+__all__ = ["ForwardGradientAdam", "ForwardGradientSGD", "forward_gradient", "Attention", "LayerNorm", "Linear", "MLP",
+           "RMSNorm", "attention_dual", "functional", "layer_norm_dual", "linear_dual", "rms_norm_dual",
+           "softmax_dual"]

@@ -10,7 +10,6 @@ Tangent t of parameter j is ``reference.seeded_tangent`` at flat indices ``t·P 
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch

@@ -67,7 +67,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def _row(op, kind, x, weight, bias, eps, backend):
-    params = [("weight", weight, None), ("bias", bias, None)][:2 if kind == "layer_norm" else (1 if kind == "rms_norm" else 0)]
+    n_params = {"layer_norm": 2, "rms_norm": 1, "softmax": 0}[kind]
+    params = [("weight", weight, None), ("bias", bias, None)][:n_params]
     xc, _, canon, _, _ = ops._row_canonical(op, x, None, params)
     device = _backend.common_device(op, x=x, weight=weight, bias=bias)
     impl = _backend.resolve(op, device, backend, ops.ROW_IMPLEMENTED)

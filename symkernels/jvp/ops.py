@@ -12,7 +12,6 @@ Two ways in:
 from __future__ import annotations
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from symkernels import _backend
 from symkernels.jvp import reference

@@ -1,5 +1,4 @@
 """Forward-gradient estimator: unbiased within its variance bound; optimizers regenerate the tangents."""
-import math
 
 import pytest
 import torch

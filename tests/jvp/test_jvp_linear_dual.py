@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from symkernels import _backend
-from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous, tolerance
+from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
 from symkernels.jvp import linear_dual, reference
 
 ACTS = reference.ACTIVATIONS

@@ -170,7 +170,8 @@ def test_silent_zero_guard_catches_a_bare_custom_op():
     def bare_sin(x: torch.Tensor) -> torch.Tensor:
         return torch.sin(x)
 
-    bare_sin.register_autograd(lambda ctx, g: g * torch.cos(ctx.x), setup_context=lambda ctx, i, o: setattr(ctx, "x", i[0]))
+    bare_sin.register_autograd(lambda ctx, g: g * torch.cos(ctx.x),
+                               setup_context=lambda ctx, i, o: setattr(ctx, "x", i[0]))
     x = torch.randn(4, dtype=D)
     try:
         _, t = jvp(bare_sin, (x,), (torch.ones_like(x),))
