@@ -523,7 +523,15 @@ def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = Fals
     T = next(iter(counts.values())) if counts else 1
     if impl == "triton":
         from symkernels.jvp import triton as triton_impl
+        import torch.autograd.forward_ad as fwAD
 
+        # The kernel is opaque to autograd: refuse instead of returning silent zero tangents / no gradient.
+        for name, t in (("q", q), ("k", k), ("v", v), ("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
+            if t is not None and (fwAD.unpack_dual(t).tangent is not None
+                                  or (torch.is_grad_enabled() and t.requires_grad)):
+                raise NotImplementedError(f"{op}: backend='triton' is not differentiable ({name} carries a forward-AD "
+                                          "tangent or requires grad); use backend='reference' or "
+                                          "symkernels.jvp.functional.attention")
         lead = q.shape[:-2]
         BH = 1
         for s_ in lead:

@@ -195,3 +195,25 @@ def test_vmap_over_batched_primals(backend):
     g = lambda x: SF.layer_norm(x, backend="reference")  # noqa: E731
     assert_close(vmap(lambda x, t: jvp(g, (x,), (t,))[1])(x, xt),
                  vmap(lambda x, t: jvp(lambda x: F.layer_norm(x, (6,)), (x,), (t,))[1])(x, xt))
+
+
+def test_explicit_dual_ops_primal_tangent_under_jvp():
+    # The explicit APIs' primal output y is differentiable in forward mode too (never a silent zero).
+    x, w, b = _args([(3, 6), (4, 6), (4,)])
+    xt = _args([(3, 6)], 1)[0]
+    from symkernels.jvp import layer_norm_dual, linear_dual
+    got = jvp(lambda x: linear_dual(x, None, w, None, b, None, "gelu", backend="cpu")[0], (x,), (xt,))[1]
+    assert_close(got, jvp(lambda x: F.gelu(F.linear(x, w, b)), (x,), (xt,))[1])
+    got = jvp(lambda x: layer_norm_dual(x, None)[0], (x,), (xt,))[1]
+    assert_close(got, jvp(lambda x: _manual_layer_norm(x, 1.0, 0.0), (x,), (xt,))[1])
+    assert got.abs().max() > 1e-3
+
+
+def test_attention_dual_triton_refuses_autograd():
+    _need("triton")
+    from symkernels.jvp import attention_dual
+    q = torch.randn(1, 4, 4, dtype=D)
+    with pytest.raises(NotImplementedError, match="backend='triton' is not differentiable"):
+        jvp(lambda q: attention_dual(q, q, q, backend="triton")[0], (q,), (q,))
+    with pytest.raises(NotImplementedError, match="backend='triton' is not differentiable"):
+        attention_dual(q.clone().requires_grad_(), q, q, backend="triton")
