@@ -99,3 +99,18 @@ def test_seeded_linear_dual_matches_materialised(kernel_backend, dist):
     # A seed alone with num_tangents=None: one unbatched tangent.
     _, y_t1 = linear_dual(x, None, w, weight_seed=5, distribution=dist, backend=kernel_backend)
     assert y_t1.shape == (5, 19)
+
+
+def test_cpu_seeded_multi_tile():
+    # T·N·K above the C++ kernel's generated-tile size (2^18 values), so W_t is produced and multiplied in
+    # several tiles written into column slices of the product; must equal the materialised tangent.
+    from symkernels import _backend
+
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    T, N, K = 2, 300, 512
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(3, K, generator=g), torch.randn(N, K, generator=g)
+    _, y_t = linear_dual(x, None, w, weight_seed=12, distribution="rademacher", num_tangents=T, backend="cpu")
+    w_t = reference.seeded_tangent((T, N, K), 12, "rademacher")
+    assert_close(y_t, x @ w_t.transpose(-1, -2))
