@@ -34,10 +34,12 @@ SYMKERNELS_HD uint32_t seeded_bits(uint32_t index, uint32_t key) { return mix32(
 
 // One tangent element. fp32 math everywhere, so backends differ at most by the last-ulp differences of
 // their log/cos (Gaussian); Rademacher values are bit-identical.
-SYMKERNELS_HD float seeded_value(uint32_t index, uint32_t key0, uint32_t key1, Distribution dist) {
-  const uint32_t b0 = seeded_bits(index, key0);
-  if (dist == Distribution::kRademacher) return (b0 >> 31) ? -1.0f : 1.0f;
-  const uint32_t b1 = seeded_bits(index, key1);
+SYMKERNELS_HD float seeded_rademacher(uint32_t index, uint32_t key0) {
+  return 1.0f - 2.0f * float(seeded_bits(index, key0) >> 31);
+}
+
+SYMKERNELS_HD float seeded_gaussian(uint32_t index, uint32_t key0, uint32_t key1) {
+  const uint32_t b0 = seeded_bits(index, key0), b1 = seeded_bits(index, key1);
   const float u1 = float((b0 >> 8) + 1u) * 5.9604644775390625e-08f;  // 2^-24: (0, 1], so log is finite
   const float u2 = float(b1 >> 8) * 5.9604644775390625e-08f;
   return sqrtf(-2.0f * logf(u1)) * cosf(6.283185307179586f * u2);

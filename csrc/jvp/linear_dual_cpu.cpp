@@ -75,10 +75,15 @@ int64_t check_tangent(const std::optional<at::Tensor>& t, const at::Tensor& prim
   return t->size(0);
 }
 
-SYMKERNELS_SIMD_CLONES void generate_tile(float* out, int64_t first_index, int64_t count, uint32_t key0,
-                                          uint32_t key1, int dist) {
-  for (int64_t j = 0; j < count; ++j) {
-    out[j] = seeded_value(uint32_t(first_index + j), key0, key1, Distribution(dist));
+// The distribution branch sits outside the loops: the Rademacher loop is pure 32-bit integer math and
+// vectorizes (one lane per element); the Gaussian loop calls logf/cosf per element.
+SYMKERNELS_SIMD_CLONES void generate_tile(float* __restrict__ out, int64_t first_index, int64_t count,
+                                          uint32_t key0, uint32_t key1, int dist) {
+  const uint32_t first = uint32_t(first_index);
+  if (Distribution(dist) == Distribution::kRademacher) {
+    for (int64_t j = 0; j < count; ++j) out[j] = seeded_rademacher(first + uint32_t(j), key0);
+  } else {
+    for (int64_t j = 0; j < count; ++j) out[j] = seeded_gaussian(first + uint32_t(j), key0, key1);
   }
 }
 
