@@ -1,6 +1,6 @@
 """Worked example: an MLP on scikit-learn's digits, trained with forward gradients vs backprop.
 
-    python -m symkernels.jvp.examples [--steps 3000] [--tangents 16] [--hidden 32]
+    python -m symkernels.jvp.examples [--steps 1500] [--backprop-steps 500] [--tangents 16] [--hidden 32]
 
 Both runs use the same MLP (symkernels.jvp.MLP, whose layers use the fused linear+activation dual
 kernel under forward mode), the same data split, batch size and optimizer family (Adam):
@@ -93,8 +93,8 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--backprop-steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--backprop-steps", type=int, default=500)
     parser.add_argument("--tangents", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=32)
     args = parser.parse_args(argv)
