@@ -8,7 +8,9 @@
 from symkernels._backend import BACKENDS, backends, build_info
 from symkernels.gaunt import gaunt_tensor_product
 from symkernels.hadamard import hadamard_transform, random_hadamard, randomized_hadamard_transform
+from symkernels.jvp import ForwardGradientAdam, ForwardGradientSGD, forward_gradient, linear_dual
 from symkernels.quarot import dequantize_int4, fake_quantize_int4, int4_matmul, quantize_int4
+from symkernels import jacobi  # noqa: E402  (symkernels.jacobi.solve, .rnn, .MADE, ...)
 
 __version__ = "0.1.0"
 
@@ -19,4 +21,8 @@ __all__ = [
     "quantize_int4", "dequantize_int4", "fake_quantize_int4", "int4_matmul",
     # gaunt
     "gaunt_tensor_product",
+    # jvp
+    "linear_dual", "forward_gradient", "ForwardGradientSGD", "ForwardGradientAdam",
+    # jacobi (a namespace: symkernels.jacobi.solve / rnn / MADE / made_sample ...)
+    "jacobi",
 ]

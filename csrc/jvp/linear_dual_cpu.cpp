@@ -1,0 +1,236 @@
+// CPU fused linear(+bias)+activation JVP: y = act(x W^T + b), y_t = act'(z) (x_t W^T + x W_t^T + b_t).
+//
+// The GEMMs go to ATen's BLAS, arranged so each weight matrix is read once:
+//   * [x; x_t] stacked along rows times W^T gives z and every x-tangent product in ONE GEMM (W read once,
+//     which is what matters at small M where the GEMM is bound by reading W);
+//   * x times [W_t(0); ...; W_t(T-1)]^T gives every weight-tangent product in one GEMM;
+//   * seeded W_t is generated tile by tile (kSeedTileElements values) and multiplied at once, so the
+//     T·N·K tangent is never held in memory.
+// The epilogue computes act(z) and act'(z) ONCE (ATen's vectorized kernels, opmath precision) and then
+// one fused pass writes all T tangents y_t = act'(z) ⊙ (x_t W^T + x W_t^T + b_t) without materialising
+// the summed pre-activation tangent.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/tanh_backward.h>
+#include <ATen/ops/threshold_backward.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+#include "common/checks.h"
+#include "common/simd.h"
+#include "jvp/jvp.h"
+
+namespace symkernels::jvp {
+namespace {
+
+constexpr const char* kOp = "linear_dual";
+// A generated weight-tangent tile holds this many values (1 MiB fp32: stays in L2 while BLAS reads it).
+constexpr int64_t kSeedTileElements = 1 << 18;
+constexpr int64_t kEpilogueGrain = 1 << 14;  // elements per parallel task in the epilogue
+
+Activation parse_activation(const std::string& name) {
+  if (name == "none") return Activation::kNone;
+  if (name == "relu") return Activation::kRelu;
+  if (name == "gelu") return Activation::kGelu;
+  if (name == "gelu_tanh") return Activation::kGeluTanh;
+  if (name == "silu") return Activation::kSilu;
+  if (name == "tanh") return Activation::kTanh;
+  TORCH_CHECK_VALUE(false, kOp, ": activation must be one of none, relu, gelu, gelu_tanh, silu, tanh, got '", name,
+                    "'");
+}
+
+Distribution parse_distribution(const std::string& name) {
+  if (name == "gaussian") return Distribution::kGaussian;
+  if (name == "rademacher") return Distribution::kRademacher;
+  TORCH_CHECK_VALUE(false, kOp, ": distribution must be 'gaussian' or 'rademacher', got '", name, "'");
+}
+
+// Leading tangent count of an optional canonical tangent, checked against the primal's shape.
+int64_t check_tangent(const std::optional<at::Tensor>& t, const at::Tensor& primal, const char* arg,
+                      const char* primal_arg, int64_t T) {
+  if (!t.has_value()) return 0;
+  TORCH_CHECK_TYPE(t->scalar_type() == primal.scalar_type(), kOp, ": ", arg, " must have the dtype of ", primal_arg,
+                   " (", primal.scalar_type(), "), got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->device() == primal.device(), kOp, ": ", arg, " must be on ", primal.device());
+  TORCH_CHECK_VALUE(t->dim() == primal.dim() + 1 && t->sizes().slice(1) == primal.sizes(), kOp, ": ", arg,
+                    " must have shape [T, ", primal.sizes(), "] (T = 1 or num_tangents), got ", t->sizes());
+  TORCH_CHECK_VALUE(t->size(0) == 1 || t->size(0) == T, kOp, ": ", arg, ".shape[0] must be 1 or num_tangents=", T,
+                    ", got ", t->size(0));
+  return t->size(0);
+}
+
+// The distribution branch sits outside the loops: the Rademacher loop is pure 32-bit integer math and
+// vectorizes (one lane per element); the Gaussian loop calls logf/cosf per element.
+SYMKERNELS_SIMD_CLONES void generate_tile(float* __restrict__ out, int64_t first_index, int64_t count,
+                                          uint32_t key0, uint32_t key1, int dist) {
+  const uint32_t first = uint32_t(first_index);
+  if (Distribution(dist) == Distribution::kRademacher) {
+    for (int64_t j = 0; j < count; ++j) out[j] = seeded_rademacher(first + uint32_t(j), key0);
+  } else {
+    for (int64_t j = 0; j < count; ++j) out[j] = seeded_gaussian(first + uint32_t(j), key0, key1);
+  }
+}
+
+// x [M,K] @ W_t^T for the seeded W_t [T*N, K], written into zw [M, T*N].
+void seeded_weight_products(const at::Tensor& x, at::Tensor& zw, int64_t rows, int64_t K, int64_t seed,
+                            Distribution dist) {
+  const uint32_t key0 = seed_key(seed, 0), key1 = seed_key(seed, 1);
+  const int64_t tile_rows = std::max<int64_t>(1, kSeedTileElements / std::max<int64_t>(K, 1));
+  at::Tensor tile32 = at::empty({tile_rows, K}, x.options().dtype(at::kFloat));
+  for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
+    const int64_t nr = std::min(tile_rows, rows - r0);
+    float* dst = tile32.mutable_data_ptr<float>();
+    at::parallel_for(0, nr * K, 4096, [&](int64_t begin, int64_t end) {
+      generate_tile(dst + begin, r0 * K + begin, end - begin, key0, key1, int(dist));
+    });
+    at::Tensor tile = tile32.narrow(0, 0, nr);
+    if (x.scalar_type() != at::kFloat) tile = tile.to(x.scalar_type());
+    at::Tensor out = zw.narrow(1, r0, nr);
+    at::mm_out(out, x, tile.t());
+  }
+}
+
+// y = act(z) and d = act'(z) for the whole [M, N] primal, in opmath precision, by ATen's vectorized
+// (SLEEF) elementwise kernels: d is computed once and shared by all T tangents.
+std::pair<at::Tensor, at::Tensor> activation_and_derivative(const at::Tensor& z, Activation act) {
+  switch (act) {
+    case Activation::kNone:
+      return {z, at::Tensor()};  // d = 1: the tangent loop skips the multiply
+    case Activation::kRelu: {
+      at::Tensor y = at::relu(z);
+      // PyTorch's relu JVP convention: 0 where relu(z) <= 0, else 1 (so NaN passes the tangent through).
+      return {y, at::threshold_backward(at::ones_like(z), y, 0)};
+    }
+    case Activation::kGelu:
+      return {at::gelu(z), at::gelu_backward(at::ones_like(z), z, "none")};
+    case Activation::kGeluTanh:
+      return {at::gelu(z, "tanh"), at::gelu_backward(at::ones_like(z), z, "tanh")};
+    case Activation::kSilu:
+      return {at::silu(z), at::silu_backward(at::ones_like(z), z)};
+    case Activation::kTanh: {
+      at::Tensor y = at::tanh(z);
+      return {y, at::tanh_backward(at::ones_like(z), y)};
+    }
+  }
+  TORCH_CHECK(false, kOp, ": unknown activation");
+}
+
+// The fused tangent pass: y_t[t] = d ⊙ (x-tangent product + weight-tangent product + bias tangent), one
+// read of each input row and one write per tangent; rows split across threads.
+template <typename scalar_t, typename acc_t>
+void tangent_epilogue(const scalar_t* za, int64_t Tx, const scalar_t* zw, int64_t Tw, const scalar_t* bias_t,
+                      int64_t Tb, const acc_t* d, scalar_t* y_t, int64_t M, int64_t N, int64_t T) {
+  const int64_t grain = std::max<int64_t>(1, kEpilogueGrain / std::max<int64_t>(N * T, 1));
+  at::parallel_for(0, M, grain, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const acc_t* __restrict__ dm = d ? d + m * N : nullptr;
+      for (int64_t t = 0; t < T; ++t) {
+        // x-tangent rows sit below the primal rows of za (row M + tx*M + m); weight-tangent products are
+        // laid out [M, Tw*N]; a tangent shared by all T has index 0.
+        const scalar_t* __restrict__ zx = Tx ? za + (M + (Tx == 1 ? 0 : t) * M + m) * N : nullptr;
+        const scalar_t* __restrict__ zwm = Tw ? zw + m * Tw * N + (Tw == 1 ? 0 : t) * N : nullptr;
+        const scalar_t* __restrict__ bt = Tb ? bias_t + (Tb == 1 ? 0 : t) * N : nullptr;
+        scalar_t* __restrict__ out = y_t + (t * M + m) * N;
+        for (int64_t n = 0; n < N; ++n) {
+          acc_t zt = 0;
+          if (zx) zt += acc_t(zx[n]);
+          if (zwm) zt += acc_t(zwm[n]);
+          if (bt) zt += acc_t(bt[n]);
+          out[n] = scalar_t(dm ? dm[n] * zt : zt);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                   const at::Tensor& weight, const std::optional<at::Tensor>& weight_t,
+                                                   const std::optional<at::Tensor>& bias,
+                                                   const std::optional<at::Tensor>& bias_t,
+                                                   c10::string_view activation, int64_t num_tangents, int64_t seed,
+                                                   c10::string_view distribution) {
+  check_floating(x, kOp, "x");
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), kOp, ": weight must have the dtype of x (",
+                   x.scalar_type(), "), got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2, kOp, ": x must have shape [M, K], got ", x.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), kOp, ": weight must have shape [N, K=",
+                    x.size(1), "], got ", weight.sizes());
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0), T = num_tangents;
+  TORCH_CHECK_VALUE(T >= 0, kOp, ": num_tangents must be >= 0, got ", T);
+  const Activation act = parse_activation(std::string(activation));
+  const Distribution dist = parse_distribution(std::string(distribution));
+  if (bias.has_value()) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), kOp, ": bias must have the dtype of x (",
+                     x.scalar_type(), "), got ", bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, kOp, ": bias must have shape [N=", N, "], got ",
+                      bias->sizes());
+  }
+  TORCH_CHECK_VALUE(!(bias_t.has_value() && !bias.has_value()), kOp, ": bias_t given without bias");
+  const bool seeded = seed >= 0;
+  TORCH_CHECK_VALUE(!(seeded && weight_t.has_value()), kOp, ": give weight_t or a seed, not both");
+  TORCH_CHECK_VALUE(seed < (int64_t{1} << 31), kOp, ": seed must be in [0, 2**31), got ", seed);
+  const int64_t Tx = T ? check_tangent(x_t, x, "x_t", "x", T) : 0;
+  int64_t Tw = T ? check_tangent(weight_t, weight, "weight_t", "weight", T) : 0;
+  const int64_t Tb = T ? check_tangent(bias_t, *bias, "bias_t", "bias", T) : 0;
+  if (seeded && T) {
+    Tw = T;
+    TORCH_CHECK_VALUE(T * N * K < (int64_t{1} << 31), kOp, ": seeded tangents support T*N*K < 2**31, got ", T * N * K);
+  }
+
+  // One GEMM for the primal and all x-tangents: [x; x_t] @ W^T.
+  at::Tensor za = Tx ? at::mm(at::cat({x, x_t->reshape({Tx * M, K})}, 0), weight.t()) : at::mm(x, weight.t());
+  at::Tensor zw;
+  if (Tw && seeded) {
+    zw = at::empty({M, Tw * N}, x.options());
+    seeded_weight_products(x, zw, Tw * N, K, seed, dist);
+  } else if (Tw) {
+    zw = at::mm(x, weight_t->reshape({Tw * N, K}).t());
+  }
+  za = za.contiguous();
+  if (zw.defined()) zw = zw.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const at::Tensor bt = Tb ? bias_t->contiguous() : at::Tensor();
+
+  at::Tensor y_t = at::empty({T, M, N}, x.options());
+  if (M * N == 0) return {at::empty({M, N}, x.options()), y_t};
+  // Primal epilogue in opmath precision (fp32 for half types): z = x W^T + b, then act and act'.
+  const auto acc_type = at::toOpMathType(x.scalar_type());
+  at::Tensor z = za.narrow(0, 0, M).to(acc_type);
+  if (b.defined()) z.add_(b.to(acc_type));
+  auto [y_acc, d] = activation_and_derivative(z, act);
+  at::Tensor y = y_acc.to(x.scalar_type());
+  if (y.is_alias_of(za)) y = y.clone();  // activation "none" in opmath dtype: do not hand out the scratch buffer
+  if (T == 0) return {y, y_t};
+  if (d.defined()) d = d.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_dual_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    tangent_epilogue<scalar_t, acc_t>(za.const_data_ptr<scalar_t>(), Tx,
+                                      zw.defined() ? zw.const_data_ptr<scalar_t>() : nullptr, Tw,
+                                      bt.defined() ? bt.const_data_ptr<scalar_t>() : nullptr, Tb,
+                                      d.defined() ? d.const_data_ptr<acc_t>() : nullptr,
+                                      y_t.mutable_data_ptr<scalar_t>(), M, N, T);
+  });
+  return {y, y_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("linear_dual", &linear_dual_cpu); }
+
+}  // namespace symkernels::jvp

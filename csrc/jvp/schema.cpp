@@ -1,0 +1,12 @@
+// Op schemas of the JVP pillar (see csrc/symkernels.cpp for why schemas live per pillar).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(symkernels, m) {
+  // Fused primal + tangent of y = act(x @ W.T + b), canonical shapes (symkernels/jvp/reference.py):
+  // x [M,K], x_t [Tx,M,K], weight [N,K], weight_t [Tw,N,K], bias [N], bias_t [Tb,N], Tx/Tw/Tb in {1,T};
+  // returns (y [M,N], y_t [T,M,N]). seed >= 0 generates weight_t from the counter-based RNG instead
+  // (weight_t must then be None); distribution is "gaussian" or "rademacher".
+  m.def(
+      "linear_dual(Tensor x, Tensor? x_t, Tensor weight, Tensor? weight_t, Tensor? bias, Tensor? bias_t, "
+      "str activation, int num_tangents, int seed=-1, str distribution=\"gaussian\") -> (Tensor, Tensor)");
+}

@@ -1,0 +1,9 @@
+"""Forward-mode (JVP) kernels: fused primal + tangent ops, seeded tangents, forward-gradient training."""
+from symkernels.jvp import functional
+from symkernels.jvp.forward_gradient import ForwardGradientAdam, ForwardGradientSGD, forward_gradient
+from symkernels.jvp.modules import MLP, Attention, LayerNorm, Linear, RMSNorm
+from symkernels.jvp.ops import attention_dual, layer_norm_dual, linear_dual, rms_norm_dual, softmax_dual
+
+__all__ = ["ForwardGradientAdam", "ForwardGradientSGD", "forward_gradient", "Attention", "LayerNorm", "Linear", "MLP",
+           "RMSNorm", "attention_dual", "functional", "layer_norm_dual", "linear_dual", "rms_norm_dual",
+           "softmax_dual"]

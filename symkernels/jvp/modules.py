@@ -1,0 +1,82 @@
+"""nn.Modules over symkernels.jvp.functional: forward-mode AD through them uses the fused dual kernels."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from symkernels.jvp import functional as F
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and init) with an optional fused activation."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None, *,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias, self.activation, backend=self.backend)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, *, backend: str | None = None,
+                 device=None, dtype=None):
+        super().__init__()
+        self.eps, self.backend = eps, backend
+        kw = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.ones(dim, **kw)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(dim, **kw)) if elementwise_affine else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps, backend=self.backend)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, *, backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        self.eps, self.backend = eps, backend
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight, self.eps, backend=self.backend)
+
+
+class MLP(nn.Module):
+    """Linear layers ``sizes[0] → … → sizes[-1]`` with ``activation`` fused into all but the last."""
+
+    def __init__(self, sizes: list[int], activation: str | None = "gelu", bias: bool = True, *,
+                 backend: str | None = None, device=None, dtype=None):
+        super().__init__()
+        if len(sizes) < 2:
+            raise ValueError(f"MLP: sizes needs at least an input and an output size, got {sizes}")
+        self.layers = nn.ModuleList(
+            Linear(a, b, bias, activation if i < len(sizes) - 2 else None, backend=backend, device=device, dtype=dtype)
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused-JVP qkv/output projections around a plain-torch attention core."""
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False, *, backend: str | None = None, device=None,
+                 dtype=None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads, self.causal = num_heads, causal
+        self.qkv = Linear(dim, 3 * dim, backend=backend, device=device, dtype=dtype)
+        self.proj = Linear(dim, dim, backend=backend, device=device, dtype=dtype)
+
+    def forward(self, x):  # x [..., L, dim]
+        *lead, L, dim = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).reshape(*lead, L, 3, h, dim // h).movedim(-3, 0).transpose(-2, -3).unbind(0)
+        o = F.attention(q, k, v, causal=self.causal, scale=1 / math.sqrt(dim // h))
+        return self.proj(o.transpose(-2, -3).reshape(*lead, L, dim))

@@ -1,0 +1,548 @@
+"""Public dual ops of the JVP pillar: argument checks, backend choice, fake / autograd registrations.
+
+Two ways in:
+
+* ``linear_dual(x, x_t, weight, ...)`` — explicit: returns ``(y, y_t)`` from one fused kernel call. The
+  tangent output is *not* differentiable (like every fused JVP kernel, e.g. flash-attention JVPs: their
+  consumers stop-gradient it); ``y`` is, to any order, through ordinary autograd.
+* ``symkernels.jvp.functional.linear`` / ``symkernels.jvp.Linear`` — transparent: a plain function of the
+  primals whose forward-mode tangent (``torch.func.jvp``, ``vmap(jvp)``, ``forward_ad`` duals) comes from
+  the same fused kernel. See ``_LinearDualFunction`` for how.
+"""
+from __future__ import annotations
+
+import torch
+
+from symkernels import _backend
+from symkernels.jvp import reference
+
+OP_NAME = "linear_dual"
+IMPLEMENTED = ("reference", "cpu", "triton")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _normalize_activation(activation) -> str:
+    name = "none" if activation is None else activation
+    if name not in reference.ACTIVATIONS:
+        raise ValueError(f"{OP_NAME}: activation must be None or one of {reference.ACTIVATIONS[1:]}, got {activation!r}")
+    return name
+
+
+def _check_tensor(name: str, t, dtype: torch.dtype | None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{OP_NAME}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtype is None:
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{OP_NAME}: {name} must have a floating dtype in {SUPPORTED_DTYPES}, got {t.dtype}")
+    elif t.dtype != dtype:
+        raise TypeError(f"{OP_NAME}: {name} must have the dtype of x ({dtype}), got {t.dtype}")
+
+
+def _tangent_count(name: str, t: torch.Tensor | None, primal_shape: tuple[int, ...], primal_name: str) -> int | None:
+    """None if ``t`` has the primal's shape (no T dim), T if it is ``[T, *primal_shape]``; else an error."""
+    if t is None or tuple(t.shape) == primal_shape:
+        return None
+    if t.dim() == len(primal_shape) + 1 and tuple(t.shape[1:]) == primal_shape:
+        return t.shape[0]
+    raise ValueError(f"{OP_NAME}: {name} must have the shape of {primal_name} {list(primal_shape)} or "
+                     f"[T, {', '.join(map(str, primal_shape))}], got {list(t.shape)}")
+
+
+class _Canonical:
+    """User arguments mapped to the kernels' canonical shapes (reference.py docstring)."""
+
+    def __init__(self, x, x_t, weight, weight_t, bias, bias_t, activation, weight_seed, distribution,
+                 num_tangents):
+        _check_tensor("x", x, None)
+        dtype = x.dtype
+        _check_tensor("weight", weight, dtype)
+        for name, t in (("x_t", x_t), ("weight_t", weight_t), ("bias", bias), ("bias_t", bias_t)):
+            if t is not None:
+                _check_tensor(name, t, dtype)
+        if x.dim() < 1:
+            raise ValueError(f"{OP_NAME}: x must have shape [..., K], got a scalar")
+        if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+            raise ValueError(f"{OP_NAME}: weight must have shape [N, K={x.shape[-1]}], got {list(weight.shape)}")
+        N, K = weight.shape
+        if bias is not None and tuple(bias.shape) != (N,):
+            raise ValueError(f"{OP_NAME}: bias must have shape [N={N}], got {list(bias.shape)}")
+        if bias_t is not None and bias is None:
+            raise ValueError(f"{OP_NAME}: bias_t was given but bias is None")
+        self.activation = _normalize_activation(activation)
+        if weight_seed is not None:
+            if weight_t is not None:
+                raise ValueError(f"{OP_NAME}: give weight_t or weight_seed, not both")
+            reference.seed_keys(weight_seed)  # validates the range
+            if distribution not in reference.DISTRIBUTIONS:
+                raise ValueError(f"{OP_NAME}: distribution must be one of {reference.DISTRIBUTIONS}, got {distribution!r}")
+        counts = {name: c for name, c in (
+            ("x_t", _tangent_count("x_t", x_t, tuple(x.shape), "x")),
+            ("weight_t", _tangent_count("weight_t", weight_t, (N, K), "weight")),
+            ("bias_t", _tangent_count("bias_t", bias_t, (N,), "bias")),
+        ) if c is not None}
+        if num_tangents is not None:
+            if not isinstance(num_tangents, int) or isinstance(num_tangents, bool) or num_tangents < 1:
+                raise ValueError(f"{OP_NAME}: num_tangents must be a positive int, got {num_tangents!r}")
+            counts["num_tangents"] = num_tangents
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"{OP_NAME}: tangents disagree on the number of tangents T: "
+                             + ", ".join(f"{k} has T={v}" for k, v in counts.items()))
+        self.batched = bool(counts)
+        T = next(iter(counts.values())) if counts else 1
+        if weight_seed is not None and T * N * K > reference.MAX_SEEDED_ELEMENTS - 1:
+            raise ValueError(f"{OP_NAME}: seeded tangents need T*N*K < 2**31, got {T * N * K}")
+        self.T, self.N, self.K = T, N, K
+        self.lead = tuple(x.shape[:-1])
+        M = 1
+        for s in self.lead:
+            M *= s
+        self.M = M
+        self.x = x.reshape(M, K)
+        self.weight = weight
+        self.bias = bias
+        # Tangents without a T dim get a T dim of 1: the kernels broadcast it over all T.
+        self.x_t = None if x_t is None else (x_t.reshape(T if "x_t" in counts else 1, M, K))
+        self.weight_t = None if weight_t is None else (weight_t if weight_t.dim() == 3 else weight_t.unsqueeze(0))
+        self.bias_t = None if bias_t is None else (bias_t if bias_t.dim() == 2 else bias_t.unsqueeze(0))
+        self.seed = weight_seed
+        self.distribution = distribution
+
+    def outputs(self, y: torch.Tensor, y_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = y.reshape(*self.lead, self.N)
+        y_t = y_t.reshape(self.T, *self.lead, self.N)
+        return y, (y_t if self.batched else y_t[0])
+
+
+def linear_dual(x: torch.Tensor, x_t: torch.Tensor | None, weight: torch.Tensor, weight_t: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, bias_t: torch.Tensor | None = None, activation: str | None = None, *,
+                weight_seed: int | None = None, distribution: str = "gaussian", num_tangents: int | None = None,
+                backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused primal and tangent of ``y = act(x @ weight.T + bias)``, one kernel call.
+
+    Args:
+        x: ``[..., K]`` (float16/bfloat16/float32/float64; weight, bias and tangents in the same dtype).
+        x_t: tangent of x, ``x.shape`` or ``[T, *x.shape]``; None for a zero tangent.
+        weight: ``[N, K]``; weight_t: ``[N, K]`` or ``[T, N, K]``; None for zero.
+        bias: ``[N]`` or None; bias_t: ``[N]`` or ``[T, N]`` (needs bias).
+        activation: None, "relu", "gelu", "gelu_tanh", "silu" or "tanh".
+        weight_seed: int in [0, 2^31): generate weight_t from the counter-based RNG instead of passing it
+            (``reference.seeded_tangent((T, N, K), seed, distribution)``); the kernels never store it.
+        distribution: "gaussian" (N(0, 1)) or "rademacher" (±1) for the seeded tangent.
+        num_tangents: T, when no tangent tensor carries it (e.g. only a seed).
+        backend: None (dispatcher: C++ on CPU), "reference", "cpu" or "triton".
+
+    Returns:
+        ``(y, y_t)``: ``y [..., N]``; ``y_t [T, ..., N]`` if any tangent carries T (or num_tangents is
+        given), else ``[..., N]``. Equals ``torch.func.jvp`` of the plain function, per tangent. ``y`` is
+        differentiable (any order); ``y_t`` is not (see module docstring).
+    """
+    c = _Canonical(x, x_t, weight, weight_t, bias, bias_t, activation, weight_seed, distribution, num_tangents)
+    device = _backend.common_device(OP_NAME, x=x, x_t=x_t, weight=weight, weight_t=weight_t, bias=bias, bias_t=bias_t)
+    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    y, y_t = _LinearDualFunction.apply(c.x, c.weight, c.bias, c.x_t, c.weight_t, c.bias_t, c.activation, c.T,
+                                       c.seed, c.distribution, impl, False)
+    return c.outputs(y, y_t)
+
+
+def _raw_linear_dual(x, weight, bias, x_t, weight_t, bias_t, activation, T, seed, distribution, impl):
+    """One kernel call on canonical shapes, no autograd recording."""
+    if impl == "reference":
+        with torch.no_grad():
+            return reference.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, T, seed, distribution)
+    if impl == "triton":
+        from symkernels.jvp import triton as triton_impl  # imported late: triton is optional
+
+        return triton_impl.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, T, seed, distribution)
+    return torch.ops.symkernels.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, T,
+                                            -1 if seed is None else seed, distribution)
+
+
+def _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, activation):
+    """y's tangent from plain torch ops: the fallback that stays correct under every transform nesting."""
+    z = torch.nn.functional.linear(x, weight, bias)
+    z_dot = torch.zeros_like(z)
+    if x_dot is not None:
+        z_dot = z_dot + x_dot @ weight.T
+    if w_dot is not None:
+        z_dot = z_dot + x @ w_dot.T
+    if b_dot is not None:
+        z_dot = z_dot + b_dot
+    return reference.activation_derivative(activation, z) * z_dot
+
+
+class _LinearDualFunction(torch.autograd.Function):
+    """Autograd for the fused kernel, in both modes.
+
+    forward(x, W, b, x_t, W_t, b_t, ...) → (y, y_t) by one kernel call; y_t is marked non-differentiable.
+
+    * ``fused=True`` (the transparent path, ``functional.linear``): the caller unpacked the forward-AD
+      tangents of (x, W, b) and passed them as x_t/W_t/b_t (T = 1), so y_t *is* y's tangent and ``jvp``
+      just returns it (saved with ``save_for_forward``) — no second GEMM pass.
+    * ``fused=False`` (explicit ``linear_dual``, or transforms the fused path cannot serve): ``jvp``
+      computes y's tangent from the tangents it is given with plain torch ops.
+    ``backward`` recomputes z and applies act'(z) with torch ops on the saved primals, so double backward
+    is ordinary autograd.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, x_t, weight_t, bias_t, activation, T, seed, distribution, impl, fused):
+        return _raw_linear_dual(x, weight, bias, x_t, weight_t, bias_t, activation, T, seed, distribution, impl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, *_rest = inputs
+        ctx.activation, ctx.fused = inputs[6], inputs[11]
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_forward(x, weight, bias, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_y_t):
+        x, weight, bias = ctx.saved_tensors
+        z = torch.nn.functional.linear(x, weight, bias)
+        grad_z = grad_y * reference.activation_derivative(ctx.activation, z)
+        grad_x = grad_z @ weight if ctx.needs_input_grad[0] else None
+        grad_w = grad_z.T @ x if ctx.needs_input_grad[1] else None
+        grad_b = grad_z.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, w_dot, b_dot, *_ignored):
+        x, weight, bias, y_t = ctx.saved_tensors
+        if ctx.fused:
+            return y_t[0], None
+        return _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, ctx.activation), None
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, x_t, weight_t, bias_t, activation, T, seed, distribution, impl, fused):
+        B = info.batch_size
+        primal_dims = in_dims[:3]
+        if all(d is None for d in primal_dims) and seed is None:
+            # Only tangents are batched (vmap over jvp): fold the vmapped dim into the tangent dim T, so
+            # the B·T tangents share one primal GEMM in one kernel call.
+            def fold(t, d):
+                if t is None:
+                    return None
+                if d is None:
+                    return t if t.shape[0] == 1 else t.unsqueeze(0).expand(B, *t.shape).reshape(B * T, *t.shape[1:])
+                t = t.movedim(d, 0)
+                if t.shape[1] == 1 and T > 1:
+                    t = t.expand(B, T, *t.shape[2:])
+                return t.reshape(B * T, *t.shape[2:])
+
+            y, y_t = _LinearDualFunction.apply(x, weight, bias, fold(x_t, in_dims[3]), fold(weight_t, in_dims[4]),
+                                               fold(bias_t, in_dims[5]), activation, B * T, seed, distribution,
+                                               impl, fused)
+            return (y, y_t.reshape(B, T, *y_t.shape[1:])), (None, 0)
+        # Anything else (batched primals): one call per batch element. Correct, not fast.
+        outs = []
+        for i in range(B):
+            args = [a if d is None or a is None else a.select(d, i)
+                    for a, d in zip((x, weight, bias, x_t, weight_t, bias_t), in_dims[:6])]
+            outs.append(_LinearDualFunction.apply(*args, activation, T, seed, distribution, impl, fused))
+        return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+def _register_dispatcher_op() -> None:
+    if not _backend.has_dispatcher_op(OP_NAME):
+        return
+    qualname = f"symkernels::{OP_NAME}"
+
+    # Needed so torch.compile / export can trace the op without running a kernel.
+    @torch.library.register_fake(qualname)
+    def _fake(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed=-1, distribution="gaussian"):
+        M, N = x.shape[0], weight.shape[0]
+        return x.new_empty((M, N)), x.new_empty((num_tangents, M, N))
+
+    # Backward through the primal only (y_t is a tangent, non-differentiable by contract).
+    def _setup_context(ctx, inputs, output):
+        x, _x_t, weight, _w_t, bias, _b_t, activation, *_ = inputs
+        ctx.activation = activation
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, bias)
+
+    def _backward(ctx, grad_y, _grad_y_t):
+        x, weight, bias = ctx.saved_tensors
+        z = torch.nn.functional.linear(x, weight, bias)
+        grad_z = grad_y * reference.activation_derivative(ctx.activation, z)
+        grad_b = grad_z.sum(0) if ctx.has_bias else None
+        return grad_z @ weight, None, grad_z.T @ x, None, grad_b, None, None, None, None, None
+
+    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+
+    # Without a CUDA C++ build, CUDA tensors still go through the dispatcher op, to the Triton kernel.
+    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
+        @torch.library.register_kernel(qualname, "cuda")
+        def _cuda_via_triton(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed=-1,
+                             distribution="gaussian"):
+            from symkernels.jvp import triton as triton_impl
+
+            return triton_impl.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents,
+                                           None if seed < 0 else seed, distribution)
+
+
+_register_dispatcher_op()
+
+
+# ======================================================================================================
+# Row-wise duals: layer_norm_dual, rms_norm_dual, softmax_dual (last dim). Backends: reference, triton.
+# ======================================================================================================
+ROW_IMPLEMENTED = ("reference", "triton")
+
+
+def _row_canonical(op, x, x_t, params):
+    """Checks and canonical shapes for the row duals. params: [(name, primal, tangent)] of [N] vectors."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: x must have a floating dtype in {SUPPORTED_DTYPES}, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least one dimension, got a scalar")
+    N = x.shape[-1]
+    counts = {}
+    tensors = [("x_t", x_t)] + [(n, p) for n, p, _ in params] + [(n + "_t", t) for n, _, t in params]
+    for name, t in tensors:
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+    if x_t is not None:
+        if tuple(x_t.shape) == tuple(x.shape):
+            pass
+        elif x_t.dim() == x.dim() + 1 and tuple(x_t.shape[1:]) == tuple(x.shape):
+            counts["x_t"] = x_t.shape[0]
+        else:
+            raise ValueError(f"{op}: x_t must have the shape of x {list(x.shape)} or [T, {', '.join(map(str, x.shape))}]"
+                             f", got {list(x_t.shape)}")
+    for name, p, t in params:
+        if p is not None and tuple(p.shape) != (N,):
+            raise ValueError(f"{op}: {name} must have shape [{N}] (x.shape[-1]), got {list(p.shape)}")
+        if t is not None:
+            if p is None:
+                raise ValueError(f"{op}: {name}_t was given but {name} is None")
+            if tuple(t.shape) == (N,):
+                pass
+            elif t.dim() == 2 and t.shape[1] == N:
+                counts[name + "_t"] = t.shape[0]
+            else:
+                raise ValueError(f"{op}: {name}_t must have shape [{N}] or [T, {N}], got {list(t.shape)}")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
+                         + ", ".join(f"{k} has T={v}" for k, v in counts.items()))
+    T = next(iter(counts.values())) if counts else 1
+    lead = tuple(x.shape[:-1])
+    R = 1
+    for s in lead:
+        R *= s
+    xc = x.reshape(R, N)
+    xt = None if x_t is None else x_t.reshape(T if "x_t" in counts else 1, R, N)
+    canon = [(p, None if t is None else (t if t.dim() == 2 else t.unsqueeze(0))) for _, p, t in params]
+
+    def outputs(y, y_t):
+        y = y.reshape(x.shape)
+        y_t = y_t.reshape(T, *x.shape)
+        return y, (y_t if counts else y_t[0])
+
+    return xc, xt, canon, T, outputs
+
+
+def _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl):
+    if impl == "reference":
+        with torch.no_grad():
+            return reference.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+    from symkernels.jvp import triton as triton_impl
+
+    return triton_impl.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+
+
+def _row_primal(kind, eps):
+    """The plain-PyTorch primal (for backward by torch.func.vjp and the transform-safe tangent)."""
+    def f(x, w, b):
+        return reference.row_dual(kind, x, None, w, None, b, None, eps, 0)[0]
+    return f
+
+
+class _RowDualFunction(torch.autograd.Function):
+    """Same contract as _LinearDualFunction, for the row duals: (y, y_t) from one kernel call, y_t
+    non-differentiable; ``fused`` means y_t is y's own forward-AD tangent. Backward is torch.func.vjp of
+    the plain primal on the saved inputs, hence differentiable again (double backward)."""
+
+    @staticmethod
+    def forward(x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
+        return _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b = inputs[:3]
+        ctx.kind, ctx.eps, ctx.fused = inputs[6], inputs[7], inputs[10]
+        ctx.save_for_backward(x, w, b)
+        ctx.save_for_forward(x, w, b, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_y_t):
+        x, w, b = ctx.saved_tensors
+        f = _row_primal(ctx.kind, ctx.eps)
+        present = [t for t in (x, w, b) if t is not None]
+
+        def primal(*ts):
+            it = iter(ts)
+            return f(*(None if t is None else next(it) for t in (x, w, b)))
+
+        _, vjp_fn = torch.func.vjp(primal, *present)
+        grads = iter(vjp_fn(grad_y))
+        gx, gw, gb = (None if t is None else next(grads) for t in (x, w, b))
+        return gx, gw, gb, None, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_dot, w_dot, b_dot, *_ignored):
+        x, w, b, y_t = ctx.saved_tensors
+        if ctx.fused:
+            return y_t[0], None
+        # y's tangent from plain torch ops (reference.row_dual with T = 1), differentiable and transform-safe.
+        tan = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731
+        return reference.row_dual(ctx.kind, x, tan(x_dot), w, tan(w_dot), b, tan(b_dot), ctx.eps, 1)[1][0], None
+
+    @staticmethod
+    def vmap(info, in_dims, x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
+        return _vmap_rule(_RowDualFunction, info, in_dims, (x, w, b), (x_t, w_t, b_t), T,
+                          lambda xt, wt, bt, TT: (x, w, b, xt, wt, bt, kind, eps, TT, impl, fused))
+
+
+def _vmap_rule(fn, info, in_dims, primals, tangents, T, make_args):
+    """Shared vmap rule of the dual Functions: if only tangents are batched (vmap over jvp), fold the
+    vmapped dim into the tangent dim T — B·T tangents in one kernel call sharing one primal; otherwise
+    (batched primals) one call per batch element."""
+    B = info.batch_size
+    if all(d is None for d in in_dims[:len(primals)]):
+        def fold(t, d):
+            if t is None:
+                return None
+            if d is None:
+                return t if t.shape[0] == 1 else t.unsqueeze(0).expand(B, *t.shape).reshape(B * T, *t.shape[1:])
+            t = t.movedim(d, 0)
+            if t.shape[1] == 1 and T > 1:
+                t = t.expand(B, T, *t.shape[2:])
+            return t.reshape(B * T, *t.shape[2:])
+
+        tdims = in_dims[len(primals):len(primals) + len(tangents)]
+        y, y_t = fn.apply(*make_args(*(fold(t, d) for t, d in zip(tangents, tdims)), B * T))
+        return (y, y_t.reshape(B, T, *y_t.shape[1:])), (None, 0)
+    outs = []
+    for i in range(B):
+        sel = [a if d is None or a is None else a.select(d, i) for a, d in zip((*primals, *tangents), in_dims)]
+        p, t = sel[:len(primals)], sel[len(primals):]
+        args = list(make_args(*t, T))
+        args[:len(primals)] = p
+        outs.append(fn.apply(*args))
+    return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+def _row_dual(op, kind, x, x_t, params, eps, backend):
+    xc, xt, canon, T, outputs = _row_canonical(op, x, x_t, params)
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
+    if x.shape[-1] > (1 << 16):
+        raise ValueError(f"{op}: x.shape[-1] must be at most 65536 (a row is held in registers), got {x.shape[-1]}")
+    tensors = {"x": x, "x_t": x_t, **{n: p for n, p, _ in params}, **{n + "_t": t for n, _, t in params}}
+    device = _backend.common_device(op, **tensors)
+    impl = _backend.resolve(op, device, backend, ROW_IMPLEMENTED)
+    (w, w_t), (b, b_t) = (canon + [(None, None), (None, None)])[:2]
+    y, y_t = _RowDualFunction.apply(xc, w, b, xt, w_t, b_t, kind, float(eps), T, impl, False)
+    return outputs(y, y_t)
+
+
+def layer_norm_dual(x, x_t, weight=None, weight_t=None, bias=None, bias_t=None, *, eps: float = 1e-5,
+                    backend: str | None = None):
+    """Primal and tangent of ``F.layer_norm(x, (N,), weight, bias, eps)`` over the last dim, one pass.
+
+    Shapes: x ``[..., N]``; x_t ``x.shape`` or ``[T, *x.shape]``; weight/bias ``[N]``; their tangents
+    ``[N]`` or ``[T, N]``. Returns ``(y, y_t)`` like ``linear_dual`` (y_t non-differentiable).
+    Backends: "reference", "triton" (None: triton for CUDA tensors, else the reference).
+    """
+    return _row_dual("layer_norm_dual", "layer_norm", x, x_t, [("weight", weight, weight_t), ("bias", bias, bias_t)],
+                     eps, backend)
+
+
+def rms_norm_dual(x, x_t, weight=None, weight_t=None, *, eps: float = 1e-6, backend: str | None = None):
+    """Primal and tangent of ``x / sqrt(mean(x²) + eps) * weight`` over the last dim (as layer_norm_dual)."""
+    return _row_dual("rms_norm_dual", "rms_norm", x, x_t, [("weight", weight, weight_t)], eps, backend)
+
+
+def softmax_dual(x, x_t, *, backend: str | None = None):
+    """Primal and tangent of ``softmax(x, dim=-1)``: ṡ = s ⊙ (ẋ − ⟨s, ẋ⟩) (as layer_norm_dual)."""
+    return _row_dual("softmax_dual", "softmax", x, x_t, [], 0.0, backend)
+
+
+# ======================================================================================================
+# attention_dual: reference (closed form) and a flash-style Triton kernel.
+# ======================================================================================================
+def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = False, scale: float | None = None,
+                   backend: str | None = None):
+    """Primal and tangent of ``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]`` tensors.
+
+    Tangents have the primal's shape or a leading T; returns ``(o, o_t)``. Backends: "reference" (the
+    closed form of fwdgrad.md §4 with the L×L matrices) and "triton" (flash-style: online softmax with the
+    tangent statistics, nothing L×L stored). Causal masking is top-left aligned like SDPA's ``is_causal``.
+    Not differentiable (no backward); use ``functional.attention`` for autograd.
+    """
+    op = "attention_dual"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != q.dtype or t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{op}: {name} must have q's floating dtype, got {t.dtype}")
+        if t.dim() < 2:
+            raise ValueError(f"{op}: {name} must have shape [..., L, d], got {list(t.shape)}")
+    if k.shape != v.shape[:-1] + (k.shape[-1],) or k.shape[-1] != q.shape[-1] or k.shape[:-2] != q.shape[:-2] \
+            or v.shape[:-2] != q.shape[:-2] or v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"{op}: expected q [..., Lq, d], k [..., Lk, d], v [..., Lk, dv], got "
+                         f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    counts = {}
+    canon = []
+    for name, p, t in (("q_t", q, q_t), ("k_t", k, k_t), ("v_t", v, v_t)):
+        if t is None:
+            canon.append(None)
+            continue
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.shape == p.shape:
+            canon.append(t.unsqueeze(0))
+        elif t.dim() == p.dim() + 1 and t.shape[1:] == p.shape:
+            counts[name] = t.shape[0]
+            canon.append(t)
+        else:
+            raise ValueError(f"{op}: {name} must have shape {list(p.shape)} or [T, ...], got {list(t.shape)}")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
+                         + ", ".join(f"{k_} has T={v_}" for k_, v_ in counts.items()))
+    device = _backend.common_device(op, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
+    impl = _backend.resolve(op, device, backend, ("reference", "triton"))
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    T = next(iter(counts.values())) if counts else 1
+    if impl == "triton":
+        from symkernels.jvp import triton as triton_impl
+        import torch.autograd.forward_ad as fwAD
+
+        # The kernel is opaque to autograd: refuse instead of returning silent zero tangents / no gradient.
+        for name, t in (("q", q), ("k", k), ("v", v), ("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
+            if t is not None and (fwAD.unpack_dual(t).tangent is not None
+                                  or (torch.is_grad_enabled() and t.requires_grad)):
+                raise NotImplementedError(f"{op}: backend='triton' is not differentiable ({name} carries a forward-AD "
+                                          "tangent or requires grad); use backend='reference' or "
+                                          "symkernels.jvp.functional.attention")
+        lead = q.shape[:-2]
+        BH = 1
+        for s_ in lead:
+            BH *= s_
+        flat = lambda t, lead_t: t.reshape(*lead_t, BH, *t.shape[-2:])  # noqa: E731  [.., BH, L, d]
+        o, o_t = triton_impl.attention_dual(flat(q, ()), flat(k, ()), flat(v, ()),
+                                            *(None if t is None else flat(t, (t.shape[0],)) for t in canon),
+                                            causal=bool(causal), scale=scale)
+        o, o_t = o.reshape(*lead, *o.shape[-2:]), o_t.reshape(T, *lead, *o.shape[-2:])
+    else:
+        with torch.no_grad():
+            o, o_t = reference.attention_dual(q, k, v, *canon, causal=bool(causal), scale=scale)
+        o_t = o_t.expand(T, *o.shape)
+    return o, (o_t if counts else o_t[0])

@@ -1,0 +1,373 @@
+"""Triton fused linear(+bias)+activation JVP with two accumulators (primal and tangent).
+
+One program owns a [BLOCK_M, BLOCK_N] tile of y. Its K loop loads each x and W tile once and feeds
+both ``acc += x·Wᵀ`` and ``acc_t += x_t·Wᵀ + x·W_tᵀ`` (the weight tangent is either loaded or, for seeded
+tangents, generated in registers from the counter-based hash: it is never in memory). The epilogue
+evaluates act(z) and act'(z) once and writes y and y_t. Tangents 1..T−1 reuse that act'(z) and only
+redo the tangent K loop (the primal is computed once for all T). A tangent given once for all T has
+T-stride 0. Accumulates in fp32 (fp64 for fp64 inputs).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from symkernels.jvp import reference
+
+_ACT_CODES = {name: i for i, name in enumerate(reference.ACTIVATIONS)}  # same order as csrc/jvp/jvp.h's enum
+
+
+@triton.jit
+def _mix32(x):
+    # lowbias32 (see reference.py); x is uint32, so the multiplies wrap mod 2^32.
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _seeded_tile(t, rn, kk, N, K, key0, key1, GAUSSIAN: tl.constexpr):
+    """W_t[t, rn, kk] from the counter-based RNG, fp32, [BLOCK_N, BLOCK_K]."""
+    index = ((t * N + rn)[:, None] * K + kk[None, :]).to(tl.uint32)
+    k0 = key0.to(tl.uint32)
+    b0 = _mix32(_mix32(index + k0) ^ k0)
+    if GAUSSIAN:
+        k1 = key1.to(tl.uint32)
+        b1 = _mix32(_mix32(index + k1) ^ k1)
+        u1 = ((b0 >> 8) + 1).to(tl.float32) * 5.9604644775390625e-08
+        u2 = (b1 >> 8).to(tl.float32) * 5.9604644775390625e-08
+        return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+    else:
+        return 1.0 - 2.0 * (b0 >> 31).to(tl.float32)
+
+
+@triton.jit
+def _tanh(u):
+    # tanh without a libdevice call (the interpreter and every target have exp); saturates correctly.
+    # (2u clamped at 60: e^60 is finite in fp32 and 2/(e^60+1) already rounds tanh to ±1.)
+    return 1.0 - 2.0 / (tl.exp(tl.minimum(2.0 * u, 60.0)) + 1.0)
+
+
+@triton.jit
+def _activation(z, ACT: tl.constexpr):
+    """(act(z), act'(z)); codes follow reference.ACTIVATIONS."""
+    if ACT == 0:
+        y = z
+        d = z * 0.0 + 1.0
+    elif ACT == 1:
+        y = tl.where(z > 0, z, tl.where(z != z, z, 0.0))
+        d = tl.where(y <= 0, 0.0, 1.0)  # PyTorch's relu JVP convention
+    elif ACT == 2:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        y = z * cdf
+        d = cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif ACT == 3:
+        th = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
+        y = 0.5 * z * (1.0 + th)
+        d = 0.5 * (1.0 + th) + 0.5 * z * (1.0 - th * th) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * z * z)
+    elif ACT == 4:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        y = z * s
+        d = s * (1.0 + z * (1.0 - s))
+    else:
+        th = _tanh(z)
+        y = th
+        d = 1.0 - th * th
+    return y, d
+
+
+@triton.jit
+def _tangent_update(acc_t, x, w, t, rm, rn, kk, M, N, K, xt_ptr, s_xt_t, s_xt_m, s_xt_k, wt_ptr, s_wt_t, s_wt_n,
+                    s_wt_k, key0, key1, HAS_XT: tl.constexpr, HAS_WT: tl.constexpr, SEEDED: tl.constexpr,
+                    GAUSSIAN: tl.constexpr, PREC: tl.constexpr):
+    """acc_t += x_t[t]·Wᵀ + x·W_t[t]ᵀ over one K tile."""
+    mask_x = (rm[:, None] < M) & (kk[None, :] < K)
+    mask_w = (rn[:, None] < N) & (kk[None, :] < K)
+    if HAS_XT:
+        xt = tl.load(xt_ptr + t * s_xt_t + rm[:, None] * s_xt_m + kk[None, :] * s_xt_k, mask=mask_x, other=0.0)
+        acc_t = tl.dot(xt, tl.trans(w), acc_t, input_precision=PREC)
+    if HAS_WT:
+        wt = tl.load(wt_ptr + t * s_wt_t + rn[:, None] * s_wt_n + kk[None, :] * s_wt_k, mask=mask_w, other=0.0)
+        acc_t = tl.dot(x, tl.trans(wt), acc_t, input_precision=PREC)
+    if SEEDED:
+        wt = tl.where(mask_w, _seeded_tile(t, rn, kk, N, K, key0, key1, GAUSSIAN), 0.0).to(x.dtype)
+        acc_t = tl.dot(x, tl.trans(wt), acc_t, input_precision=PREC)
+    return acc_t
+
+
+@triton.jit
+def _linear_dual_kernel(x_ptr, w_ptr, b_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, yt_ptr, M, N, K, T, key0, key1,
+                        s_x_m, s_x_k, s_w_n, s_w_k, s_xt_t, s_xt_m, s_xt_k, s_wt_t, s_wt_n, s_wt_k, s_bt_t,
+                        HAS_B: tl.constexpr, HAS_XT: tl.constexpr, HAS_WT: tl.constexpr, SEEDED: tl.constexpr,
+                        GAUSSIAN: tl.constexpr, HAS_BT: tl.constexpr, ACT: tl.constexpr, ACC_F64: tl.constexpr,
+                        PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    HAS_T: tl.constexpr = HAS_XT or HAS_WT or SEEDED
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    acc_t = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+    # Pass 1: primal and tangent 0 together, sharing every x and W tile load.
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        x = tl.load(x_ptr + rm[:, None] * s_x_m + kk[None, :] * s_x_k, mask=(rm[:, None] < M) & (kk[None, :] < K),
+                    other=0.0)
+        w = tl.load(w_ptr + rn[:, None] * s_w_n + kk[None, :] * s_w_k, mask=(rn[:, None] < N) & (kk[None, :] < K),
+                    other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=PREC)
+        if HAS_T:
+            acc_t = _tangent_update(acc_t, x, w, 0, rm, rn, kk, M, N, K, xt_ptr, s_xt_t, s_xt_m, s_xt_k, wt_ptr,
+                                    s_wt_t, s_wt_n, s_wt_k, key0, key1, HAS_XT, HAS_WT, SEEDED, GAUSSIAN, PREC)
+    mask_y = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_B:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(acc_dtype)[None, :]
+    y, d = _activation(acc, ACT)
+    out = rm[:, None] * N + rn[None, :]
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask_y)
+    # Tangents: act'(z) is reused; tangent t >= 1 redoes only its own K loop.
+    for t in range(0, T):
+        if t > 0:
+            acc_t = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+            if HAS_T:
+                for k0 in range(0, K, BLOCK_K):
+                    kk = k0 + rk
+                    x = tl.load(x_ptr + rm[:, None] * s_x_m + kk[None, :] * s_x_k,
+                                mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+                    w = tl.load(w_ptr + rn[:, None] * s_w_n + kk[None, :] * s_w_k,
+                                mask=(rn[:, None] < N) & (kk[None, :] < K), other=0.0)
+                    acc_t = _tangent_update(acc_t, x, w, t, rm, rn, kk, M, N, K, xt_ptr, s_xt_t, s_xt_m, s_xt_k,
+                                            wt_ptr, s_wt_t, s_wt_n, s_wt_k, key0, key1, HAS_XT, HAS_WT, SEEDED,
+                                            GAUSSIAN, PREC)
+        z_t = acc_t
+        if HAS_BT:
+            z_t += tl.load(bt_ptr + t * s_bt_t + rn, mask=rn < N, other=0.0).to(acc_dtype)[None, :]
+        tl.store(yt_ptr + t * M * N + out, (d * z_t).to(yt_ptr.dtype.element_ty), mask=mask_y)
+
+
+def _t_strides(t: torch.Tensor | None) -> tuple[int, ...]:
+    """Strides of a canonical tangent [Tk, ...]; T-stride 0 when it is shared by all tangents (Tk = 1)."""
+    if t is None:
+        return (0, 0, 0)
+    s = list(t.stride())
+    if t.shape[0] == 1:
+        s[0] = 0
+    return tuple(s) + (0,) * (3 - len(s))
+
+
+def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int, seed: int | None,
+                distribution: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher on canonical shapes (validated by symkernels.jvp.ops). Returns (y [M, N], y_t [T, M, N])."""
+    M, K = x.shape
+    N = weight.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    y_t = torch.empty((T, M, N), dtype=x.dtype, device=x.device)
+    if M == 0 or N == 0:
+        return y, y_t
+    if T == 0:
+        x_t = weight_t = bias_t = None
+        seed = None
+    key0, key1 = reference.seed_keys(seed) if seed is not None else (0, 0)
+    interpreted = x.device.type != "cuda"
+    block = 16 if interpreted else 64  # tl.dot needs >= 16; the interpreter is slow, so tiny tiles there
+    # fp32 follows torch's own matmul precision setting so the kernel matches torch.matmul's numerics.
+    prec = "tf32" if (x.dtype == torch.float32 and not interpreted and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    xts, wts, bts = _t_strides(x_t), _t_strides(weight_t), _t_strides(bias_t)
+    dummy = x  # unused pointer arguments (their loads are compiled out)
+    grid = (triton.cdiv(M, block), triton.cdiv(N, block))
+    _linear_dual_kernel[grid](
+        x, weight, bias if bias is not None else dummy, x_t if x_t is not None else dummy,
+        weight_t if weight_t is not None else dummy, bias_t if bias_t is not None else dummy, y, y_t,
+        M, N, K, T, key0, key1, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        xts[0], xts[1], xts[2], wts[0], wts[1], wts[2], bts[0],
+        HAS_B=bias is not None, HAS_XT=x_t is not None, HAS_WT=weight_t is not None, SEEDED=seed is not None,
+        GAUSSIAN=distribution == "gaussian", HAS_BT=bias_t is not None, ACT=_ACT_CODES[activation],
+        ACC_F64=x.dtype == torch.float64, PREC=prec, BLOCK_M=block, BLOCK_N=block, BLOCK_K=block if interpreted else 32)
+    return y, y_t
+
+
+# ------------------------------------------------------------------------------------------------------
+# Row-wise duals: layer norm, RMS norm, softmax over the last dim (one kernel, the kind a constexpr).
+# One program per row holds the whole row in registers: the statistics (mean, 1/σ, or max/sum) are
+# computed once and shared by the primal and all T tangents, each tangent costing two more row
+# reductions (mean ẋ and mean x̂ẋ, or ⟨s, ẋ⟩) — one pass over memory per tangent.
+# ------------------------------------------------------------------------------------------------------
+_ROW_KIND_CODES = {name: i for i, name in enumerate(reference.ROW_KINDS)}
+MAX_ROW = 1 << 16  # a row lives in registers; beyond this a split-row kernel would be needed
+
+
+@triton.jit
+def _row_dual_kernel(x_ptr, xt_ptr, w_ptr, wt_ptr, b_ptr, bt_ptr, y_ptr, yt_ptr, R, N, T, eps,
+                     s_xt_t, s_wt_t, s_bt_t, KIND: tl.constexpr, HAS_XT: tl.constexpr, HAS_W: tl.constexpr,
+                     HAS_WT: tl.constexpr, HAS_B: tl.constexpr, HAS_BT: tl.constexpr, ACC_F64: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    x = tl.load(x_ptr + row * N + cols, mask=mask, other=0.0).to(acc_dtype)
+    if KIND == 2:
+        xm = tl.where(mask, x, float("-inf"))
+        e = tl.where(mask, tl.exp(xm - tl.max(xm, axis=0)), 0.0)
+        xh = e / tl.sum(e, axis=0)
+        inv = xh  # unused for softmax
+        y = xh
+    else:
+        if KIND == 0:
+            xc = tl.where(mask, x - tl.sum(x, axis=0) / N, 0.0)
+        else:
+            xc = x
+        inv = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
+        xh = xc * inv
+        y = xh
+        if HAS_W:
+            w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(acc_dtype)
+            y = y * w
+        if HAS_B:
+            y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(acc_dtype)
+    tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    for t in range(0, T):
+        y_t = tl.zeros((BLOCK_N,), dtype=acc_dtype)
+        if HAS_XT:
+            xt = tl.load(xt_ptr + t * s_xt_t + row * N + cols, mask=mask, other=0.0).to(acc_dtype)
+            if KIND == 2:
+                y_t = xh * (xt - tl.sum(xh * xt, axis=0))
+            else:
+                if KIND == 0:
+                    xt_c = tl.where(mask, xt - tl.sum(xt, axis=0) / N, 0.0)
+                else:
+                    xt_c = xt
+                xh_t = (xt_c - xh * (tl.sum(xh * xt, axis=0) / N)) * inv
+                if HAS_W:
+                    xh_t = xh_t * w
+                y_t = xh_t
+        if HAS_WT:
+            y_t += xh * tl.load(wt_ptr + t * s_wt_t + cols, mask=mask, other=0.0).to(acc_dtype)
+        if HAS_BT:
+            y_t += tl.load(bt_ptr + t * s_bt_t + cols, mask=mask, other=0.0).to(acc_dtype)
+        tl.store(yt_ptr + (t * R + row) * N + cols, y_t.to(yt_ptr.dtype.element_ty), mask=mask)
+
+
+def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
+    """Launcher on canonical shapes (see reference.row_dual)."""
+    R, N = x.shape
+    y = torch.empty((R, N), dtype=x.dtype, device=x.device)
+    y_t = torch.empty((T, R, N), dtype=x.dtype, device=x.device)
+    if R == 0 or N == 0:
+        return y, y_t
+    x = x.contiguous()
+    x_t, weight, weight_t, bias, bias_t = (None if t is None else t.contiguous()
+                                           for t in (x_t, weight, weight_t, bias, bias_t))
+    t_stride = lambda t, n: 0 if t is None or t.shape[0] == 1 else n  # noqa: E731  shared tangent: stride 0
+    block = triton.next_power_of_2(N)
+    dummy = x
+    _row_dual_kernel[(R,)](
+        x, x_t if x_t is not None else dummy, weight if weight is not None else dummy,
+        weight_t if weight_t is not None else dummy, bias if bias is not None else dummy,
+        bias_t if bias_t is not None else dummy, y, y_t, R, N, T, float(eps),
+        t_stride(x_t, R * N), t_stride(weight_t, N), t_stride(bias_t, N),
+        KIND=_ROW_KIND_CODES[kind], HAS_XT=x_t is not None, HAS_W=weight is not None, HAS_WT=weight_t is not None,
+        HAS_B=bias is not None, HAS_BT=bias_t is not None, ACC_F64=x.dtype == torch.float64, BLOCK_N=block,
+        num_warps=max(1, min(16, block // 256)))
+    return y, y_t
+
+
+# ------------------------------------------------------------------------------------------------------
+# Flash-style attention JVP: one program per (query block, batch·head, tangent). The K/V loop keeps the
+# online-softmax state (running max m, normaliser l) and three tangent statistics, all rescaled together
+# when m grows:  acc_o = Σ p v,  acc_t = Σ p ṡ v + Σ p v̇,  a = Σ p ṡ   (p = exp(s − m), unnormalised),
+# with ṡ = (q̇ kᵀ + q k̇ᵀ)·scale. At the end o = acc_o / l and ȯ = acc_t / l − (a / l)·o
+# (fwdgrad.md §4). Nothing of size L×L is stored. Tangent t ≥ 1 recomputes the primal statistics (a
+# T-accumulator version would share them).
+# ------------------------------------------------------------------------------------------------------
+@triton.jit
+def _attention_dual_kernel(q_ptr, k_ptr, v_ptr, qt_ptr, kt_ptr, vt_ptr, o_ptr, ot_ptr, Lq, Lk, D, DV, scale,
+                           s_qt_t, s_kt_t, s_vt_t, HAS_QT: tl.constexpr, HAS_KT: tl.constexpr,
+                           HAS_VT: tl.constexpr, CAUSAL: tl.constexpr, ACC_F64: tl.constexpr, PREC: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                           BLOCK_DV: tl.constexpr):
+    acc_dtype = tl.float64 if ACC_F64 else tl.float32
+    pid_m, bh, t = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, BLOCK_D)
+    rdv = tl.arange(0, BLOCK_DV)
+    mask_q = (rm[:, None] < Lq) & (rd[None, :] < D)
+    q_off = bh * Lq * D + rm[:, None] * D + rd[None, :]
+    q = tl.load(q_ptr + q_off, mask=mask_q, other=0.0)
+    if HAS_QT:
+        qt = tl.load(qt_ptr + t * s_qt_t + q_off, mask=mask_q, other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=acc_dtype)
+    l_i = tl.zeros((BLOCK_M,), dtype=acc_dtype)
+    a_i = tl.zeros((BLOCK_M,), dtype=acc_dtype)
+    acc_o = tl.zeros((BLOCK_M, BLOCK_DV), dtype=acc_dtype)
+    acc_t = tl.zeros((BLOCK_M, BLOCK_DV), dtype=acc_dtype)
+    for n0 in range(0, Lk, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        mask_k = (rn[:, None] < Lk) & (rd[None, :] < D)
+        mask_v = (rn[:, None] < Lk) & (rdv[None, :] < DV)
+        k_off = bh * Lk * D + rn[:, None] * D + rd[None, :]
+        v_off = bh * Lk * DV + rn[:, None] * DV + rdv[None, :]
+        k = tl.load(k_ptr + k_off, mask=mask_k, other=0.0)
+        v = tl.load(v_ptr + v_off, mask=mask_v, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC).to(acc_dtype) * scale
+        valid = rn[None, :] < Lk
+        if CAUSAL:
+            valid = valid & (rn[None, :] <= rm[:, None])  # top-left aligned, as torch SDPA is_causal
+        s = tl.where(valid, s, float("-inf"))
+        s_dot = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
+        if HAS_QT:
+            s_dot += tl.dot(qt, tl.trans(k), input_precision=PREC).to(acc_dtype) * scale
+        if HAS_KT:
+            kt = tl.load(kt_ptr + t * s_kt_t + k_off, mask=mask_k, other=0.0)
+            s_dot += tl.dot(q, tl.trans(kt), input_precision=PREC).to(acc_dtype) * scale
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # Rows with no valid key so far keep m = -inf; use 0 there so exp() gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        ps = tl.where(valid, p * s_dot, 0.0)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        a_i = a_i * alpha + tl.sum(ps, axis=1)
+        acc_o = acc_o * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC).to(acc_dtype)
+        acc_t = acc_t * alpha[:, None] + tl.dot(ps.to(v.dtype), v, input_precision=PREC).to(acc_dtype)
+        if HAS_VT:
+            vt = tl.load(vt_ptr + t * s_vt_t + v_off, mask=mask_v, other=0.0)
+            acc_t += tl.dot(p.to(vt.dtype), vt, input_precision=PREC).to(acc_dtype)
+        m_i = m_new
+    o = acc_o / l_i[:, None]
+    o_t = acc_t / l_i[:, None] - (a_i / l_i)[:, None] * o
+    o_off = bh * Lq * DV + rm[:, None] * DV + rdv[None, :]
+    mask_o = (rm[:, None] < Lq) & (rdv[None, :] < DV)
+    if t == 0:
+        tl.store(o_ptr + o_off, o.to(o_ptr.dtype.element_ty), mask=mask_o)
+    tl.store(ot_ptr + t * (tl.num_programs(1) * Lq * DV) + o_off, o_t.to(ot_ptr.dtype.element_ty), mask=mask_o)
+
+
+def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
+    """Launcher: q [BH, Lq, D], k [BH, Lk, D], v [BH, Lk, DV], tangents [Tk, ...] (Tk in {1, T}) or None.
+    Returns (o [BH, Lq, DV], o_t [T, BH, Lq, DV])."""
+    BH, Lq, D = q.shape
+    Lk, DV = v.shape[1], v.shape[2]
+    T = max([t.shape[0] for t in (q_t, k_t, v_t) if t is not None], default=1)
+    o = torch.empty((BH, Lq, DV), dtype=q.dtype, device=q.device)
+    o_t = torch.zeros((T, BH, Lq, DV), dtype=q.dtype, device=q.device)
+    if BH == 0 or Lq == 0 or Lk == 0:
+        o.zero_()  # softmax over no keys: an empty sum, as in the reference
+        return o, o_t
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q_t, k_t, v_t = (None if t is None else t.contiguous() for t in (q_t, k_t, v_t))
+    stride = lambda t, x: 0 if t is None or t.shape[0] == 1 else x.numel()  # noqa: E731  shared tangent
+    interpreted = q.device.type != "cuda"
+    block = 16 if interpreted else 64
+    prec = "tf32" if (q.dtype == torch.float32 and not interpreted and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    grid = (triton.cdiv(Lq, block), BH, T)
+    _attention_dual_kernel[grid](
+        q, k, v, q_t if q_t is not None else q, k_t if k_t is not None else k, v_t if v_t is not None else v, o, o_t,
+        Lq, Lk, D, DV, float(scale), stride(q_t, q), stride(k_t, k), stride(v_t, v),
+        HAS_QT=q_t is not None, HAS_KT=k_t is not None, HAS_VT=v_t is not None, CAUSAL=bool(causal),
+        ACC_F64=q.dtype == torch.float64, PREC=prec, BLOCK_M=block, BLOCK_N=block,
+        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)))
+    return o, o_t
