@@ -1,0 +1,209 @@
+// CPU Jacobi iteration for Elman (tanh/ReLU) and GRU recurrences.
+//
+// Exactness rests on one rule: every row (timestep t, batch b) is computed by the same function
+// `eval_row` with the same operation order, whether the call evaluates one timestep (sequential sweep)
+// or all of them (Jacobi). The recurrent mat-vec is an axpy over k into G accumulators seeded with b_hh —
+// a fixed order that the compiler vectorizes across j without reassociating any sum — so a row's bits
+// never depend on how many rows are evaluated together, and the Jacobi fixed point is bitwise the
+// sequential result.
+//
+// One call runs up to `iters` iterations; convergence is tested after each one here on the host for free
+// (CPU), so the Python driver only needs a call per `check_every` iterations.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/simd.h"
+#include "jacobi/jacobi_rnn.h"
+
+namespace symkernels::jacobi {
+namespace {
+
+constexpr const char* kOp = "jacobi_rnn_iterate";
+// Rows per parallel task: at least this many multiply-adds, so thread hand-off stays small.
+constexpr int64_t kFmasPerTask = 1 << 15;
+
+struct Problem {
+  int64_t T, B, H, G;
+  int cell;
+};
+
+// Evaluate rows [row_begin, row_end) (row = t·B + b) from `prev_iterate` into `out`, recording per row
+// max|out − prev| (inf if non-finite and moved) and whether any bit changed versus `old`.
+template <typename T>
+SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* h0, const T* wt, const T* b_hh,
+                                 const T* prev_iterate, const T* old, T* out, double* resid, uint8_t* changed,
+                                 int64_t row_begin, int64_t row_end, T* gh) {
+  const int64_t H = p.H, G = p.G;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const int64_t t = row / p.B, b = row % p.B;
+    const T* h_prev = t == 0 ? h0 + b * H : prev_iterate + (row - p.B) * H;
+    for (int64_t j = 0; j < G; ++j) gh[j] = b_hh[j];
+    for (int64_t k = 0; k < H; ++k) {
+      const T hk = h_prev[k];
+      const T* wk = wt + k * G;
+      for (int64_t j = 0; j < G; ++j) gh[j] += wk[j] * hk;
+    }
+    const T* u_row = u + row * G;
+    T* o = out + row * H;
+    const T* o_old = old + row * H;
+    double r = 0;
+    for (int64_t j = 0; j < H; ++j) o[j] = cell_unit<T>(p.cell, u_row, gh, h_prev, j, H);
+    const bool moved = std::memcmp(o, o_old, sizeof(T) * H) != 0;
+    if (moved) {
+      for (int64_t j = 0; j < H; ++j) {
+        const double d = std::fabs(double(o[j]) - double(o_old[j]));
+        // A non-finite value that moved counts as infinite residual (NaN must not look converged).
+        r = std::max(r, std::isfinite(d) ? d : std::numeric_limits<double>::infinity());
+      }
+    }
+    resid[row] = r;
+    changed[row] = moved;
+  }
+}
+
+SYMKERNELS_SIMD_CLONES void eval_rows_f32(const Problem& p, const float* u, const float* h0, const float* wt,
+                                          const float* b_hh, const float* prev, const float* old, float* out,
+                                          double* resid, uint8_t* changed, int64_t rb, int64_t re, float* gh) {
+  eval_rows(p, u, h0, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
+}
+
+SYMKERNELS_SIMD_CLONES void eval_rows_f64(const Problem& p, const double* u, const double* h0, const double* wt,
+                                          const double* b_hh, const double* prev, const double* old, double* out,
+                                          double* resid, uint8_t* changed, int64_t rb, int64_t re, double* gh) {
+  eval_rows(p, u, h0, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
+}
+
+template <typename T>
+void eval_range(const Problem& p, const T* u, const T* h0, const T* wt, const T* b_hh, const T* prev, const T* old,
+                T* out, double* resid, uint8_t* changed, int64_t rb, int64_t re) {
+  const int64_t grain = std::max<int64_t>(1, kFmasPerTask / std::max<int64_t>(1, p.H * p.G));
+  at::parallel_for(rb, re, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> gh(p.G);
+    if constexpr (std::is_same_v<T, float>) {
+      eval_rows_f32(p, u, h0, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
+    } else {
+      eval_rows_f64(p, u, h0, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
+    }
+  });
+}
+
+int parse_cell(const std::string& cell, const std::string& nonlinearity) {
+  TORCH_CHECK_VALUE(cell == "elman" || cell == "gru", kOp, ": cell must be 'elman' or 'gru', got '", cell, "'");
+  TORCH_CHECK_VALUE(nonlinearity == "tanh" || nonlinearity == "relu", kOp,
+                    ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");
+  TORCH_CHECK_VALUE(cell == "elman" || nonlinearity == "tanh", kOp, ": the GRU cell has no nonlinearity choice "
+                    "(its candidate uses tanh), got nonlinearity='", nonlinearity, "'");
+  if (cell == "gru") return kGru;
+  return nonlinearity == "tanh" ? kElmanTanh : kElmanRelu;
+}
+
+template <typename T>
+void run(const Problem& p, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& wt, const at::Tensor& b_hh,
+         at::Tensor& cur, at::Tensor& stats, int64_t start, int64_t iters, double tol, bool sequential) {
+  const int64_t R = p.T * p.B, H = p.H;
+  at::Tensor nxt = at::empty_like(cur);
+  std::vector<double> resid(R);
+  std::vector<uint8_t> changed(R);
+  const T *pu = u.const_data_ptr<T>(), *ph0 = h0.const_data_ptr<T>(), *pw = wt.const_data_ptr<T>(),
+          *pb = b_hh.const_data_ptr<T>();
+  T* pc = cur.mutable_data_ptr<T>();
+  T* pn = nxt.mutable_data_ptr<T>();
+  double* st = stats.mutable_data_ptr<double>();
+  if (sequential) {
+    // One Gauss–Seidel sweep: timestep t reads timestep t−1 of the same buffer, already updated.
+    for (int64_t t = start; t < p.T; ++t) {
+      eval_range<T>(p, pu, ph0, pw, pb, pc, pc, pn, resid.data(), changed.data(), t * p.B, (t + 1) * p.B);
+      std::memcpy(pc + t * p.B * H, pn + t * p.B * H, sizeof(T) * p.B * H);
+    }
+    if (iters > 0) {
+      st[0] = 0;
+      st[1] = double(p.T);
+    }
+    return;
+  }
+  int64_t ptr = start;
+  for (int64_t it = 0; it < iters && ptr < p.T; ++it) {
+    const int64_t rb = ptr * p.B;
+    eval_range<T>(p, pu, ph0, pw, pb, pc, pc, pn, resid.data(), changed.data(), rb, R);
+    double r = 0;
+    int64_t first_changed_row = R;
+    for (int64_t row = rb; row < R; ++row) {
+      r = std::max(r, resid[row]);
+      if (changed[row] && first_changed_row == R) first_changed_row = row;
+    }
+    // Timesteps before the first changed one satisfied their equations from an exact prefix, and the
+    // first changed one was computed from them: all are exact (see symkernels/jacobi/solver.py).
+    const int64_t q = first_changed_row / p.B;
+    ptr = std::min(p.T, std::max(ptr + 1, q + 1));
+    std::memcpy(pc + rb * H, pn + rb * H, sizeof(T) * (R - rb) * H);
+    st[2 * it] = r;
+    st[2 * it + 1] = double(ptr);
+    if (!std::isfinite(r)) break;           // the caller falls back to the exact sequential sweep
+    if (tol > 0 && r <= tol) break;         // tolerance reached
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, const at::Tensor& h0,
+                                                          const at::Tensor& w_hh, const at::Tensor& b_hh,
+                                                          const at::Tensor& h, int64_t start, int64_t iters,
+                                                          double tol, c10::string_view cell_name,
+                                                          c10::string_view nonlinearity, bool sequential) {
+  const int cell = parse_cell(std::string(cell_name), std::string(nonlinearity));
+  TORCH_CHECK_TYPE(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, kOp,
+                   ": u must be float32 or float64, got ", u.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"h0", h0}, {"w_hh", w_hh},
+                                {"b_hh", b_hh}, {"h", h}}) {
+    TORCH_CHECK_TYPE(t.scalar_type() == u.scalar_type(), kOp, ": ", name, " must have u's dtype ",
+                     u.scalar_type(), ", got ", t.scalar_type());
+  }
+  TORCH_CHECK_VALUE(h.dim() == 3, kOp, ": h must be [T, B, H], got shape ", h.sizes());
+  const int64_t T = h.size(0), B = h.size(1), H = h.size(2), G = gates(cell) * H;
+  TORCH_CHECK_VALUE(u.dim() == 3 && u.size(0) == T && u.size(1) == B && u.size(2) == G, kOp, ": u must be [T, B, ",
+                    gates(cell), "*H] = [", T, ", ", B, ", ", G, "], got ", u.sizes());
+  TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H, kOp, ": h0 must be [B, H] = [", B, ", ",
+                    H, "], got ", h0.sizes());
+  TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) == G && w_hh.size(1) == H, kOp, ": w_hh must be [", G, ", ",
+                    H, "], got ", w_hh.sizes());
+  TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.size(0) == G, kOp, ": b_hh must be [", G, "], got ", b_hh.sizes());
+  TORCH_CHECK_VALUE(start >= 0 && start <= T, kOp, ": start must be in [0, T=", T, "], got ", start);
+  TORCH_CHECK_VALUE(iters >= 0, kOp, ": iters must be >= 0, got ", iters);
+  TORCH_CHECK_VALUE(std::isfinite(tol) && tol >= 0, kOp, ": tol must be finite and >= 0, got ", tol);
+
+  at::Tensor cur = h.contiguous().clone();
+  at::Tensor stats = at::full({iters, 2}, -1.0, h.options().dtype(at::kDouble));
+  if (T == 0 || B == 0 || H == 0 || start >= T) {  // nothing left to compute: report "converged at T"
+    if (iters > 0) {
+      auto s = stats.accessor<double, 2>();
+      s[0][0] = 0;
+      s[0][1] = double(T);
+    }
+    return {cur, stats};
+  }
+  // Transposed W_hh: the row kernel reads it as axpy columns (see the file comment).
+  const at::Tensor wt = w_hh.t().contiguous();
+  const Problem p{T, B, H, G, cell};
+  if (u.scalar_type() == at::kFloat) {
+    run<float>(p, u.contiguous(), h0.contiguous(), wt, b_hh.contiguous(), cur, stats, start, iters, tol, sequential);
+  } else {
+    run<double>(p, u.contiguous(), h0.contiguous(), wt, b_hh.contiguous(), cur, stats, start, iters, tol, sequential);
+  }
+  return {cur, stats};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("jacobi_rnn_iterate", &jacobi_rnn_iterate_cpu); }
+
+}  // namespace symkernels::jacobi
