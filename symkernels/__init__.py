@@ -7,7 +7,8 @@
 """
 from symkernels._backend import BACKENDS, backends, build_info
 from symkernels.hadamard import hadamard_transform
+from symkernels import jacobi  # noqa: E402  (symkernels.jacobi.solve, .rnn, .MADE, ...)
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "__version__"]
+__all__ = ["BACKENDS", "backends", "build_info", "hadamard_transform", "jacobi", "__version__"]
