@@ -230,6 +230,7 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
             new = hist[p + 1:]
             # The first block was swept Gauss–Seidel from an exact prefix, so it is exact whatever changed.
             guaranteed = p + min(block_size, n_rows)
+            stop = T
         else:
             stop = T if method == "jacobi" else min(T, p + window)
             t = torch.arange(p + 1, stop + 1, device=hist.device)
@@ -244,7 +245,8 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
         resid = float(resid_rows.max()) if resid_rows.numel() else 0.0
         info.residuals.append(resid)
         q = p + _first_true(changed)  # rows p+1..q unchanged-or-first-changed ⇒ exact through row q+1
-        new_p = min(T, max(guaranteed, q + 1))
+        # Only evaluated rows can be certified: a window whose rows all stood still certifies up to its end.
+        new_p = min(stop, max(guaranteed, q + 1))
         if method == "window" and not exact_mode:
             # Sliding window (Song et al.'s GS-Jacobi): advance past rows that met the tolerance. Those rows
             # are tolerance-accurate, not exact; the solver reports exact=False in that case.

@@ -239,3 +239,15 @@ def test_step_fn_shape_mismatch(method):
         solve(lambda h, t: torch.zeros(t.numel(), 3), torch.zeros(2), 5, method=method)
     with pytest.raises(TypeError, match="step_fn returned dtype"):
         solve(lambda h, t: h[t - 1].float(), torch.zeros(2, dtype=torch.float64), 5, method=method)
+
+
+def test_window_that_stands_still_certifies_only_its_own_rows():
+    # Rows 1..4 equal the guess (they never move); row 5 jumps. A window of 4 sees no change and must not
+    # certify row 5, which it never evaluated (regression: found by hypothesis through the MADE sampler).
+    def step(hist, t):
+        return hist[t - 1] + (t == 5).to(hist.dtype).unsqueeze(-1)
+
+    init = torch.zeros(1, dtype=torch.float64)
+    for method in ("window", "jacobi", "hybrid"):
+        states, info = solve(step, init, 9, method=method, window=4, block_size=4)
+        assert torch.equal(states[:, 0], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float64)), method
