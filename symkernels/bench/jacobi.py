@@ -3,7 +3,8 @@
 Iteration counts are device-independent and reported beside wall-clock ratios (``Case.extra``):
 ``iters`` = Jacobi iterations to tol 1e-6 (float32), ``T/iters`` = the iteration-count ratio over a
 sequential loop's T dependent steps. Peers: a Python loop of the same cell (torch ops per step), our CPU
-kernel's own sequential sweep (a fused sequential kernel), and ``torch.nn.RNN``/``GRU`` (oneDNN on CPU).
+kernel's own sequential sweep (a fused sequential kernel), ``torch.nn.RNN``/``GRU`` (oneDNN on CPU), and the
+reference DEER Newton method (pure torch, iterations in ``newton_iters``).
 """
 from __future__ import annotations
 
@@ -81,7 +82,14 @@ def rnn_cases(device, quick) -> Iterable[Case]:
         if T <= 4096 or not quick:
             impls["python loop (same cell)"] = lambda a=args, c=cell: rnn_sequential(*a, "tanh", c)
         impls[f"torch.nn.{'GRU' if cell == 'gru' else 'RNN'}"] = _torch_module(cell, args)
-        impls["newton / DEER"] = "not implemented (optional method not delivered)"
+        if T * H * H * B <= 1024 * 64 * 64 * 8 and (quick or gain <= 0.9):
+            # Reference DEER Newton (pure torch, O(T H³ log T) scan per iteration): a peer for iteration counts.
+            with torch.no_grad():
+                _, n_info = rnn(*args, cell=cell, method="newton", tol=TOL, return_info=True)
+            extra["newton_iters"] = n_info.iterations if not n_info.fallback else f"fallback ({n_info.iterations})"
+            impls["newton / DEER (reference)"] = lambda a=args, c=cell: rnn(*a, cell=c, method="newton", tol=TOL)
+        else:
+            impls["newton / DEER (reference)"] = "skipped: O(T·H³·log T) scan too slow for this size on CPU"
         flops = 2 * T * B * H * (3 * H if cell == "gru" else H) * max(1, extra.get("iters", 1))
         yield Case(op=f"rnn_{cell}", shape=f"T={T} B={B} H={H} gain={gain}", dtype="float32", impls=impls, ours=ours,
                    flops=flops, extra=extra)

@@ -13,7 +13,7 @@ from symkernels.jacobi.solver import SolveInfo, solve
 OP_NAME = "jacobi_rnn_iterate"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
-RNN_METHODS = ("jacobi", "gauss_seidel")
+RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
 CELLS = ("elman", "gru")
 NONLINEARITIES = ("tanh", "relu")
 # Residual growth over its best value that counts as divergence (see symkernels/jacobi/solver.py).
@@ -51,6 +51,9 @@ def _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters
         raise ValueError(f"{op}: method must be one of {RNN_METHODS}, got {method!r}")
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"{op}: tol must be a finite number >= 0, got {tol!r}")
+    if method == "newton" and tol == 0:
+        raise ValueError(f"{op}: method='newton' is a tolerance method (never bitwise exact); give tol > 0, "
+                         f"or use method='jacobi' for the exact result")
     if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
         raise ValueError(f"{op}: max_iters must be None or an int >= 1, got {max_iters!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
@@ -84,7 +87,9 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
             gates r, z, n as in ``torch.nn.GRU``); b: ``[H]`` (Elman: b_ih + b_hh) or ``[2, 3H]`` (GRU: rows
             b_ih, b_hh). float32 or float64, one device, any strides.
         nonlinearity: ``"tanh"`` or ``"relu"`` (Elman only).
-        method: ``"jacobi"`` or ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel).
+        method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel) or
+            ``"newton"`` (DEER: linearise and solve by a parallel associative scan; reference backend only,
+            needs ``tol > 0``).
         tol: 0 for the exact fixed point; > 0 stops when no state moved by more than ``tol``.
         max_iters: cap on Jacobi iterations (default T). Unconverged or divergent (non-finite, or a residual
             grown 1e8×) solves are finished by the exact sequential sweep from the exact prefix and reported.
@@ -102,7 +107,13 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
     """
     _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every)
     device = _backend.common_device("rnn", x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, b=b)
-    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    if method == "newton":
+        if backend not in (None, "reference"):
+            raise NotImplementedError(f"rnn: method='newton' is implemented by the reference backend only, "
+                                      f"got backend={backend!r}")
+        impl = "reference"
+    else:
+        impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
     b_ih, b_hh = reference.split_bias(b, cell)
     u = reference.input_projection(x, w_ih, b_ih)
     info: list = []
@@ -180,7 +191,10 @@ class _JacobiRNN(torch.autograd.Function):
 
     @staticmethod
     def forward(u, h0, w_hh, b_hh, cfg: _Config):
-        if cfg.impl == "reference":
+        if cfg.method == "newton":
+            h, info = reference.rnn_newton(u, h0, w_hh, b_hh, cfg.cell, cfg.nonlinearity, tol=cfg.tol,
+                                           max_iters=cfg.max_iters)
+        elif cfg.impl == "reference":
             h, info = reference.rnn_jacobi(u, h0, w_hh, b_hh, cfg.cell, cfg.nonlinearity, method=cfg.method,
                                            tol=cfg.tol, max_iters=cfg.max_iters)
         else:

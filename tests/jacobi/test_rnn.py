@@ -215,7 +215,7 @@ def test_nan_input_propagates_like_reference():
     (dict(tol=-1.0), ValueError, "tol must be a finite number >= 0"),
     (dict(cell="lstm"), ValueError, "cell must be one of"),
     (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be one of"),
-    (dict(method="newton"), ValueError, "method must be one of"),
+    (dict(method="deer"), ValueError, "method must be one of"),
     (dict(max_iters=0), ValueError, "max_iters"),
     (dict(check_every=0), ValueError, "check_every"),
     (dict(backend="bogus"), ValueError, "backend must be one of"),
@@ -247,3 +247,49 @@ def test_cpp_kernel_bad_inputs():
         op(u, h0.double(), w, bb, h, 0, 1, 0.0, "elman", "tanh", False)
     with pytest.raises(ValueError, match="cell must be"):
         op(u, h0, w, bb, h, 0, 1, 0.0, "lstm", "tanh", False)
+
+
+def test_affine_scan_vs_loop():
+    g = torch.Generator().manual_seed(4)
+    A = 0.5 * torch.randn(13, 2, 3, 3, generator=g, dtype=torch.float64)
+    c = torch.randn(13, 2, 3, generator=g, dtype=torch.float64)
+    h = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    out = reference.affine_scan(A, c, h)
+    for t in range(13):
+        h = (A[t] @ h.unsqueeze(-1)).squeeze(-1) + c[t]
+        assert_close(out[t], h)
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_newton_method(cell, nonlinearity):
+    args = make(60, 2, 3, 4, cell, gain=0.7)
+    truth = rnn_sequential(*args, nonlinearity, cell)
+    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-10, return_info=True)
+    assert info.converged and info.fallback is None and info.iterations <= 12, info
+    assert_close(h, truth)
+    # Gradients: the same adjoint at the solution.
+    args = tuple(a.detach().requires_grad_() for a in args)
+    out = rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-12)
+    ours = torch.autograd.grad(out.sum(), args)
+    ref = torch.autograd.grad(rnn_sequential(*args, nonlinearity, cell).sum(), args)
+    for a, t in zip(ours, ref):
+        assert_close(a, t)
+
+
+def test_newton_needs_tolerance_and_reference():
+    args = make(5, 1, 2, 2, "elman")
+    with pytest.raises(ValueError, match="method='newton' is a tolerance method"):
+        rnn(*args, method="newton")
+    with pytest.raises(NotImplementedError, match="reference backend only"):
+        rnn(*args, method="newton", tol=1e-6, backend="cpu")
+
+
+def test_newton_divergence_falls_back():
+    # float32, gain 5, 80 steps: the true solution itself overflows (5^80 > 3e38); Newton's iterate goes
+    # non-finite, is reported, and the sequential loop gives the reference's inf/NaN pattern.
+    x, h0, w_ih, _, b = make(80, 1, 2, 4, "elman", dtype=torch.float32)
+    w_hh = 5.0 * torch.eye(4)
+    args = (x.abs() + 1, h0.abs(), w_ih.abs(), w_hh, b.abs())
+    h, info = rnn(*args, nonlinearity="relu", method="newton", tol=1e-8, max_iters=5, return_info=True)
+    assert info.fallback is not None and info.exact
+    torch.testing.assert_close(h, rnn_sequential(*args, "relu"), equal_nan=True)
