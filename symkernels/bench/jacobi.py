@@ -53,7 +53,7 @@ def _torch_module(cell, args):
 
 def rnn_cases(device, quick) -> Iterable[Case]:
     if quick:
-        grid = [(256, 32, 1, 0.5, "elman"), (1024, 32, 1, 0.9, "elman"), (1024, 32, 8, 0.9, "gru")]
+        grid = [(256, 32, 1, 0.5, "elman"), (1024, 32, 1, 0.9, "elman"), (256, 32, 8, 0.9, "gru")]
     else:
         grid = [(T, H, B, gain, "elman") for T, H, B, gain in
                 itertools.product((256, 1024, 4096, 16384), (32, 64, 256), (1, 8), (0.5, 0.9, 1.2))]
@@ -82,14 +82,14 @@ def rnn_cases(device, quick) -> Iterable[Case]:
         if T <= 4096 or not quick:
             impls["python loop (same cell)"] = lambda a=args, c=cell: rnn_sequential(*a, "tanh", c)
         impls[f"torch.nn.{'GRU' if cell == 'gru' else 'RNN'}"] = _torch_module(cell, args)
-        if T * H * H * B <= 1024 * 64 * 64 * 8 and (quick or gain <= 0.9):
+        if (T <= 256 if quick else T * H * H * B <= 1024 * 64 * 64 * 8 and gain <= 0.9):
             # Reference DEER Newton (pure torch, O(T H³ log T) scan per iteration): a peer for iteration counts.
             with torch.no_grad():
                 _, n_info = rnn(*args, cell=cell, method="newton", tol=TOL, return_info=True)
             extra["newton_iters"] = n_info.iterations if not n_info.fallback else f"fallback ({n_info.iterations})"
             impls["newton / DEER (reference)"] = lambda a=args, c=cell: rnn(*a, cell=c, method="newton", tol=TOL)
         else:
-            impls["newton / DEER (reference)"] = "skipped: O(T·H³·log T) scan too slow for this size on CPU"
+            impls["newton / DEER (reference)"] = "skipped: O(T·H³·log T) scan too slow for this size on CPU (quick)"
         flops = 2 * T * B * H * (3 * H if cell == "gru" else H) * max(1, extra.get("iters", 1))
         yield Case(op=f"rnn_{cell}", shape=f"T={T} B={B} H={H} gain={gain}", dtype="float32", impls=impls, ours=ours,
                    flops=flops, extra=extra)
