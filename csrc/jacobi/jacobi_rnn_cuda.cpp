@@ -1,5 +1,5 @@
 // Torch glue for the CUDA Jacobi RNN kernels: checks, buffers, the iteration loop queued without syncs.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -26,8 +26,9 @@ constexpr const char* kOp = "jacobi_rnn_iterate";
 template <typename T>
 void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& wt, const at::Tensor& b_hh, at::Tensor& cur,
          at::Tensor& stats, int64_t start, int64_t iters, double tol, int cell, bool sequential) {
-  const int64_t T = cur.size(0), B = cur.size(1), H = cur.size(2), G = u.size(2), R = T * B;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // `steps`, not `T`: T is the element type here.
+  const int64_t steps = cur.size(0), B = cur.size(1), H = cur.size(2), G = u.size(2), R = steps * B;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor nxt = at::empty_like(cur);
   at::Tensor resid = at::empty({R}, cur.options().dtype(at::kDouble));
   at::Tensor changed = at::empty({R}, cur.options().dtype(at::kInt));
@@ -36,15 +37,15 @@ void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& wt, const 
   T *pc = cur.mutable_data_ptr<T>(), *pn = nxt.mutable_data_ptr<T>();
   if (sequential) {
     // Device copies of 0..T−1 serve as the per-timestep "pointer" of the same row kernel.
-    const at::Tensor steps = at::arange(T, cur.options().dtype(at::kLong));
-    const int64_t* ps = steps.const_data_ptr<int64_t>();
-    for (int64_t t = start; t < T; ++t) {
+    const at::Tensor step_ids = at::arange(steps, cur.options().dtype(at::kLong));
+    const int64_t* ps = step_ids.const_data_ptr<int64_t>();
+    for (int64_t t = start; t < steps; ++t) {
       SYMKERNELS_CUDA_OK(cuda::launch_rnn_rows<T>(pu, ph0, pw, pb, pc, pn, resid.mutable_data_ptr<double>(),
                                                   changed.mutable_data_ptr<int>(), ps + t, (t + 1) * B, B, B, H, G,
                                                   cell, stream));
       SYMKERNELS_CUDA_OK(cuda::launch_commit_rows<T>(pc, pn, ps + t, (t + 1) * B, B, H, stream));
     }
-    if (iters > 0) stats[0].copy_(at::tensor({0.0, double(T)}, stats.options()));
+    if (iters > 0) stats[0].copy_(at::tensor({0.0, double(steps)}, stats.options()));
     return;
   }
   at::Tensor ptr = at::full({1}, start, cur.options().dtype(at::kLong));
@@ -58,7 +59,7 @@ void run(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& wt, const 
     SYMKERNELS_CUDA_OK(cuda::launch_advance(resid.const_data_ptr<double>(), changed.const_data_ptr<int>(),
                                             ptr.mutable_data_ptr<int64_t>(), kernel_ptr.mutable_data_ptr<int64_t>(),
                                             active.mutable_data_ptr<int>(), stats.mutable_data_ptr<double>() + 2 * it,
-                                            T, B, tol, stream));
+                                            steps, B, tol, stream));
   }
 }
 
