@@ -35,6 +35,8 @@ constexpr const char* kOp = "jacobi_rnn_iterate";
 // for T·B ~ 1k rows, and a thread barrier per iteration costs more than that on a loaded machine, so only
 // large iterations are split across threads.
 constexpr int64_t kFmasPerTask = 1 << 20;
+// Rows evaluated together by the mat-vec (register blocking; see eval_rows).
+constexpr int kRowBlock = 4;
 
 struct Problem {
   int64_t T, B, H, G, Gp;  // Gp: G rounded up to whole vectors (the padded W_hh^T and b_hh are zero there)
@@ -89,49 +91,70 @@ SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* h0, cons
   using V = typename simd::Vec<T>::type;
   constexpr int64_t W = simd::Vec<T>::width;
   const int64_t H = p.H, Gp = p.Gp;
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t t = row / p.B, b = row % p.B;
-    const T* h_prev = t == 0 ? h0 + b * H : prev_iterate + (row - p.B) * H;
+  for (int64_t group = row_begin; group < row_end; group += kRowBlock) {
+    // kRowBlock rows share each load of W_hh^T. The tail group repeats its last row in the unused slots, so
+    // every row — in any group, in the Jacobi or the sequential sweep — runs the very same instructions.
+    const T* hp[kRowBlock];
+    for (int i = 0; i < kRowBlock; ++i) {
+      const int64_t row = std::min<int64_t>(group + i, row_end - 1);
+      const int64_t t = row / p.B, b = row % p.B;
+      hp[i] = t == 0 ? h0 + b * H : prev_iterate + (row - p.B) * H;
+    }
     for (int64_t j0 = 0; j0 < Gp; j0 += W) {
-      V a0 = simd::load<V>(b_hh + j0), a1 = V{};
+      V a0[kRowBlock], a1[kRowBlock];
+      for (int i = 0; i < kRowBlock; ++i) {
+        a0[i] = simd::load<V>(b_hh + j0);
+        a1[i] = V{};
+      }
       int64_t k = 0;
       for (; k + 1 < H; k += 2) {
-        a0 += simd::load<V>(wt + k * Gp + j0) * h_prev[k];
-        a1 += simd::load<V>(wt + (k + 1) * Gp + j0) * h_prev[k + 1];
+        const V w0 = simd::load<V>(wt + k * Gp + j0), w1 = simd::load<V>(wt + (k + 1) * Gp + j0);
+        for (int i = 0; i < kRowBlock; ++i) {
+          a0[i] += w0 * hp[i][k];
+          a1[i] += w1 * hp[i][k + 1];
+        }
       }
-      if (k < H) a0 += simd::load<V>(wt + k * Gp + j0) * h_prev[k];
-      simd::store(gh + j0, a0 + a1);
+      if (k < H) {
+        const V w0 = simd::load<V>(wt + k * Gp + j0);
+        for (int i = 0; i < kRowBlock; ++i) a0[i] += w0 * hp[i][k];
+      }
+      for (int i = 0; i < kRowBlock; ++i) simd::store(gh + i * Gp + j0, a0[i] + a1[i]);
     }
-    const T* ur = u + row * p.G;
-    T* o = out + row * H;
-    if (p.cell == kElmanTanh) {
-      for (int64_t j = 0; j < H; ++j) o[j] = act_tanh(ur[j] + gh[j]);
-    } else if (p.cell == kElmanRelu) {
-      for (int64_t j = 0; j < H; ++j) {
-        const T a = ur[j] + gh[j];
-        o[j] = a > T(0) ? a : (a != a ? a : T(0));  // NaN propagates, like torch.relu
+    for (int i = 0; i < kRowBlock && group + i < row_end; ++i) {
+      const int64_t row = group + i;
+      const T* h_prev = hp[i];
+      const T* gr = gh + i * Gp;
+      const T* ur = u + row * p.G;
+      T* o = out + row * H;
+      if (p.cell == kElmanTanh) {
+        for (int64_t j = 0; j < H; ++j) o[j] = act_tanh(ur[j] + gr[j]);
+      } else if (p.cell == kElmanRelu) {
+        for (int64_t j = 0; j < H; ++j) {
+          const T a = ur[j] + gr[j];
+          o[j] = a > T(0) ? a : (a != a ? a : T(0));  // NaN propagates, like torch.relu
+        }
+      } else {
+        // GRU, gates r, z, n as in torch.nn.GRU.
+        for (int64_t j = 0; j < H; ++j) {
+          const T r = act_sigmoid(ur[j] + gr[j]);
+          const T z = act_sigmoid(ur[H + j] + gr[H + j]);
+          const T n = act_tanh(ur[2 * H + j] + r * gr[2 * H + j]);
+          o[j] = (T(1) - z) * n + z * h_prev[j];
+        }
       }
-    } else {
-      // GRU, gates r, z, n as in torch.nn.GRU.
-      for (int64_t j = 0; j < H; ++j) {
-        const T r = act_sigmoid(ur[j] + gh[j]);
-        const T z = act_sigmoid(ur[H + j] + gh[H + j]);
-        const T n = act_tanh(ur[2 * H + j] + r * gh[2 * H + j]);
-        o[j] = (T(1) - z) * n + z * h_prev[j];
+      const T* o_old = old + row * H;
+      double r = 0;
+      const bool moved = std::memcmp(o, o_old, sizeof(T) * H) != 0;
+      if (moved) {
+        for (int64_t j = 0; j < H; ++j) {
+          const double d = std::fabs(double(o[j]) - double(o_old[j]));
+          // A non-finite value that moved counts as infinite residual (NaN must not look converged).
+          r = std::max(r, std::isfinite(d) ? d : std::numeric_limits<double>::infinity());
+        }
       }
+      resid[row] = r;
+      changed[row] = moved;
     }
-    const T* o_old = old + row * H;
-    double r = 0;
-    const bool moved = std::memcmp(o, o_old, sizeof(T) * H) != 0;
-    if (moved) {
-      for (int64_t j = 0; j < H; ++j) {
-        const double d = std::fabs(double(o[j]) - double(o_old[j]));
-        // A non-finite value that moved counts as infinite residual (NaN must not look converged).
-        r = std::max(r, std::isfinite(d) ? d : std::numeric_limits<double>::infinity());
-      }
-    }
-    resid[row] = r;
-    changed[row] = moved;
   }
 }
 
@@ -152,7 +175,7 @@ void eval_range(const Problem& p, const T* u, const T* h0, const T* wt, const T*
                 T* out, double* resid, uint8_t* changed, int64_t rb, int64_t re) {
   const int64_t grain = std::max<int64_t>(1, kFmasPerTask / std::max<int64_t>(1, p.H * p.G));
   at::parallel_for(rb, re, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> gh(p.Gp);
+    std::vector<T> gh(kRowBlock * p.Gp);
     if constexpr (std::is_same_v<T, float>) {
       eval_rows_f32(p, u, h0, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
     } else {
