@@ -1,0 +1,14 @@
+// Op schemas of the Jacobi pillar (see csrc/symkernels.cpp for why schemas live per pillar).
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(symkernels, m) {
+  // Up to `iters` Jacobi iterations of an RNN recurrence h_t = cell(u_t, h_{t-1}) (u = x W_ih^T + b_ih
+  // precomputed), starting from the iterate h [T, B, H] whose first `start` timesteps are exact. Each
+  // iteration evaluates every timestep >= the frozen pointer from the previous iterate, its residual and
+  // the bitwise-unchanged prefix, and stops early when converged. With sequential=true, one ordinary
+  // forward sweep from `start` instead (same per-row arithmetic: the bit-exact reference for Jacobi).
+  // Returns the new iterate and stats [iters, 2] = (max residual, frozen pointer) per iteration done,
+  // -1 for iterations not run.
+  m.def("jacobi_rnn_iterate(Tensor u, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor h, int start, int iters, "
+        "float tol, str cell, str nonlinearity, bool sequential) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,121 @@
+"""Jacobi pillar benchmarks: RNN evaluation to tolerance vs sequential peers, MADE sampling vs sequential.
+
+Iteration counts are device-independent and reported beside wall-clock ratios (``Case.extra``):
+``iters`` = Jacobi iterations to tol 1e-6 (float32), ``T/iters`` = the iteration-count ratio over a
+sequential loop's T dependent steps. Peers: a Python loop of the same cell (torch ops per step), our CPU
+kernel's own sequential sweep (a fused sequential kernel), ``torch.nn.RNN``/``GRU`` (oneDNN on CPU), and the
+reference DEER Newton method (pure torch, iterations in ``newton_iters``).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Iterable
+
+import torch
+
+from symkernels import _backend
+from symkernels.bench.harness import Case, sweep
+from symkernels.jacobi import MADE, made_sample, rnn, rnn_sequential
+
+TOL = 1e-6
+
+
+def _rnn_inputs(T, B, H, gain, cell, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = 3 * H if cell == "gru" else H
+    # Orthogonal-ish recurrent matrix scaled to spectral radius ≈ gain (the "gain" of the design note).
+    w_hh = gain * torch.randn(G, H, generator=g) / math.sqrt(H)
+    x = torch.randn(T, B, H, generator=g)
+    w_ih = torch.randn(G, H, generator=g) / math.sqrt(H)
+    b = 0.1 * torch.randn(*((2, G) if cell == "gru" else (H,)), generator=g)
+    h0 = torch.zeros(B, H)
+    return tuple(t.to(device) for t in (x, h0, w_ih, w_hh, b))
+
+
+def _torch_module(cell, args):
+    x, h0, w_ih, w_hh, b = args
+    H = h0.shape[1]
+    mod = (torch.nn.GRU(x.shape[2], H) if cell == "gru" else torch.nn.RNN(x.shape[2], H)).to(x.device)
+    with torch.no_grad():
+        mod.weight_ih_l0.copy_(w_ih)
+        mod.weight_hh_l0.copy_(w_hh)
+        mod.bias_ih_l0.copy_(b[0] if cell == "gru" else b)
+        mod.bias_hh_l0.copy_(b[1] if cell == "gru" else torch.zeros_like(b))
+    h0u = h0.unsqueeze(0)
+
+    def run():
+        with torch.no_grad():
+            return mod(x, h0u)[0]
+
+    return run
+
+
+def rnn_cases(device, quick) -> Iterable[Case]:
+    if quick:
+        grid = [(256, 32, 1, 0.5, "elman"), (1024, 32, 1, 0.9, "elman"), (256, 32, 8, 0.9, "gru")]
+    else:
+        grid = [(T, H, B, gain, "elman") for T, H, B, gain in
+                itertools.product((256, 1024, 4096, 16384), (32, 64, 256), (1, 8), (0.5, 0.9, 1.2))]
+        grid += [(T, 64, 8, 0.9, "gru") for T in (256, 1024, 4096)]
+    kernel_backend = "cpu" if device.type == "cpu" else "cuda"
+    have_kernel = bool(_backend.backend_status(kernel_backend))
+    for T, H, B, gain, cell in grid:
+        args = _rnn_inputs(T, B, H, gain, cell, device)
+        impls = {}
+        extra = {}
+        if have_kernel:
+            with torch.no_grad():
+                h, info = rnn(*args, cell=cell, tol=TOL, backend=kernel_backend, return_info=True, check_every=64)
+                truth = rnn_sequential(*args, "tanh", cell)
+            err = (h - truth).abs().max().item()
+            extra = {"iters": info.iterations, "T/iters": round(T / max(1, info.iterations), 1),
+                     "max_err": f"{err:.1e}", "fallback": bool(info.fallback)}
+            impls["jacobi (tol 1e-6)"] = lambda a=args, c=cell: rnn(*a, cell=c, tol=TOL, backend=kernel_backend,
+                                                                   check_every=64)
+            impls["our kernel, sequential sweep"] = lambda a=args, c=cell: rnn(*a, cell=c, backend=kernel_backend,
+                                                                              method="gauss_seidel")
+            ours = "jacobi (tol 1e-6)"
+        else:
+            ours = "jacobi reference (tol 1e-6)"
+            impls[ours] = lambda a=args, c=cell: rnn(*a, cell=c, tol=TOL, backend="reference")
+        if T <= 4096 or not quick:
+            impls["python loop (same cell)"] = lambda a=args, c=cell: rnn_sequential(*a, "tanh", c)
+        impls[f"torch.nn.{'GRU' if cell == 'gru' else 'RNN'}"] = _torch_module(cell, args)
+        if (T <= 256 if quick else T * H * H * B <= 1024 * 64 * 64 * 8 and gain <= 0.9):
+            # Reference DEER Newton (pure torch, O(T H³ log T) scan per iteration): a peer for iteration counts.
+            with torch.no_grad():
+                _, n_info = rnn(*args, cell=cell, method="newton", tol=TOL, return_info=True)
+            extra["newton_iters"] = n_info.iterations if not n_info.fallback else f"fallback ({n_info.iterations})"
+            impls["newton / DEER (reference)"] = lambda a=args, c=cell: rnn(*a, cell=c, method="newton", tol=TOL)
+        else:
+            impls["newton / DEER (reference)"] = "skipped: O(T·H³·log T) scan too slow for this size on CPU (quick)"
+        flops = 2 * T * B * H * (3 * H if cell == "gru" else H) * max(1, extra.get("iters", 1))
+        yield Case(op=f"rnn_{cell}", shape=f"T={T} B={B} H={H} gain={gain}", dtype="float32", impls=impls, ours=ours,
+                   flops=flops, extra=extra)
+
+
+def made_cases(device, quick) -> Iterable[Case]:
+    # An untrained MADE barely conditions on the past (near-constant outputs converge in ~2 passes); scaling
+    # the random weights ×3 gives conditionals that depend on the past as a trained model's do. The trained
+    # digits model is in `python -m symkernels.jacobi.example_made_digits`.
+    for D, hidden, B in ([(64, 256, 100)] if quick else [(64, 256, 100), (64, 256, 1), (784, 512, 100)]):
+        model = MADE(D, (hidden, hidden), seed=0).to(device)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(3.0)
+        noise = torch.rand(B, D, generator=torch.Generator().manual_seed(1)).to(device)
+        seq = made_sample(model, noise, method="gauss_seidel")
+        jac, info = made_sample(model, noise, return_info=True)
+        assert torch.equal(seq, jac)
+        yield Case(op="made_sample", shape=f"D={D} hidden={hidden}x2 B={B}", dtype="float32",
+                   impls={"jacobi (exact)": lambda m=model, n=noise: made_sample(m, n),
+                          "sequential (D passes)": lambda m=model, n=noise: made_sample(m, n, method="gauss_seidel")},
+                   ours="jacobi (exact)", extra={"iters": info.iterations, "T/iters": round(D / info.iterations, 1),
+                                                 "identical": True})
+
+
+@sweep("jacobi")
+def cases(device: torch.device, quick: bool) -> Iterable[Case]:
+    yield from rnn_cases(device, quick)
+    yield from made_cases(device, quick)

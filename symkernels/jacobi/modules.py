@@ -1,0 +1,206 @@
+"""Autoregressive models and their Jacobi samplers: MADE, a masked-convolution (PixelCNN-style) net, and
+DenseNet-style layer evaluation as a Jacobi system.
+
+**Why the Jacobi samples are identical to the sequential ones.** With the noise drawn up front, sample d is
+a deterministic function of the model's output d, which depends on x_{<d} only through masked weights: every
+weight connecting an input ≥ d to output d is exactly 0, so those inputs contribute exactly 0·x = 0 to every
+sum (x finite), and the GEMM's shape — hence its summation order — is the same in every pass. So output d
+computed from any iterate whose first d−1 entries are right is bitwise the sequential one, and the solver's
+bitwise frozen prefix makes the Jacobi fixed point the sequential sample (with ``tol=0``). The masked
+convolution is computed as unfold + GEMM for the same reason: a Winograd/FFT convolution mixes inputs
+before weighting them, and masked inputs would then leak rounding into other outputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from symkernels.jacobi.solver import SolveInfo, solve
+
+
+class MaskedLinear(nn.Linear):
+    """Linear layer whose weight is multiplied by a fixed 0/1 mask (exact zeros where masked)."""
+
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor):
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked autoencoder for distribution estimation (Germain et al., 2015), natural ordering 0..D−1.
+
+    ``kind="bernoulli"``: output ``[B, D]`` logits of p(x_d = 1 | x_<d).
+    ``kind="gaussian"``: output ``[B, 2D]``, (μ_d, log σ_d) of x_d | x_<d.
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (128, 128), kind: str = "bernoulli", seed: int = 0):
+        super().__init__()
+        if kind not in ("bernoulli", "gaussian"):
+            raise ValueError(f"MADE: kind must be 'bernoulli' or 'gaussian', got {kind!r}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"MADE: dim must be an int >= 1, got {dim!r}")
+        self.dim, self.kind = dim, kind
+        g = torch.Generator().manual_seed(seed)
+        # Connectivity degrees: input d has degree d+1; a hidden unit of degree m sees inputs with degree ≤ m;
+        # output d (degree d+1) sees hidden units with degree < d+1, i.e. only inputs x_<d.
+        degrees = [torch.arange(1, dim + 1)]
+        for h in hidden:
+            if dim > 1:  # hidden degrees in [min degree of the layer below, D − 1]
+                degrees.append(torch.randint(int(degrees[-1].min()), dim, (h,), generator=g))
+            else:  # D = 1: the single output sees no input at all (a learned bias)
+                degrees.append(torch.zeros(h, dtype=torch.long))
+        layers = []
+        for d_in, d_out in zip(degrees[:-1], degrees[1:]):
+            layers.append(MaskedLinear(len(d_in), len(d_out), (d_out[:, None] >= d_in[None, :])))
+        out_deg = torch.arange(1, dim + 1)
+        reps = 2 if kind == "gaussian" else 1
+        out_mask = (out_deg[:, None] > degrees[-1][None, :]).repeat(reps, 1)
+        self.hidden_layers = nn.ModuleList(layers)
+        self.out = MaskedLinear(len(degrees[-1]), reps * dim, out_mask)
+
+    def forward(self, x):
+        h = x
+        for layer in self.hidden_layers:
+            h = torch.relu(layer(h))
+        return self.out(h)
+
+    def sample_from_output(self, out: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_d from the model output for d and pre-drawn noise (uniform for Bernoulli, normal for Gaussian)."""
+        if self.kind == "bernoulli":
+            return (noise < torch.sigmoid(out)).to(out.dtype)
+        mu, log_sigma = out[..., :self.dim], out[..., self.dim:]
+        return mu + torch.exp(log_sigma) * noise
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        out = self(x)
+        if self.kind == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+        mu, log_sigma = out[..., :self.dim], out[..., self.dim:]
+        z = (x - mu) * torch.exp(-log_sigma)
+        return (-0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _autoregressive_sample(net_out, sample_cols, noise: torch.Tensor, dim: int, method: str, tol: float,
+                           **solve_kwargs) -> tuple[torch.Tensor, SolveInfo]:
+    """Solve x_d = sample_d(net(x), noise) for d = 0..dim−1 with the general solver (state: one column)."""
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+        raise TypeError(f"sampler: noise must be a floating torch.Tensor, got "
+                        f"{type(noise).__name__ if not isinstance(noise, torch.Tensor) else noise.dtype}")
+    B = noise.shape[0]
+
+    def step(hist, t):
+        x = hist[1:].transpose(0, 1)  # [B, D], current iterate
+        out = net_out(x)
+        return sample_cols(out, t - 1).transpose(0, 1)  # [len(t), B]
+
+    init = torch.zeros(B, dtype=noise.dtype, device=noise.device)
+    with torch.no_grad():
+        x, info = solve(step, init, dim, method=method, tol=tol, **solve_kwargs)
+    return x.transpose(0, 1).contiguous(), info
+
+
+def made_sample(model: MADE, noise: torch.Tensor, *, method: str = "jacobi", tol: float = 0.0,
+                return_info: bool = False, **solve_kwargs):
+    """Sample a MADE with pre-drawn ``noise [B, D]`` (uniform(0,1) for Bernoulli, N(0,1) for Gaussian).
+
+    ``method="gauss_seidel"`` is the ordinary sequential sampler (D passes); ``"jacobi"`` (default) iterates
+    whole passes to the fixed point, which with ``tol=0`` is the sequential sample exactly (module docstring).
+    """
+    if not isinstance(model, MADE):
+        raise TypeError(f"made_sample: model must be a symkernels.jacobi.MADE, got {type(model).__name__}")
+    if not isinstance(noise, torch.Tensor) or noise.dim() != 2 or noise.shape[1] != model.dim:
+        raise ValueError(f"made_sample: noise must be [B, D={model.dim}], got "
+                         f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+
+    def cols(out, d):
+        if model.kind == "bernoulli":
+            return model.sample_from_output(out[:, d], noise[:, d])
+        return out[:, d] + torch.exp(out[:, model.dim + d]) * noise[:, d]
+
+    x, info = _autoregressive_sample(model, cols, noise, model.dim, method, tol, **solve_kwargs)
+    return (x, info) if return_info else x
+
+
+class MaskedConv2d(nn.Conv2d):
+    """PixelCNN masked convolution (type "A": excludes the centre pixel; "B": includes it), single channel
+    group, computed as unfold + GEMM so masked pixels contribute exact zeros (see module docstring)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, mask_type: str):
+        super().__init__(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
+        k = kernel_size
+        mask = torch.ones(k, k)
+        mask[k // 2, k // 2 + (mask_type == "B"):] = 0
+        mask[k // 2 + 1:] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        cols = F.unfold(x, self.kernel_size, padding=self.padding)  # [B, C·k·k, H·W]
+        w = (self.weight * self.mask).flatten(1)  # [out, C·k·k]
+        return (torch.matmul(w, cols) + self.bias[:, None]).view(B, -1, H, W)
+
+
+class PixelCNN(nn.Module):
+    """A small binary PixelCNN: one type-A masked conv, then type-B masked convs with ReLU; logits per pixel."""
+
+    def __init__(self, channels: int = 16, layers: int = 3, kernel_size: int = 5):
+        super().__init__()
+        convs = [MaskedConv2d(1, channels, kernel_size, "A")]
+        convs += [MaskedConv2d(channels, channels, kernel_size, "B") for _ in range(layers - 1)]
+        self.convs = nn.ModuleList(convs)
+        self.head = MaskedConv2d(channels, 1, 1, "B")
+
+    def forward(self, x):  # x: [B, 1, H, W] → logits [B, 1, H, W]
+        h = x
+        for conv in self.convs:
+            h = torch.relu(conv(h))
+        return self.head(h)
+
+
+def pixelcnn_sample(model: PixelCNN, noise: torch.Tensor, *, method: str = "jacobi", tol: float = 0.0,
+                    return_info: bool = False, **solve_kwargs):
+    """Binary raster-order sampling of ``model`` with pre-drawn uniform ``noise [B, H, W]``."""
+    if not isinstance(noise, torch.Tensor) or noise.dim() != 3:
+        raise ValueError(f"pixelcnn_sample: noise must be [B, H, W], got "
+                         f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+    B, H, W = noise.shape
+    flat_noise = noise.reshape(B, H * W)
+
+    def net(x):
+        return model(x.view(B, 1, H, W)).view(B, H * W)
+
+    def cols(out, d):
+        return (flat_noise[:, d] < torch.sigmoid(out[:, d])).to(out.dtype)
+
+    x, info = _autoregressive_sample(net, cols, flat_noise, H * W, method, tol, **solve_kwargs)
+    x = x.view(B, H, W)
+    return (x, info) if return_info else x
+
+
+def densenet_eval(layers, x0: torch.Tensor, *, method: str = "jacobi", tol: float = 0.0, return_info: bool = False,
+                  **solve_kwargs):
+    """Evaluate a DenseNet-style stack as a Jacobi system: y_l = layers[l](cat(x0, y_1, …, y_{l−1})).
+
+    Every layer output must have x0's shape (growth handled by the layers' own projections), so the iterate is
+    one ``[L, *x0.shape]`` tensor. With ``tol=0`` the result equals the plain forward loop
+    (``method="gauss_seidel"``), bitwise when each layer's arithmetic does not depend on the values of the
+    inputs it has not yet seen (true for any layer: the inputs are always the same tensors, only their values
+    change between iterations).
+    """
+    L = len(layers)
+
+    def step(hist, t):
+        outs = []
+        for i in t.tolist():
+            outs.append(layers[i - 1](torch.cat(list(hist[:i]), dim=-1)))
+        return torch.stack(outs) if outs else hist[:0]
+
+    with torch.no_grad():
+        y, info = solve(step, x0, L, method=method, tol=tol, **solve_kwargs)
+    return (y, info) if return_info else y

@@ -1,0 +1,272 @@
+"""Public Jacobi RNN op: argument checks, backend choice, the iteration driver and the adjoint backward."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from symkernels import _backend
+from symkernels.jacobi import reference
+from symkernels.jacobi.solver import SolveInfo, solve
+
+OP_NAME = "jacobi_rnn_iterate"
+IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
+CELLS = ("elman", "gru")
+NONLINEARITIES = ("tanh", "relu")
+# Residual growth over its best value that counts as divergence (see symkernels/jacobi/solver.py).
+DIVERGENCE_FACTOR = 1e8
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    cell: str
+    nonlinearity: str
+    method: str
+    tol: float
+    max_iters: int | None
+    check_every: int
+    impl: str
+    info: list  # receives the forward's SolveInfo (a list so the frozen config can carry it out)
+
+
+def _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every):
+    op = "rnn"
+    for name, t in (("x", x), ("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
+    if cell not in CELLS:
+        raise ValueError(f"{op}: cell must be one of {CELLS}, got {cell!r}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"{op}: nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+    if cell == "gru" and nonlinearity != "tanh":
+        raise ValueError(f"{op}: the GRU cell has no nonlinearity choice (tanh), got nonlinearity={nonlinearity!r}")
+    if method not in RNN_METHODS:
+        raise ValueError(f"{op}: method must be one of {RNN_METHODS}, got {method!r}")
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"{op}: tol must be a finite number >= 0, got {tol!r}")
+    if method == "newton" and tol == 0:
+        raise ValueError(f"{op}: method='newton' is a tolerance method (never bitwise exact); give tol > 0, "
+                         f"or use method='jacobi' for the exact result")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
+        raise ValueError(f"{op}: max_iters must be None or an int >= 1, got {max_iters!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"{op}: check_every must be an int >= 1, got {check_every!r}")
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be [T, B, input_size], got shape {tuple(x.shape)}")
+    T, B, I = x.shape
+    if h0.dim() != 2 or h0.shape[0] != B:
+        raise ValueError(f"{op}: h0 must be [B, H] with B = x.shape[1] = {B}, got shape {tuple(h0.shape)}")
+    H = h0.shape[1]
+    G = reference.gates(cell) * H
+    if tuple(w_ih.shape) != (G, I):
+        raise ValueError(f"{op}: w_ih must be [{reference.gates(cell)}*H, input_size] = {(G, I)}, "
+                         f"got {tuple(w_ih.shape)}")
+    if tuple(w_hh.shape) != (G, H):
+        raise ValueError(f"{op}: w_hh must be [{reference.gates(cell)}*H, H] = {(G, H)}, got {tuple(w_hh.shape)}")
+    expected_b = (2, G) if cell == "gru" else (H,)
+    if tuple(b.shape) != expected_b:
+        raise ValueError(f"{op}: b must be {expected_b} for cell={cell!r} "
+                         f"({'rows b_ih, b_hh' if cell == 'gru' else 'b_ih + b_hh'}), got {tuple(b.shape)}")
+
+
+def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor, *,
+        nonlinearity: str = "tanh", cell: str = "elman", method: str = "jacobi", tol: float = 0.0,
+        max_iters: int | None = None, check_every: int = 16, return_info: bool = False,
+        backend: str | None = None):
+    """Evaluate an Elman or GRU RNN over all timesteps by Jacobi iteration.
+
+    Args:
+        x: ``[T, B, I]``; h0: ``[B, H]``; w_ih: ``[G, I]``; w_hh: ``[G, H]`` (G = H, or 3H for the GRU with
+            gates r, z, n as in ``torch.nn.GRU``); b: ``[H]`` (Elman: b_ih + b_hh) or ``[2, 3H]`` (GRU: rows
+            b_ih, b_hh). float32 or float64, one device, any strides.
+        nonlinearity: ``"tanh"`` or ``"relu"`` (Elman only).
+        method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel) or
+            ``"newton"`` (DEER: linearise and solve by a parallel associative scan; reference backend only,
+            needs ``tol > 0``).
+        tol: 0 for the exact fixed point; > 0 stops when no state moved by more than ``tol``.
+        max_iters: cap on Jacobi iterations (default T). Unconverged or divergent (non-finite, or a residual
+            grown 1e8×) solves are finished by the exact sequential sweep from the exact prefix and reported.
+        check_every: iterations per kernel call between host-side convergence checks (the kernels test
+            convergence every iteration themselves; the host reads their record once per call).
+        return_info: also return the :class:`SolveInfo` of the forward solve.
+        backend: ``None``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+
+    Returns:
+        h ``[T, B, H]`` (``(h, info)`` with ``return_info``). With ``tol=0`` and ``backend="cpu"`` the result
+        is bitwise the sequential loop of the same kernel (``method="gauss_seidel"``); the reference backend
+        uses a GEMM per iteration and matches the sequential loop within rounding. Differentiable once:
+        the backward solves the adjoint linear recurrence λ_t = ∂L/∂h_t + J_{t+1}ᵀ λ_{t+1} by Jacobi
+        iteration as well (never unrolling the forward iterations).
+    """
+    _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every)
+    device = _backend.common_device("rnn", x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, b=b)
+    if method == "newton":
+        if backend not in (None, "reference"):
+            raise NotImplementedError(f"rnn: method='newton' is implemented by the reference backend only, "
+                                      f"got backend={backend!r}")
+        impl = "reference"
+    else:
+        impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    b_ih, b_hh = reference.split_bias(b, cell)
+    u = reference.input_projection(x, w_ih, b_ih)
+    info: list = []
+    config = _Config(cell, nonlinearity, method, float(tol), max_iters, check_every, impl, info)
+    h = _JacobiRNN.apply(u, h0, w_hh, b_hh, config)
+    return (h, info[0]) if return_info else h
+
+
+def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
+    if impl == "triton":
+        from symkernels.jacobi import triton as triton_impl  # late: triton is optional
+
+        return triton_impl.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
+                                              sequential)
+    return torch.ops.symkernels.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
+                                                   sequential)
+
+
+def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, SolveInfo]:
+    """Drive the iteration kernel: ``check_every`` iterations per call, one host read of its record per call."""
+    T, B, H = u.shape[0], u.shape[1], h0.shape[1]
+    info = SolveInfo(method=cfg.method)
+    h = h0.unsqueeze(0).expand(T, B, H).contiguous()
+    args = (u, h0, w_hh, b_hh)
+    if cfg.method == "gauss_seidel" or T == 0:
+        h, _ = _iterate(cfg.impl, *args, h, 0, 1, 0.0, cfg.cell, cfg.nonlinearity, True)
+        info.iterations = info.evaluations = T
+        info.residuals, info.prefix = [0.0], [T]
+        info.converged = info.exact = True
+        return h, info
+    cap = cfg.max_iters if cfg.max_iters is not None else T
+    p, best, failure = 0, math.inf, None
+    while p < T:
+        if info.iterations >= cap:
+            failure = f"not converged after max_iters={cap} iterations (exact prefix {p} of {T} timesteps)"
+            break
+        m = min(cfg.check_every, cap - info.iterations)
+        h, stats = _iterate(cfg.impl, *args, h, p, m, cfg.tol, cfg.cell, cfg.nonlinearity, False)
+        stats = stats.cpu()  # the one host sync per call
+        for resid, ptr in stats.tolist():
+            if ptr < 0:
+                break
+            info.iterations += 1
+            info.evaluations += (T - p) * B
+            info.residuals.append(resid)
+            info.prefix.append(int(ptr))
+            p = int(ptr)
+            if not math.isfinite(resid):
+                failure = f"non-finite values in the unconverged timesteps (exact prefix {p} of {T})"
+            elif resid > DIVERGENCE_FACTOR * best and best > 0:
+                failure = f"residual grew from {best:.3e} to {resid:.3e} (exact prefix {p} of {T})"
+            best = min(best, resid)
+            if failure or (cfg.tol > 0 and resid <= cfg.tol):
+                break
+        if failure:
+            break
+        if cfg.tol > 0 and info.residuals and info.residuals[-1] <= cfg.tol:
+            info.converged = True
+            break
+    if failure is not None:
+        info.fallback = failure
+        h, _ = _iterate(cfg.impl, *args, h, p, 1, 0.0, cfg.cell, cfg.nonlinearity, True)
+        info.iterations += T - p
+        info.evaluations += (T - p) * B
+        info.prefix.append(T)
+        info.exact = True
+        return h, info
+    info.converged = True
+    info.exact = p >= T
+    return h, info
+
+
+class _JacobiRNN(torch.autograd.Function):
+    """Forward: a Jacobi solve (no graph is recorded). Backward: the adjoint recurrence at the solution."""
+
+    @staticmethod
+    def forward(u, h0, w_hh, b_hh, cfg: _Config):
+        if cfg.method == "newton":
+            h, info = reference.rnn_newton(u, h0, w_hh, b_hh, cfg.cell, cfg.nonlinearity, tol=cfg.tol,
+                                           max_iters=cfg.max_iters)
+        elif cfg.impl == "reference":
+            h, info = reference.rnn_jacobi(u, h0, w_hh, b_hh, cfg.cell, cfg.nonlinearity, method=cfg.method,
+                                           tol=cfg.tol, max_iters=cfg.max_iters)
+        else:
+            with torch.no_grad():
+                h, info = _solve_with_kernel(u.contiguous(), h0.contiguous(), w_hh.contiguous(),
+                                             b_hh.contiguous(), cfg)
+        cfg.info.append(info)
+        return h
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, h0, w_hh, b_hh, cfg = inputs
+        ctx.save_for_backward(u, h0, w_hh, b_hh, output)
+        ctx.cfg = cfg
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h):
+        u, h0, w_hh, b_hh, h = ctx.saved_tensors
+        cfg = ctx.cfg
+        lam = adjoint(u, h0, w_hh, b_hh, h, grad_h, cfg.cell, cfg.nonlinearity, tol=cfg.tol)
+        h_prev = torch.cat([h0.unsqueeze(0), h[:-1]]) if h.shape[0] else h
+        _, vjp_all = torch.func.vjp(
+            lambda hp, u_, w_, b_: reference.cell_step(hp, u_, w_, b_, cfg.cell, cfg.nonlinearity),
+            h_prev, u, w_hh, b_hh)
+        d_hprev, du, dw, db = vjp_all(lam)
+        dh0 = d_hprev[0] if h.shape[0] else torch.zeros_like(h0)
+        return du, dh0, dw, db, None
+
+
+def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
+    """λ_t = g_t + J_{t+1}ᵀ λ_{t+1} (λ_T = g_T), the total gradient w.r.t. each h_t, by Jacobi iteration.
+
+    It is a linear recurrence run backwards in time; the general solver runs it on the time-reversed
+    sequence μ_i = λ_{T−i}, each iteration one batched VJP of the cell at the converged forward states.
+    """
+    T = h.shape[0]
+    if T == 0:
+        return grad_h
+    h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
+    _, vjp_h = torch.func.vjp(lambda hp: reference.cell_step(hp, u, w_hh, b_hh, cell, nonlinearity), h_prev)
+    g = grad_h.contiguous()
+    zero_row = torch.zeros_like(g[:1])
+
+    def step(hist, t):
+        lam = torch.flip(hist[1:], (0,))  # lam[j] = current iterate of λ_j
+        contrib = torch.cat([vjp_h(lam)[0], zero_row])  # contrib[j] = J_jᵀ λ_j, feeding λ_{j−1}
+        return g[T - t] + contrib[T - t + 1]
+
+    mu, _ = solve(step, torch.zeros_like(g[0]), T, tol=tol, divergence_factor=math.inf)
+    return torch.flip(mu, (0,))
+
+
+def _register_dispatcher_op() -> None:
+    if not _backend.has_dispatcher_op(OP_NAME):
+        return
+    qualname = f"symkernels::{OP_NAME}"
+
+    # Needed so torch.compile / export can trace the op without running a kernel.
+    @torch.library.register_fake(qualname)
+    def _fake(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
+        return (torch.empty(h.shape, dtype=h.dtype, device=h.device),
+                torch.empty((iters, 2), dtype=torch.float64, device=h.device))
+
+    # Without a CUDA C++ build, CUDA tensors still reach a kernel through the dispatcher: the Triton one.
+    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
+        @torch.library.register_kernel(qualname, "cuda")
+        def _cuda_via_triton(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
+            from symkernels.jacobi import triton as triton_impl
+
+            return triton_impl.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
+                                                  sequential)
+
+
+_register_dispatcher_op()

@@ -1,0 +1,151 @@
+"""Pure-PyTorch truth for the Jacobi pillar's RNN op: the cells, the textbook sequential loop, and the
+reference Jacobi solve (through the general solver).
+
+Conventions (those of ``torch.nn.RNN``/``GRU`` with ``batch_first=False``):
+x ``[T, B, I]``, h0 ``[B, H]``, w_ih ``[G, I]``, w_hh ``[G, H]`` with G = H (Elman) or 3H (GRU, gates
+r, z, n). Bias ``b``: ``[H]`` for Elman (b_ih + b_hh, they only ever appear summed), ``[2, 3H]`` for the
+GRU (rows b_ih, b_hh: b_hn sits inside the reset gate's product, so the two cannot be merged).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from symkernels.jacobi.solver import SolveInfo, solve
+
+
+def gates(cell: str) -> int:
+    return 3 if cell == "gru" else 1
+
+
+def split_bias(b: torch.Tensor, cell: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b_ih, b_hh): the bias added to the input projection u, and the one inside the recurrence."""
+    if cell == "gru":
+        return b[0], b[1]
+    return b, torch.zeros_like(b)
+
+
+def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
+    """u_t = W_ih x_t + b_ih for all t at once: the part of the RNN that was always parallel."""
+    return torch.matmul(x, w_ih.t()) + b_ih
+
+
+def cell_step(h_prev: torch.Tensor, u: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, cell: str,
+              nonlinearity: str) -> torch.Tensor:
+    """New state from the previous one and the input projection, for any leading shape."""
+    gh = torch.matmul(h_prev, w_hh.t()) + b_hh
+    if cell == "gru":
+        H = h_prev.shape[-1]
+        r = torch.sigmoid(u[..., :H] + gh[..., :H])
+        z = torch.sigmoid(u[..., H:2 * H] + gh[..., H:2 * H])
+        n = torch.tanh(u[..., 2 * H:] + r * gh[..., 2 * H:])
+        return (1 - z) * n + z * h_prev
+    a = u + gh
+    return torch.tanh(a) if nonlinearity == "tanh" else torch.relu(a)
+
+
+def rnn_sequential(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor,
+                   nonlinearity: str = "tanh", cell: str = "elman") -> torch.Tensor:
+    """The textbook loop, differentiable by autograd: the truth every backend is tested against."""
+    b_ih, b_hh = split_bias(b, cell)
+    u = input_projection(x, w_ih, b_ih)
+    h, out = h0, []
+    for t in range(x.shape[0]):
+        h = cell_step(h, u[t], w_hh, b_hh, cell, nonlinearity)
+        out.append(h)
+    if not out:
+        return x.new_empty((0,) + tuple(h0.shape))
+    return torch.stack(out)
+
+
+def rnn_jacobi(u: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, cell: str,
+               nonlinearity: str, *, method: str = "jacobi", tol: float = 0.0,
+               max_iters: int | None = None) -> tuple[torch.Tensor, SolveInfo]:
+    """Jacobi solve of the recurrence through the general solver (a GEMM per iteration: not batch-invariant,
+    so equal to the sequential loop within rounding, not bitwise; the C++ kernel is the bitwise one)."""
+
+    def step(hist, t):
+        return cell_step(hist[t - 1], u[t - 1], w_hh, b_hh, cell, nonlinearity)
+
+    with torch.no_grad():
+        return solve(step, h0, u.shape[0], method=method, tol=tol, max_iters=max_iters)
+
+
+def affine_scan(A: torch.Tensor, c: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = A_t h_{t−1} + c_t for t = 0..T−1 from h0, by a parallel (Hillis–Steele) associative scan.
+
+    A: ``[T, B, H, H]``, c: ``[T, B, H]``, h0: ``[B, H]``. The pairs (A, c) compose as
+    (A2, c2)∘(A1, c1) = (A2 A1, A2 c1 + c2); log2(T) doubling steps of batched mat-mats, O(T H³ log T) work
+    — the DEER trade: depth log T instead of T, at d³ per combine.
+    """
+    T = A.shape[0]
+    A, c = A.clone(), c.clone()
+    shift = 1
+    while shift < T:
+        A_prev, c_prev = A[:-shift], c[:-shift]
+        A_new = A[shift:] @ A_prev
+        c_new = (A[shift:] @ c_prev.unsqueeze(-1)).squeeze(-1) + c[shift:]
+        A = torch.cat([A[:shift], A_new])
+        c = torch.cat([c[:shift], c_new])
+        shift *= 2
+    return (A @ h0.unsqueeze(-1)).squeeze(-1) + c
+
+
+NEWTON_MAX_ITERS = 64
+
+
+def rnn_newton(u: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, cell: str,
+               nonlinearity: str, *, tol: float, max_iters: int | None = None) -> tuple[torch.Tensor, SolveInfo]:
+    """DEER-style Newton iteration (Lim et al., ICLR 2024): linearise every step around the current iterate,
+    h_t ≈ f_t(ĥ_{t−1}) + J_t (h_{t−1} − ĥ_{t−1}), and solve that affine recurrence exactly by a parallel scan.
+
+    Quadratic convergence near the solution, but undamped: far from it the linearised suffix can overflow
+    (non-finite → reported, finished by the sequential loop). A tolerance method: never bitwise exact.
+    """
+    T, B, H = u.shape[0], h0.shape[0], h0.shape[1]
+    info = SolveInfo(method="newton")
+    # Undamped Newton either converges in a handful of iterations or wanders (design note: inf/NaN at gain 2);
+    # past NEWTON_MAX_ITERS the sequential loop is cheaper than more O(T H³ log T) scans.
+    cap = max_iters if max_iters is not None else min(T, NEWTON_MAX_ITERS)
+    h = h0.unsqueeze(0).expand(T, B, H).clone()
+
+    def f_row(hp, u_row):
+        return cell_step(hp, u_row, w_hh, b_hh, cell, nonlinearity)
+
+    jac = torch.func.vmap(torch.func.jacrev(f_row))
+    with torch.no_grad():
+        while info.iterations < cap:
+            h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
+            f = cell_step(h_prev, u, w_hh, b_hh, cell, nonlinearity)
+            if cell == "elman":  # closed form: J = diag(act'(a)) W_hh
+                d = (1 - f * f) if nonlinearity == "tanh" else (f > 0).to(f.dtype)
+                J = d.unsqueeze(-1) * w_hh
+            else:
+                J = jac(h_prev.reshape(T * B, H), u.reshape(T * B, -1)).reshape(T, B, H, H)
+            c = f - (J @ h_prev.unsqueeze(-1)).squeeze(-1)
+            h_new = affine_scan(J, c, h0)
+            resid = float((h_new - h).abs().max()) if h.numel() else 0.0
+            h = h_new
+            info.iterations += 1
+            info.evaluations += T * B
+            info.residuals.append(resid)
+            if not math.isfinite(resid):
+                info.fallback = f"non-finite values after Newton iteration {info.iterations}"
+                break
+            if resid <= tol:
+                info.converged = True
+                break
+        if not info.converged:
+            info.fallback = info.fallback or f"not converged after max_iters={cap} Newton iterations"
+            h = rnn_sequential_from_u(u, h0, w_hh, b_hh, cell, nonlinearity)
+            info.exact = True
+    return h, info
+
+
+def rnn_sequential_from_u(u, h0, w_hh, b_hh, cell, nonlinearity):
+    h, out = h0, []
+    for t in range(u.shape[0]):
+        h = cell_step(h, u[t], w_hh, b_hh, cell, nonlinearity)
+        out.append(h)
+    return torch.stack(out) if out else u.new_empty((0,) + tuple(h0.shape))

@@ -1,0 +1,290 @@
+"""Jacobi-type parallel evaluation of a sequential computation s_t = f_t(s_0, …, s_{t−1}).
+
+The T unknowns s_1..s_T of a sequential computation satisfy a triangular nonlinear system. Jacobi
+iteration updates every unknown at once from the previous iterate; after k iterations the first k
+unknowns are exact (each depends only on exact predecessors), so at most T iterations reach the
+sequential result from any starting guess (Song et al., ICML 2021, arXiv 2002.03629).
+
+The caller supplies ``step_fn(hist, t)``:
+
+* ``hist``: ``[T + 1, *S]`` — ``hist[0]`` is ``init`` (s_0), ``hist[i]`` the current iterate of s_i;
+* ``t``: a 1-D int64 tensor of positions in ``1..T`` (sorted, distinct);
+* returns ``[len(t), *S]``, row j being f_{t_j}(hist[0 : t_j]) — it may read only rows < t_j.
+
+Example, an Elman RNN: ``lambda hist, t: torch.tanh(hist[t - 1] @ W.T + u[t - 1])``.
+
+**Frozen prefix and the exact stop.** An iteration that leaves rows p+1..q−1 *bitwise* unchanged has
+shown that those rows satisfy their own equations given exact predecessors, so they are the sequential
+result; row q was just computed from them, so it is exact too. The solver keeps this pointer (the
+"converged prefix"), never evaluates frozen rows again, and with ``tol=0`` stops as soon as the pointer
+reaches T — at most T iterations, one more than needed only when nothing changes in the last one.
+
+**When the result is bit-exact.** With ``tol=0`` the result equals the sequential evaluation by the same
+``step_fn`` called one row at a time (``method="gauss_seidel"``) *bit for bit* iff ``step_fn`` is
+batch-invariant: row j's value must not depend on which other rows are evaluated in the same call (same
+reduction order, FMA contraction and precision per row; no split-K GEMM choosing a different kernel for
+a different row count). A ``torch.matmul`` over a varying number of rows is not batch-invariant on every
+BLAS; results then agree to within the rounding difference of the two evaluations, propagated by the
+recurrence. ``tol > 0`` stops when every unfrozen row moved by at most ``tol + rtol·|s|`` in the last
+iteration; that is a tolerance result, not an exact one (the frozen prefix stays exact either way).
+
+**Failure.** Jacobi iterates are compositions of true steps, but the part of the iterate still driven
+by the initial guess can overflow (e.g. a ReLU RNN with gain > 1) or stall (chaotic maps, where the
+exact front advances one row per iteration). Non-finite values in the unfrozen suffix, a residual that
+grows by ``divergence_factor`` over its best value, or reaching ``max_iters`` unconverged are reported
+in ``info.fallback`` and the remaining rows are evaluated sequentially from the exact prefix (``on_failure=
+"sequential"``, the default) or a ``JacobiDivergenceError`` is raised (``on_failure="raise"``): never a
+silently wrong result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+
+METHODS = ("jacobi", "gauss_seidel", "hybrid", "window")
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class JacobiDivergenceError(RuntimeError):
+    """The Jacobi iteration diverged or did not converge and ``on_failure="raise"`` was asked for."""
+
+
+@dataclasses.dataclass
+class SolveInfo:
+    """What a solve did.
+
+    iterations: parallel sweeps (calls of ``step_fn`` for jacobi/window; inner steps for hybrid and
+        gauss_seidel, which is T) — the sequential depth of the computation.
+    evaluations: rows evaluated in total (work; T for the sequential loop).
+    residuals: per iteration, max over unfrozen rows of |s^{k+1} − s^k| (inf when a row became
+        non-finite). For hybrid, one entry per outer sweep.
+    prefix: per iteration, the number of leading rows known exact after it (the frozen pointer).
+    converged: the stopping rule was met by the parallel iteration (False after a fallback).
+    exact: every row is the sequential result by construction (tol=0, or a sequential fallback).
+    fallback: None, or why the remaining rows were evaluated sequentially.
+    """
+
+    method: str
+    iterations: int = 0
+    evaluations: int = 0
+    residuals: list[float] = dataclasses.field(default_factory=list)
+    prefix: list[int] = dataclasses.field(default_factory=list)
+    converged: bool = False
+    exact: bool = False
+    fallback: str | None = None
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    """Same-size integer view, so that equality is bitwise (NaN == same NaN, −0 != +0)."""
+    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[x.element_size()]
+    return x.contiguous().view(int_dtype)
+
+
+def _row_changed(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """[rows] bool: any element of the row differs bitwise."""
+    if new.numel() == 0:
+        return torch.zeros(new.shape[0], dtype=torch.bool, device=new.device)
+    return (_bits(new) != _bits(old)).reshape(new.shape[0], -1).any(dim=1)
+
+
+def _row_residual(new: torch.Tensor, old: torch.Tensor, rtol: float) -> torch.Tensor:
+    """[rows] max over the row of |new − old| − rtol·|new| (the test is ≤ tol); inf where a value is
+    non-finite and moved, 0 where it did not move (bitwise)."""
+    if new.numel() == 0:
+        return torch.zeros(new.shape[0], dtype=torch.float64, device=new.device)
+    delta = (new - old).abs()
+    if rtol:
+        delta = delta - rtol * new.abs()
+    delta = torch.where(torch.isfinite(new) & torch.isfinite(old), delta, torch.full_like(delta, math.inf))
+    # Equal non-finite values (an exact inf/NaN in the true solution) have not moved.
+    delta = torch.where(_bits(new).view_as(new) == _bits(old).view_as(old), torch.zeros_like(delta), delta)
+    return delta.reshape(new.shape[0], -1).amax(dim=1).double()
+
+
+def _first_true(mask: torch.Tensor) -> int:
+    """Index of the first True in a 1-D bool tensor, or len(mask) if none (one host sync)."""
+    if mask.numel() == 0:
+        return 0
+    idx = torch.nonzero(mask)
+    return int(idx[0, 0]) if idx.numel() else mask.numel()
+
+
+def _check_step_output(out, t: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+    expected = (t.numel(),) + tuple(hist.shape[1:])
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"solve: step_fn must return a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != expected:
+        raise ValueError(f"solve: step_fn returned shape {tuple(out.shape)} for {t.numel()} positions, expected "
+                         f"{expected} (one row per position in t, each shaped like init)")
+    if out.dtype != hist.dtype:
+        raise TypeError(f"solve: step_fn returned dtype {out.dtype}, expected init's dtype {hist.dtype}")
+    return out
+
+
+def _validate(init, num_steps, method, tol, rtol, max_iters, block_size, window, guess, on_failure):
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"solve: init must be a torch.Tensor (the state s_0), got {type(init).__name__}")
+    if not init.is_floating_point():
+        raise TypeError(f"solve: init must have a floating dtype, got {init.dtype}")
+    if not bool(torch.isfinite(init).all()):
+        raise ValueError("solve: init contains non-finite values (inf/NaN); the initial state must be finite")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"solve: num_steps must be a non-negative int, got {num_steps!r}")
+    if method not in METHODS:
+        raise ValueError(f"solve: method must be one of {METHODS}, got {method!r}")
+    for name, value in (("tol", tol), ("rtol", rtol)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"solve: {name} must be a finite number >= 0, got {value!r}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
+        raise ValueError(f"solve: max_iters must be None or an int >= 1, got {max_iters!r}")
+    for name, value in (("block_size", block_size), ("window", window)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"solve: {name} must be an int >= 1, got {value!r}")
+    if on_failure not in ("sequential", "raise"):
+        raise ValueError(f"solve: on_failure must be 'sequential' or 'raise', got {on_failure!r}")
+    if guess is not None:
+        if not isinstance(guess, torch.Tensor):
+            raise TypeError(f"solve: guess must be None or a torch.Tensor, got {type(guess).__name__}")
+        expected = (num_steps,) + tuple(init.shape)
+        if tuple(guess.shape) != expected:
+            raise ValueError(f"solve: guess must have shape (num_steps, *init.shape) = {expected}, "
+                             f"got {tuple(guess.shape)}")
+        if not bool(torch.isfinite(guess).all()):
+            raise ValueError("solve: guess contains non-finite values (inf/NaN)")
+
+
+def _sequential_from(step_fn: StepFn, hist: torch.Tensor, start: int, info: SolveInfo) -> None:
+    """Evaluate rows start+1..T one at a time, in place (Gauss–Seidel: the ordinary forward pass)."""
+    T = hist.shape[0] - 1
+    for i in range(start + 1, T + 1):
+        t = torch.tensor([i], device=hist.device)
+        hist[i] = _check_step_output(step_fn(hist, t), t, hist)[0]
+        info.iterations += 1
+        info.evaluations += 1
+
+
+def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = "jacobi", tol: float = 0.0,
+          rtol: float = 0.0, max_iters: int | None = None, block_size: int = 32, window: int = 64,
+          guess: torch.Tensor | None = None, on_failure: str = "sequential", divergence_factor: float = 1e8,
+          ) -> tuple[torch.Tensor, SolveInfo]:
+    """Solve s_t = f_t(s_<t), t = 1..num_steps, by Jacobi-type parallel iteration.
+
+    Args:
+        step_fn: ``step_fn(hist, t) -> [len(t), *init.shape]`` (see the module docstring).
+        init: s_0, any shape S, floating dtype, finite.
+        num_steps: T ≥ 0.
+        method: ``"jacobi"`` (all unfrozen rows per iteration), ``"gauss_seidel"`` (one row per call: the
+            sequential loop), ``"hybrid"`` (blocks of ``block_size`` rows in parallel, Gauss–Seidel inside
+            each block: ≤ ⌈T/B⌉ outer sweeps of B calls), ``"window"`` (Jacobi on the ``window`` rows after
+            the converged prefix, which advances past rows whose update met the tolerance).
+        tol, rtol: stop when every unfrozen row moved by ≤ tol + rtol·|s| in the last iteration.
+            ``tol=rtol=0`` asks for the exact fixed point (see "exact stop").
+        max_iters: cap on parallel iterations (default: T, where Jacobi is exact anyway).
+        guess: starting iterate ``[T, *S]`` (default: s_0 repeated).
+        on_failure: ``"sequential"`` (finish exactly, report in ``info.fallback``) or ``"raise"``.
+        divergence_factor: a residual this many times its best value so far counts as divergence.
+
+    Returns:
+        ``(states [T, *S], info: SolveInfo)``; states[i−1] is s_i.
+    """
+    _validate(init, num_steps, method, tol, rtol, max_iters, block_size, window, guess, on_failure)
+    T = num_steps
+    info = SolveInfo(method=method)
+    hist = torch.empty((T + 1,) + tuple(init.shape), dtype=init.dtype, device=init.device)
+    hist[0] = init
+    if T:
+        hist[1:] = guess if guess is not None else init.unsqueeze(0).expand((T,) + tuple(init.shape))
+    exact_mode = tol == 0 and rtol == 0
+    if T == 0:
+        info.converged = info.exact = True
+        return hist[1:], info
+    if method == "gauss_seidel":
+        _sequential_from(step_fn, hist, 0, info)
+        info.residuals.append(0.0)
+        info.prefix.append(T)
+        info.converged = info.exact = True
+        return hist[1:], info
+
+    cap = max_iters if max_iters is not None else (T if method != "hybrid" else -(-T // block_size))
+    p = 0  # rows 1..p are exact
+    best = math.inf
+    failure: str | None = None
+    sweeps = 0
+    while p < T:
+        if sweeps >= cap:
+            failure = f"not converged after max_iters={cap} iterations (exact prefix {p} of {T} rows)"
+            break
+        sweeps += 1
+        if method == "hybrid":
+            old = hist[p + 1:].clone()
+            n_rows = T - p
+            for i in range(min(block_size, n_rows)):
+                # Inner step i: position i of every block, blocks re-aligned at the frozen pointer.
+                t = torch.arange(p + 1 + i, T + 1, block_size, device=hist.device)
+                hist[t] = _check_step_output(step_fn(hist, t), t, hist)
+                info.iterations += 1
+                info.evaluations += t.numel()
+            new = hist[p + 1:]
+            # The first block was swept Gauss–Seidel from an exact prefix, so it is exact whatever changed.
+            guaranteed = p + min(block_size, n_rows)
+            stop = T
+        else:
+            stop = T if method == "jacobi" else min(T, p + window)
+            t = torch.arange(p + 1, stop + 1, device=hist.device)
+            new = _check_step_output(step_fn(hist, t), t, hist)
+            old = hist[p + 1:stop + 1].clone()
+            hist[p + 1:stop + 1] = new
+            info.iterations += 1
+            info.evaluations += t.numel()
+            guaranteed = p + 1
+        changed = _row_changed(new, old)
+        resid_rows = _row_residual(new, old, rtol)
+        resid = float(resid_rows.max()) if resid_rows.numel() else 0.0
+        info.residuals.append(resid)
+        q = p + _first_true(changed)  # rows p+1..q unchanged-or-first-changed ⇒ exact through row q+1
+        # Only evaluated rows can be certified: a window whose rows all stood still certifies up to its end.
+        new_p = min(stop, max(guaranteed, q + 1))
+        if method == "window" and not exact_mode:
+            # Sliding window (Song et al.'s GS-Jacobi): advance past rows that met the tolerance. Those rows
+            # are tolerance-accurate, not exact; the solver reports exact=False in that case.
+            new_p = max(new_p, p + _first_true(resid_rows > tol))
+        p = new_p
+        info.prefix.append(p)
+        if not exact_mode and method != "window" and resid <= tol:
+            info.converged = True
+            break
+        if p >= T:
+            break
+        # Divergence checks on the part still driven by the guess.
+        if not math.isfinite(resid):
+            failure = f"non-finite values in the unconverged rows at iteration {sweeps} (exact prefix {p} of {T})"
+            break
+        if resid > divergence_factor * best and best > 0:
+            failure = (f"residual grew from {best:.3e} to {resid:.3e} by iteration {sweeps} "
+                       f"(exact prefix {p} of {T})")
+            break
+        best = min(best, resid)
+
+    if failure is not None:
+        if on_failure == "raise":
+            raise JacobiDivergenceError(f"solve({method}): {failure}")
+        info.fallback = failure
+        _sequential_from(step_fn, hist, p, info)
+        info.prefix.append(T)
+        info.exact = True
+        return hist[1:], info
+    if p >= T:
+        info.converged = True
+    info.exact = exact_mode or (p >= T and method != "window")
+    if method == "window" and not exact_mode:
+        info.exact = False
+    return hist[1:], info
+
+
+def sequential(step_fn: StepFn, init: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """The ordinary forward loop: s_t = step_fn(hist, [t]) for t = 1..T. The truth the solver is tested on."""
+    states, _ = solve(step_fn, init, num_steps, method="gauss_seidel")
+    return states

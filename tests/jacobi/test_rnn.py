@@ -1,0 +1,295 @@
+"""symkernels.jacobi.rnn: every backend vs the sequential loop (forward, gradients), exactness, failures."""
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from symkernels import _backend
+from symkernels._testing import assert_close, random_noncontiguous
+from symkernels.jacobi import reference, rnn, rnn_sequential
+from tests.conftest import require_backend
+
+CELLS = [("elman", "tanh"), ("elman", "relu"), ("gru", "tanh")]
+
+
+def make(T, B, I, H, cell, gain=0.8, dtype=torch.float64, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    G = 3 * H if cell == "gru" else H
+    x = torch.randn(T, B, I, generator=g, dtype=dtype)
+    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=dtype)
+    w_ih = torch.randn(G, I, generator=g, dtype=dtype) / math.sqrt(max(I, 1))
+    w_hh = gain * torch.randn(G, H, generator=g, dtype=dtype) / math.sqrt(H)
+    b = 0.1 * torch.randn(*((2, G) if cell == "gru" else (H,)), generator=g, dtype=dtype)
+    args = (x, h0, w_ih, w_hh, b)
+    return tuple(a.requires_grad_(requires_grad) for a in args)
+
+
+def torch_nn_truth(x, h0, w_ih, w_hh, b, nonlinearity, cell):
+    """Independent truth: torch.nn.RNN / torch.nn.GRU with the same weights."""
+    H = h0.shape[1]
+    if cell == "gru":
+        mod = torch.nn.GRU(x.shape[2], H, dtype=x.dtype)
+        b_ih, b_hh = b[0], b[1]
+    else:
+        mod = torch.nn.RNN(x.shape[2], H, nonlinearity=nonlinearity, dtype=x.dtype)
+        b_ih, b_hh = b, torch.zeros_like(b)
+    with torch.no_grad():
+        mod.weight_ih_l0.copy_(w_ih)
+        mod.weight_hh_l0.copy_(w_hh)
+        mod.bias_ih_l0.copy_(b_ih)
+        mod.bias_hh_l0.copy_(b_hh)
+        return mod(x, h0.unsqueeze(0))[0]
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_reference_loop_matches_torch_nn(cell, nonlinearity):
+    args = make(50, 3, 4, 6, cell)
+    assert_close(rnn_sequential(*args, nonlinearity, cell), torch_nn_truth(*args, nonlinearity, cell))
+
+
+def _shape_for(backend):
+    # Triton runs in the NumPy interpreter here: keep it tiny.
+    return dict(T=9, B=2, I=3, H=4) if backend == "triton" else dict(T=120, B=3, I=5, H=8)
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_vs_sequential(backend, cell, nonlinearity, dtype):
+    if backend == "triton" and dtype == torch.float32 and cell != "gru":
+        pytest.skip("interpreter time budget: float32 Triton covered by the GRU case")
+    device = require_backend(backend)
+    args = tuple(a.to(device) for a in make(**_shape_for(backend), cell=cell, dtype=dtype))
+    truth = rnn_sequential(*args, nonlinearity, cell)
+    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend, return_info=True, check_every=4)
+    assert info.exact and info.fallback is None
+    assert info.iterations <= args[0].shape[0]
+    assert_close(h, truth, msg=f"{backend} jacobi vs sequential loop")
+    # Exact stop: the kernels' own sequential sweep is bitwise the Jacobi fixed point (batch-invariant rows).
+    if backend != "reference":
+        h_seq = rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend, method="gauss_seidel")
+        assert torch.equal(h, h_seq), f"max diff {(h - h_seq).abs().max()}"
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_tolerance_mode(cell, nonlinearity):
+    require_backend("cpu")
+    args = make(400, 2, 4, 8, cell, gain=0.6, dtype=torch.float32)
+    truth = rnn_sequential(*args, nonlinearity, cell)
+    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, tol=1e-6, return_info=True, backend="cpu")
+    assert info.converged and info.iterations < 100, info.iterations
+    assert info.residuals[-1] <= 1e-6
+    assert (h - truth).abs().max() < 1e-4
+
+
+def test_cpu_long_sequence_T4096_bitwise():
+    require_backend("cpu")
+    args = make(4096, 1, 3, 8, "elman", gain=0.5, dtype=torch.float32)
+    h, info = rnn(*args, backend="cpu", return_info=True)
+    h_seq = rnn(*args, backend="cpu", method="gauss_seidel")
+    assert torch.equal(h, h_seq)
+    assert info.iterations < 200  # contraction: the bitwise fixed point long before T
+    assert_close(h, rnn_sequential(*args), msg="vs torch loop")
+
+
+def test_cpu_frozen_prefix_record():
+    require_backend("cpu")
+    args = make(200, 2, 3, 6, "gru", gain=1.5)
+    _, info = rnn(*args, cell="gru", backend="cpu", return_info=True, check_every=7)
+    assert info.prefix == sorted(info.prefix) and info.prefix[-1] == 200
+    assert all(b >= a + 1 for a, b in zip([0] + info.prefix, info.prefix))
+    assert len(info.residuals) == info.iterations
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu", "triton"])
+def test_relu_divergence_falls_back_exactly(backend_name):
+    device = require_backend(backend_name)
+    T = 12 if backend_name == "triton" else 120
+    x, h0, w_ih, _, b = make(T, 1, 2, 4, "elman", dtype=torch.float32)
+    w_hh = 6.0 * torch.eye(4)  # gain 6 ReLU: the guess-driven suffix overflows
+    x = x.abs() + 1
+    args = tuple(a.to(device) for a in (x, h0.abs(), w_ih.abs(), w_hh, b.abs()))
+    truth = rnn_sequential(*args, "relu", "elman")
+    h, info = rnn(*args, nonlinearity="relu", backend=backend_name, tol=1e-6, return_info=True)
+    assert info.exact
+    if backend_name != "triton":
+        assert info.fallback is not None, "growth/non-finite divergence should have been reported"
+    torch.testing.assert_close(h, truth, rtol=1e-5, atol=0, equal_nan=True)
+
+
+def test_max_iters_fallback():
+    require_backend("cpu")
+    args = make(100, 2, 3, 4, "elman", gain=1.5)
+    h, info = rnn(*args, backend="cpu", max_iters=3, return_info=True)
+    assert "max_iters=3" in info.fallback and info.exact
+    assert torch.equal(h, rnn(*args, backend="cpu", method="gauss_seidel"))
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_gradients_vs_autograd_through_loop(backend, cell, nonlinearity):
+    device = require_backend(backend)
+    shape = dict(T=6, B=2, I=2, H=3) if backend == "triton" else dict(T=40, B=2, I=3, H=5)
+    args = tuple(a.detach().to(device).requires_grad_() for a in make(**shape, cell=cell))
+    out = rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, args, g)
+    truth = torch.autograd.grad(rnn_sequential(*args, nonlinearity, cell), args, g)
+    for name, a, t in zip(("x", "h0", "w_ih", "w_hh", "b"), ours, truth):
+        assert_close(a, t, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_gradcheck_float64(cell, nonlinearity):
+    backend = "cpu" if _backend.backend_status("cpu") else "reference"
+    args = tuple(a.requires_grad_() for a in make(7, 2, 2, 3, cell))
+    assert torch.autograd.gradcheck(lambda *a: rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend), args)
+
+
+def test_adjoint_vs_dense_jacobian():
+    # Independent truth for the adjoint: λ = (I − J)^{-T} g with the dense Jacobian of the stacked map.
+    x, h0, w_ih, w_hh, b = make(5, 1, 2, 3, "elman")
+    b_ih, b_hh = reference.split_bias(b, "elman")
+    u = reference.input_projection(x, w_ih, b_ih)
+    h = rnn_sequential(x, h0, w_ih, w_hh, b)
+    g = torch.randn_like(h)
+
+    def stacked(hh):
+        prev = torch.cat([h0.unsqueeze(0), hh[:-1]])
+        return reference.cell_step(prev, u, w_hh, b_hh, "elman", "tanh")
+
+    n = h.numel()
+    J = torch.autograd.functional.jacobian(stacked, h).reshape(n, n)
+    lam_dense = torch.linalg.solve((torch.eye(n, dtype=h.dtype) - J).T, g.reshape(n))
+    from symkernels.jacobi.ops import adjoint
+
+    lam = adjoint(u, h0, w_hh, b_hh, h, g, "elman", "tanh")
+    assert_close(lam.reshape(n), lam_dense)
+
+
+def test_opcheck_dispatcher_op():
+    require_backend("cpu")
+    x, h0, w_ih, w_hh, b = make(6, 2, 3, 4, "gru", dtype=torch.float32)
+    b_ih, b_hh = reference.split_bias(b, "gru")
+    u = reference.input_projection(x, w_ih, b_ih).detach()
+    h = h0.unsqueeze(0).expand(6, 2, 4).contiguous()
+    for sequential in (False, True):
+        torch.library.opcheck(torch.ops.symkernels.jacobi_rnn_iterate,
+                              (u, h0, w_hh, b_hh[...], h, 0, 3, 0.0, "gru", "tanh", sequential),
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@given(T=st.integers(0, 30), B=st.integers(0, 3), I=st.integers(1, 4), H=st.integers(1, 9),
+       cell=st.sampled_from(CELLS), gain=st.floats(0.2, 2.0), noncontig=st.booleans(), seed=st.integers(0, 999))
+def test_random_shapes_cpu(T, B, I, H, cell, gain, noncontig, seed):
+    require_backend("cpu")
+    x, h0, w_ih, w_hh, b = make(T, B, I, H, cell[0], gain=gain, seed=seed)
+    if noncontig:
+        x = random_noncontiguous((T, B, I), dtype=x.dtype)
+        w_hh = random_noncontiguous(tuple(w_hh.shape), dtype=x.dtype) * gain / math.sqrt(H)
+    args = (x, h0, w_ih, w_hh, b)
+    h = rnn(*args, cell=cell[0], nonlinearity=cell[1], backend="cpu")
+    assert h.shape == (T, B, H)
+    assert torch.equal(h, rnn(*args, cell=cell[0], nonlinearity=cell[1], backend="cpu", method="gauss_seidel"))
+    assert_close(h, rnn_sequential(*args, cell[1], cell[0]))
+
+
+def test_nan_input_propagates_like_reference():
+    require_backend("cpu")
+    x, h0, w_ih, w_hh, b = make(20, 1, 2, 3, "elman")
+    x[7, 0, 1] = math.nan
+    truth = rnn_sequential(x, h0, w_ih, w_hh, b)
+    h = rnn(x, h0, w_ih, w_hh, b, backend="cpu")
+    torch.testing.assert_close(h, truth, equal_nan=True)
+    assert torch.isnan(h[7:]).all() and not torch.isnan(h[:7]).any()
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    (dict(x=torch.zeros(4, 2)), ValueError, r"x must be \[T, B, input_size\]"),
+    (dict(h0=torch.zeros(3, 4)), ValueError, "h0 must be"),
+    (dict(w_hh=torch.zeros(4, 5)), ValueError, "w_hh must be"),
+    (dict(w_ih=torch.zeros(4, 2)), ValueError, "w_ih must be"),
+    (dict(b=torch.zeros(2, 4)), ValueError, "b must be"),
+    (dict(x=torch.zeros(5, 2, 3, dtype=torch.int64)), TypeError, "x must be float32 or float64"),
+    (dict(h0=torch.zeros(2, 4, dtype=torch.float64)), TypeError, "h0 must have x's dtype"),
+    (dict(tol=-1.0), ValueError, "tol must be a finite number >= 0"),
+    (dict(cell="lstm"), ValueError, "cell must be one of"),
+    (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be one of"),
+    (dict(method="deer"), ValueError, "method must be one of"),
+    (dict(max_iters=0), ValueError, "max_iters"),
+    (dict(check_every=0), ValueError, "check_every"),
+    (dict(backend="bogus"), ValueError, "backend must be one of"),
+])
+def test_bad_inputs(change, exc, match):
+    kw = dict(x=torch.zeros(5, 2, 3), h0=torch.zeros(2, 4), w_ih=torch.zeros(4, 3), w_hh=torch.zeros(4, 4),
+              b=torch.zeros(4))
+    kw.update(change)
+    with pytest.raises(exc, match=match):
+        rnn(kw.pop("x"), kw.pop("h0"), kw.pop("w_ih"), kw.pop("w_hh"), kw.pop("b"), **kw)
+
+
+def test_gru_relu_rejected():
+    with pytest.raises(ValueError, match="GRU cell has no nonlinearity choice"):
+        rnn(*make(3, 1, 2, 2, "gru"), cell="gru", nonlinearity="relu")
+
+
+def test_cpp_kernel_bad_inputs():
+    require_backend("cpu")
+    u, h0, w, bb, h = torch.zeros(3, 1, 2), torch.zeros(1, 2), torch.zeros(2, 2), torch.zeros(2), torch.zeros(3, 1, 2)
+    op = torch.ops.symkernels.jacobi_rnn_iterate
+    with pytest.raises(ValueError, match="tol must be finite and >= 0"):
+        op(u, h0, w, bb, h, 0, 1, -1.0, "elman", "tanh", False)
+    with pytest.raises(ValueError, match="start must be in"):
+        op(u, h0, w, bb, h, 9, 1, 0.0, "elman", "tanh", False)
+    with pytest.raises(ValueError, match="u must be"):
+        op(torch.zeros(3, 1, 3), h0, w, bb, h, 0, 1, 0.0, "elman", "tanh", False)
+    with pytest.raises(TypeError, match="must have u's dtype"):
+        op(u, h0.double(), w, bb, h, 0, 1, 0.0, "elman", "tanh", False)
+    with pytest.raises(ValueError, match="cell must be"):
+        op(u, h0, w, bb, h, 0, 1, 0.0, "lstm", "tanh", False)
+
+
+def test_affine_scan_vs_loop():
+    g = torch.Generator().manual_seed(4)
+    A = 0.5 * torch.randn(13, 2, 3, 3, generator=g, dtype=torch.float64)
+    c = torch.randn(13, 2, 3, generator=g, dtype=torch.float64)
+    h = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    out = reference.affine_scan(A, c, h)
+    for t in range(13):
+        h = (A[t] @ h.unsqueeze(-1)).squeeze(-1) + c[t]
+        assert_close(out[t], h)
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_newton_method(cell, nonlinearity):
+    args = make(60, 2, 3, 4, cell, gain=0.7)
+    truth = rnn_sequential(*args, nonlinearity, cell)
+    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-10, return_info=True)
+    assert info.converged and info.fallback is None and info.iterations <= 12, info
+    assert_close(h, truth)
+    # Gradients: the same adjoint at the solution.
+    args = tuple(a.detach().requires_grad_() for a in args)
+    out = rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-12)
+    ours = torch.autograd.grad(out.sum(), args)
+    ref = torch.autograd.grad(rnn_sequential(*args, nonlinearity, cell).sum(), args)
+    for a, t in zip(ours, ref):
+        assert_close(a, t)
+
+
+def test_newton_needs_tolerance_and_reference():
+    args = make(5, 1, 2, 2, "elman")
+    with pytest.raises(ValueError, match="method='newton' is a tolerance method"):
+        rnn(*args, method="newton")
+    with pytest.raises(NotImplementedError, match="reference backend only"):
+        rnn(*args, method="newton", tol=1e-6, backend="cpu")
+
+
+def test_newton_divergence_falls_back():
+    # float32, gain 5, 80 steps: the true solution itself overflows (5^80 > 3e38); Newton's iterate goes
+    # non-finite, is reported, and the sequential loop gives the reference's inf/NaN pattern.
+    x, h0, w_ih, _, b = make(80, 1, 2, 4, "elman", dtype=torch.float32)
+    w_hh = 5.0 * torch.eye(4)
+    args = (x.abs() + 1, h0.abs(), w_ih.abs(), w_hh, b.abs())
+    h, info = rnn(*args, nonlinearity="relu", method="newton", tol=1e-8, max_iters=5, return_info=True)
+    assert info.fallback is not None and info.exact
+    torch.testing.assert_close(h, rnn_sequential(*args, "relu"), equal_nan=True)
