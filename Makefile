@@ -8,7 +8,7 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 TORCH_PIN   ?= torch==2.13.0
 # What the tests and benchmarks import besides torch (see pyproject.toml's extras).
-EXTRAS      ?= triton,test,bench,e3nn
+EXTRAS      ?= triton,test,bench,e3nn,quarot-real,examples
 PYTEST_ARGS ?=
 GPU_PYTHON  ?= python3
 
