@@ -1,5 +1,5 @@
 // Torch glue of the CUDA Gaunt kernel: checks, device guard, stream, dtype switch (kernel in gaunt_cuda.cu).
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -17,7 +17,7 @@ void launch(const PreparedArgs& args, const at::Tensor& coeffs) {
       reinterpret_cast<const In*>(args.b.const_data_ptr<TorchIn>()),
       reinterpret_cast<In*>(args.out.mutable_data_ptr<TorchIn>()),
       reinterpret_cast<const PathEntry*>(args.paths.const_data_ptr<int32_t>()), coeffs.const_data_ptr<Acc>(),
-      args.paths.size(0), args.out.numel() / args.no, args.n1, args.n2, args.no, at::cuda::getCurrentCUDAStream());
+      args.paths.size(0), args.out.numel() / args.no, args.n1, args.n2, args.no, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "gaunt_tensor_product (CUDA): ", cudaGetErrorString(err),
               err == cudaErrorInvalidValue ? " (degrees too large for the shared-memory tile)" : "");
 }

@@ -1,6 +1,6 @@
 // Torch glue for the CUDA hadamard_transform_k kernel (hadamard_k_cuda.cu): checks, device guard, stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -31,7 +31,7 @@ at::Tensor hadamard_transform_k_cuda(const at::Tensor& x, const at::Tensor& hk, 
                     : x.scalar_type() == at::kBFloat16 ? 2 : 3;
   const cudaError_t err = launch_hadamard_k(input.const_data_ptr(), h.const_data_ptr(), out.mutable_data_ptr(),
                                             input.numel() / n, k, n / k, scale, dtype,
-                                            at::cuda::getCurrentCUDAStream());
+                                            c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }

@@ -1,6 +1,6 @@
 // Torch glue for the CUDA int4_matmul kernel (int4_matmul_cuda.cu): checks, device guard, stream.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -37,7 +37,7 @@ at::Tensor int4_matmul_cuda(const at::Tensor& a_packed, const at::Tensor& a_scal
   const cudaError_t err = launch_int4_matmul(a.const_data_ptr<uint8_t>(), sa.const_data_ptr<float>(),
                                              w.const_data_ptr<uint8_t>(), sw.const_data_ptr<float>(),
                                              bias.has_value() ? b.const_data_ptr<float>() : nullptr,
-                                             out.mutable_data_ptr(), m, n, kb, code, at::cuda::getCurrentCUDAStream());
+                                             out.mutable_data_ptr(), m, n, kb, code, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in wanted if p not in PILLARS]
     if unknown:
         parser.error(f"unknown pillar(s) {unknown}; choose from {PILLARS}")
-    meta = {"device": harness.device_name(device), **_versions()}
+    meta = {"device": harness.device_name(device), "mode": "quick" if args.quick else "full", **_versions()}
     repo_root = Path(__file__).resolve().parents[2]
     out_dir = args.out or ((repo_root if (repo_root / "bench").is_dir() else Path.cwd()) / "bench" / "results" /
                            meta["device"])
