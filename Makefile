@@ -16,14 +16,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 .PHONY: demo test bench setup build check-cuda sanitize gpu-check clean
 
+# PyTorch backs large CPU allocations with huge pages under THP_MEM_ALLOC_ENABLE=1; without it every
+# out-of-place op (ours and the peers alike) spends most of its time in 4 KiB page faults of new outputs.
+BENCH_ENV   ?= THP_MEM_ALLOC_ENABLE=1
+
 demo: build  ## correctness + speed table of every op on this device
-	$(PY) -m symkernels.bench --quick
+	$(BENCH_ENV) $(PY) -m symkernels.bench --quick
 
 test: build  ## the full test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: build  ## the full benchmark sweeps; results under bench/results/<device>/
-	$(PY) -m symkernels.bench
+	$(BENCH_ENV) $(PY) -m symkernels.bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +73,7 @@ gpu-check:
 	@dev=$$($(GPU_PYTHON) -c "from symkernels.bench.harness import device_name; import torch; print(device_name(torch.device('cuda')))"); \
 	mkdir -p bench/results/$$dev; \
 	$(GPU_PYTHON) -m pytest -q -rs $(PYTEST_ARGS) 2>&1 | tee bench/results/$$dev/tests.log; \
-	$(GPU_PYTHON) -m symkernels.bench --device cuda 2>&1 | tee bench/results/$$dev/bench.md
+	$(BENCH_ENV) $(GPU_PYTHON) -m symkernels.bench --device cuda 2>&1 | tee bench/results/$$dev/bench.md
 
 clean:
 	rm -rf build symkernels/_C*.so *.egg-info

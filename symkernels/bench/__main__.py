@@ -1,7 +1,8 @@
 """``python -m symkernels.bench [pillar ...] [--quick] [--device cpu|cuda] [--out DIR]``
 
 Runs each named pillar's sweep (all registered pillars by default), prints one Markdown table per
-pillar — median time, speed-up of ours over each peer, GB/s and % of the same-run copy bandwidth —
+pillar — median time, speed-up of ours over each peer, GB/s and % of the same-run copy bandwidth
+(into allocated memory, and as clone(), which pays for the output allocation like any out-of-place op) —
 and writes CSV (one row per case × implementation, with date and versions) and a PNG plot per pillar
 under ``bench/results/<device-name>/``.
 """
@@ -56,7 +57,7 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e9:.3g} ns"
 
 
-def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float) -> list[dict]:
+def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float, clone_bw: float) -> list[dict]:
     rows = []
     cases = list(harness.SWEEPS[pillar](device, quick))
     for case in _progress(cases, pillar):
@@ -82,6 +83,7 @@ def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float) -
                 if case.bytes_moved:
                     row["GB/s"] = case.bytes_moved / t.median_s / 1e9
                     row["%copy_bw"] = 100 * case.bytes_moved / t.median_s / copy_bw
+                    row["%clone_bw"] = 100 * case.bytes_moved / t.median_s / clone_bw
                 if case.flops:
                     row["GFLOP/s"] = case.flops / t.median_s / 1e9
                 if isinstance(ours, harness.Timing) and name != case.ours:
@@ -101,9 +103,10 @@ def markdown_table(rows: list[dict], ours_label: str = "ours") -> str:
         if not r["ours"] and r["impl"] not in peers:
             peers.append(r["impl"])
     extras = sorted({k for r in rows for k in r} - {"pillar", "op", "shape", "dtype", "impl", "ours", "median_s",
-                                                     "q20_s", "q80_s", "status", "GB/s", "%copy_bw", "GFLOP/s",
-                                                     "ours_speedup"})
-    header = ["op", "shape", "dtype", "ours", "time", "GB/s", "% copy BW", "GFLOP/s"] + [f"vs {p}" for p in peers] + extras
+                                                     "q20_s", "q80_s", "status", "GB/s", "%copy_bw", "%clone_bw",
+                                                     "GFLOP/s", "ours_speedup"})
+    header = (["op", "shape", "dtype", "ours", "time", "GB/s", "% copy BW", "% clone BW", "GFLOP/s"]
+              + [f"vs {p}" for p in peers] + extras)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (op, shape, dtype), group in cases.items():
         mine = next((r for r in group if r["ours"]), None)
@@ -113,9 +116,10 @@ def markdown_table(rows: list[dict], ours_label: str = "ours") -> str:
         if mine["status"] == "ok":
             cells += [_fmt_time(mine["median_s"]), f"{mine['GB/s']:.1f}" if "GB/s" in mine else "",
                       f"{mine['%copy_bw']:.0f}%" if "%copy_bw" in mine else "",
+                      f"{mine['%clone_bw']:.0f}%" if "%clone_bw" in mine else "",
                       f"{mine['GFLOP/s']:.1f}" if "GFLOP/s" in mine else ""]
         else:
-            cells += [mine["status"], "", "", ""]
+            cells += [mine["status"], "", "", "", ""]
         for p in peers:
             r = next((r for r in group if r["impl"] == p), None)
             if r is None:
@@ -208,15 +212,17 @@ def main(argv: list[str] | None = None) -> int:
                            meta["device"])
     print(f"# symkernels benchmarks on {meta['device']}")
     print(f"{', '.join(f'{k} {v}' for k, v in meta.items() if k != 'device')}")
-    copy_bw = harness.copy_bandwidth(device, nbytes=(64 << 20) if args.quick else (256 << 20))
-    print(f"same-run copy bandwidth: {copy_bw / 1e9:.1f} GB/s (read + write)\n")
+    copy_bw, clone_bw = harness.copy_bandwidth(device, nbytes=(64 << 20) if args.quick else (256 << 20))
+    meta["THP_MEM_ALLOC_ENABLE"] = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
+    print(f"same-run bandwidth (read + write): copy_ into allocated memory {copy_bw / 1e9:.1f} GB/s, "
+          f"clone (allocation included, THP_MEM_ALLOC_ENABLE={meta['THP_MEM_ALLOC_ENABLE']}) {clone_bw / 1e9:.1f} GB/s\n")
     status = 0
     for pillar in wanted:
         if pillar not in harness.SWEEPS:
             print(f"## {pillar}\n\nnot run: {failed.get(pillar, 'no sweep registered')}\n")
             status = status or (1 if pillar in failed and failed[pillar].startswith("import failed") else 0)
             continue
-        rows = run_pillar(pillar, device, args.quick, copy_bw)
+        rows = run_pillar(pillar, device, args.quick, copy_bw, clone_bw)
         print(f"## {pillar}\n")
         print(markdown_table(rows))
         paths = write_results(out_dir, pillar, rows, meta) if rows else []

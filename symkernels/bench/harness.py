@@ -94,12 +94,18 @@ def time_callable(fn: Callable[[], object], device: torch.device, *, min_time_s:
     return Timing(statistics.median(samples), q(0.2), q(0.8))
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> float:
-    """Bytes/s of a same-run tensor copy (read + write counted), the practical memory-bandwidth limit."""
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> tuple[float, float]:
+    """Bytes/s (read + write counted) of two same-run copies: the practical memory-bandwidth limits.
+
+    Returns ``(copy, clone)``: ``dst.copy_(src)`` into memory allocated once — the physical limit — and
+    ``src.clone()``, which like every out-of-place op also pays for fresh output memory (on CPU the page
+    faults of a new mapping, unless PyTorch's THP_MEM_ALLOC_ENABLE=1 backs it with huge pages).
+    """
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    timing = time_callable(lambda: dst.copy_(src), device, min_time_s=0.3)
-    return 2 * nbytes / timing.median_s
+    copy = time_callable(lambda: dst.copy_(src), device, min_time_s=0.3)
+    clone = time_callable(lambda: src.clone(), device, min_time_s=0.3)
+    return 2 * nbytes / copy.median_s, 2 * nbytes / clone.median_s
 
 
 def device_name(device: torch.device) -> str:
