@@ -49,6 +49,7 @@ class Timing:
     median_s: float
     q20_s: float
     q80_s: float
+    min_s: float
 
 
 SWEEPS: dict[str, Callable[[torch.device, bool], Iterable[Case]]] = {}
@@ -91,7 +92,7 @@ def time_callable(fn: Callable[[], object], device: torch.device, *, min_time_s:
             samples.append(time.perf_counter() - t0)
     samples.sort()
     q = lambda p: samples[min(len(samples) - 1, int(p * len(samples)))]  # noqa: E731
-    return Timing(statistics.median(samples), q(0.2), q(0.8))
+    return Timing(statistics.median(samples), q(0.2), q(0.8), samples[0])
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> tuple[float, float]:
@@ -100,12 +101,14 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> tuple[float
     Returns ``(copy, clone)``: ``dst.copy_(src)`` into memory allocated once — the physical limit — and
     ``src.clone()``, which like every out-of-place op also pays for fresh output memory (on CPU the page
     faults of a new mapping, unless PyTorch's THP_MEM_ALLOC_ENABLE=1 backs it with huge pages).
+    A limit is the best rate the machine showed, so each is the fastest of its repeats (a median would
+    let one busy moment of a shared machine lower the bar and inflate every "% of limit").
     """
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    copy = time_callable(lambda: dst.copy_(src), device, min_time_s=0.3)
-    clone = time_callable(lambda: src.clone(), device, min_time_s=0.3)
-    return 2 * nbytes / copy.median_s, 2 * nbytes / clone.median_s
+    copy = time_callable(lambda: dst.copy_(src), device, min_time_s=0.5, warmup=3)
+    clone = time_callable(lambda: src.clone(), device, min_time_s=0.5, warmup=3)
+    return 2 * nbytes / copy.min_s, 2 * nbytes / clone.min_s
 
 
 def device_name(device: torch.device) -> str:
