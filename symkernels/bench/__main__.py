@@ -179,7 +179,7 @@ def write_results(out_dir: Path, pillar: str, rows: list[dict], meta: dict[str, 
     ax.set_ylabel("median time (ms, log)")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_title(f"symkernels {pillar} — {meta['device']} — {meta['date']}")
+    ax.set_title(f"symkernels {pillar} — {meta['device']} — {meta['date']}", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     png_path = out_dir / f"{pillar}.png"
