@@ -177,3 +177,20 @@ def common_device(op_name: str, **tensors: torch.Tensor | None) -> torch.device:
     if not unique:
         raise ValueError(f"{op_name}: no tensor arguments")
     return unique.pop()
+
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_float_tensor(op_name: str, name: str, x, last_dim: str, dtypes: tuple = FLOAT_DTYPES) -> None:
+    """``x`` is a tensor of one of ``dtypes`` with at least one dimension, whose meaning is ``last_dim``.
+
+    The shared first check of every op's arguments: TypeError for a non-tensor or a wrong dtype, ValueError
+    for a scalar, each naming the op and the argument.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op_name}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{op_name}: {name} must have a floating dtype in {dtypes}, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{op_name}: {name} must have at least one dimension ({last_dim}), got a scalar")

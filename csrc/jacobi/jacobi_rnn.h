@@ -4,11 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define SYMKERNELS_HD __host__ __device__ __forceinline__
-#else
-#define SYMKERNELS_HD inline
-#endif
+#include "common/host_device.h"
 
 namespace symkernels::jacobi {
 

@@ -24,12 +24,7 @@ def lmax_from_size(n: int) -> int | None:
 
 def _check_args(x1, x2, lmax_out, normalization) -> tuple[int, int, int]:
     for name, x in (("x1", x1), ("x2", x2)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{OP_NAME}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{OP_NAME}: {name} must have a floating dtype in {SUPPORTED_DTYPES}, got {x.dtype}")
-        if x.dim() == 0:
-            raise ValueError(f"{OP_NAME}: {name} must have at least one dimension (the SH coefficients), got a scalar")
+        _backend.check_float_tensor(OP_NAME, name, x, "the SH coefficients", SUPPORTED_DTYPES)
     if x1.dtype != x2.dtype:
         raise TypeError(f"{OP_NAME}: x1 and x2 must have the same dtype, got {x1.dtype} and {x2.dtype}")
     degrees = []

@@ -27,12 +27,7 @@ def hk_for(n: int, dtype: torch.dtype, device: torch.device, transpose: bool = F
 
 
 def check_args(x: torch.Tensor, scale: float, op: str = "hadamard_transform") -> tuple[int, int]:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{op}: x must have a floating dtype in {SUPPORTED_DTYPES}, got {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{op}: x must have at least one dimension (the transformed one), got a scalar")
+    _backend.check_float_tensor(op, "x", x, "the transformed one", SUPPORTED_DTYPES)
     n = x.shape[-1]
     kp = hadamard_k.decompose(n)
     if kp is None:

@@ -15,12 +15,7 @@ MAX_SIZE = 1 << reference.MAX_LOG2_SIZE
 
 
 def _check_args(x: torch.Tensor, scale: float) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{OP_NAME}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{OP_NAME}: x must have a floating dtype in {SUPPORTED_DTYPES}, got {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{OP_NAME}: x must have at least one dimension (the transformed one), got a scalar")
+    _backend.check_float_tensor(OP_NAME, "x", x, "the transformed one", SUPPORTED_DTYPES)
     n = x.shape[-1]
     if n < 2 or n > MAX_SIZE or n & (n - 1):
         lower = 1 << max(1, min(reference.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2

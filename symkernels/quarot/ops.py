@@ -25,12 +25,7 @@ def _rotation(n: int, device: torch.device) -> tuple[torch.Tensor, float]:
 
 
 def _check_quantize_args(x, clip_ratio, hadamard, op="quantize_int4") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must have a floating dtype in {FLOAT_DTYPES}, got {x.dtype}")
-    if x.dim() == 0:
-        raise ValueError(f"{op}: x must have at least one dimension (the quantized one), got a scalar")
+    _backend.check_float_tensor(op, "x", x, "the quantized one", FLOAT_DTYPES)
     n = x.shape[-1]
     if n % 2:
         raise ValueError(f"{op}: x.shape[-1] must be even (two 4-bit codes per byte), got {n}")
