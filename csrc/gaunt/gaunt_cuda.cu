@@ -9,36 +9,11 @@
 // is finally written back coalesced. Half/bfloat16 inputs are widened on load and rounded once on store.
 //
 // Non-finite inputs poison the whole output row (as the dense reference does): see gaunt_cpu.cpp.
+#include "common/cuda_convert.cuh"
 #include "gaunt/gaunt_cuda.h"
 
 namespace symkernels::gaunt {
 namespace {
-
-template <typename T>
-__device__ __forceinline__ T from_acc(typename AccumulatorOf<T>::type v) {
-  return static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename In>
-__device__ __forceinline__ typename AccumulatorOf<In>::type to_acc(In v) {
-  return static_cast<typename AccumulatorOf<In>::type>(v);
-}
-template <>
-__device__ __forceinline__ float to_acc<__half>(__half v) {
-  return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
 
 template <typename In>
 __global__ void gaunt_sparse_kernel(const In* __restrict__ x1, const In* __restrict__ x2, In* __restrict__ out,
@@ -59,11 +34,11 @@ __global__ void gaunt_sparse_kernel(const In* __restrict__ x1, const In* __restr
   // Coalesced, transposed staging. Rows past the end read as 0 and are never stored.
   for (int64_t e = t; e < int64_t(block_rows) * n1; e += block_rows) {
     const int64_t r = e / n1, i = e % n1;
-    sa[i * block_rows + r] = r < count ? to_acc(x1[(row0 + r) * n1 + i]) : Acc(0);
+    sa[i * block_rows + r] = r < count ? convert<Acc>(x1[(row0 + r) * n1 + i]) : Acc(0);
   }
   for (int64_t e = t; e < int64_t(block_rows) * n2; e += block_rows) {
     const int64_t r = e / n2, i = e % n2;
-    sb[i * block_rows + r] = r < count ? to_acc(x2[(row0 + r) * n2 + i]) : Acc(0);
+    sb[i * block_rows + r] = r < count ? convert<Acc>(x2[(row0 + r) * n2 + i]) : Acc(0);
   }
   __syncthreads();
 
@@ -90,7 +65,7 @@ __global__ void gaunt_sparse_kernel(const In* __restrict__ x1, const In* __restr
 
   for (int64_t e = t; e < count * no; e += block_rows) {
     const int64_t r = e / no, k = e % no;
-    out[(row0 + r) * no + k] = from_acc<In>(sc[k * block_rows + r]);
+    out[(row0 + r) * no + k] = convert<In, Acc>(sc[k * block_rows + r]);
   }
 }
 

@@ -8,19 +8,13 @@
 
 #include <cstdint>
 
+#include "common/accumulator.h"
 #include "gaunt/gaunt.h"
 
 namespace symkernels::gaunt {
 
-// fp32 accumulation for fp32/fp16/bf16 inputs, fp64 for fp64.
-template <typename In>
-struct AccumulatorOf {
-  using type = float;
-};
-template <>
-struct AccumulatorOf<double> {
-  using type = double;
-};
+// fp32 accumulation for fp32/fp16/bf16 inputs, fp64 for fp64 (common/cuda_convert.cuh).
+using symkernels::AccumulatorOf;
 
 // x1 [rows, n1], x2 [rows, n2], out [rows, no], all contiguous on the device; paths/coeffs [nnz] on the
 // device with every index in range (the glue checks). Returns cudaErrorInvalidValue when one warp's

@@ -13,35 +13,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/cuda_convert.cuh"
 #include "hadamard/hadamard_cuda.h"
 
 namespace symkernels::hadamard {
 namespace {
 
 template <typename T>
-struct IO {
-  using acc = float;
-  static __device__ __forceinline__ float load(const T* p) { return static_cast<float>(*p); }
-  static __device__ __forceinline__ void store(T* p, float v) { *p = static_cast<T>(v); }
-};
-template <>
-struct IO<__half> {
-  using acc = float;
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-  static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
-template <>
-struct IO<__nv_bfloat16> {
-  using acc = float;
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-};
-template <>
-struct IO<double> {
-  using acc = double;
-  static __device__ __forceinline__ double load(const double* p) { return *p; }
-  static __device__ __forceinline__ void store(double* p, double v) { *p = v; }
-};
+using AccOf = typename AccumulatorOf<T>::type;
 
 constexpr int ceil_log2_sqrt(int log_n) { return (log_n + 1) / 2; }
 
@@ -78,10 +57,10 @@ __device__ __forceinline__ void load_values(const T* p, Acc (&v)[COUNT], Acc sca
 #pragma unroll
     for (int k = 0; k < int(COUNT * sizeof(T) / 16); ++k) reinterpret_cast<uint4*>(tmp)[k] = reinterpret_cast<const uint4*>(p)[k];
 #pragma unroll
-    for (int e = 0; e < COUNT; ++e) v[e] = IO<T>::load(tmp + e) * scale;
+    for (int e = 0; e < COUNT; ++e) v[e] = convert<AccOf<T>>(tmp[e]) * scale;
   } else {
 #pragma unroll
-    for (int e = 0; e < COUNT; ++e) v[e] = IO<T>::load(p + e) * scale;
+    for (int e = 0; e < COUNT; ++e) v[e] = convert<AccOf<T>>(p[e]) * scale;
   }
 }
 
@@ -90,12 +69,12 @@ __device__ __forceinline__ void store_values(T* p, const Acc (&v)[COUNT]) {
   if constexpr ((COUNT * sizeof(T)) % 16 == 0) {
     alignas(16) T tmp[COUNT];
 #pragma unroll
-    for (int e = 0; e < COUNT; ++e) IO<T>::store(tmp + e, v[e]);
+    for (int e = 0; e < COUNT; ++e) tmp[e] = convert<T>(v[e]);
 #pragma unroll
     for (int k = 0; k < int(COUNT * sizeof(T) / 16); ++k) reinterpret_cast<uint4*>(p)[k] = reinterpret_cast<const uint4*>(tmp)[k];
   } else {
 #pragma unroll
-    for (int e = 0; e < COUNT; ++e) IO<T>::store(p + e, v[e]);
+    for (int e = 0; e < COUNT; ++e) p[e] = convert<T>(v[e]);
   }
 }
 
@@ -119,7 +98,7 @@ template <typename T, int LOG_N>
 __global__ void __launch_bounds__(Traits<LOG_N>::kThreads)
 fwht_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows, double scale) {
   using Tr = Traits<LOG_N>;
-  using Acc = typename IO<T>::acc;
+  using Acc = AccOf<T>;
   constexpr int kElems = Tr::kElems;
   extern __shared__ unsigned char shared_raw[];
   Acc* shared = reinterpret_cast<Acc*>(shared_raw);
@@ -163,7 +142,7 @@ fwht_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows, double 
         for (int j = 0; j < Tr::kWarps; ++j) w[j] = shared[padded(j * kColumnStride + column)];
         register_stages<Tr::kWarps>(w);
 #pragma unroll
-        for (int j = 0; j < Tr::kWarps; ++j) IO<T>::store(dst + j * kColumnStride + column, w[j]);
+        for (int j = 0; j < Tr::kWarps; ++j) dst[j * kColumnStride + column] = convert<T>(w[j]);
       }
       __syncthreads();  // the next row reuses the shared buffer
     }
@@ -173,7 +152,7 @@ fwht_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t rows, double 
 template <typename T, int LOG_N>
 cudaError_t launch_typed(const void* in, void* out, int64_t rows, double scale, cudaStream_t stream) {
   using Tr = Traits<LOG_N>;
-  using Acc = typename IO<T>::acc;
+  using Acc = AccOf<T>;
   const int shared_bytes = Tr::kLogWarps == 0 ? 0 : padded_size(Tr::kN) * static_cast<int>(sizeof(Acc));
   auto kernel = fwht_kernel<T, LOG_N>;
   if (shared_bytes > 48 * 1024) {

@@ -7,24 +7,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/cuda_convert.cuh"
 #include "hadamard/hadamard_k.h"
 
 namespace symkernels::hadamard {
 namespace {
-
-template <typename A, typename T>
-__device__ __forceinline__ A to_acc(T v) { return static_cast<A>(v); }
-template <>
-__device__ __forceinline__ float to_acc<float, __half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T, typename A>
-__device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T, typename A>
 __global__ void kron_hadamard_kernel(const T* __restrict__ x, const A* __restrict__ hk, T* __restrict__ out,
@@ -35,7 +22,7 @@ __global__ void kron_hadamard_kernel(const T* __restrict__ x, const A* __restric
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * n;
     T* yr = out + row * n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = to_acc<A>(xr[i]);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s[i] = convert<A>(xr[i]);
     __syncthreads();
     for (int h = 1; h < p; h <<= 1) {
       for (int b = threadIdx.x; b < n / 2; b += blockDim.x) {
@@ -51,7 +38,7 @@ __global__ void kron_hadamard_kernel(const T* __restrict__ x, const A* __restric
       const A* hrow = hk + kk * k;
       A acc = 0;
       for (int k2 = 0; k2 < k; ++k2) acc += hrow[k2] * s[k2 * p + j];
-      yr[o] = from_acc<T, A>(acc * scale);
+      yr[o] = convert<T, A>(acc * scale);
     }
     __syncthreads();  // the next row overwrites s
   }

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/cuda_convert.cuh"
 #include "quarot/int4_matmul.h"
 #include "quarot/quarot.h"
 
@@ -26,13 +27,6 @@ __device__ __forceinline__ void unpack4(uint32_t packed, int& even, int& odd) {
   even = static_cast<int>(((lo ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u);
   odd = static_cast<int>(((hi ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u);
 }
-
-template <typename Out>
-__device__ __forceinline__ Out cast_out(float v) { return static_cast<Out>(v); }
-template <>
-__device__ __forceinline__ __half cast_out<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 cast_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename Out>
 __global__ void __launch_bounds__(kThreads) int4_matmul_kernel(const uint8_t* __restrict__ a,
@@ -87,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) int4_matmul_kernel(const uint8_t* __
       if (col >= n) continue;
       float y = static_cast<float>(acc[i][j]) * sa[row] * sw[col];
       if (bias != nullptr) y += bias[col];
-      out[row * n + col] = cast_out<Out>(y);
+      out[row * n + col] = convert<Out, float>(y);
     }
   }
 }

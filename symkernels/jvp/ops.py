@@ -222,14 +222,7 @@ class _LinearDualFunction(torch.autograd.Function):
             # Only tangents are batched (vmap over jvp): fold the vmapped dim into the tangent dim T, so
             # the B·T tangents share one primal GEMM in one kernel call.
             def fold(t, d):
-                if t is None:
-                    return None
-                if d is None:
-                    return t if t.shape[0] == 1 else t.unsqueeze(0).expand(B, *t.shape).reshape(B * T, *t.shape[1:])
-                t = t.movedim(d, 0)
-                if t.shape[1] == 1 and T > 1:
-                    t = t.expand(B, T, *t.shape[2:])
-                return t.reshape(B * T, *t.shape[2:])
+                return _fold_vmapped_tangent(t, d, B, T)
 
             y, y_t = _LinearDualFunction.apply(x, weight, bias, fold(x_t, in_dims[3]), fold(weight_t, in_dims[4]),
                                                fold(bias_t, in_dims[5]), activation, B * T, seed, distribution,
@@ -410,6 +403,19 @@ class _RowDualFunction(torch.autograd.Function):
                           lambda xt, wt, bt, TT: (x, w, b, xt, wt, bt, kind, eps, TT, impl, fused))
 
 
+def _fold_vmapped_tangent(t, d, B, T):
+    """A tangent [T, ...] vmapped over B at dim d (None: shared) as [B·T, ...]; a T-broadcast tangent (its
+    tangent dim of size 1) is expanded to T first. None stays None."""
+    if t is None:
+        return None
+    if d is None:
+        return t if t.shape[0] == 1 else t.unsqueeze(0).expand(B, *t.shape).reshape(B * T, *t.shape[1:])
+    t = t.movedim(d, 0)
+    if t.shape[1] == 1 and T > 1:
+        t = t.expand(B, T, *t.shape[2:])
+    return t.reshape(B * T, *t.shape[2:])
+
+
 def _vmap_rule(fn, info, in_dims, primals, tangents, T, make_args):
     """Shared vmap rule of the dual Functions: if only tangents are batched (vmap over jvp), fold the
     vmapped dim into the tangent dim T — B·T tangents in one kernel call sharing one primal; otherwise
@@ -417,14 +423,7 @@ def _vmap_rule(fn, info, in_dims, primals, tangents, T, make_args):
     B = info.batch_size
     if all(d is None for d in in_dims[:len(primals)]):
         def fold(t, d):
-            if t is None:
-                return None
-            if d is None:
-                return t if t.shape[0] == 1 else t.unsqueeze(0).expand(B, *t.shape).reshape(B * T, *t.shape[1:])
-            t = t.movedim(d, 0)
-            if t.shape[1] == 1 and T > 1:
-                t = t.expand(B, T, *t.shape[2:])
-            return t.reshape(B * T, *t.shape[2:])
+            return _fold_vmapped_tangent(t, d, B, T)
 
         tdims = in_dims[len(primals):len(primals) + len(tangents)]
         y, y_t = fn.apply(*make_args(*(fold(t, d) for t, d in zip(tangents, tdims)), B * T))
