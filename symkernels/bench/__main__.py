@@ -4,7 +4,7 @@ Runs each named pillar's sweep (all registered pillars by default), prints one M
 pillar — median time, speed-up of ours over each peer, GB/s and % of the same-run copy bandwidth
 (into allocated memory, and as clone(), which pays for the output allocation like any out-of-place op) —
 and writes CSV (one row per case × implementation, with date and versions) and a PNG plot per pillar
-under ``bench/results/<device-name>/``.
+under ``bench/results/<device-name>/`` (``--quick`` runs: its ``quick/`` subfolder, not committed).
 """
 from __future__ import annotations
 
@@ -208,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown pillar(s) {unknown}; choose from {PILLARS}")
     meta = {"device": harness.device_name(device), "mode": "quick" if args.quick else "full", **_versions()}
     repo_root = Path(__file__).resolve().parents[2]
+    # Quick (smoke) runs go to a git-ignored subfolder so they never overwrite the committed full results.
     out_dir = args.out or ((repo_root if (repo_root / "bench").is_dir() else Path.cwd()) / "bench" / "results" /
-                           meta["device"])
+                           meta["device"] / ("quick" if args.quick else ""))
     print(f"# symkernels benchmarks on {meta['device']}")
     print(f"{', '.join(f'{k} {v}' for k, v in meta.items() if k != 'device')}")
     copy_bw, clone_bw = harness.copy_bandwidth(device, nbytes=(64 << 20) if args.quick else (256 << 20))
