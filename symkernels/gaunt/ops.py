@@ -87,7 +87,7 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
     """
     l1, l2, lmax_out = _check_args(x1, x2, lmax_out, normalization)
     device = _backend.common_device(OP_NAME, x1=x1, x2=x2)
-    impl = _resolve(device, backend)
+    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
     if impl == "reference":
         return reference.gaunt_tensor_product(x1, x2, lmax_out, normalization)
     # The CPU and Triton kernels compute half inputs in float32 (widen here, round once at the end); the
@@ -101,13 +101,6 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
     else:
         out = _GauntFunction.apply(a, b, lmax_out, normalization, impl)
     return out.to(x1.dtype) if half else out
-
-
-# The choice depends only on (device, backend) and the build; it queries the dispatcher, which Dynamo
-# cannot trace, so under torch.compile it is evaluated once at trace time as a constant.
-@torch.compiler.assume_constant_result
-def _resolve(device: torch.device, backend: str | None) -> str:
-    return _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
 
 
 # ---------------------------------------------------------------------------------------------
