@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from symkernels.hadamard.triton import fwht_tile
+
 
 @triton.jit
 def kron_rotate_tile(x_ptr, hk_ptr, row_start, K: tl.constexpr, K_PAD: tl.constexpr, P: tl.constexpr,
@@ -27,13 +29,7 @@ def kron_rotate_tile(x_ptr, hk_ptr, row_start, K: tl.constexpr, K_PAD: tl.conste
         seg = tl.load(x_ptr + row_start + kk * P + j).to(acc.dtype)
         col = tl.load(hk_ptr + k * K + kk, mask=k < K, other=0.0).to(acc.dtype)
         acc += col[:, None] * seg[None, :]
-    for stage in tl.static_range(LOG_P):
-        h: tl.constexpr = 1 << stage
-        acc = tl.reshape(acc, (K_PAD, P // (2 * h), 2, h))
-        a, b = tl.split(tl.permute(acc, (0, 1, 3, 2)))
-        acc = tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2))
-        acc = tl.reshape(acc, (K_PAD, P))
-    return acc
+    return fwht_tile(acc, K_PAD, P, LOG_P)
 
 
 @triton.jit

@@ -1,8 +1,7 @@
 """Triton FWHT: one program transforms BLOCK_M whole rows held in registers.
 
-Each butterfly stage views the row block as [BLOCK_M, n / 2h, 2, h], splits the size-2 axis into the
-pair (a, b) and joins (a + b, a − b) back, so all log2(n) stages run without touching memory between
-them: one read and one write of the data in total. Accumulates in fp32 (fp64 for fp64 inputs).
+All log2(n) butterfly stages (``fwht_tile``) run without touching memory between them: one read and one
+write of the data in total. Accumulates in fp32 (fp64 for fp64 inputs).
 """
 from __future__ import annotations
 
@@ -16,6 +15,22 @@ _ELEMENTS_PER_PROGRAM = 4096
 
 
 @triton.jit
+def fwht_tile(x, ROWS: tl.constexpr, N: tl.constexpr, LOG_N: tl.constexpr):
+    """Butterflies along the last dim of a [ROWS, N] register tile: each row becomes row @ H_N.T (unscaled).
+
+    Stage h views the tile as [ROWS, N / 2h, 2, h], splits the size-2 axis into the pair (a, b) and joins
+    (a + b, a − b) back. Shared by every Triton Hadamard kernel (power-of-two and Kronecker sizes).
+    """
+    for stage in tl.static_range(LOG_N):
+        h: tl.constexpr = 1 << stage
+        x = tl.reshape(x, (ROWS, N // (2 * h), 2, h))
+        a, b = tl.split(tl.permute(x, (0, 1, 3, 2)))
+        x = tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2))
+        x = tl.reshape(x, (ROWS, N))
+    return x
+
+
+@triton.jit
 def _fwht_rows_kernel(x_ptr, out_ptr, rows, scale,
                       N: tl.constexpr, LOG_N: tl.constexpr, BLOCK_M: tl.constexpr, ACC_F64: tl.constexpr):
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -24,12 +39,7 @@ def _fwht_rows_kernel(x_ptr, out_ptr, rows, scale,
     mask = row[:, None] < rows
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     x = x.to(tl.float64) if ACC_F64 else x.to(tl.float32)
-    for stage in tl.static_range(LOG_N):
-        h: tl.constexpr = 1 << stage
-        x = tl.reshape(x, (BLOCK_M, N // (2 * h), 2, h))
-        a, b = tl.split(tl.permute(x, (0, 1, 3, 2)))
-        x = tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2))
-        x = tl.reshape(x, (BLOCK_M, N))
+    x = fwht_tile(x, BLOCK_M, N, LOG_N)
     tl.store(out_ptr + offsets, (x * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
