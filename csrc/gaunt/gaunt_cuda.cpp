@@ -10,14 +10,14 @@ namespace symkernels::gaunt {
 namespace {
 
 template <typename In, typename TorchIn>
-void launch(const PreparedArgs& args, const at::Tensor& coeffs) {
+void launch(const PreparedArgs& args, const at::Tensor& paths, const at::Tensor& coeffs) {
   using Acc = typename AccumulatorOf<In>::type;
   const cudaError_t err = launch_gaunt_sparse<In>(
       reinterpret_cast<const In*>(args.a.const_data_ptr<TorchIn>()),
       reinterpret_cast<const In*>(args.b.const_data_ptr<TorchIn>()),
       reinterpret_cast<In*>(args.out.mutable_data_ptr<TorchIn>()),
-      reinterpret_cast<const PathEntry*>(args.paths.const_data_ptr<int32_t>()), coeffs.const_data_ptr<Acc>(),
-      args.paths.size(0), args.out.numel() / args.no, args.n1, args.n2, args.no, c10::cuda::getCurrentCUDAStream());
+      reinterpret_cast<const PathEntry*>(paths.const_data_ptr<int32_t>()), coeffs.const_data_ptr<Acc>(),
+      paths.size(0), args.rows, args.n1, args.n2, args.no, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "gaunt_tensor_product (CUDA): ", cudaGetErrorString(err),
               err == cudaErrorInvalidValue ? " (degrees too large for the shared-memory tile)" : "");
 }
@@ -25,15 +25,16 @@ void launch(const PreparedArgs& args, const at::Tensor& coeffs) {
 at::Tensor gaunt_tensor_product_cuda(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& paths,
                                      const at::Tensor& coeffs, int64_t lmax_out) {
   const c10::cuda::CUDAGuard guard(x1.device());
-  PreparedArgs args = prepare_args(x1, x2, paths, coeffs, lmax_out, /*allow_half=*/true);
+  const PreparedArgs args = prepare_rows(x1, x2, lmax_out, /*allow_half=*/true, /*materialize=*/true);
+  const at::Tensor table = check_sparse_table(x1, paths, coeffs, args);
   if (args.out.numel() == 0) return args.out;
   const bool f64 = x1.scalar_type() == at::kDouble;
   const at::Tensor c = coeffs.to(f64 ? at::kDouble : at::kFloat).contiguous();
   switch (x1.scalar_type()) {
-    case at::kFloat: launch<float, float>(args, c); break;
-    case at::kDouble: launch<double, double>(args, c); break;
-    case at::kHalf: launch<__half, at::Half>(args, c); break;
-    case at::kBFloat16: launch<__nv_bfloat16, at::BFloat16>(args, c); break;
+    case at::kFloat: launch<float, float>(args, table, c); break;
+    case at::kDouble: launch<double, double>(args, table, c); break;
+    case at::kHalf: launch<__half, at::Half>(args, table, c); break;
+    case at::kBFloat16: launch<__nv_bfloat16, at::BFloat16>(args, table, c); break;
     default: TORCH_CHECK_TYPE(false, "gaunt_tensor_product: unsupported dtype ", x1.scalar_type());
   }
   return args.out;

@@ -121,6 +121,16 @@ def _sparse_tables(l1: int, l2: int, lo: int, normalization: str, device: torch.
 
 
 @torch.compiler.assume_constant_result
+def _grid_pair_tables(degree_sum: int, lmax: int, normalization: str, device: torch.device,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    key = ("grid_pairs", degree_sum, lmax, normalization, device, dtype)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = tuple(t.to(device=device, dtype=dtype)
+                                  for t in coefficients.grid_pair_tables(degree_sum, lmax, normalization))
+    return _TABLE_CACHE[key]
+
+
+@torch.compiler.assume_constant_result
 def _grid_tables(l1: int, l2: int, lo: int, normalization: str, device: torch.device,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     key = ("grid", l1, l2, lo, normalization, device, dtype)
@@ -130,10 +140,40 @@ def _grid_tables(l1: int, l2: int, lo: int, normalization: str, device: torch.de
     return _TABLE_CACHE[key]
 
 
+# Private knob for tests and benchmarks: None (choose by cost), "sparse" or "grid" (CPU kernel routes).
+_CPU_ROUTE: str | None = None
+
+
+def cpu_route(l1: int, l2: int, lo: int) -> str:
+    """The CPU kernel's route for degrees (L1, L2, Lo): ``"sparse"`` (direct over the nonzeros of G) or
+    ``"grid"`` (exact sphere grid, O(L³)), whichever the cost model below says is faster.
+
+    Both costs are per row, in units of one vector FMA over a tile of rows; the grid's constant was
+    measured against the sparse kernel (fp32, 1 thread, 10⁴·32 rows, 2-core Xeon): the grid is faster from
+    L1 = L2 = Lo = 5 on (1.1× at 5, 1.9× at 6, 4.3× at 8, 9× at 10) and slower below (0.66× at 4, 0.3× at 2).
+    """
+    if _CPU_ROUTE is not None:
+        return _CPU_ROUTE
+    nnz = coefficients.sparse_table_size(l1, l2, lo)
+    pairs = ((l1 + l2 + lo) // 2 + 2) // 2
+    analysis = (l1 + 1) ** 2 + (l2 + 1) ** 2 + (lo + 1) ** 2
+    product = 8 * sum(min(l1, k + l2) - max(-l1, k - l2) + 1 for k in range(min(lo, l1 + l2) + 1))
+    grid = pairs * (analysis + product)
+    return "grid" if grid < _GRID_COST_FACTOR * nnz else "sparse"
+
+
+# Measured: at the crossover above, one grid "FMA unit" costs this many sparse table entries' time.
+_GRID_COST_FACTOR = 1.0
+
+
 def _raw_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, normalization: str, impl: str) -> torch.Tensor:
     """One kernel call, no autograd recording. lmax_out may exceed L1+L2 (backward asks for that)."""
     l1 = lmax_from_size(x1.shape[-1])
     l2 = lmax_from_size(x2.shape[-1])
+    if impl == "dispatcher" and x1.device.type == "cpu" and cpu_route(l1, l2, lmax_out) == "grid":
+        theta, weights = _grid_pair_tables(l1 + l2 + lmax_out, max(l1, l2, lmax_out), normalization, x1.device,
+                                           x1.dtype)
+        return torch.ops.symkernels.gaunt_tensor_product_grid(x1, x2, theta, weights, lmax_out)
     if impl == "triton":
         from symkernels.gaunt import triton as triton_impl  # imported late: triton is optional
 
@@ -262,3 +302,46 @@ def _register_dispatcher_op() -> None:
 
 
 _register_dispatcher_op()
+
+
+def _register_grid_op() -> None:
+    if not hasattr(torch.ops.symkernels, "gaunt_tensor_product_grid"):
+        return
+    qualname = "symkernels::gaunt_tensor_product_grid"
+    op = torch.ops.symkernels.gaunt_tensor_product_grid
+
+    @torch.library.register_fake(qualname)
+    def _fake(x1, x2, theta, weights, lmax_out):
+        torch._check(x1.dtype == x2.dtype, lambda: f"{OP_NAME}: x2 must have x1's dtype")
+        lead = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+        return x1.new_empty((*lead, (lmax_out + 1) ** 2))
+
+    def _setup_context(ctx, inputs, output):
+        x1, x2, theta, weights, lmax_out = inputs
+        ctx.save_for_backward(x1, x2, theta, weights)
+        ctx.save_for_forward(x1, x2, theta, weights)
+        ctx.lmax_out = lmax_out
+
+    # G is symmetric and the table depends only on L1+L2+Lo, so backward is this op with the roles permuted.
+    def _backward(ctx, grad):
+        x1, x2, theta, weights = ctx.saved_tensors
+        g1 = g2 = None
+        if ctx.needs_input_grad[0]:
+            g1 = op(x2, grad, theta, weights, lmax_from_size(x1.shape[-1])).sum_to_size(x1.shape)
+        if ctx.needs_input_grad[1]:
+            g2 = op(x1, grad, theta, weights, lmax_from_size(x2.shape[-1])).sum_to_size(x2.shape)
+        return g1, g2, None, None, None
+
+    def _jvp(ctx, x1_t, x2_t, *_table_tangents):
+        x1, x2, theta, weights = ctx.saved_tensors
+        terms = []
+        if x1_t is not None:
+            terms.append(op(x1_t, x2, theta, weights, ctx.lmax_out))
+        if x2_t is not None:
+            terms.append(op(x1, x2_t, theta, weights, ctx.lmax_out))
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+
+
+_register_grid_op()
