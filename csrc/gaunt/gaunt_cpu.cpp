@@ -17,6 +17,7 @@
 // added to every output.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -40,41 +41,42 @@ constexpr int64_t kWorkPerTask = 1 << 16;
 // tile, so it takes fewer rows to keep them in L1/L2 (both measured on the 2-core Xeon of the dev machine).
 constexpr int kSparseVectors = 4;
 constexpr int kGridVectors = 2;
+// Grid route register blocking (see grid_analysis and grid_product): node pairs per analysis block, output
+// Fourier coefficients per product block. With kGridVectors = 2 both keep 16 accumulators in zmm registers.
+constexpr int kPairBlock = 4;
+constexpr int kFourierBlock = 4;
 
 // Reads `count` rows starting at row0 into dst [n][R * width] (rows past count are zero) and adds each
-// lane's 0*x into poison.
+// lane's 0*x into poison. Scalar stores row by row, then whole vectors: building vectors lane by lane
+// instead stalls on store forwarding and cost more than the grid route's arithmetic (measured, L = 8).
 template <typename T, int R>
 SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, int64_t row0, int64_t count, T* dst,
                                     typename Vec<T>::type* poison) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int S = R * W;
-  int64_t off[S];
-  for (int r = 0; r < S; ++r) off[r] = r < count ? layout.offset(row0 + r) : 0;
   const int64_t cs = layout.col_stride;
-  for (int i = 0; i < n; ++i) {
-    for (int v = 0; v < R; ++v) {
-      V lanes{};
-      for (int l = 0; l < W; ++l) {
-        const int r = v * W + l;
-        if (r < count) lanes[l] = x[off[r] + i * cs];
-      }
-      poison[v] += lanes * T(0);
-      store(dst + i * S + v * W, lanes);
+  for (int r = 0; r < S; ++r) {
+    if (r < count) {
+      const T* src = x + layout.offset(row0 + r);
+      for (int i = 0; i < n; ++i) dst[i * S + r] = src[i * cs];
+    } else {
+      for (int i = 0; i < n; ++i) dst[i * S + r] = T(0);
     }
+  }
+  for (int i = 0; i < n; ++i) {
+    for (int v = 0; v < R; ++v) poison[v] += load<V>(dst + i * S + v * W) * T(0);
   }
 }
 
-// Writes output coefficient k of the tile's rows (contiguous output [rows, no]).
+// Writes the tile's outputs ct [no][R * width] to rows row0.. of the contiguous output [rows, no], row by row
+// (sequential writes; writing coefficient by coefficient strides over all rows and measured ~4x slower).
 template <typename T, int R>
-SYMKERNELS_INLINE void store_out(T* out, int no, int k, int64_t row0, int64_t count,
-                                 const typename Vec<T>::type* lanes) {
-  constexpr int W = Vec<T>::width;
-  for (int v = 0; v < R; ++v) {
-    for (int l = 0; l < W; ++l) {
-      const int64_t r = v * W + l;
-      if (r < count) out[(row0 + r) * no + k] = lanes[v][l];
-    }
+SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count) {
+  constexpr int S = R * Vec<T>::width;
+  for (int r = 0; r < count; ++r) {
+    T* dst = out + (row0 + r) * no;
+    for (int k = 0; k < no; ++k) dst[k] = ct[k * S + r];
   }
 }
 
@@ -127,11 +129,7 @@ SYMKERNELS_INLINE void sparse_tile(const Inputs<T>& in, const SparseTable<T>& ta
     for (int v = 0; v < R; ++v) store(ct + k * S + v * W, load<V>(ct + k * S + v * W) + acc[v]);
     start = n;
   }
-  for (int k = 0; k < in.no; ++k) {
-    V lanes[R];
-    for (int v = 0; v < R; ++v) lanes[v] = load<V>(ct + k * S + v * W);
-    store_out<T, R>(in.out, in.no, k, row0, count, lanes);
-  }
+  transpose_out<T, R>(ct, in.no, in.out, row0, count);
 }
 
 template <typename T>
@@ -168,63 +166,114 @@ SYMKERNELS_INLINE void sparse_rows(const Inputs<T>& in, const SparseTable<T>& ta
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
 struct GridTable {
-  const T* theta;      // [P, ntheta]
+  const T* theta;      // [padded_pairs, ntheta], rows past `pairs` zero
   const T* theta_out;  // [P, no]: weights[p] * theta[p, :no]
-  int pairs, ntheta, l1, l2, lo;
+  int pairs, padded_pairs, ntheta, l1, l2, lo;
 };
 
-// Scratch of one thread, [..][rows of a tile] each.
+// Length of one input's Fourier coefficient array: m = -L..L plus the guards.
+constexpr int fourier_size(int L) { return 2 * L + 1 + 2 * kFourierBlock; }
+
+// Scratch of one thread, [..][rows of a tile] each. Pairs are padded to a multiple of kPairBlock (the padded
+// theta rows are zero) and each input's Fourier arrays have kFourierBlock zero guards on both sides, so the
+// blocked loops need no tail cases.
 template <typename T>
 struct GridScratch {
-  std::vector<T> at, bt, fa, fb, h;
+  std::vector<T> at, bt, ct, fa, fb, h;
   GridScratch(const Inputs<T>& in, const GridTable<T>& g) {
     constexpr size_t S = kGridVectors * Vec<T>::width;
     at.resize(in.n1 * S);
     bt.resize(in.n2 * S);
-    fa.resize(size_t(g.pairs) * 4 * (2 * g.l1 + 1) * S);  // [pair][node +-][re, im][m]
-    fb.resize(size_t(g.pairs) * 4 * (2 * g.l2 + 1) * S);
+    ct.resize(in.no * S);
+    fa.resize(size_t(g.padded_pairs) * 4 * fourier_size(g.l1) * S);  // [pair][node +-][re, im][m], zeroed
+    fb.resize(size_t(g.padded_pairs) * 4 * fourier_size(g.l2) * S);
     h.resize(size_t(g.pairs) * 2 * (2 * g.lo + 1) * S);  // [pair][even, odd][m]
   }
 };
 
-// Step 1 for one input of degree L: coefficients xt [(L+1)^2][S] -> f [pair][node][re, im][2L+1][S].
+// Step 1 for one input of degree L: coefficients xt [(L+1)^2][S] -> f [pair][node][re, im][fourier_size(L)][S].
+// Per order m this is a small GEMM (pairs x degrees) x (degrees x rows), blocked over kPairBlock pairs so that
+// each coefficient vector, once loaded, feeds 2 * kPairBlock accumulators.
 template <typename T>
 SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, T* f) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int R = kGridVectors;
   constexpr int S = R * W;
-  const int M = 2 * L + 1;
-  for (int p = 0; p < g.pairs; ++p) {
-    const T* th = g.theta + int64_t(p) * g.ntheta;
-    T* fp = f + int64_t(p) * 4 * M * S;  // re(+x), im(+x), re(-x), im(-x)
-    for (int m = -L; m <= L; ++m) {
-      const int am = m < 0 ? -m : m;
-      V even[R] = {}, odd[R] = {};
-      for (int l = am; l <= L; l += 2) {
-        const T t = th[l * l + l + m];
-        for (int v = 0; v < R; ++v) even[v] += t * load<V>(xt + (l * l + l + m) * S + v * W);
-      }
-      for (int l = am + 1; l <= L; l += 2) {
-        const T t = th[l * l + l + m];
-        for (int v = 0; v < R; ++v) odd[v] += t * load<V>(xt + (l * l + l + m) * S + v * W);
-      }
-      for (int node = 0; node < 2; ++node) {
-        T* re = fp + (2 * node) * M * S;
-        T* im = re + M * S;
-        for (int v = 0; v < R; ++v) {
-          const V val = node == 0 ? even[v] + odd[v] : even[v] - odd[v];
-          if (m == 0) {
-            store(re + L * S + v * W, val + val);
-            store(im + L * S + v * W, V{});
-          } else if (m > 0) {
-            store(re + (L + m) * S + v * W, val);
-            store(re + (L - m) * S + v * W, val);
-          } else {
-            store(im + (L - m) * S + v * W, -val);  // index of +|m|
-            store(im + (L + m) * S + v * W, val);   // index of -|m|
+  constexpr int PB = kPairBlock;
+  const int M = fourier_size(L);
+  const int64_t pair_stride = int64_t(4) * M * S;
+  for (int m = -L; m <= L; ++m) {
+    const int am = m < 0 ? -m : m;
+    for (int p0 = 0; p0 < g.padded_pairs; p0 += PB) {
+      const T* th = g.theta + int64_t(p0) * g.ntheta;
+      V even[PB][R] = {}, odd[PB][R] = {};
+      for (int l = am; l <= L; ++l) {
+        const int idx = l * l + l + m;
+        V x[R];
+        for (int v = 0; v < R; ++v) x[v] = load<V>(xt + idx * S + v * W);
+        if ((l - am) & 1) {
+          for (int q = 0; q < PB; ++q) {
+            const T t = th[q * g.ntheta + idx];
+            for (int v = 0; v < R; ++v) odd[q][v] += t * x[v];
+          }
+        } else {
+          for (int q = 0; q < PB; ++q) {
+            const T t = th[q * g.ntheta + idx];
+            for (int v = 0; v < R; ++v) even[q][v] += t * x[v];
           }
         }
+      }
+      for (int q = 0; q < PB; ++q) {
+        for (int node = 0; node < 2; ++node) {
+          T* re = f + (p0 + q) * pair_stride + (2 * node) * M * S + (kFourierBlock + L) * S;  // at m = 0
+          T* im = re + M * S;
+          for (int v = 0; v < R; ++v) {
+            const V val = node == 0 ? even[q][v] + odd[q][v] : even[q][v] - odd[q][v];
+            if (m == 0) {
+              store(re + v * W, val + val);
+              store(im + v * W, V{});
+            } else if (m > 0) {
+              store(re + m * S + v * W, val);
+              store(re - m * S + v * W, val);
+            } else {
+              store(im - m * S + v * W, -val);  // at +|m|
+              store(im + m * S + v * W, val);   // at -|m|
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Step 2 at one node for the kFourierBlock outputs k0.. : sum over m of (ar + i ai)_m (br + i bi)_{k-m}. Each
+// a-coefficient, once loaded, feeds all outputs of the block; b's zero guards cover the union of the
+// outputs' m ranges.
+template <typename T>
+SYMKERNELS_INLINE void node_product(const T* ar, const T* ai, const T* br, const T* bi, int k0, int m_begin,
+                                    int m_end, typename Vec<T>::type (&re)[kFourierBlock][kGridVectors],
+                                    typename Vec<T>::type (&im)[kFourierBlock][kGridVectors]) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::width;
+  constexpr int R = kGridVectors;
+  constexpr int S = R * W;
+  constexpr int K = kFourierBlock;
+  for (int q = 0; q < K; ++q) {
+    for (int v = 0; v < R; ++v) re[q][v] = im[q][v] = V{};
+  }
+  for (int m = m_begin; m <= m_end; ++m) {
+    V xr[R], xi[R];
+    for (int v = 0; v < R; ++v) {
+      xr[v] = load<V>(ar + m * S + v * W);
+      xi[v] = load<V>(ai + m * S + v * W);
+    }
+    for (int q = 0; q < K; ++q) {
+      const int j = k0 + q - m;
+      for (int v = 0; v < R; ++v) {
+        const V yr = load<V>(br + j * S + v * W), yi = load<V>(bi + j * S + v * W);
+        re[q][v] += xr[v] * yr - xi[v] * yi;
+        im[q][v] += xr[v] * yi + xi[v] * yr;
       }
     }
   }
@@ -237,35 +286,29 @@ SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, const T* fa, const T*
   constexpr int W = Vec<T>::width;
   constexpr int R = kGridVectors;
   constexpr int S = R * W;
-  const int Ma = 2 * g.l1 + 1, Mb = 2 * g.l2 + 1, Mo = 2 * g.lo + 1;
+  constexpr int K = kFourierBlock;
+  const int Ma = fourier_size(g.l1), Mb = fourier_size(g.l2), Mo = 2 * g.lo + 1;
   for (int p = 0; p < g.pairs; ++p) {
-    const T* pa = fa + int64_t(p) * 4 * Ma * S;
-    const T* pb = fb + int64_t(p) * 4 * Mb * S;
-    T* ph = h + int64_t(p) * 2 * Mo * S;
-    for (int k = 0; k <= g.lo; ++k) {
-      V re[2][R] = {}, im[2][R] = {};
-      const int m_begin = std::max(-g.l1, k - g.l2), m_end = std::min(g.l1, k + g.l2);
-      for (int node = 0; node < 2; ++node) {
-        const T* ar = pa + (2 * node) * Ma * S + g.l1 * S;  // index 0 at m = 0
-        const T* ai = ar + Ma * S;
-        const T* br = pb + (2 * node) * Mb * S + g.l2 * S;
-        const T* bi = br + Mb * S;
-        for (int m = m_begin; m <= m_end; ++m) {
-          const int j = k - m;
-          for (int v = 0; v < R; ++v) {
-            const V xr = load<V>(ar + m * S + v * W), xi = load<V>(ai + m * S + v * W);
-            const V yr = load<V>(br + j * S + v * W), yi = load<V>(bi + j * S + v * W);
-            re[node][v] += xr * yr - xi * yi;
-            im[node][v] += xr * yi + xi * yr;
+    // Pointers at m = 0; node +x first, then -x.
+    const T* ar0 = fa + int64_t(p) * 4 * Ma * S + (K + g.l1) * S;
+    const T* br0 = fb + int64_t(p) * 4 * Mb * S + (K + g.l2) * S;
+    const T* ar1 = ar0 + 2 * Ma * S;
+    const T* br1 = br0 + 2 * Mb * S;
+    T* ph = h + int64_t(p) * 2 * Mo * S + g.lo * S;
+    for (int k0 = 0; k0 <= g.lo; k0 += K) {
+      const int m_begin = std::max(-g.l1, k0 - g.l2), m_end = std::min(g.l1, k0 + K - 1 + g.l2);
+      V re0[K][R], im0[K][R], re1[K][R], im1[K][R];
+      node_product<T>(ar0, ar0 + Ma * S, br0, br0 + Mb * S, k0, m_begin, m_end, re0, im0);
+      node_product<T>(ar1, ar1 + Ma * S, br1, br1 + Mb * S, k0, m_begin, m_end, re1, im1);
+      for (int q = 0; q < K && k0 + q <= g.lo; ++q) {
+        const int k = k0 + q;
+        for (int v = 0; v < R; ++v) {
+          store(ph + k * S + v * W, re0[q][v] + re1[q][v]);
+          store(ph + (Mo + k) * S + v * W, re0[q][v] - re1[q][v]);
+          if (k > 0) {
+            store(ph - k * S + v * W, -(im0[q][v] + im1[q][v]));
+            store(ph + (Mo - k) * S + v * W, -(im0[q][v] - im1[q][v]));
           }
-        }
-      }
-      for (int v = 0; v < R; ++v) {
-        store(ph + (g.lo + k) * S + v * W, re[0][v] + re[1][v]);
-        store(ph + (Mo + g.lo + k) * S + v * W, re[0][v] - re[1][v]);
-        if (k > 0) {
-          store(ph + (g.lo - k) * S + v * W, -(im[0][v] + im[1][v]));
-          store(ph + (Mo + g.lo - k) * S + v * W, -(im[0][v] - im[1][v]));
         }
       }
     }
@@ -298,9 +341,10 @@ SYMKERNELS_INLINE void grid_tile(const Inputs<T>& in, const GridTable<T>& g, int
         const T* hp = s.h.data() + (int64_t(p) * 2 + parity) * Mo * S + (g.lo + m) * S;
         for (int v = 0; v < R; ++v) acc[v] += t * load<V>(hp + v * W);
       }
-      store_out<T, R>(in.out, in.no, k, row0, count, acc);
+      for (int v = 0; v < R; ++v) store(s.ct.data() + k * S + v * W, acc[v]);
     }
   }
+  transpose_out<T, R>(s.ct.data(), in.no, in.out, row0, count);
 }
 
 template <typename T>
@@ -358,10 +402,11 @@ void run_sparse(const PreparedArgs& args, const at::Tensor& paths, const at::Ten
 template <typename T>
 void run_grid(const PreparedArgs& args, const at::Tensor& theta, const at::Tensor& theta_out, int l1, int l2,
               int lo) {
-  const GridTable<T> g{theta.const_data_ptr<T>(), theta_out.const_data_ptr<T>(), static_cast<int>(theta.size(0)),
-                       static_cast<int>(theta.size(1)), l1, l2, lo};
-  const int64_t work = int64_t(g.pairs) * (2 * (l1 + 1) * (l1 + 1) + 2 * (l2 + 1) * (l2 + 1) + args.no +
-                                           8 * (lo + 1) * (2 * std::min(l1, l2) + 1));
+  const int pairs = static_cast<int>(theta_out.size(0));
+  const GridTable<T> g{theta.const_data_ptr<T>(), theta_out.const_data_ptr<T>(), pairs,
+                       static_cast<int>(theta.size(0)), static_cast<int>(theta.size(1)), l1, l2, lo};
+  const int64_t work = int64_t(pairs) * (2 * (l1 + 1) * (l1 + 1) + 2 * (l2 + 1) * (l2 + 1) + args.no +
+                                         8 * (lo + 1) * (2 * std::min(l1, l2) + 1));
   run_tiles<T, kGridVectors>(inputs_of<T>(args), g, work);
 }
 
@@ -406,10 +451,12 @@ at::Tensor gaunt_tensor_product_grid_cpu(const at::Tensor& x1, const at::Tensor&
   if (args.out.numel() == 0) return args.out;
   const at::Tensor th = theta.to(x1.scalar_type()).contiguous();
   const at::Tensor th_out = th.narrow(1, 0, args.no).mul(weights.to(x1.scalar_type()).unsqueeze(1)).contiguous();
+  const int64_t padded = (theta.size(0) + kPairBlock - 1) / kPairBlock * kPairBlock;
+  const at::Tensor th_padded = at::constant_pad_nd(th, {0, 0, 0, padded - theta.size(0)});
   if (x1.scalar_type() == at::kFloat) {
-    run_grid<float>(args, th, th_out, l1, l2, lo);
+    run_grid<float>(args, th_padded, th_out, l1, l2, lo);
   } else {
-    run_grid<double>(args, th, th_out, l1, l2, lo);
+    run_grid<double>(args, th_padded, th_out, l1, l2, lo);
   }
   return args.out;
 }

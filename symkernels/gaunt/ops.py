@@ -144,6 +144,7 @@ def _grid_tables(l1: int, l2: int, lo: int, normalization: str, device: torch.de
 _CPU_ROUTE: str | None = None
 
 
+@torch.compiler.assume_constant_result  # a pure function of ints (numpy inside): a constant for Dynamo
 def cpu_route(l1: int, l2: int, lo: int) -> str:
     """The CPU kernel's route for degrees (L1, L2, Lo): ``"sparse"`` (direct over the nonzeros of G) or
     ``"grid"`` (exact sphere grid, O(L³)), whichever the cost model below says is faster.

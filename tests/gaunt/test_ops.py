@@ -12,6 +12,7 @@ from symkernels import _backend
 from symkernels._testing import assert_close, random_noncontiguous
 from symkernels.gaunt import coefficients as C
 from symkernels.gaunt import gaunt_tensor_product as gtp
+from symkernels.gaunt import ops as gaunt_ops
 from symkernels.gaunt import reference
 from tests.conftest import require_backend
 
@@ -26,12 +27,19 @@ def _size(l):
     return (l + 1) ** 2
 
 
+@pytest.fixture(params=["sparse", "grid"])
+def cpu_route(request, monkeypatch):
+    """Forces one route of the CPU kernel (sparse-direct or sphere grid) for the test."""
+    require_backend("cpu")
+    monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", request.param)
+    return request.param
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels vs the reference.
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("l1,l2", list(itertools.product(range(7), repeat=2)))
-def test_cpu_matches_reference_all_degrees(l1, l2):
-    require_backend("cpu")
+def test_cpu_matches_reference_all_degrees(l1, l2, cpu_route):
     a = _rand(19, _size(l1), seed=l1)
     b = _rand(19, _size(l2), seed=10 + l2)
     for lo in range(l1 + l2 + 1):  # every truncation, including Lo < max(L1, L2)
@@ -47,9 +55,8 @@ def test_triton_matches_reference(l1, l2, lo):
     assert_close(gtp(a.float(), b.float(), lo, backend="triton"), reference.gaunt_tensor_product(a, b, lo).float())
 
 
-@pytest.mark.parametrize("l1,l2,lo", [(12, 3, 12), (12, 12, 2), (10, 2, 12), (7, 8, 15)])
-def test_cpu_spot_checks_high_degree(l1, l2, lo):
-    require_backend("cpu")
+@pytest.mark.parametrize("l1,l2,lo", [(12, 3, 12), (12, 12, 2), (10, 2, 12), (7, 8, 15), (12, 12, 24)])
+def test_cpu_spot_checks_high_degree(l1, l2, lo, cpu_route):
     a, b = _rand(9, _size(l1), seed=3), _rand(9, _size(l2), seed=4)
     assert_close(gtp(a, b, lo, backend="cpu"), reference.gaunt_tensor_product(a, b, lo))
 
@@ -66,12 +73,26 @@ def test_float32_relative_accuracy(kernel_backend, l):
     if kernel_backend == "triton" and l > 4:
         pytest.skip("interpreter: the Triton kernel is checked at L ≤ 4 here (L = 12 in fp64 above)")
     device = require_backend(kernel_backend)
-    lo = l if l == 12 else 2 * l  # (12, 12, 24) tables take ~10 s to generate; Lo = 12 covers the path
-    a, b = _rand(64, _size(l), seed=7), _rand(64, _size(l), seed=8)
-    truth = reference.gaunt_tensor_product(a, b, lo)
-    out = gtp(a.float().to(device), b.float().to(device), lo, backend=kernel_backend).cpu().double()
-    rel = ((out - truth).abs().max() / truth.abs().max()).item()
-    assert rel <= 1e-5, rel
+    for lo in (l, 2 * l):
+        rows = 16 if l == 12 else 64  # the dense float64 truth at (12, 12, 24) is 1.1 GFLOP per 64 rows
+        a, b = _rand(rows, _size(l), seed=7), _rand(rows, _size(l), seed=8)
+        truth = reference.gaunt_tensor_product(a, b, lo)
+        routes = ("sparse", "grid") if kernel_backend == "cpu" else (None,)
+        for route in routes:
+            with _cpu_route(route):
+                out = gtp(a.float().to(device), b.float().to(device), lo, backend=kernel_backend).cpu().double()
+            rel = ((out - truth).abs().max() / truth.abs().max()).item()
+            assert rel <= 1e-5, (route, lo, rel)
+
+
+@contextlib.contextmanager
+def _cpu_route(route):
+    previous = gaunt_ops._CPU_ROUTE
+    gaunt_ops._CPU_ROUTE = route
+    try:
+        yield
+    finally:
+        gaunt_ops._CPU_ROUTE = previous
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -88,10 +109,12 @@ def test_nan_row_poisons_only_its_row(backend):
     a, b = _rand(3, 9).to(device), _rand(3, 4, seed=1).to(device)
     a[1, 5] = float("nan")
     b[2, 0] = float("inf")
-    out, ref = gtp(a, b, backend=backend), reference.gaunt_tensor_product(a, b, 3)
-    assert out[1].isnan().all() and ref[1].isnan().all()
-    assert out[2].isnan().all() and ref[2].isnan().all()
-    assert_close(out[0], ref[0])
+    for route in ("sparse", "grid") if backend == "cpu" else (None,):
+        with _cpu_route(route):
+            out, ref = gtp(a, b, backend=backend), reference.gaunt_tensor_product(a, b, 3)
+        assert out[1].isnan().all() and ref[1].isnan().all()
+        assert out[2].isnan().all() and ref[2].isnan().all()
+        assert_close(out[0], ref[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,3 +405,119 @@ def test_bare_dispatcher_op_has_real_tangents():
     assert_close(tangent, expected)
     assert torch.autograd.gradcheck(op, (x1.requires_grad_(), x2.requires_grad_()), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(op, (x1, x2))
+
+
+# --------------------------------------------------------------------------------------------
+# The CPU sphere-grid route: its own op, autograd, compile; route choice; broadcast without copies.
+# --------------------------------------------------------------------------------------------
+def test_grid_route_autograd_all_orders(monkeypatch):
+    require_backend("cpu")
+    monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", "grid")
+    a = _rand(2, 3, 16, seed=1).requires_grad_()
+    b = _rand(1, 9, seed=2).requires_grad_()  # broadcast along the leading dims
+    fn = lambda x, y: gtp(x, y, 3, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, b), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn, (a, b))
+    # and against the reference, through double backward (degree 3 > L2 + Lo - ... exercised by lo = 1)
+    g = _rand(2, 3, 4, seed=3)
+    results = []
+    for f in (lambda x, y: gtp(x, y, 1, backend="cpu"), lambda x, y: reference.gaunt_tensor_product(x, y, 1)):
+        ga, gb = torch.autograd.grad(f(a, b), (a, b), g, create_graph=True)
+        results.append(torch.autograd.grad(ga.square().sum() + gb.sin().sum(), (a, b)))
+    for got, expected in zip(*results):
+        assert_close(got, expected)
+
+
+def test_grid_op_autograd_registration_opcheck_and_tangents():
+    """torch.ops.symkernels.gaunt_tensor_product_grid called directly: opcheck, gradients to second order,
+    real forward-mode tangents."""
+    require_backend("cpu")
+    op = torch.ops.symkernels.gaunt_tensor_product_grid
+    for l1, l2, lo, dtype in [(2, 1, 3, torch.float32), (1, 2, 1, F64), (3, 3, 0, F64)]:
+        theta, weights = C.grid_pair_tables(l1 + l2 + lo, max(l1, l2, lo))
+        a = _rand(4, _size(l1), dtype=dtype).requires_grad_()
+        b = _rand(2, 1, _size(l2), dtype=dtype, seed=1).requires_grad_()
+        torch.library.opcheck(op.default, (a, b, theta.to(dtype), weights.to(dtype), lo))
+        assert_close(op(a, b, theta.to(dtype), weights.to(dtype), lo), reference.gaunt_tensor_product(a, b, lo))
+    theta, weights = C.grid_pair_tables(2 + 1 + 2, 2)
+    x1, x2 = _rand(3, 9, seed=1).requires_grad_(), _rand(3, 4, seed=2).requires_grad_()
+    fn = lambda p, q: op(p, q, theta, weights, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x1, x2), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn, (x1, x2))
+    _, tangent = torch.func.jvp(fn, (x1.detach(), x2.detach()), (torch.ones_like(x1), torch.ones_like(x2)))
+    assert tangent.abs().max() > 0
+
+
+def test_grid_op_rejects_bad_tables():
+    require_backend("cpu")
+    op = torch.ops.symkernels.gaunt_tensor_product_grid
+    a, b = torch.randn(2, 9), torch.randn(2, 4)
+    theta, weights = C.grid_pair_tables(2 + 1 + 3, 3)
+    theta, weights = theta.float(), weights.float()
+    with pytest.raises(ValueError, match="theta has 9 columns; degrees \\(2, 1, 3\\) need 16"):
+        op(a, b, theta[:, :9], weights, 3)
+    with pytest.raises(ValueError, match="node pairs; degrees \\(2, 1, 3\\) need 2 for an exact quadrature"):
+        op(a, b, theta[:1], weights[:1], 3)
+    with pytest.raises(ValueError, match="theta must be \\[P, N\\] and weights \\[P\\]"):
+        op(a, b, theta, weights[:1], 3)
+    with pytest.raises(TypeError, match="x2 must have x1's dtype"):
+        op(a, b.double(), theta, weights, 3)
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
+        op(a, b, theta.to("meta"), weights, 3)
+
+
+def test_torch_compile_fullgraph_grid_route(monkeypatch):
+    require_backend("cpu")
+    monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", "grid")
+    a = _rand(4, 3, 16, dtype=torch.float32).requires_grad_()
+    b = _rand(4, 1, 9, dtype=torch.float32, seed=1).requires_grad_()
+
+    def loss(x, y):
+        return gtp(x, y, 4).square().sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    grads = torch.autograd.grad(compiled(a, b), (a, b))
+    expected = torch.autograd.grad(reference.gaunt_tensor_product(a, b, 4).square().sum(), (a, b))
+    for g, e in zip(grads, expected):
+        assert_close(g, e)
+
+
+def test_cpu_route_choice_follows_the_measured_crossover():
+    assert gaunt_ops.cpu_route(2, 2, 2) == "sparse"
+    assert gaunt_ops.cpu_route(3, 3, 6) == "sparse"
+    assert gaunt_ops.cpu_route(8, 8, 8) == "grid"
+    assert gaunt_ops.cpu_route(10, 10, 10) == "grid"
+    assert gaunt_ops.cpu_route(8, 1, 8) == "sparse"  # conv-style with a low-degree edge SH: few nonzeros
+
+
+def _allocated_bytes(fn) -> int:
+    """Bytes allocated on the CPU while fn runs (the profiler's memory events; frees not subtracted)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(e.cpu_memory_usage for e in prof.events() if e.name == "[memory]" and e.cpu_memory_usage > 0)
+
+
+@pytest.mark.parametrize("l1,l2", [(2, 3), (6, 6)])
+def test_broadcast_operand_is_read_in_place(l1, l2, cpu_route):
+    """Convolution use: x1 [E, C, n1] times an edge SH x2 [E, 1, n2] shared by the C channels. The kernel reads
+    x2 through stride-0 rows: the only allocation is the output (an expanded x2 would be C times larger).
+    Gradients reduce over the broadcast dim."""
+    e, c, lo = 16, 64, 3
+    a = _rand(e, c, _size(l1), seed=1).float()
+    b = _rand(e, 1, _size(l2), seed=2).float()
+    gtp(a, b, lo, backend="cpu")  # tables built and cached outside the measurement
+    out_bytes = e * c * _size(lo) * 4
+    expanded_b_bytes = e * c * _size(l2) * 4
+    allocated = _allocated_bytes(lambda: gtp(a, b, lo, backend="cpu"))
+    assert out_bytes <= allocated < out_bytes + expanded_b_bytes // 2, (allocated, out_bytes, expanded_b_bytes)
+    # non-contiguous x1 (a transposed view) is read in place too
+    at = a.transpose(0, 1).contiguous().transpose(0, 1)
+    assert _allocated_bytes(lambda: gtp(at, b, lo, backend="cpu")) < out_bytes + expanded_b_bytes // 2
+    assert_close(gtp(at, b, lo, backend="cpu"), reference.gaunt_tensor_product(a.double(), b.double(), lo).float())
+    a64, b64 = a.double().requires_grad_(), b.double().requires_grad_()
+    g = _rand(e, c, _size(lo), seed=3)
+    ga, gb = torch.autograd.grad(gtp(a64, b64, lo, backend="cpu"), (a64, b64), g)
+    ra, rb = torch.autograd.grad(reference.gaunt_tensor_product(a64, b64, lo), (a64, b64), g)
+    assert gb.shape == b.shape
+    assert_close(ga, ra)
+    assert_close(gb, rb)
