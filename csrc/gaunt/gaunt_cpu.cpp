@@ -40,11 +40,11 @@ constexpr int64_t kWorkPerTask = 1 << 16;
 // both amortizes those loads and hides the FMA latency. The grid route keeps several [..][rows] buffers per
 // tile, so it takes fewer rows to keep them in L1/L2 (both measured on the 2-core Xeon of the dev machine).
 constexpr int kSparseVectors = 4;
-constexpr int kGridVectors = 2;
+constexpr int kGridVectors = 1;
 // Grid route register blocking (see grid_analysis and grid_product): node pairs per analysis block, output
 // Fourier coefficients per product block. With kGridVectors = 2 both keep 16 accumulators in zmm registers.
 constexpr int kPairBlock = 4;
-constexpr int kFourierBlock = 4;
+constexpr int kFourierBlock = 3;
 
 // Reads `count` rows starting at row0 into dst [n][R * width] (rows past count are zero) and adds each
 // lane's 0*x into poison. Scalar stores row by row, then whole vectors: building vectors lane by lane

@@ -80,9 +80,12 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
         Equals ``reference.gaunt_tensor_product`` (a dense einsum with the Gaunt tensor). A row with a
         NaN/inf input gives a NaN output row, as the dense contraction does.
 
-    Algorithms: ``cpu``/``cuda`` contract the nonzeros of G directly (fewest FLOPs for L ≤ 8);
+    Algorithms: ``cpu`` contracts the nonzeros of G directly (sparse-direct, O(L⁵)) for small degrees and
+    uses the exact sphere grid (Gauss–Legendre in cos β, Fourier convolution in α, O(L³)) from about
+    L = 5 on, chosen per (L1, L2, Lo) by ``cpu_route`` (measured crossover); ``cuda`` is sparse-direct;
     ``triton`` evaluates both inputs on the smallest exact sphere grid (Gauss–Legendre × uniform),
-    multiplies, and projects back, all as small GEMMs fused per row tile. Differentiable to any order
+    multiplies, and projects back, all as small GEMMs fused per row tile. Broadcast and strided inputs are
+    read in place by the CPU kernels (an edge SH [E, 1, n] shared by C channels is never expanded). Differentiable to any order
     (backward is again a Gaunt product, since G is symmetric), in forward mode too.
     """
     l1, l2, lmax_out = _check_args(x1, x2, lmax_out, normalization)
