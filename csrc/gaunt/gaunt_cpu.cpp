@@ -38,12 +38,15 @@ constexpr int64_t kWorkPerTask = 1 << 16;
 
 // Rows per tile = R vectors. Every table entry (scalar loads) then feeds R independent FMA chains, which
 // both amortizes those loads and hides the FMA latency. The grid route keeps several [..][rows] buffers per
-// tile, so it takes fewer rows to keep them in L1/L2 (both measured on the 2-core Xeon of the dev machine).
+// tile, so it takes one vector of rows to keep a pair block's buffers in L1 (measured faster than 2 at
+// L = 5..10 on the 2-core AVX-512 Xeon of the dev machine).
 constexpr int kSparseVectors = 4;
 constexpr int kGridVectors = 1;
-// Grid route register blocking (see grid_analysis and grid_product): node pairs per analysis block, output
-// Fourier coefficients per product block. With kGridVectors = 2 both keep 16 accumulators in zmm registers.
-constexpr int kPairBlock = 4;
+// Grid route blocking (see grid_analysis, grid_product, grid_tile): node pairs per block (each coefficient
+// vector loaded once feeds 2 * kPairBlock accumulators, and one block's Fourier arrays stay in L1), and
+// output Fourier coefficients per product block (each a-coefficient loaded once feeds kFourierBlock complex
+// accumulators per node; 3 wastes nothing at Lo = 8, the headline case).
+constexpr int kPairBlock = 2;
 constexpr int kFourierBlock = 3;
 
 // Reads `count` rows starting at row0 into dst [n][R * width] (rows past count are zero) and adds each
@@ -174,9 +177,11 @@ struct GridTable {
 // Length of one input's Fourier coefficient array: m = -L..L plus the guards.
 constexpr int fourier_size(int L) { return 2 * L + 1 + 2 * kFourierBlock; }
 
-// Scratch of one thread, [..][rows of a tile] each. Pairs are padded to a multiple of kPairBlock (the padded
-// theta rows are zero) and each input's Fourier arrays have kFourierBlock zero guards on both sides, so the
-// blocked loops need no tail cases.
+// Scratch of one thread, [..][rows of a tile] each. A tile walks the node pairs kPairBlock at a time (analysis,
+// product and synthesis of one block before the next), so the Fourier arrays of one block stay in L1: holding
+// all pairs at once spilled to L2 and made the product loads L2-bound (measured, L = 8). Pairs are padded to
+// a multiple of kPairBlock (the padded theta rows are zero) and each input's Fourier arrays have
+// kFourierBlock zero guards on both sides, so the blocked loops need no tail cases.
 template <typename T>
 struct GridScratch {
   std::vector<T> at, bt, ct, fa, fb, h;
@@ -185,9 +190,9 @@ struct GridScratch {
     at.resize(in.n1 * S);
     bt.resize(in.n2 * S);
     ct.resize(in.no * S);
-    fa.resize(size_t(g.padded_pairs) * 4 * fourier_size(g.l1) * S);  // [pair][node +-][re, im][m], zeroed
-    fb.resize(size_t(g.padded_pairs) * 4 * fourier_size(g.l2) * S);
-    h.resize(size_t(g.pairs) * 2 * (2 * g.lo + 1) * S);  // [pair][even, odd][m]
+    fa.resize(size_t(kPairBlock) * 4 * fourier_size(g.l1) * S);  // [pair of block][node +-][re, im][m], zeroed
+    fb.resize(size_t(kPairBlock) * 4 * fourier_size(g.l2) * S);
+    h.resize(size_t(kPairBlock) * 2 * (2 * g.lo + 1) * S);  // [pair of block][even, odd][m]
   }
 };
 
@@ -195,7 +200,7 @@ struct GridScratch {
 // Per order m this is a small GEMM (pairs x degrees) x (degrees x rows), blocked over kPairBlock pairs so that
 // each coefficient vector, once loaded, feeds 2 * kPairBlock accumulators.
 template <typename T>
-SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, T* f) {
+SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, int p0, T* f) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int R = kGridVectors;
@@ -205,7 +210,7 @@ SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, 
   const int64_t pair_stride = int64_t(4) * M * S;
   for (int m = -L; m <= L; ++m) {
     const int am = m < 0 ? -m : m;
-    for (int p0 = 0; p0 < g.padded_pairs; p0 += PB) {
+    {
       const T* th = g.theta + int64_t(p0) * g.ntheta;
       V even[PB][R] = {}, odd[PB][R] = {};
       for (int l = am; l <= L; ++l) {
@@ -226,7 +231,7 @@ SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, 
       }
       for (int q = 0; q < PB; ++q) {
         for (int node = 0; node < 2; ++node) {
-          T* re = f + (p0 + q) * pair_stride + (2 * node) * M * S + (kFourierBlock + L) * S;  // at m = 0
+          T* re = f + q * pair_stride + (2 * node) * M * S + (kFourierBlock + L) * S;  // at m = 0
           T* im = re + M * S;
           for (int v = 0; v < R; ++v) {
             const V val = node == 0 ? even[q][v] + odd[q][v] : even[q][v] - odd[q][v];
@@ -279,16 +284,17 @@ SYMKERNELS_INLINE void node_product(const T* ar, const T* ai, const T* br, const
   }
 }
 
-// Step 2 for all pairs: h [pair][even, odd][2Lo+1][S], the sum and difference of the two nodes' products.
+// Step 2 for the first `count` pairs of a block: h [pair of block][even, odd][2Lo+1][S], the sum and difference
+// of the two nodes' products.
 template <typename T>
-SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, const T* fa, const T* fb, T* h) {
+SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, int count, const T* fa, const T* fb, T* h) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int R = kGridVectors;
   constexpr int S = R * W;
   constexpr int K = kFourierBlock;
   const int Ma = fourier_size(g.l1), Mb = fourier_size(g.l2), Mo = 2 * g.lo + 1;
-  for (int p = 0; p < g.pairs; ++p) {
+  for (int p = 0; p < count; ++p) {
     // Pointers at m = 0; node +x first, then -x.
     const T* ar0 = fa + int64_t(p) * 4 * Ma * S + (K + g.l1) * S;
     const T* br0 = fb + int64_t(p) * 4 * Mb * S + (K + g.l2) * S;
@@ -325,23 +331,27 @@ SYMKERNELS_INLINE void grid_tile(const Inputs<T>& in, const GridTable<T>& g, int
   V poison[R] = {};
   transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, s.at.data(), poison);
   transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, s.bt.data(), poison);
-  grid_analysis(s.at.data(), g.l1, g, s.fa.data());
-  grid_analysis(s.bt.data(), g.l2, g, s.fb.data());
-  grid_product(g, s.fa.data(), s.fb.data(), s.h.data());
-  // Step 3: each output accumulates over the pairs in registers, then goes straight to memory.
   const int Mo = 2 * g.lo + 1;
-  for (int l = 0; l <= g.lo; ++l) {
-    for (int m = -l; m <= l; ++m) {
-      const int k = l * l + l + m;
-      const int parity = (l + m) & 1;
-      V acc[R];
-      for (int v = 0; v < R; ++v) acc[v] = poison[v];
-      for (int p = 0; p < g.pairs; ++p) {
-        const T t = g.theta_out[int64_t(p) * in.no + k];
-        const T* hp = s.h.data() + (int64_t(p) * 2 + parity) * Mo * S + (g.lo + m) * S;
-        for (int v = 0; v < R; ++v) acc[v] += t * load<V>(hp + v * W);
+  for (int p0 = 0; p0 < g.padded_pairs; p0 += kPairBlock) {
+    const int pairs = std::min(kPairBlock, g.pairs - p0);
+    grid_analysis(s.at.data(), g.l1, g, p0, s.fa.data());
+    grid_analysis(s.bt.data(), g.l2, g, p0, s.fb.data());
+    grid_product(g, pairs, s.fa.data(), s.fb.data(), s.h.data());
+    // Step 3: each output accumulates this block's pairs in registers, on top of the earlier blocks.
+    for (int l = 0; l <= g.lo; ++l) {
+      for (int m = -l; m <= l; ++m) {
+        const int k = l * l + l + m;
+        const int parity = (l + m) & 1;
+        T* c = s.ct.data() + k * S;
+        V acc[R];
+        for (int v = 0; v < R; ++v) acc[v] = p0 == 0 ? poison[v] : load<V>(c + v * W);
+        for (int q = 0; q < pairs; ++q) {
+          const T t = g.theta_out[int64_t(p0 + q) * in.no + k];
+          const T* hp = s.h.data() + (int64_t(q) * 2 + parity) * Mo * S + (g.lo + m) * S;
+          for (int v = 0; v < R; ++v) acc[v] += t * load<V>(hp + v * W);
+        }
+        for (int v = 0; v < R; ++v) store(c + v * W, acc[v]);
       }
-      for (int v = 0; v < R; ++v) store(s.ct.data() + k * S + v * W, acc[v]);
     }
   }
   transpose_out<T, R>(s.ct.data(), in.no, in.out, row0, count);

@@ -152,9 +152,13 @@ def cpu_route(l1: int, l2: int, lo: int) -> str:
     """The CPU kernel's route for degrees (L1, L2, Lo): ``"sparse"`` (direct over the nonzeros of G) or
     ``"grid"`` (exact sphere grid, O(L³)), whichever the cost model below says is faster.
 
-    Both costs are per row, in units of one vector FMA over a tile of rows; the grid's constant was
-    measured against the sparse kernel (fp32, 1 thread, 10⁴·32 rows, 2-core Xeon): the grid is faster from
-    L1 = L2 = Lo = 5 on (1.1× at 5, 1.9× at 6, 4.3× at 8, 9× at 10) and slower below (0.66× at 4, 0.3× at 2).
+    Both costs are per row: the sparse route's table entries against the grid's FMAs (node pairs × (the
+    three Legendre transforms + 8 FMAs per complex Fourier product term)), at one to one. Measured on the
+    2-core Xeon (AVX-512) dev machine, fp32, 1 thread, 16384 rows, CPU time (machine shared, ±20%),
+    grid speed-up over sparse for L1 = L2 = Lo = L: 0.6–0.8× at L = 2, 0.9× at 3, 1.0–1.2× at 4,
+    1.0–1.6× at 5, 1.1–1.5× at 6, 2.2–2.9× at 8, 4.3–4.9× at 10; the model picks sparse up to 4 and the
+    grid from 5. Asymmetric cases agree with it too: (6,3,6) grid 1.3×, (6,6,12) 2.7×, (5,5,10) 1.4×;
+    (8,2,8) sparse 1.2×, (2,8,8) 1.3×, (4,4,8) 1.2×, (3,3,6) 1.2×; (8,1,8) a tie.
     """
     if _CPU_ROUTE is not None:
         return _CPU_ROUTE
@@ -166,7 +170,7 @@ def cpu_route(l1: int, l2: int, lo: int) -> str:
     return "grid" if grid < _GRID_COST_FACTOR * nnz else "sparse"
 
 
-# Measured: at the crossover above, one grid "FMA unit" costs this many sparse table entries' time.
+# Time of one sparse table entry per grid FMA unit: 1 fits every measurement above.
 _GRID_COST_FACTOR = 1.0
 
 

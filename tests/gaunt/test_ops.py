@@ -224,8 +224,7 @@ def test_adjointness(backend):
 # --------------------------------------------------------------------------------------------
 @given(l1=st.integers(0, 4), l2=st.integers(0, 4), lead=st.lists(st.integers(0, 5), min_size=0, max_size=3),
        bcast=st.booleans(), noncontig=st.booleans(), data=st.data())
-def test_random_shapes_cpu(l1, l2, lead, bcast, noncontig, data):
-    require_backend("cpu")
+def test_random_shapes_cpu(l1, l2, lead, bcast, noncontig, data, cpu_route):
     lo = data.draw(st.integers(0, l1 + l2))
     shape2 = [1] * len(lead) if bcast else list(lead)
     make = random_noncontiguous if noncontig else (lambda s, dtype: torch.randn(*s, dtype=dtype))
