@@ -237,9 +237,21 @@ def test_random_shapes_cpu(l1, l2, lead, bcast, noncontig, data, cpu_route):
 
 def test_triton_broadcast_noncontiguous_and_empty():
     device = require_backend("triton")
+    from symkernels.gaunt import triton as triton_impl
+
     a = random_noncontiguous((3, 4, 9), dtype=F64).to(device)
     b = _rand(3, 1, 4).to(device)
     assert_close(gtp(a, b, 3, backend="triton"), reference.gaunt_tensor_product(a, b, 3))
+    # the broadcast operand is read in place through stride 0 (no expanded copy), as are strided rows
+    lead = torch.Size([3, 4])
+    view, (inner, outer_stride, inner_stride, _) = triton_impl._row_layout(b, lead)
+    assert view.data_ptr() == b.data_ptr() and inner == 4 and inner_stride == 0 and outer_stride == 4
+    view, _ = triton_impl._row_layout(a, lead)
+    assert view.data_ptr() == a.data_ptr()
+    # three leading dims that do not coalesce into two fall back to a contiguous copy, still correct
+    c = random_noncontiguous((2, 3, 2, 4), dtype=F64).to(device)
+    d = _rand(2, 1, 2, 1, seed=4).to(device)
+    assert_close(gtp(c, d, 1, backend="triton"), reference.gaunt_tensor_product(c, d, 1))
     empty = gtp(torch.zeros(0, 9, dtype=F64, device=device), b[0], backend="triton")
     assert empty.shape == (0, 16)
 
