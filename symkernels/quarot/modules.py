@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from symkernels.hadamard.hadamard_k import decompose, random_hadamard
+from symkernels.hadamard.hadamard_k import decompose, random_hadamard, random_signs
 from symkernels.hadamard.ops import hadamard_transform
 from symkernels.quarot import ops, reference
 from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, quantize_weight_gptq,
@@ -28,7 +28,10 @@ class QuaRotLinear(nn.Module):
 
     With ``online_hadamard`` the activation row is rotated by H_n/√n inside the quantization kernel and
     the same rotation was folded into the weight offline (``x Wᵀ = (xQ)(WQ)ᵀ``, Q orthogonal), which
-    spreads outlier channels before the per-token INT4 rounding.
+    spreads outlier channels before the per-token INT4 rounding. With ``sign_seed`` the rotation is the
+    randomized Hadamard diag(s)·Hᵀ/√n (seeded signs s, one elementwise multiply before the kernel):
+    the plain H maps a row's mean onto a few coordinates (H's first row is all ones), which is itself an
+    outlier for inputs with a large mean, such as GELU outputs; the random signs spread it too.
 
     ``mode="real"`` runs the ``int4_matmul`` kernel (int32 accumulation, fp32 epilogue
     ``acc·s_a·s_w + b``). ``mode="fake"`` is the simulation: the same activation codes, the integer
@@ -42,7 +45,7 @@ class QuaRotLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, online_hadamard: bool,
-                 clip_ratio: float, group_size: int | None, mode: str = "real"):
+                 clip_ratio: float, group_size: int | None, mode: str = "real", sign_seed: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"QuaRotLinear: mode must be one of {MODES}, got {mode!r}")
@@ -56,19 +59,24 @@ class QuaRotLinear(nn.Module):
         groups = 1 if group_size is None else in_features // group_size
         self.register_buffer("w_scale", torch.ones(out_features, groups, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.sign_seed = sign_seed
+        self.register_buffer("signs", None if sign_seed is None else random_signs(in_features, sign_seed,
+                                                                                   dtype=torch.float32))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, weight_method: str = "rtn", online_hadamard: bool = True,
                     weight_rotated: bool = False, clip_ratio: float | str = 1.0, weight_clip_ratio: float = 1.0,
                     mse_clip: bool = False, act_order: bool = False, group_size: int | None = None,
-                    calibration: torch.Tensor | None = None, mode: str = "real") -> "QuaRotLinear":
+                    calibration: torch.Tensor | None = None, mode: str = "real",
+                    sign_seed: int | None = None) -> "QuaRotLinear":
         """Quantize ``linear``'s weight (``"rtn"``, or ``"gptq"`` with ``calibration`` inputs [..., in]).
 
         ``calibration`` holds inputs of ``linear`` as it stands. ``weight_rotated``: the online
         Hadamard's rotation is already folded into ``linear`` (``rotate_model``'s down_proj), so it is
         not folded again. ``clip_ratio="search"`` picks the activation clip ratio on ``calibration``
         (``search_activation_clip``); ``mse_clip`` searches the weight clip per output channel;
-        ``act_order`` is GPTQ's descending-Hessian-diagonal column order.
+        ``act_order`` is GPTQ's descending-Hessian-diagonal column order. ``sign_seed``: randomized
+        online Hadamard (see the class note).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuaRotLinear.from_linear: expected nn.Linear, got {type(linear).__name__}")
@@ -85,12 +93,18 @@ class QuaRotLinear(nn.Module):
                              f"needs calibration inputs")
         if act_order and weight_method != "gptq":
             raise ValueError("QuaRotLinear.from_linear: act_order=True is a GPTQ option (weight_method='gptq')")
+        if sign_seed is not None and not (online_hadamard and not weight_rotated):
+            raise ValueError("QuaRotLinear.from_linear: sign_seed needs online_hadamard=True (and an unrotated weight)")
         if not (clip_ratio == "search" or isinstance(clip_ratio, (int, float))):
             raise ValueError(f"QuaRotLinear.from_linear: clip_ratio must be a number in (0, 1] or 'search', "
                              f"got {clip_ratio!r}")
         w = linear.weight.detach().double()
         x = None if calibration is None else calibration.detach().reshape(-1, k).double()
         if online_hadamard and not weight_rotated:  # W ← W·Hᵀ/√k: the rows of W get the activations' rotation
+            if sign_seed is not None:  # W ← W·diag(s)·Hᵀ/√k
+                s = random_signs(k, sign_seed)
+                w = w * s
+                x = None if x is None else x * s
             w = hadamard_transform(w, 1.0 / math.sqrt(k))
             x = None if x is None else hadamard_transform(x, 1.0 / math.sqrt(k))
         if weight_method == "rtn":
@@ -101,7 +115,7 @@ class QuaRotLinear(nn.Module):
         if clip_ratio == "search":  # against the quantized weight: the error the layer will really make
             clip_ratio = search_activation_clip(x, dequantize_weight(q, scale))
         mod = cls(k, linear.out_features, bias=linear.bias is not None, online_hadamard=online_hadamard,
-                  clip_ratio=float(clip_ratio), group_size=group_size, mode=mode)
+                  clip_ratio=float(clip_ratio), group_size=group_size, mode=mode, sign_seed=sign_seed)
         mod.w_packed.copy_(reference.pack_int4(q))
         mod.w_scale.copy_(scale)
         if linear.bias is not None:
@@ -126,6 +140,8 @@ class QuaRotLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.signs is not None:
+            x2 = x2 * self.signs.to(x2.dtype)  # exact: a sign flip
         a_packed, a_scale = ops.quantize_int4(x2, clip_ratio=self.clip_ratio, hadamard=self.online_hadamard)
         if self.mode == "fake":
             y = self._fake_matmul(a_packed, a_scale)
@@ -135,7 +151,8 @@ class QuaRotLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, online_hadamard="
-                f"{self.online_hadamard}, clip_ratio={self.clip_ratio}, group_size={self.group_size}, mode={self.mode}")
+                f"{self.online_hadamard}, sign_seed={self.sign_seed}, clip_ratio={self.clip_ratio}, "
+                f"group_size={self.group_size}, mode={self.mode}")
 
 
 class OnlineHadamard(nn.Module):
@@ -437,14 +454,15 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
 
 def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio: float | str = 1.0,
                      online_hadamard: bool = True, calibration: dict[str, torch.Tensor] | None = None,
-                     skip: tuple[str, ...] = ("lm_head",), progress: bool = True, **kwargs) -> nn.Module:
+                     skip: tuple[str, ...] = ("lm_head",), sign_seed: int | None = None, progress: bool = True,
+                     **kwargs) -> nn.Module:
     """Replace every ``nn.Linear`` (except names containing an entry of ``skip``) by ``QuaRotLinear``,
     in place, with a progress bar over layers: any model (e.g. a BERT encoder). ``calibration`` maps
     module names to their inputs (``linear_inputs``), for GPTQ and clip search; layers without
     calibration fall back to RTN / clip 1.0. Layers whose in_features has no Hadamard fall back to
-    online_hadamard=False."""
+    online_hadamard=False. ``sign_seed``: randomized online Hadamards (layer i uses seed sign_seed + i)."""
     names = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
-    for name, lin in _progress(names, f"quantize ({weight_method})", progress):
+    for i, (name, lin) in enumerate(_progress(names, f"quantize ({weight_method})", progress)):
         rot = online_hadamard and _rotatable(lin.in_features)
         calib = calibration.get(name) if calibration else None
         method = weight_method if calib is not None else "rtn"
@@ -452,7 +470,8 @@ def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio
         extra = dict(kwargs)
         if method != "gptq":
             extra.pop("act_order", None)
+        seed = None if sign_seed is None or not rot else sign_seed + i
         new = QuaRotLinear.from_linear(lin, weight_method=method, online_hadamard=rot, clip_ratio=clip,
-                                       calibration=calib, **extra)
+                                       calibration=calib, sign_seed=seed, **extra)
         _replace(model, name, new)
     return model

@@ -39,10 +39,11 @@ def _scale_of(w: torch.Tensor, clip_ratio: float, mse: bool = False) -> torch.Te
     best = scale(clip_ratio)
     if not mse:
         return best
-    best_err = torch.full_like(best, float("inf"), dtype=torch.float64)
+    wf = w.float()  # fp32 is ample to rank candidates, and twice as fast over the 80 of them
+    best_err = torch.full_like(best, float("inf"))
     for i in range(int(MSE_MAXSHRINK * MSE_GRID)):
         s = scale(clip_ratio * (1.0 - i / MSE_GRID))
-        err = (w.double() - _round(w, s) * s.double()).abs().pow(MSE_NORM).sum(dim=-1, keepdim=True)
+        err = (wf - _round(wf, s) * s).abs().pow(MSE_NORM).sum(dim=-1, keepdim=True)
         better = err < best_err
         best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
     return best
