@@ -20,13 +20,16 @@ import time
 import torch
 from torch import nn
 
-EVAL_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Rotations spread outliers before 4-bit quantization.",
+EVAL_SENTENCES = ["The quick brown fox jumps over the lazy dog.",
+                  "Rotations spread outliers before 4-bit quantization.",
                   "PyTorch custom operators run on CPU and GPU."]
 CALIBRATION_SENTENCES = [
     "A man is playing a guitar on the street.", "The stock market fell sharply on Monday after the announcement.",
     "How do I reset my password?", "Photosynthesis converts light energy into chemical energy in plants.",
-    "She booked a flight to Tokyo for the conference next spring.", "The recipe calls for two cups of flour and one egg.",
-    "Quantum computers use qubits that can exist in superposition.", "Our team won the championship after a long season.",
+    "She booked a flight to Tokyo for the conference next spring.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Quantum computers use qubits that can exist in superposition.",
+    "Our team won the championship after a long season.",
     "Please send the report by Friday afternoon.", "The museum reopened with a new exhibition on ancient Egypt.",
     "Matrix multiplication is the core of neural network inference.",
     "It rained all weekend, so we stayed inside and read books.",

@@ -249,7 +249,8 @@ def _install_attention_hook(model: nn.Module) -> list[AttentionQuaRot]:
     layers = model.model.layers
     if not impl.startswith(_ATTN_PREFIX):
         if impl not in ("sdpa", "eager"):
-            raise ValueError(f"rotate_model: attention implementation {impl!r} is not supported (use 'sdpa' or 'eager')")
+            raise ValueError(f"rotate_model: attention implementation {impl!r} is not supported "
+                             f"(use 'sdpa' or 'eager')")
         eager = sys.modules[type(layers[0].self_attn).__module__].eager_attention_forward
 
         def _quarot_attention(module, query, key, value, attention_mask, **kwargs):
@@ -397,8 +398,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 @torch.no_grad()
 def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str = "rtn",
                    clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
-                   kv_clip_ratio: float = 1.0, online_hadamard: bool = False, calibration_ids: torch.Tensor | None = None,
-                   linears: bool = True, progress: bool = True, **linear_kwargs) -> nn.Module:
+                   kv_clip_ratio: float = 1.0, online_hadamard: bool = False,
+                   calibration_ids: torch.Tensor | None = None, linears: bool = True, progress: bool = True, **linear_kwargs) -> nn.Module:
     """W4A4 (+ KV4) quantization of a Llama-architecture HF model, in place (after ``rotate_model`` for
     QuaRot; on an unrotated model it is the no-rotation baseline). Returns the model.
 
