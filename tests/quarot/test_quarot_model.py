@@ -2,6 +2,7 @@
 rotation is exact in float, the 4-bit KV cache is far better with it on a model with outlier
 channels, and the fake-quant simulation gives the kernels' numbers."""
 import copy
+import platform
 
 import pytest
 import torch
@@ -14,22 +15,26 @@ from symkernels.quarot.modules import (HadamardThenLinear, OnlineHadamard, QuaRo
 transformers = pytest.importorskip("transformers")
 
 
-def _tiny_llama(intermediate=192, hidden=64, heads=4, kv_heads=2, attn="sdpa"):
+def _tiny_llama(intermediate=192, hidden=64, heads=4, kv_heads=2, attn="sdpa", bias=False):
     cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=hidden, intermediate_size=intermediate,
                                    num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                                   max_position_embeddings=64, tie_word_embeddings=False, attn_implementation=attn)
+                                   max_position_embeddings=64, tie_word_embeddings=False, attn_implementation=attn,
+                                   attention_bias=bias, mlp_bias=bias)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # non-trivial norm scales, so that folding them is tested
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
     return model
 
 
-@pytest.mark.parametrize("intermediate,heads,attn", [(192, 4, "sdpa"), (256, 4, "eager"), (192, 1, "sdpa")])
-def test_rotate_model_preserves_float_outputs(intermediate, heads, attn):
-    model = _tiny_llama(intermediate, heads=heads, kv_heads=1 if heads == 1 else 2, attn=attn)
+@pytest.mark.parametrize("intermediate,heads,attn,bias", [(192, 4, "sdpa", False), (256, 4, "eager", True),
+                                                         (192, 1, "sdpa", True)])
+def test_rotate_model_preserves_float_outputs(intermediate, heads, attn, bias):
+    model = _tiny_llama(intermediate, heads=heads, kv_heads=1 if heads == 1 else 2, attn=attn, bias=bias)
     ids = torch.randint(0, 97, (2, 11))
     with torch.no_grad():
         before = model(ids).logits
@@ -144,7 +149,8 @@ def test_fake_and_real_modes_give_the_same_logits(weight_method):
         out = {mode: rotate_model(copy.deepcopy(model), seed=2, quantize=mode, **kw)(ids).logits
                for mode in ("fake", "real")}
     torch.testing.assert_close(out["fake"], out["real"], atol=1e-6 * ref.abs().max().item(), rtol=1e-6)
-    assert torch.equal(out["fake"], out["real"]), "bit-identical expected with a non-FMA epilogue"
+    if platform.machine() == "x86_64":  # the kernel's scalar epilogue is built for baseline x86-64: no FMA
+        assert torch.equal(out["fake"], out["real"]), "bit-identical expected with a non-FMA epilogue"
     cos = nn.functional.cosine_similarity(out["real"].flatten(), ref.flatten(), dim=0)
     assert cos > 0.9, cos
 
