@@ -64,14 +64,21 @@ class Evaluator:
     """Holds the float model, its reference outputs and the calibration inputs of every linear."""
 
     def __init__(self):
-        from symkernels.quarot.modules import linear_inputs
-
         self.tok, self.model = load_minilm()
         self.batch = self.tok(EVAL_SENTENCES, padding=True, return_tensors="pt")
-        cal = self.tok(CALIBRATION_SENTENCES, padding=True, return_tensors="pt")
         self.h0, self.e0 = self._run(self.model)
-        names = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
-        self.calibration = linear_inputs(self.model, lambda m: m(**cal), names)
+        self._calibration = None
+
+    @property
+    def calibration(self) -> dict[str, torch.Tensor]:
+        """Inputs of every linear on the calibration sentences (recorded on first use)."""
+        from symkernels.quarot.modules import linear_inputs
+
+        if self._calibration is None:
+            cal = self.tok(CALIBRATION_SENTENCES, padding=True, return_tensors="pt")
+            names = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+            self._calibration = linear_inputs(self.model, lambda m: m(**cal), names)
+        return self._calibration
 
     def _run(self, model):
         with torch.no_grad():
@@ -82,8 +89,9 @@ class Evaluator:
     def quantized(self, **kwargs) -> nn.Module:
         from symkernels.quarot.modules import quantize_linears
 
-        return quantize_linears(copy.deepcopy(self.model), skip=(), progress=False, calibration=self.calibration,
-                                **kwargs)
+        calibrated = kwargs.get("weight_method") == "gptq" or kwargs.get("clip_ratio") == "search"
+        return quantize_linears(copy.deepcopy(self.model), skip=(), progress=False,
+                                calibration=self.calibration if calibrated else None, **kwargs)
 
     def errors(self, model) -> tuple[float, float]:
         h, e = self._run(model)
