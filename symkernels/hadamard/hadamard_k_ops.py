@@ -20,6 +20,9 @@ def _hk(k: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> to
     return (h.T if transpose else h).contiguous().to(dtype=dtype, device=device)
 
 
+# A constant of the traced graph: without this, dynamo would trace through the lru_cache into the
+# construction of H_K and its data-dependent H·Hᵀ = K·I check (a graph break under fullgraph=True).
+@torch.compiler.assume_constant_result
 def hk_for(n: int, dtype: torch.dtype, device: torch.device, transpose: bool = False) -> torch.Tensor:
     """The K×K factor the kernels apply for size n (fp64 for fp64 data, else fp32; ±1 is exact in both)."""
     k, _ = hadamard_k.decompose(n)

@@ -6,15 +6,21 @@ import math
 import torch
 from torch import nn
 
-from symkernels.hadamard.hadamard_k import decompose, random_hadamard
+from symkernels.hadamard.hadamard_k import decompose, random_hadamard, random_signs
 from symkernels.hadamard.ops import hadamard_transform
 from symkernels.quarot import ops, reference
 from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, quantize_weight_gptq,
-                                       quantize_weight_rtn)
+                                       quantize_weight_rtn, search_activation_clip)
 
 
 def _rotatable(n: int) -> bool:
     return (n >= 2 and n & (n - 1) == 0 and n <= 1 << 15) or decompose(n) is not None
+
+
+MODES = ("real", "fake")
+# fake mode multiplies the integer codes as fp32 numbers: exact while every partial sum, at most 8·8·K in
+# magnitude, is an integer below 2^24
+FAKE_MAX_K = 1 << 18
 
 
 class QuaRotLinear(nn.Module):
@@ -22,27 +28,56 @@ class QuaRotLinear(nn.Module):
 
     With ``online_hadamard`` the activation row is rotated by H_n/√n inside the quantization kernel and
     the same rotation was folded into the weight offline (``x Wᵀ = (xQ)(WQ)ᵀ``, Q orthogonal), which
-    spreads outlier channels before the per-token INT4 rounding. Per-channel weights run on the
-    ``int4_matmul`` kernel; group-wise weights (``group_size``) are evaluated by dequantizing them
-    (``simulate=True`` also forces that path: the same numbers up to fp32 rounding order).
+    spreads outlier channels before the per-token INT4 rounding. With ``sign_seed`` the rotation is the
+    randomized Hadamard diag(s)·Hᵀ/√n (seeded signs s, one elementwise multiply before the kernel):
+    the plain H maps a row's mean onto a few coordinates (H's first row is all ones), which is itself an
+    outlier for inputs with a large mean, such as GELU outputs; the random signs spread it too.
+
+    ``mode="real"`` runs the ``int4_matmul`` kernel (int32 accumulation, fp32 epilogue
+    ``acc·s_a·s_w + b``). ``mode="fake"`` is the simulation: the same activation codes, the integer
+    codes multiplied as fp32 numbers by a plain float matmul (exact: every partial sum is an integer
+    below 2^24 for K ≤ 2^18, so any summation order gives the kernel's int32 result), then the same
+    epilogue in the same order. The two modes therefore agree to the rounding of that epilogue (bit for
+    bit unless the compiler contracts the kernel's ``acc·s_a·s_w + b`` into an FMA: then one fp32
+    rounding, ≤ 2^-24·|acc·s_a·s_w|). Group-wise weights (``group_size``) have no kernel (its epilogue
+    takes one scale per channel) and always run in fake mode, summing the exact per-group integer dot
+    products times their group scales.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, online_hadamard: bool,
-                 clip_ratio: float, group_size: int | None, simulate: bool = False):
+                 clip_ratio: float, group_size: int | None, mode: str = "real", sign_seed: int | None = None):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"QuaRotLinear: mode must be one of {MODES}, got {mode!r}")
+        if mode == "fake" and in_features > FAKE_MAX_K:
+            raise ValueError(f"QuaRotLinear: mode='fake' is exact only for in_features <= {FAKE_MAX_K}, "
+                             f"got {in_features}")
         self.in_features, self.out_features = in_features, out_features
         self.online_hadamard, self.clip_ratio, self.group_size = online_hadamard, clip_ratio, group_size
-        self.simulate = simulate or group_size is not None
+        self.mode = "fake" if group_size is not None else mode
         self.register_buffer("w_packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         groups = 1 if group_size is None else in_features // group_size
         self.register_buffer("w_scale", torch.ones(out_features, groups, dtype=torch.float32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.sign_seed = sign_seed
+        self.register_buffer("signs", None if sign_seed is None else random_signs(in_features, sign_seed,
+                                                                                   dtype=torch.float32))
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, weight_method: str = "rtn", online_hadamard: bool = True,
-                    clip_ratio: float = 1.0, weight_clip_ratio: float = 1.0, group_size: int | None = None,
-                    calibration: torch.Tensor | None = None, simulate: bool = False) -> "QuaRotLinear":
-        """Quantize ``linear``'s weight (``"rtn"``, or ``"gptq"`` with ``calibration`` inputs [..., in])."""
+                    weight_rotated: bool = False, clip_ratio: float | str = 1.0, weight_clip_ratio: float = 1.0,
+                    mse_clip: bool = False, act_order: bool = False, group_size: int | None = None,
+                    calibration: torch.Tensor | None = None, mode: str = "real",
+                    sign_seed: int | None = None) -> "QuaRotLinear":
+        """Quantize ``linear``'s weight (``"rtn"``, or ``"gptq"`` with ``calibration`` inputs [..., in]).
+
+        ``calibration`` holds inputs of ``linear`` as it stands. ``weight_rotated``: the online
+        Hadamard's rotation is already folded into ``linear`` (``rotate_model``'s down_proj), so it is
+        not folded again. ``clip_ratio="search"`` picks the activation clip ratio on ``calibration``
+        (``search_activation_clip``); ``mse_clip`` searches the weight clip per output channel;
+        ``act_order`` is GPTQ's descending-Hessian-diagonal column order. ``sign_seed``: randomized
+        online Hadamard (see the class note).
+        """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuaRotLinear.from_linear: expected nn.Linear, got {type(linear).__name__}")
         k = linear.in_features
@@ -53,64 +88,192 @@ class QuaRotLinear(nn.Module):
                              f"online_hadamard=False")
         if weight_method not in ("rtn", "gptq"):
             raise ValueError(f"QuaRotLinear.from_linear: weight_method must be 'rtn' or 'gptq', got {weight_method!r}")
-        if weight_method == "gptq" and calibration is None:
-            raise ValueError("QuaRotLinear.from_linear: weight_method='gptq' needs calibration inputs")
-        mod = cls(k, linear.out_features, bias=linear.bias is not None, online_hadamard=online_hadamard,
-                  clip_ratio=clip_ratio, group_size=group_size, simulate=simulate)
+        if calibration is None and (weight_method == "gptq" or clip_ratio == "search"):
+            raise ValueError(f"QuaRotLinear.from_linear: weight_method={weight_method!r}, clip_ratio={clip_ratio!r} "
+                             f"needs calibration inputs")
+        if act_order and weight_method != "gptq":
+            raise ValueError("QuaRotLinear.from_linear: act_order=True is a GPTQ option (weight_method='gptq')")
+        if sign_seed is not None and not (online_hadamard and not weight_rotated):
+            raise ValueError("QuaRotLinear.from_linear: sign_seed needs online_hadamard=True (and an unrotated weight)")
+        if not (clip_ratio == "search" or isinstance(clip_ratio, (int, float))):
+            raise ValueError(f"QuaRotLinear.from_linear: clip_ratio must be a number in (0, 1] or 'search', "
+                             f"got {clip_ratio!r}")
         w = linear.weight.detach().double()
-        if online_hadamard:  # W ← W·Hᵀ/√k: the rows of W get the activations' rotation
+        x = None if calibration is None else calibration.detach().reshape(-1, k).double()
+        if online_hadamard and not weight_rotated:  # W ← W·Hᵀ/√k: the rows of W get the activations' rotation
+            if sign_seed is not None:  # W ← W·diag(s)·Hᵀ/√k
+                s = random_signs(k, sign_seed)
+                w = w * s
+                x = None if x is None else x * s
             w = hadamard_transform(w, 1.0 / math.sqrt(k))
+            x = None if x is None else hadamard_transform(x, 1.0 / math.sqrt(k))
         if weight_method == "rtn":
-            q, scale = quantize_weight_rtn(w, group_size=group_size, clip_ratio=weight_clip_ratio)
+            q, scale = quantize_weight_rtn(w, group_size=group_size, clip_ratio=weight_clip_ratio, mse_clip=mse_clip)
         else:
-            x = calibration.detach().double()
-            if online_hadamard:
-                x = hadamard_transform(x, 1.0 / math.sqrt(k))
-            q, scale = quantize_weight_gptq(w, gptq_hessian(x), group_size=group_size, clip_ratio=weight_clip_ratio)
+            q, scale = quantize_weight_gptq(w, gptq_hessian(x), group_size=group_size, clip_ratio=weight_clip_ratio,
+                                            mse_clip=mse_clip, act_order=act_order)
+        if clip_ratio == "search":  # against the quantized weight: the error the layer will really make
+            clip_ratio = search_activation_clip(x, dequantize_weight(q, scale))
+        mod = cls(k, linear.out_features, bias=linear.bias is not None, online_hadamard=online_hadamard,
+                  clip_ratio=float(clip_ratio), group_size=group_size, mode=mode, sign_seed=sign_seed)
         mod.w_packed.copy_(reference.pack_int4(q))
         mod.w_scale.copy_(scale)
         if linear.bias is not None:
             mod.bias.copy_(linear.bias.detach().float())
-        return mod
+        return mod.to(linear.weight.device)
 
     def dequantized_weight(self) -> torch.Tensor:
         """Ŵ in the rotated basis (what the GEMM multiplies by)."""
         return dequantize_weight(reference.unpack_int4(self.w_packed), self.w_scale)
 
+    def _fake_matmul(self, a_packed: torch.Tensor, a_scale: torch.Tensor) -> torch.Tensor:
+        qa = reference.unpack_int4(a_packed).float()
+        qw = reference.unpack_int4(self.w_packed).float()
+        groups = self.w_scale.shape[1]
+        if groups == 1:
+            y = (qa @ qw.T) * a_scale * self.w_scale.T  # the kernel's epilogue order: (acc·s_a)·s_w
+        else:
+            acc = torch.einsum("mgk,ngk->mng", qa.reshape(qa.shape[0], groups, -1), qw.reshape(qw.shape[0], groups, -1))
+            y = (acc * self.w_scale).sum(-1) * a_scale
+        return y + self.bias.float() if self.bias is not None else y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.signs is not None:
+            x2 = x2 * self.signs.to(x2.dtype)  # exact: a sign flip
         a_packed, a_scale = ops.quantize_int4(x2, clip_ratio=self.clip_ratio, hadamard=self.online_hadamard)
-        if self.simulate:
-            y = ops.dequantize_int4(a_packed, a_scale) @ self.dequantized_weight().T
-            if self.bias is not None:
-                y = y + self.bias
+        if self.mode == "fake":
+            y = self._fake_matmul(a_packed, a_scale)
         else:
             y = ops.int4_matmul(a_packed, a_scale, self.w_packed, self.w_scale.reshape(-1), self.bias)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, online_hadamard="
-                f"{self.online_hadamard}, clip_ratio={self.clip_ratio}, group_size={self.group_size}")
+                f"{self.online_hadamard}, sign_seed={self.sign_seed}, clip_ratio={self.clip_ratio}, "
+                f"group_size={self.group_size}, mode={self.mode}")
 
 
 class OnlineHadamard(nn.Module):
-    """x ↦ x·H_nᵀ/√n along the last dim (the un-foldable rotation before down_proj)."""
+    """x ↦ x·H_nᵀ/√n along the last dim (an un-foldable rotation: the one before down_proj).
 
-    def __init__(self, n: int):
+    With ``heads`` the last dim is [heads, n/heads] and the transform runs across the heads, i.e.
+    x ↦ x·(H_headsᵀ/√heads ⊗ I): QuaRot's online half of the o_proj rotation (the per-head half is
+    folded into W_v and W_o)."""
+
+    def __init__(self, n: int, heads: int | None = None):
         super().__init__()
-        self.n = n
+        if heads is not None and (heads < 1 or n % heads):
+            raise ValueError(f"OnlineHadamard: heads must divide n={n}, got {heads}")
+        self.n, self.heads = n, heads
 
     def forward(self, x):
-        return hadamard_transform(x, 1.0 / math.sqrt(self.n))
+        if self.heads is None:
+            return hadamard_transform(x, 1.0 / math.sqrt(self.n))
+        return _across_heads(x, self.heads)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, heads={self.heads}"
+
+
+def _across_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """x [..., heads·d] ↦ x·(H_headsᵀ/√heads ⊗ I_d)."""
+    lead, n = x.shape[:-1], x.shape[-1]
+    xt = x.reshape(*lead, heads, n // heads).transpose(-1, -2)
+    return hadamard_transform(xt, 1.0 / math.sqrt(heads)).transpose(-1, -2).reshape(*lead, n)
 
 
 class HadamardThenLinear(nn.Sequential):
-    """down_proj after rotate_model: the online Hadamard, then the linear with Hᵀ/√n folded in."""
+    """A linear after rotate_model whose input needs an online rotation (down_proj, o_proj): the
+    ``OnlineHadamard``, then the linear with the matching rotation folded into its weight."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention: online Q/K Hadamard and the 4-bit KV cache
+
+_ATTN_PREFIX = "symkernels_quarot_"
+
+
+class AttentionQuaRot:
+    """What the QuaRot attention hook does to one attention module's Q, K, V (after RoPE, before the
+    attention kernel). Set as ``attn.quarot`` by ``rotate_model`` / ``quantize_model``.
+
+    ``qk_hadamard``: Q, K ← Q·H/√d_h, K·H/√d_h per head (QKᵀ is unchanged; RoPE is position-dependent,
+    so this rotation cannot be folded into W_q/W_k and runs online). It spreads the outlier channels of
+    the keys before their 4-bit quantization. The values need no online rotation: rotate_model folds
+    H_{d_h} into W_v per head (and undoes it in W_o).
+    ``kv_bits=4``: K and V quantized to unsigned asymmetric 4-bit per (token, head, group of
+    ``kv_group_size`` channels) (``symkernels.quarot.kv``), in ``mode`` "real" (packed bytes) or "fake".
+    The HF cache, if any, keeps the unquantized K/V and every step re-quantizes them: quantization is
+    per token, so each token gets the same codes at every step, i.e. the numbers of a KV4 cache.
+    """
+
+    def __init__(self, head_dim: int, inner: str):
+        self.head_dim, self.inner = head_dim, inner
+        self.qk_hadamard = False
+        self.kv_bits: int | None = None
+        self.kv_group_size, self.kv_clip_ratio, self.mode = head_dim, 1.0, "real"
+
+    def kv(self, t: torch.Tensor) -> torch.Tensor:
+        from symkernels.quarot import kv
+
+        if self.mode == "fake":
+            return kv.fake_quantize_kv_int4(t, group_size=self.kv_group_size, clip_ratio=self.kv_clip_ratio)
+        packed, scale, zero = kv.quantize_kv_int4(t, group_size=self.kv_group_size, clip_ratio=self.kv_clip_ratio)
+        return kv.dequantize_kv_int4(packed, scale, zero, t.dtype)
+
+    def __call__(self, q, k, v):
+        if self.qk_hadamard:
+            s = 1.0 / math.sqrt(self.head_dim)
+            q, k = hadamard_transform(q, s), hadamard_transform(k, s)
+        if self.kv_bits is not None:
+            k, v = self.kv(k), self.kv(v)
+        return q, k, v
+
+
+def _install_attention_hook(model: nn.Module) -> list[AttentionQuaRot]:
+    """Route the model's attention through ``_quarot_attention`` (once) and return each layer's config.
+
+    Uses transformers' AttentionInterface: the registered function receives Q/K after RoPE and V, then
+    calls the implementation the model had (sdpa/eager), with that implementation's mask format.
+    """
+    import sys
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    config = model.config
+    impl = config._attn_implementation
+    layers = model.model.layers
+    if not impl.startswith(_ATTN_PREFIX):
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"rotate_model: attention implementation {impl!r} is not supported "
+                             f"(use 'sdpa' or 'eager')")
+        eager = sys.modules[type(layers[0].self_attn).__module__].eager_attention_forward
+
+        def _quarot_attention(module, query, key, value, attention_mask, **kwargs):
+            query, key, value = module.quarot(query, key, value)
+            inner = eager if module.quarot.inner == "eager" else ALL_ATTENTION_FUNCTIONS[module.quarot.inner]
+            return inner(module, query, key, value, attention_mask, **kwargs)
+
+        name = _ATTN_PREFIX + impl
+        AttentionInterface.register(name, _quarot_attention)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
+        config._attn_implementation = name
+        for layer in layers:
+            attn = layer.self_attn
+            attn.quarot = AttentionQuaRot(attn.head_dim, impl)
+    return [layer.self_attn.quarot for layer in layers]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole models
 
 
 @torch.no_grad()
-def rotate_model(model: nn.Module, *, seed: int = 0) -> nn.Module:
+def rotate_model(model: nn.Module, *, seed: int = 0, quantize: str | None = None, **quantize_kwargs) -> nn.Module:
     """QuaRot's rotation of a Llama-architecture HF model (``LlamaForCausalLM``), in place; returns it.
 
     1. Fold every RMSNorm scale γ into the linears that read the normalized stream (q/k/v, gate/up,
@@ -119,28 +282,50 @@ def rotate_model(model: nn.Module, *, seed: int = 0) -> nn.Module:
        E ← E·Q; readers W ← W·Q; writers (o_proj, down_proj) W ← Qᵀ·W.
     3. down_proj: fold Q_ff = H_ffᵀ/√d_ff into its weight and run H_ff online on its input (the
        ``OnlineHadamard`` before it), so its activations are Hadamard-rotated for quantization.
+    4. o_proj (QuaRot eq. 7–9): its input is rotated by H_{n_h} ⊗ H_{d_h}, split in two. The per-head
+       M = H_{d_h}ᵀ/√d_h is folded into W_v (each head's output rows: W_v,h ← Mᵀ·W_v,h, so the values,
+       and the 4-bit KV cache, are rotated too; attention mixes tokens, not channels, so each head's
+       output is rotated by M) and undone in W_o's columns. The across-heads H_{n_h} runs online before
+       o_proj (a strided transform over the heads, ``OnlineHadamard(heads=n_h)``), folded into W_o.
+       Skipped when n_h has no Hadamard matrix (e.g. 14 heads): then o_proj sees only the per-head part.
+    5. Q and K get an online per-head H_{d_h} after RoPE (``AttentionQuaRot.qk_hadamard``), for the
+       KV cache quantization of the keys.
     The float model's outputs are unchanged up to rounding (computed in fp64, stored in the model dtype).
-    Not done here: the per-head Hadamard before o_proj and the 4-bit KV cache.
+    ``quantize="real"|"fake"`` then calls ``quantize_model(model, mode=quantize, **quantize_kwargs)``.
     """
     inner = model.model
-    d = model.config.hidden_size
-    if getattr(model.config, "tie_word_embeddings", False):
+    cfg = model.config
+    d = cfg.hidden_size
+    if getattr(cfg, "tie_word_embeddings", False):
         raise ValueError("rotate_model: tied input/output embeddings are not supported (untie them first)")
+    if any(isinstance(layer.mlp.down_proj, HadamardThenLinear) for layer in inner.layers):
+        raise ValueError("rotate_model: the model is already rotated")
     q = random_hadamard(d, seed)  # fp64 [d, d], orthogonal
+    attn0 = inner.layers[0].self_attn
+    d_h = attn0.head_dim
+    n_h = attn0.o_proj.in_features // d_h
+    head_rot = _rotatable(d_h)
+    heads_rot = n_h > 1 and _rotatable(n_h)
+
+    def set_(t: torch.Tensor, value: torch.Tensor):
+        t.copy_(value.to(t.dtype))
 
     def read(lin: nn.Linear, gamma: torch.Tensor | None = None):
         w = lin.weight.double()
         if gamma is not None:
             w = w * gamma.double()[None, :]
-        lin.weight.copy_((w @ q).to(lin.weight.dtype))
+        set_(lin.weight, w @ q)
 
     def write(lin: nn.Linear):
-        lin.weight.copy_((q.T @ lin.weight.double()).to(lin.weight.dtype))
+        set_(lin.weight, q.T @ lin.weight.double())
         if lin.bias is not None:
-            lin.bias.copy_((lin.bias.double() @ q).to(lin.bias.dtype))
+            set_(lin.bias, lin.bias.double() @ q)
+
+    def per_head(t: torch.Tensor) -> torch.Tensor:  # rows [..., heads·d_h] ↦ each head's row block · M
+        return hadamard_transform(t.reshape(*t.shape[:-1], -1, d_h), 1.0 / math.sqrt(d_h)).reshape(t.shape)
 
     emb = inner.embed_tokens
-    emb.weight.copy_((emb.weight.double() @ q).to(emb.weight.dtype))
+    set_(emb.weight, emb.weight.double() @ q)
     for layer in inner.layers:
         attn, mlp = layer.self_attn, layer.mlp
         g1, g2 = layer.input_layernorm.weight.clone(), layer.post_attention_layernorm.weight.clone()
@@ -150,37 +335,144 @@ def rotate_model(model: nn.Module, *, seed: int = 0) -> nn.Module:
             read(lin, g2)
         layer.input_layernorm.weight.fill_(1.0)
         layer.post_attention_layernorm.weight.fill_(1.0)
-        write(attn.o_proj)
+        o = attn.o_proj
+        write(o)
+        if head_rot:
+            v = attn.v_proj
+            set_(v.weight, per_head(v.weight.double().T).T)  # W_v,h ← Mᵀ·W_v,h
+            if v.bias is not None:
+                set_(v.bias, per_head(v.bias.double()))
+            set_(o.weight, per_head(o.weight.double()))  # W_o,h ← W_o,h·M
+        if heads_rot:
+            set_(o.weight, _across_heads(o.weight.double(), n_h))
+            attn.o_proj = HadamardThenLinear(OnlineHadamard(o.in_features, heads=n_h), o)
         down = mlp.down_proj
         write(down)
         d_ff = down.in_features
         if _rotatable(d_ff):
-            down.weight.copy_(hadamard_transform(down.weight.double(), 1.0 / math.sqrt(d_ff)).to(down.weight.dtype))
+            set_(down.weight, hadamard_transform(down.weight.double(), 1.0 / math.sqrt(d_ff)))
             mlp.down_proj = HadamardThenLinear(OnlineHadamard(d_ff), down)
     read(model.lm_head, inner.norm.weight.clone())
     inner.norm.weight.fill_(1.0)
+    if head_rot:
+        for hook in _install_attention_hook(model):
+            hook.qk_hadamard = True
+    if quantize is not None:
+        quantize_model(model, mode=quantize, **quantize_kwargs)
     return model
 
 
-def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio: float = 1.0,
-                     online_hadamard: bool = True, calibration: dict[str, torch.Tensor] | None = None,
-                     skip: tuple[str, ...] = ("lm_head",), progress: bool = True, **kwargs) -> nn.Module:
-    """Replace every ``nn.Linear`` (except names containing an entry of ``skip``) by ``QuaRotLinear``,
-    in place, with a progress bar over layers. ``calibration`` maps module names to their inputs (GPTQ).
-    Layers whose in_features has no Hadamard fall back to online_hadamard=False."""
-    names = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
+def _progress(items, desc: str, enabled: bool):
     try:
         from tqdm import tqdm
 
-        it = tqdm(names, desc=f"quantize ({weight_method})", unit="layer", disable=not progress)
+        return tqdm(items, desc=desc, unit="layer", disable=not enabled)
     except ImportError:
-        it = names
-    for name, lin in it:
-        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        return items
+
+
+@torch.no_grad()
+def linear_inputs(model: nn.Module, run, names: list[str], max_tokens: int = 4096) -> dict[str, torch.Tensor]:
+    """The inputs [tokens, in] that the ``nn.Linear`` modules ``names`` receive while ``run(model)`` runs
+    (forward pre-hooks; at most ``max_tokens`` rows each): calibration data for GPTQ and clip search."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hooks = []
+    for n in names:
+        def hook(_mod, args, n=n):
+            x = args[0].detach()
+            seen[n].append(x.reshape(-1, x.shape[-1]).float().cpu())
+        hooks.append(model.get_submodule(n).register_forward_pre_hook(hook))
+    try:
+        run(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: torch.cat(v)[:max_tokens] for n, v in seen.items() if v}
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], module)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str = "rtn",
+                   clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
+                   kv_clip_ratio: float = 1.0, online_hadamard: bool = False,
+                   calibration_ids: torch.Tensor | None = None, linears: bool = True, progress: bool = True, **linear_kwargs) -> nn.Module:
+    """W4A4 (+ KV4) quantization of a Llama-architecture HF model, in place (after ``rotate_model`` for
+    QuaRot; on an unrotated model it is the no-rotation baseline). Returns the model.
+
+    Every linear of the decoder layers becomes a ``QuaRotLinear`` in ``mode`` ("real": the int4 kernels;
+    "fake": the simulation, same numbers, see ``QuaRotLinear``); lm_head and embeddings stay in float
+    (as in QuaRot). A rotated down_proj (online H_ff, then the linear) becomes one ``QuaRotLinear``
+    whose quantization kernel applies H_ff itself (fused), its weight already rotated. ``online_hadamard``
+    adds a Hadamard in front of the other linears (for the unrotated baseline; after ``rotate_model``
+    their inputs are already rotated). ``kv_bits=4`` quantizes keys and values (``AttentionQuaRot``),
+    groups of ``kv_group_size`` channels (default: head_dim), ``None`` leaves the cache in float;
+    ``linears=False`` quantizes only the KV cache (to study its error alone).
+    ``weight_method="gptq"`` or ``clip_ratio="search"`` need ``calibration_ids`` [batch, seq]: every
+    layer's inputs are recorded in one float forward pass first (not layer-sequentially as GPTQ's
+    reference code does). ``linear_kwargs`` go to ``QuaRotLinear.from_linear`` (group_size, mse_clip,
+    act_order, weight_clip_ratio).
+    """
+    if mode not in MODES:
+        raise ValueError(f"quantize_model: mode must be one of {MODES}, got {mode!r}")
+    if kv_bits not in (None, 4):
+        raise ValueError(f"quantize_model: kv_bits must be 4 or None, got {kv_bits!r}")
+    targets = []
+    for i, layer in enumerate(model.model.layers if linears else ()):
+        for part, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                            ("mlp", ("gate_proj", "up_proj", "down_proj"))):
+            for n in names:
+                name = f"model.layers.{i}.{part}.{n}"
+                mod = model.get_submodule(name)
+                targets.append((name, mod))
+    need_calib = weight_method == "gptq" or clip_ratio == "search"
+    if need_calib and calibration_ids is None:
+        raise ValueError("quantize_model: weight_method='gptq' or clip_ratio='search' needs calibration_ids")
+    calib = {}
+    if need_calib:
+        inner_names = [n + ".1" if isinstance(m, HadamardThenLinear) else n for n, m in targets]
+        calib = linear_inputs(model, lambda m: m(calibration_ids), inner_names)
+    for name, mod in _progress(targets, f"quantize ({weight_method}, {mode})", progress):
+        fused = isinstance(mod, HadamardThenLinear) and mod[0].heads is None
+        lin = mod[1] if isinstance(mod, HadamardThenLinear) else mod
+        x = calib.get(name + ".1" if isinstance(mod, HadamardThenLinear) else name)
+        new = QuaRotLinear.from_linear(lin, weight_method=weight_method, clip_ratio=clip_ratio, calibration=x,
+                                       online_hadamard=fused or (online_hadamard and _rotatable(lin.in_features)),
+                                       weight_rotated=fused, mode=mode, **linear_kwargs)
+        if isinstance(mod, HadamardThenLinear) and not fused:
+            mod[1] = new  # the across-heads transform stays a module of its own in front of o_proj
+        else:
+            _replace(model, name, new)
+    if kv_bits is not None:
+        for hook in _install_attention_hook(model):
+            hook.kv_bits, hook.mode, hook.kv_clip_ratio = kv_bits, mode, kv_clip_ratio
+            hook.kv_group_size = kv_group_size or hook.head_dim
+    return model
+
+
+def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio: float | str = 1.0,
+                     online_hadamard: bool = True, calibration: dict[str, torch.Tensor] | None = None,
+                     skip: tuple[str, ...] = ("lm_head",), sign_seed: int | None = None, progress: bool = True,
+                     **kwargs) -> nn.Module:
+    """Replace every ``nn.Linear`` (except names containing an entry of ``skip``) by ``QuaRotLinear``,
+    in place, with a progress bar over layers: any model (e.g. a BERT encoder). ``calibration`` maps
+    module names to their inputs (``linear_inputs``), for GPTQ and clip search; layers without
+    calibration fall back to RTN / clip 1.0. Layers whose in_features has no Hadamard fall back to
+    online_hadamard=False. ``sign_seed``: randomized online Hadamards (layer i uses seed sign_seed + i)."""
+    names = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
+    for i, (name, lin) in enumerate(_progress(names, f"quantize ({weight_method})", progress)):
         rot = online_hadamard and _rotatable(lin.in_features)
         calib = calibration.get(name) if calibration else None
-        method = weight_method if calib is not None or weight_method == "rtn" else "rtn"
-        new = QuaRotLinear.from_linear(lin, weight_method=method, online_hadamard=rot, clip_ratio=clip_ratio,
-                                       calibration=calib, **kwargs)
-        setattr(parent, name.rsplit(".", 1)[-1], new)
+        method = weight_method if calib is not None else "rtn"
+        clip = clip_ratio if calib is not None or clip_ratio != "search" else 1.0
+        extra = dict(kwargs)
+        if method != "gptq":
+            extra.pop("act_order", None)
+        seed = None if sign_seed is None or not rot else sign_seed + i
+        new = QuaRotLinear.from_linear(lin, weight_method=method, online_hadamard=rot, clip_ratio=clip,
+                                       calibration=calib, sign_seed=seed, **extra)
+        _replace(model, name, new)
     return model

@@ -9,18 +9,44 @@ for simulated (dequantized) evaluation.
 GPTQ (Frantar et al., 2022): quantize columns left to right, and after each column spread its rounding
 error over the not-yet-quantized columns with the inverse Hessian of the layer's squared error,
 H = 2·XᵀX / tokens (+ percdamp·mean(diag H) on the diagonal), in blocks of ``blocksize`` columns using
-the upper Cholesky factor of H⁻¹. Computed in float64.
+the upper Cholesky factor of H⁻¹. Computed in float64. ``act_order`` quantizes the columns in order of
+descending diag(H) (the inputs with the most energy first, while the most columns are left to absorb
+their error) and undoes the permutation on the codes.
+
+Clip search (``mse_clip=True``, GPTQ's ``mse`` quantizer): per output channel (or group), the scale
+p·max|w|/7 for p on the grid 1, 0.99, …, 1 − maxshrink (80 candidates) that minimises Σ|w − Q(w)|^2.4
+(QuaRot's norm 2.4, grid 100, maxshrink 0.8): clipping a few large weights buys resolution for the
+rest. ``search_activation_clip`` does the same for the one static activation clip ratio of a layer,
+on a calibration batch, by the layer's output error.
 """
 from __future__ import annotations
 
 import torch
 
 
-def _scale_of(w: torch.Tensor, clip_ratio: float) -> torch.Tensor:
-    """Symmetric INT4 scale per row of w ([..., cols] → [..., 1]), fp32, as for activations."""
+MSE_NORM, MSE_GRID, MSE_MAXSHRINK = 2.4, 100, 0.8
+
+
+def _scale_of(w: torch.Tensor, clip_ratio: float, mse: bool = False) -> torch.Tensor:
+    """Symmetric INT4 scale per row of w ([..., cols] → [..., 1]), fp32, as for activations; with
+    ``mse`` the per-row shrink of it (grid search) that minimises the row's Σ|w − Q(w)|^MSE_NORM."""
     amax = w.abs().amax(dim=-1, keepdim=True).float()
-    s = (torch.tensor(clip_ratio, dtype=torch.float32) * amax) / 7.0
-    return torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row quantizes to 0 with any scale
+
+    def scale(ratio: float) -> torch.Tensor:
+        s = (torch.tensor(ratio, dtype=torch.float32) * amax) / 7.0
+        return torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row quantizes to 0 with any scale
+
+    best = scale(clip_ratio)
+    if not mse:
+        return best
+    wf = w.float()  # fp32 is ample to rank candidates, and twice as fast over the 80 of them
+    best_err = torch.full_like(best, float("inf"))
+    for i in range(int(MSE_MAXSHRINK * MSE_GRID)):
+        s = scale(clip_ratio * (1.0 - i / MSE_GRID))
+        err = (wf - _round(wf, s) * s).abs().pow(MSE_NORM).sum(dim=-1, keepdim=True)
+        better = err < best_err
+        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
+    return best
 
 
 def _round(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -39,13 +65,13 @@ def _check(w: torch.Tensor, group_size: int | None, op: str) -> int:
     return group_size
 
 
-def quantize_weight_rtn(w: torch.Tensor, *, group_size: int | None = None, clip_ratio: float = 1.0
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight_rtn(w: torch.Tensor, *, group_size: int | None = None, clip_ratio: float = 1.0,
+                        mse_clip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest INT4: (codes int8 [N, K], scales fp32 [N, K/g])."""
     g = _check(w, group_size, "quantize_weight_rtn")
     n, k = w.shape
     wg = w.float().reshape(n, k // g, g)
-    scale = _scale_of(wg, clip_ratio)  # [N, G, 1]
+    scale = _scale_of(wg, clip_ratio, mse_clip)  # [N, G, 1]
     q = _round(wg, scale)
     return q.reshape(n, k).to(torch.int8), scale.reshape(n, k // g)
 
@@ -63,13 +89,22 @@ def gptq_hessian(x: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, *, group_size: int | None = None,
-                         clip_ratio: float = 1.0, blocksize: int = 128, percdamp: float = 0.01
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         clip_ratio: float = 1.0, mse_clip: bool = False, act_order: bool = False,
+                         blocksize: int = 128, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ INT4: (codes int8 [N, K], scales fp32 [N, K/g]) minimizing ‖(W − Ŵ)Xᵀ‖² given H = 2XᵀX/t."""
     g = _check(w, group_size, "quantize_weight_gptq")
     n, k = w.shape
     if hessian.shape != (k, k):
         raise ValueError(f"quantize_weight_gptq: hessian must be [{k}, {k}], got {tuple(hessian.shape)}")
+    if act_order:
+        if group_size is not None:
+            # permuted columns would scatter each group over the row: the contiguous-group layout of
+            # the scales (and of the kernels) could no longer describe them
+            raise ValueError("quantize_weight_gptq: act_order=True needs per-channel scales (group_size=None)")
+        perm = torch.argsort(torch.diag(hessian), descending=True, stable=True)
+        q, scales = quantize_weight_gptq(w[:, perm], hessian[perm][:, perm], clip_ratio=clip_ratio,
+                                         mse_clip=mse_clip, blocksize=blocksize, percdamp=percdamp)
+        return q[:, torch.argsort(perm)], scales  # per-channel scales do not depend on the column order
     wq = w.double().clone()
     h = hessian.double().clone()
     dead = torch.diag(h) == 0  # inputs that are always zero: any weight works, pin it to 0
@@ -81,7 +116,7 @@ def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, *, group_size: 
     q = torch.zeros(n, k, dtype=torch.int8)
     scales = torch.zeros(n, k // g, dtype=torch.float32)
     if group_size is None:  # per-channel: the scale comes from the whole (original) row, like RTN
-        scales[:, 0] = _scale_of(wq, clip_ratio)[:, 0]
+        scales[:, 0] = _scale_of(wq, clip_ratio, mse_clip)[:, 0]
     for b0 in range(0, k, blocksize):
         b1 = min(k, b0 + blocksize)
         block = wq[:, b0:b1].clone()
@@ -92,7 +127,7 @@ def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, *, group_size: 
             if group_size is not None and col % g == 0:
                 # group scale from the weights as updated so far (this block's error already applied)
                 current = torch.cat([block[:, i:], wq[:, b1:]], dim=1)[:, :g]
-                scales[:, col // g] = _scale_of(current, clip_ratio)[:, 0]
+                scales[:, col // g] = _scale_of(current, clip_ratio, mse_clip)[:, 0]
             s = scales[:, col // g].double()
             qi = _round(block[:, i], s)
             q[:, col] = qi.to(torch.int8)
@@ -102,3 +137,29 @@ def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, *, group_size: 
         wq[:, b0:b1] = block
         wq[:, b1:] -= err @ hinv[b0:b1, b1:]
     return q, scales
+
+
+ACT_CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0, 0.95, …, 0.5
+
+
+def search_activation_clip(x: torch.Tensor, weight: torch.Tensor, *, grid: tuple[float, ...] = ACT_CLIP_GRID
+                           ) -> float:
+    """The activation clip ratio (one per layer, as QuaRot's ``clip_ratio``) from ``grid`` that minimises
+    the layer's output error ‖Q_c(x)·Wᵀ − x·Wᵀ‖ on a calibration batch ``x [..., K]``.
+
+    ``x`` and ``weight [N, K]`` must be in the basis the quantizer sees (after any Hadamard rotation).
+    The output error, not ‖x − Q_c(x)‖, is the objective: it weighs each channel's rounding error by
+    how much the layer reads it.
+    """
+    from symkernels.quarot import reference
+
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    w = weight.float()
+    exact = x2 @ w.T
+    best, best_err = 1.0, float("inf")
+    for c in grid:
+        q, s = reference.quantize_codes(x2, c)
+        err = ((q.float() * s) @ w.T - exact).norm().item()
+        if err < best_err:
+            best, best_err = float(c), err
+    return best
