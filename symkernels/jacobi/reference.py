@@ -45,6 +45,41 @@ def cell_step(h_prev: torch.Tensor, u: torch.Tensor, w_hh: torch.Tensor, b_hh: t
     return torch.tanh(a) if nonlinearity == "tanh" else torch.relu(a)
 
 
+def cell_jvp(h_prev: torch.Tensor, u: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, cell: str,
+             nonlinearity: str, dh_prev: torch.Tensor | None = None, du: torch.Tensor | None = None,
+             dw_hh: torch.Tensor | None = None, db_hh: torch.Tensor | None = None) -> torch.Tensor:
+    """Tangent of :func:`cell_step` (None: a zero tangent), written out by hand with plain differentiable ops.
+
+    Written out rather than taken from ``torch.func.jvp``, because the RNN's forward-mode rule runs inside an
+    outer forward-AD level (``autograd.Function.jvp``), where a nested ``torch.func.jvp`` is not supported.
+    """
+    dgh = None
+    for term in (None if dh_prev is None else torch.matmul(dh_prev, w_hh.t()),
+                 None if dw_hh is None else torch.matmul(h_prev, dw_hh.t()), db_hh):
+        if term is not None:
+            dgh = term if dgh is None else dgh + term
+    gh = torch.matmul(h_prev, w_hh.t()) + b_hh
+    zero = torch.zeros_like(gh)
+    dgh = zero if dgh is None else dgh + zero  # broadcast to gh's shape
+    du = torch.zeros_like(u) if du is None else du
+    if cell == "gru":
+        H = h_prev.shape[-1]
+        r = torch.sigmoid(u[..., :H] + gh[..., :H])
+        z = torch.sigmoid(u[..., H:2 * H] + gh[..., H:2 * H])
+        n = torch.tanh(u[..., 2 * H:] + r * gh[..., 2 * H:])
+        dr = r * (1 - r) * (du[..., :H] + dgh[..., :H])
+        dz = z * (1 - z) * (du[..., H:2 * H] + dgh[..., H:2 * H])
+        dn = (1 - n * n) * (du[..., 2 * H:] + dr * gh[..., 2 * H:] + r * dgh[..., 2 * H:])
+        out = dz * (h_prev - n) + (1 - z) * dn
+        return out if dh_prev is None else out + z * dh_prev
+    a = u + gh
+    da = du + dgh
+    if nonlinearity == "tanh":
+        y = torch.tanh(a)
+        return (1 - y * y) * da
+    return (a > 0).to(a.dtype) * da
+
+
 def rnn_sequential(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor,
                    nonlinearity: str = "tanh", cell: str = "elman") -> torch.Tensor:
     """The textbook loop, differentiable by autograd: the truth every backend is tested against."""
