@@ -249,13 +249,16 @@ def test_cpp_kernel_bad_inputs():
         op(u, h0, w, bb, h, 0, 1, 0.0, "lstm", "tanh", False)
 
 
-def test_affine_scan_vs_loop():
+@pytest.mark.parametrize("T", [0, 1, 2, 13, 16, 50])
+def test_affine_scan_vs_loop(T):
+    # T = 13, 50: chunk count not dividing T (identity padding); 16: whole chunks; 0, 1, 2: degenerate.
     g = torch.Generator().manual_seed(4)
-    A = 0.5 * torch.randn(13, 2, 3, 3, generator=g, dtype=torch.float64)
-    c = torch.randn(13, 2, 3, generator=g, dtype=torch.float64)
+    A = 0.5 * torch.randn(T, 2, 3, 3, generator=g, dtype=torch.float64)
+    c = torch.randn(T, 2, 3, generator=g, dtype=torch.float64)
     h = torch.randn(2, 3, generator=g, dtype=torch.float64)
     out = reference.affine_scan(A, c, h)
-    for t in range(13):
+    assert out.shape == (T, 2, 3)
+    for t in range(T):
         h = (A[t] @ h.unsqueeze(-1)).squeeze(-1) + c[t]
         assert_close(out[t], h)
 
@@ -394,3 +397,13 @@ def test_torch_compile_fullgraph_iteration_op():
     h, stats = torch.compile(f, fullgraph=True, backend="aot_eager")(x, h0, w_ih, w_hh, b)
     assert torch.equal(h, rnn(x, h0, w_ih, w_hh, b, backend="cpu", method="gauss_seidel"))
     assert stats[:, 1].max() == 16
+
+
+def test_newton_stall_below_rounding_floor_stops_early():
+    # float32 cannot reach tol=1e-9 (the scan's rounding floor is ~1e-7): Newton must notice that it stopped
+    # converging, report it, and finish exactly with the sequential loop rather than spin to its cap.
+    args = make(64, 2, 3, 16, "elman", gain=0.8, dtype=torch.float32)
+    h, info = rnn(*args, method="newton", tol=1e-9, return_info=True)
+    assert info.fallback is not None and "stalled" in info.fallback, info.fallback
+    assert info.iterations < reference.NEWTON_MAX_ITERS // 2, info.iterations
+    assert info.exact and torch.equal(h, rnn_sequential(*args))
