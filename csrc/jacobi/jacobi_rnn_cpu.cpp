@@ -8,9 +8,9 @@
 //
 // One call runs up to `iters` iterations; convergence is tested after each one here on the host for free
 // (CPU), so the Python driver only needs a call per `check_every` iterations.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -35,25 +35,48 @@ constexpr const char* kOp = "jacobi_rnn_iterate";
 // for T·B ~ 1k rows, and a thread barrier per iteration costs more than that on a loaded machine, so only
 // large iterations are split across threads.
 constexpr int64_t kFmasPerTask = 1 << 20;
-// Rows evaluated together by the mat-vec (register blocking; see eval_rows).
+// Register tile of the recurrent mat-mat: kRowBlock rows × kColVecs vectors of gate values, one accumulator
+// each (8 independent FMA chains: enough to cover the FMA latency on two ports). Rows left over at the end
+// of a range go through the 1-row instantiation of the same tile code.
 constexpr int kRowBlock = 4;
+constexpr int kColVecs = 2;
 
+// Internal layout (all row-major, padded with zeros so that every loop runs over whole vectors):
+//   state S  [(T+1)·B, Hp]: rows 0..B−1 hold h0 and row B + (t·B + b) holds h_t[b], so the previous state of
+//            row r is simply row r of S (no t = 0 branch);
+//   u        [T·B, Gp] and W_hh^T [H, Gp], b_hh [Gp], with Gp = gates·Hp: gate g's values of hidden unit j
+//            sit at g·Hp + j, so the cell reads gate g of a vector of units at a vector-aligned offset.
+// Hp = H rounded up to whole vectors. The padding lanes stay zero through every cell (tanh(0) = relu(0) = 0,
+// GRU: ½·tanh(0) + ½·0 = 0), so they never register as changed and never add to a residual.
 struct Problem {
-  int64_t T, B, H, G, Gp;  // Gp: G rounded up to whole vectors (the padded W_hh^T and b_hh are zero there)
+  int64_t T, B, H, Hp, Gp;
   int cell;
 };
 
-// float exp/tanh/sigmoid written branch-free so that the per-row loops over hidden units vectorize (glibc's
-// scalar tanhf was more than half the iteration time). Accuracy: exp within ~2 ulp (Cody–Waite reduction,
-// degree-7 Taylor on |r| <= ln2/2, remainder < 1e-8 relative); tanh within ~1e-7 absolute. They only
-// need to be deterministic for exactness (the Jacobi/sequential comparison uses this same code); against
-// torch.tanh they agree to the float32 tolerance. float64 keeps libm's tanh/exp.
-SYMKERNELS_INLINE float exp_fast(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);  // NaN fails both tests and stays NaN
-  const float shifter = 12582912.0f;                   // 1.5·2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504f + shifter) - shifter;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 split so n·hi is exact
-  float p = 1.0f / 5040;
+template <typename T>
+using VecT = typename simd::Vec<T>::type;
+template <typename T>
+using IVecT = typename simd::Vec<T>::index;
+
+template <typename V, typename S>
+SYMKERNELS_INLINE V splat(S s) {
+  return V{} + s;
+}
+
+// float exp/tanh/sigmoid on whole vectors, branch-free (glibc's scalar tanhf was more than half the iteration
+// time). Accuracy: exp within ~2 ulp (Cody–Waite reduction, degree-7 Taylor on |r| <= ln2/2, remainder < 1e-8
+// relative); tanh within ~1e-7 absolute. They need only be deterministic for exactness (the Jacobi and the
+// sequential sweep run this same code); against torch.tanh they agree to the float32 tolerance.
+using VF = VecT<float>;
+using VI = IVecT<float>;
+
+SYMKERNELS_INLINE VF exp_fast(VF x) {
+  x = x < -87.0f ? splat<VF>(-87.0f) : x;  // NaN fails both tests and stays NaN
+  x = x > 88.0f ? splat<VF>(88.0f) : x;
+  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  const VF n = (x * 1.44269504f + shifter) - shifter;
+  const VF r = (x - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 split so n·hi is exact
+  VF p = splat<VF>(1.0f / 5040);
   p = p * r + 1.0f / 720;
   p = p * r + 1.0f / 120;
   p = p * r + 1.0f / 24;
@@ -61,125 +84,167 @@ SYMKERNELS_INLINE float exp_fast(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  return p * __builtin_bit_cast(VF, bits);
 }
 
-SYMKERNELS_INLINE float tanh_fast(float x) {
-  const float a = std::fabs(x), x2 = x * x;
+SYMKERNELS_INLINE VF tanh_fast(VF x) {
+  const VI sign_mask = splat<VI>(int(0x80000000u));
+  const VI xb = __builtin_bit_cast(VI, x);
+  const VI ab = xb & ~sign_mask;
+  const VF a = __builtin_bit_cast(VF, ab), x2 = x * x;
   // Small |x|: odd Taylor series (next term 62/2835·x^9, < 1e-11 relative below 1/16), avoiding 1 − e^{−2a}
-  // cancellation; else (1 − e^{−2a}) / (1 + e^{−2a}).
-  const float small = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315))));
-  const float e = exp_fast(-2.0f * a);
-  const float big = std::copysign((1.0f - e) / (1.0f + e), x);
-  return a < 0.0625f ? small : big;
+  // cancellation; else (1 − e^{−2a}) / (1 + e^{−2a}) with x's sign.
+  const VF small = x * (1.0f + x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315))));
+  const VF e = exp_fast(-2.0f * a);
+  const VF big_abs = (1.0f - e) / (1.0f + e);
+  const VI big_bits = __builtin_bit_cast(VI, big_abs) | (xb & sign_mask);
+  return a < 0.0625f ? small : __builtin_bit_cast(VF, big_bits);
 }
 
-SYMKERNELS_INLINE float act_tanh(float x) { return tanh_fast(x); }
-SYMKERNELS_INLINE double act_tanh(double x) { return std::tanh(x); }
-SYMKERNELS_INLINE float act_sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
-SYMKERNELS_INLINE double act_sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+SYMKERNELS_INLINE VF act_tanh(VF x) { return tanh_fast(x); }
+SYMKERNELS_INLINE VF act_sigmoid(VF x) { return 1.0f / (1.0f + exp_fast(-x)); }
 
-// Evaluate rows [row_begin, row_end) (row = t·B + b) from `prev_iterate` into `out`, recording per row
-// max|out − old| (inf if non-finite and moved) and whether any bit changed versus `old`.
-// gh = b_hh + W_hh h_prev runs over vectors of W gate values with two accumulators (even and odd k) to
-// halve the FMA latency chain: a fixed order, identical for every row.
-template <typename T>
-SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* h0, const T* wt, const T* b_hh,
-                                 const T* prev_iterate, const T* old, T* out, double* resid, uint8_t* changed,
-                                 int64_t row_begin, int64_t row_end, T* gh) {
-  using V = typename simd::Vec<T>::type;
+// float64 keeps libm's tanh/exp, lane by lane (the float64 path is for accuracy, not speed).
+using VD = VecT<double>;
+SYMKERNELS_INLINE VD act_tanh(VD x) {
+  for (int i = 0; i < simd::Vec<double>::width; ++i) x[i] = std::tanh(x[i]);
+  return x;
+}
+SYMKERNELS_INLINE VD act_sigmoid(VD x) {
+  for (int i = 0; i < simd::Vec<double>::width; ++i) x[i] = 1.0 / (1.0 + std::exp(-x[i]));
+  return x;
+}
+
+// gh[i] = b_hh + W_hh h_prev[i] for `Rows` rows, `Cols` vectors of gate values starting at j0. Every gate value
+// is one accumulator seeded with b_hh, then += W^T[k] · h_prev[k] for k = 0..H−1 in order: the arithmetic of
+// a value never depends on Rows, Cols or which rows share the tile, so the Jacobi fixed point is bitwise the
+// sequential sweep.
+template <typename T, int Rows, int Cols>
+SYMKERNELS_INLINE void gate_tile(const Problem& p, const T* wt, const T* b_hh, const T* const* hp, T* gh,
+                                 int64_t j0) {
+  using V = VecT<T>;
   constexpr int64_t W = simd::Vec<T>::width;
-  const int64_t H = p.H, Gp = p.Gp;
-  for (int64_t group = row_begin; group < row_end; group += kRowBlock) {
-    // kRowBlock rows share each load of W_hh^T. The tail group repeats its last row in the unused slots, so
-    // every row — in any group, in the Jacobi or the sequential sweep — runs the very same instructions.
+  V acc[Rows][Cols];
+  for (int c = 0; c < Cols; ++c) {
+    const V b = simd::load<V>(b_hh + j0 + c * W);
+    for (int i = 0; i < Rows; ++i) acc[i][c] = b;
+  }
+  const T* w = wt + j0;
+  for (int64_t k = 0; k < p.H; ++k, w += p.Gp) {
+    V wv[Cols];
+    for (int c = 0; c < Cols; ++c) wv[c] = simd::load<V>(w + c * W);
+    for (int i = 0; i < Rows; ++i) {
+      const T h = hp[i][k];
+      for (int c = 0; c < Cols; ++c) acc[i][c] += wv[c] * h;
+    }
+  }
+  for (int i = 0; i < Rows; ++i)
+    for (int c = 0; c < Cols; ++c) simd::store(gh + i * p.Gp + j0 + c * W, acc[i][c]);
+}
+
+template <typename T, int Rows>
+SYMKERNELS_INLINE void gate_rows(const Problem& p, const T* wt, const T* b_hh, const T* const* hp, T* gh) {
+  constexpr int64_t W = simd::Vec<T>::width;
+  int64_t j0 = 0;
+  for (; j0 + kColVecs * W <= p.Gp; j0 += kColVecs * W) gate_tile<T, Rows, kColVecs>(p, wt, b_hh, hp, gh, j0);
+  for (; j0 < p.Gp; j0 += W) gate_tile<T, Rows, 1>(p, wt, b_hh, hp, gh, j0);
+}
+
+// The cell on one row (whole vectors), fused with the row's convergence test against `old`: writes the new
+// state to `out` (which may alias `old`), returns max|out − old| over the lanes whose bits changed (+inf if
+// such a lane is non-finite: NaN must not look converged) and sets `changed` if any bit changed.
+template <typename T>
+SYMKERNELS_INLINE double cell_row(const Problem& p, const T* u, const T* gh, const T* h_prev, const T* old, T* out,
+                                  bool& changed) {
+  using V = VecT<T>;
+  using I = IVecT<T>;
+  constexpr int64_t W = simd::Vec<T>::width;
+  const int64_t Hp = p.Hp;
+  V rmax{};
+  I diff_any{};
+  for (int64_t j = 0; j < Hp; j += W) {
+    V o;
+    if (p.cell == kElmanTanh) {
+      o = act_tanh(simd::load<V>(u + j) + simd::load<V>(gh + j));
+    } else if (p.cell == kElmanRelu) {
+      const V a = simd::load<V>(u + j) + simd::load<V>(gh + j);
+      o = a > T(0) ? a : (a != a ? a : V{});  // NaN propagates, like torch.relu
+    } else {  // GRU, gates r, z, n as in torch.nn.GRU
+      const V r = act_sigmoid(simd::load<V>(u + j) + simd::load<V>(gh + j));
+      const V z = act_sigmoid(simd::load<V>(u + Hp + j) + simd::load<V>(gh + Hp + j));
+      const V n = act_tanh(simd::load<V>(u + 2 * Hp + j) + r * simd::load<V>(gh + 2 * Hp + j));
+      o = (T(1) - z) * n + z * simd::load<V>(h_prev + j);
+    }
+    const V prev = simd::load<V>(old + j);
+    const I differ = __builtin_bit_cast(I, o) != __builtin_bit_cast(I, prev);
+    V d = o - prev;
+    d = d < T(0) ? -d : d;
+    d = d == d ? d : splat<V>(std::numeric_limits<T>::infinity());  // inf − inf, NaN: moved non-finite
+    d = differ ? d : V{};
+    rmax = d > rmax ? d : rmax;
+    diff_any |= differ;
+    simd::store(out + j, o);
+  }
+  T r = 0;
+  bool any = false;
+  for (int i = 0; i < W; ++i) {
+    r = std::max(r, rmax[i]);
+    any |= diff_any[i] != 0;
+  }
+  changed = any;
+  return double(r);
+}
+
+// Rows [row_begin, row_end) (row = t·B + b) from the state `prev_state` (layout above) into `out_state`,
+// recording each row's residual and changed flag against `old_state`.
+template <typename T>
+SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* wt, const T* b_hh, const T* prev_state,
+                                 const T* old_state, T* out_state, double* resid, uint8_t* changed,
+                                 int64_t row_begin, int64_t row_end, T* gh) {
+  const int64_t Hp = p.Hp;
+  int64_t row = row_begin;
+  while (row < row_end) {
+    const int rows = row + kRowBlock <= row_end ? kRowBlock : 1;
     const T* hp[kRowBlock];
-    for (int i = 0; i < kRowBlock; ++i) {
-      const int64_t row = std::min<int64_t>(group + i, row_end - 1);
-      const int64_t t = row / p.B, b = row % p.B;
-      hp[i] = t == 0 ? h0 + b * H : prev_iterate + (row - p.B) * H;
+    for (int i = 0; i < rows; ++i) hp[i] = prev_state + (row + i) * Hp;
+    if (rows == kRowBlock) {
+      gate_rows<T, kRowBlock>(p, wt, b_hh, hp, gh);
+    } else {
+      gate_rows<T, 1>(p, wt, b_hh, hp, gh);
     }
-    for (int64_t j0 = 0; j0 < Gp; j0 += W) {
-      V a0[kRowBlock], a1[kRowBlock];
-      for (int i = 0; i < kRowBlock; ++i) {
-        a0[i] = simd::load<V>(b_hh + j0);
-        a1[i] = V{};
-      }
-      int64_t k = 0;
-      for (; k + 1 < H; k += 2) {
-        const V w0 = simd::load<V>(wt + k * Gp + j0), w1 = simd::load<V>(wt + (k + 1) * Gp + j0);
-        for (int i = 0; i < kRowBlock; ++i) {
-          a0[i] += w0 * hp[i][k];
-          a1[i] += w1 * hp[i][k + 1];
-        }
-      }
-      if (k < H) {
-        const V w0 = simd::load<V>(wt + k * Gp + j0);
-        for (int i = 0; i < kRowBlock; ++i) a0[i] += w0 * hp[i][k];
-      }
-      for (int i = 0; i < kRowBlock; ++i) simd::store(gh + i * Gp + j0, a0[i] + a1[i]);
+    for (int i = 0; i < rows; ++i) {
+      const int64_t r = row + i, s = r + p.B;  // state row of timestep row r
+      bool moved;
+      resid[r] = cell_row(p, u + r * p.Gp, gh + i * p.Gp, hp[i], old_state + s * Hp, out_state + s * Hp, moved);
+      changed[r] = moved;
     }
-    for (int i = 0; i < kRowBlock && group + i < row_end; ++i) {
-      const int64_t row = group + i;
-      const T* h_prev = hp[i];
-      const T* gr = gh + i * Gp;
-      const T* ur = u + row * p.G;
-      T* o = out + row * H;
-      if (p.cell == kElmanTanh) {
-        for (int64_t j = 0; j < H; ++j) o[j] = act_tanh(ur[j] + gr[j]);
-      } else if (p.cell == kElmanRelu) {
-        for (int64_t j = 0; j < H; ++j) {
-          const T a = ur[j] + gr[j];
-          o[j] = a > T(0) ? a : (a != a ? a : T(0));  // NaN propagates, like torch.relu
-        }
-      } else {
-        // GRU, gates r, z, n as in torch.nn.GRU.
-        for (int64_t j = 0; j < H; ++j) {
-          const T r = act_sigmoid(ur[j] + gr[j]);
-          const T z = act_sigmoid(ur[H + j] + gr[H + j]);
-          const T n = act_tanh(ur[2 * H + j] + r * gr[2 * H + j]);
-          o[j] = (T(1) - z) * n + z * h_prev[j];
-        }
-      }
-      const T* o_old = old + row * H;
-      double r = 0;
-      const bool moved = std::memcmp(o, o_old, sizeof(T) * H) != 0;
-      if (moved) {
-        for (int64_t j = 0; j < H; ++j) {
-          const double d = std::fabs(double(o[j]) - double(o_old[j]));
-          // A non-finite value that moved counts as infinite residual (NaN must not look converged).
-          r = std::max(r, std::isfinite(d) ? d : std::numeric_limits<double>::infinity());
-        }
-      }
-      resid[row] = r;
-      changed[row] = moved;
-    }
+    row += rows;
   }
 }
 
-SYMKERNELS_SIMD_CLONES void eval_rows_f32(const Problem& p, const float* u, const float* h0, const float* wt,
-                                          const float* b_hh, const float* prev, const float* old, float* out,
-                                          double* resid, uint8_t* changed, int64_t rb, int64_t re, float* gh) {
-  eval_rows(p, u, h0, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
+SYMKERNELS_SIMD_CLONES void eval_rows_f32(const Problem& p, const float* u, const float* wt, const float* b_hh,
+                                          const float* prev, const float* old, float* out, double* resid,
+                                          uint8_t* changed, int64_t rb, int64_t re, float* gh) {
+  eval_rows(p, u, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
 }
 
-SYMKERNELS_SIMD_CLONES void eval_rows_f64(const Problem& p, const double* u, const double* h0, const double* wt,
-                                          const double* b_hh, const double* prev, const double* old, double* out,
-                                          double* resid, uint8_t* changed, int64_t rb, int64_t re, double* gh) {
-  eval_rows(p, u, h0, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
+SYMKERNELS_SIMD_CLONES void eval_rows_f64(const Problem& p, const double* u, const double* wt, const double* b_hh,
+                                          const double* prev, const double* old, double* out, double* resid,
+                                          uint8_t* changed, int64_t rb, int64_t re, double* gh) {
+  eval_rows(p, u, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
 }
 
 template <typename T>
-void eval_range(const Problem& p, const T* u, const T* h0, const T* wt, const T* b_hh, const T* prev, const T* old,
-                T* out, double* resid, uint8_t* changed, int64_t rb, int64_t re) {
-  const int64_t grain = std::max<int64_t>(1, kFmasPerTask / std::max<int64_t>(1, p.H * p.G));
+void eval_range(const Problem& p, const T* u, const T* wt, const T* b_hh, const T* prev, const T* old, T* out,
+                double* resid, uint8_t* changed, int64_t rb, int64_t re) {
+  const int64_t grain = std::max<int64_t>(kRowBlock, kFmasPerTask / std::max<int64_t>(1, p.H * p.Gp));
   at::parallel_for(rb, re, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> gh(kRowBlock * p.Gp);
     if constexpr (std::is_same_v<T, float>) {
-      eval_rows_f32(p, u, h0, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
+      eval_rows_f32(p, u, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
     } else {
-      eval_rows_f64(p, u, h0, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
+      eval_rows_f64(p, u, wt, b_hh, prev, old, out, resid, changed, begin, end, gh.data());
     }
   });
 }
@@ -194,23 +259,18 @@ int parse_cell(const std::string& cell, const std::string& nonlinearity) {
   return nonlinearity == "tanh" ? kElmanTanh : kElmanRelu;
 }
 
+// `state` [(T+1)·B, Hp] is updated in place; `stats` receives one (residual, pointer) pair per iteration.
 template <typename T>
-void run(const Problem& p, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& wt, const at::Tensor& b_hh,
-         at::Tensor& cur, at::Tensor& stats, int64_t start, int64_t iters, double tol, bool sequential) {
-  const int64_t R = p.T * p.B, H = p.H;
-  at::Tensor nxt = at::empty_like(cur);
+void run(const Problem& p, const T* u, const T* wt, const T* b_hh, at::Tensor& state, double* st, int64_t start,
+         int64_t iters, double tol, bool sequential) {
+  const int64_t R = p.T * p.B, Hp = p.Hp;
   std::vector<double> resid(R);
   std::vector<uint8_t> changed(R);
-  const T *pu = u.const_data_ptr<T>(), *ph0 = h0.const_data_ptr<T>(), *pw = wt.const_data_ptr<T>(),
-          *pb = b_hh.const_data_ptr<T>();
-  T* pc = cur.mutable_data_ptr<T>();
-  T* pn = nxt.mutable_data_ptr<T>();
-  double* st = stats.mutable_data_ptr<double>();
+  T* cur = state.mutable_data_ptr<T>();
   if (sequential) {
-    // One Gauss–Seidel sweep: timestep t reads timestep t−1 of the same buffer, already updated.
+    // One Gauss–Seidel sweep in place: timestep t reads timestep t−1 of the same buffer, already updated.
     for (int64_t t = start; t < p.T; ++t) {
-      eval_range<T>(p, pu, ph0, pw, pb, pc, pc, pn, resid.data(), changed.data(), t * p.B, (t + 1) * p.B);
-      std::memcpy(pc + t * p.B * H, pn + t * p.B * H, sizeof(T) * p.B * H);
+      eval_range<T>(p, u, wt, b_hh, cur, cur, cur, resid.data(), changed.data(), t * p.B, (t + 1) * p.B);
     }
     if (iters > 0) {
       st[0] = 0;
@@ -218,10 +278,15 @@ void run(const Problem& p, const at::Tensor& u, const at::Tensor& h0, const at::
     }
     return;
   }
+  // Two state buffers, swapped each iteration (no copy of the live suffix): the iteration reads `cur` and
+  // writes the rows >= the pointer of `nxt`. Below the pointer both buffers must agree, so the rows that
+  // the iteration froze are copied back into the other buffer (one timestep per iteration, typically).
+  at::Tensor other = state.clone();
+  T* nxt = other.mutable_data_ptr<T>();
   int64_t ptr = start;
   for (int64_t it = 0; it < iters && ptr < p.T; ++it) {
     const int64_t rb = ptr * p.B;
-    eval_range<T>(p, pu, ph0, pw, pb, pc, pc, pn, resid.data(), changed.data(), rb, R);
+    eval_range<T>(p, u, wt, b_hh, cur, cur, nxt, resid.data(), changed.data(), rb, R);
     double r = 0;
     int64_t first_changed_row = R;
     for (int64_t row = rb; row < R; ++row) {
@@ -231,13 +296,16 @@ void run(const Problem& p, const at::Tensor& u, const at::Tensor& h0, const at::
     // Timesteps before the first changed one satisfied their equations from an exact prefix, and the
     // first changed one was computed from them: all are exact (see symkernels/jacobi/solver.py).
     const int64_t q = first_changed_row / p.B;
-    ptr = std::min(p.T, std::max(ptr + 1, q + 1));
-    std::memcpy(pc + rb * H, pn + rb * H, sizeof(T) * (R - rb) * H);
+    const int64_t new_ptr = std::min(p.T, std::max(ptr + 1, q + 1));
+    std::swap(cur, nxt);
+    std::memcpy(nxt + (rb + p.B) * Hp, cur + (rb + p.B) * Hp, sizeof(T) * (new_ptr - ptr) * p.B * Hp);
+    ptr = new_ptr;
     st[2 * it] = r;
     st[2 * it + 1] = double(ptr);
-    if (!std::isfinite(r)) break;           // the caller falls back to the exact sequential sweep
-    if (tol > 0 && r <= tol) break;         // tolerance reached
+    if (!std::isfinite(r)) break;    // the caller falls back to the exact sequential sweep
+    if (tol > 0 && r <= tol) break;  // tolerance reached
   }
+  if (cur != state.mutable_data_ptr<T>()) state = other;
 }
 
 std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, const at::Tensor& h0,
@@ -266,7 +334,6 @@ std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, c
   TORCH_CHECK_VALUE(iters >= 0, kOp, ": iters must be >= 0, got ", iters);
   TORCH_CHECK_VALUE(std::isfinite(tol) && tol >= 0, kOp, ": tol must be finite and >= 0, got ", tol);
 
-  at::Tensor cur = h.contiguous().clone();
   at::Tensor stats = at::full({iters, 2}, -1.0, h.options().dtype(at::kDouble));
   if (T == 0 || B == 0 || H == 0 || start >= T) {  // nothing left to compute: report "converged at T"
     if (iters > 0) {
@@ -274,23 +341,26 @@ std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, c
       s[0][0] = 0;
       s[0][1] = double(T);
     }
-    return {cur, stats};
+    return {h.contiguous().clone(), stats};
   }
-  // W_hh^T and b_hh zero-padded to whole vectors of gate values: the row kernel reads W_hh^T row k as the
-  // k-th axpy column (see the file comment), and the padding lanes compute zeros nobody reads.
+  // The padded internal layout (see Problem): one copy in and out per call, none per iteration.
   const int64_t width = u.scalar_type() == at::kFloat ? simd::Vec<float>::width : simd::Vec<double>::width;
-  const int64_t Gp = (G + width - 1) / width * width;
-  at::Tensor wt = at::zeros({H, Gp}, u.options());
-  wt.narrow(1, 0, G).copy_(w_hh.t());
-  at::Tensor bp = at::zeros({Gp}, u.options());
-  bp.narrow(0, 0, G).copy_(b_hh);
-  const Problem p{T, B, H, G, Gp, cell};
-  if (u.scalar_type() == at::kFloat) {
-    run<float>(p, u.contiguous(), h0.contiguous(), wt, bp, cur, stats, start, iters, tol, sequential);
-  } else {
-    run<double>(p, u.contiguous(), h0.contiguous(), wt, bp, cur, stats, start, iters, tol, sequential);
-  }
-  return {cur, stats};
+  const int64_t gc = gates(cell), Hp = (H + width - 1) / width * width, R = T * B;
+  const Problem p{T, B, H, Hp, gc * Hp, cell};
+  at::Tensor state = at::zeros({T + 1, B, Hp}, u.options());
+  state.select(0, 0).narrow(1, 0, H).copy_(h0);
+  state.narrow(0, 1, T).narrow(2, 0, H).copy_(h);
+  at::Tensor up = at::zeros({R, gc, Hp}, u.options());
+  up.narrow(2, 0, H).copy_(u.reshape({R, gc, H}));
+  at::Tensor wt = at::zeros({H, gc, Hp}, u.options());  // wt[k, g, j] = w_hh[g·H + j, k]
+  wt.narrow(2, 0, H).copy_(w_hh.reshape({gc, H, H}).permute({2, 0, 1}));
+  at::Tensor bp = at::zeros({gc, Hp}, u.options());
+  bp.narrow(1, 0, H).copy_(b_hh.reshape({gc, H}));
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), kOp, [&] {
+    run<scalar_t>(p, up.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(), bp.const_data_ptr<scalar_t>(),
+                  state, stats.mutable_data_ptr<double>(), start, iters, tol, sequential);
+  });
+  return {state.narrow(0, 1, T).narrow(2, 0, H).contiguous(), stats};
 }
 
 }  // namespace

@@ -17,6 +17,38 @@ namespace {
 constexpr int kRowThreads = 128;
 constexpr int kAdvanceThreads = 512;
 
+// Associative combines for block_reduce_pair. fmax, like the CPU kernel's std::max on residuals that are
+// never NaN (a non-finite moved value is recorded as +inf before the reduction).
+struct MaxOp {
+  __device__ __forceinline__ double operator()(double a, double b) const { return fmax(a, b); }
+};
+struct OrOp {
+  __device__ __forceinline__ int operator()(int a, int b) const { return a | b; }
+};
+struct MinOp {
+  __device__ __forceinline__ long long operator()(long long a, long long b) const { return a < b ? a : b; }
+};
+
+// Tree reduction of two per-thread values at once (one __syncthreads per level serves both), each with its
+// own combine; blockDim.x must be a power of two and the scratch arrays blockDim.x long. Thread 0 gets the
+// block's results in `a` and `b`. Both the row kernel (residual max + changed-or) and the advance kernel
+// (residual max + first-changed-row min) use it.
+template <typename A, typename B, typename OpA, typename OpB>
+__device__ __forceinline__ void block_reduce_pair(A& a, B& b, A* scratch_a, B* scratch_b, OpA op_a, OpB op_b) {
+  scratch_a[threadIdx.x] = a;
+  scratch_b[threadIdx.x] = b;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) {
+      scratch_a[threadIdx.x] = op_a(scratch_a[threadIdx.x], scratch_a[threadIdx.x + s]);
+      scratch_b[threadIdx.x] = op_b(scratch_b[threadIdx.x], scratch_b[threadIdx.x + s]);
+    }
+    __syncthreads();
+  }
+  a = scratch_a[0];
+  b = scratch_b[0];
+}
+
 template <typename T>
 struct Bits;
 template <>
@@ -66,19 +98,10 @@ __global__ void rnn_rows_kernel(const T* __restrict__ u, const T* __restrict__ h
       d_max = fmax(d_max, isfinite(d) ? d : INFINITY);  // non-finite and moved: infinite residual
     }
   }
-  red_d[threadIdx.x] = d_max;
-  red_c[threadIdx.x] = moved_any;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      red_d[threadIdx.x] = fmax(red_d[threadIdx.x], red_d[threadIdx.x + s]);
-      red_c[threadIdx.x] |= red_c[threadIdx.x + s];
-    }
-    __syncthreads();
-  }
+  block_reduce_pair(d_max, moved_any, red_d, red_c, MaxOp{}, OrOp{});
   if (threadIdx.x == 0) {
-    resid[row] = red_d[0];
-    changed[row] = red_c[0];
+    resid[row] = d_max;
+    changed[row] = moved_any;
   }
 }
 
@@ -108,20 +131,11 @@ __global__ void advance_kernel(const double* __restrict__ resid, const int* __re
     d = fmax(d, resid[row]);
     if (changed[row] && row < first) first = row;
   }
-  red_d[threadIdx.x] = d;
-  red_first[threadIdx.x] = first;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      red_d[threadIdx.x] = fmax(red_d[threadIdx.x], red_d[threadIdx.x + s]);
-      red_first[threadIdx.x] = min(red_first[threadIdx.x], red_first[threadIdx.x + s]);
-    }
-    __syncthreads();
-  }
+  block_reduce_pair(d, first, red_d, red_first, MaxOp{}, MinOp{});
   if (threadIdx.x == 0) {
-    const double r = red_d[0];
+    const double r = d;
     // Timesteps before the first changed one are exact, and so is the first changed one (see solver.py).
-    int64_t q = red_first[0] / B + 1;
+    int64_t q = first / B + 1;
     int64_t np = q > p + 1 ? q : p + 1;
     if (np > T) np = T;
     stats_row[0] = r;

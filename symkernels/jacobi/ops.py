@@ -101,9 +101,10 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
     Returns:
         h ``[T, B, H]`` (``(h, info)`` with ``return_info``). With ``tol=0`` and ``backend="cpu"`` the result
         is bitwise the sequential loop of the same kernel (``method="gauss_seidel"``); the reference backend
-        uses a GEMM per iteration and matches the sequential loop within rounding. Differentiable once:
-        the backward solves the adjoint linear recurrence λ_t = ∂L/∂h_t + J_{t+1}ᵀ λ_{t+1} by Jacobi
-        iteration as well (never unrolling the forward iterations).
+        uses a GEMM per iteration and matches the sequential loop within rounding. Differentiable in reverse
+        mode (twice: double backward) and forward mode: the backward solves the adjoint linear recurrence
+        λ_t = ∂L/∂h_t + J_{t+1}ᵀ λ_{t+1}, the JVP the linearised recurrence ḣ_t = ṙ_t + J_t ḣ_{t−1}, both by
+        Jacobi iteration as well (never unrolling the forward iterations).
     """
     _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every)
     device = _backend.common_device("rnn", x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, b=b)
@@ -187,7 +188,15 @@ def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, S
 
 
 class _JacobiRNN(torch.autograd.Function):
-    """Forward: a Jacobi solve (no graph is recorded). Backward: the adjoint recurrence at the solution."""
+    """Forward: a Jacobi solve (no graph is recorded). Backward and JVP: the linearised recurrence at the
+    solution (implicit function theorem), never the unrolled iterations.
+
+    With J_t = ∂h_t/∂h_{t−1} at the solution and (Lδ)_t = J_t δ_{t−1}, the solution's derivatives are
+    ḣ = (I − L)⁻¹ ṙ (forward mode, ṙ the cell's tangent at fixed h_{t−1}) and λ = (I − L)⁻ᵀ g (reverse
+    mode); both triangular linear systems are linear recurrences solved by Jacobi iteration. The backward is
+    written with differentiable ops and the adjoint solve is itself a Function with a backward, so the
+    gradient can be differentiated again (double backward, e.g. gradient penalties, Hessian-vector products).
+    """
 
     @staticmethod
     def forward(u, h0, w_hh, b_hh, cfg: _Config):
@@ -208,21 +217,93 @@ class _JacobiRNN(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         u, h0, w_hh, b_hh, cfg = inputs
         ctx.save_for_backward(u, h0, w_hh, b_hh, output)
+        ctx.save_for_forward(u, h0, w_hh, b_hh, output)
         ctx.cfg = cfg
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h):
         u, h0, w_hh, b_hh, h = ctx.saved_tensors
         cfg = ctx.cfg
-        lam = adjoint(u, h0, w_hh, b_hh, h, grad_h, cfg.cell, cfg.nonlinearity, tol=cfg.tol)
-        h_prev = torch.cat([h0.unsqueeze(0), h[:-1]]) if h.shape[0] else h
-        _, vjp_all = torch.func.vjp(
-            lambda hp, u_, w_, b_: reference.cell_step(hp, u_, w_, b_, cfg.cell, cfg.nonlinearity),
-            h_prev, u, w_hh, b_hh)
+        if h.shape[0] == 0:
+            return torch.zeros_like(u), torch.zeros_like(h0), torch.zeros_like(w_hh), torch.zeros_like(b_hh), None
+        lam = _AdjointSolve.apply(grad_h, u, h0, w_hh, b_hh, h, cfg.cell, cfg.nonlinearity, cfg.tol)
+        # One batched VJP of the cell at the solution; differentiable (torch.func composes with autograd).
+        _, vjp_all = torch.func.vjp(lambda hp, u_, w_, b_: reference.cell_step(hp, u_, w_, b_, cfg.cell,
+                                                                              cfg.nonlinearity),
+                                    _shift(h0, h), u, w_hh, b_hh)
         d_hprev, du, dw, db = vjp_all(lam)
-        dh0 = d_hprev[0] if h.shape[0] else torch.zeros_like(h0)
-        return du, dh0, dw, db, None
+        return du, d_hprev[0], dw, db, None
+
+    @staticmethod
+    def jvp(ctx, du, dh0, dw, db, _cfg):
+        u, h0, w_hh, b_hh, h = ctx.saved_tensors
+        cfg = ctx.cfg
+        if h.shape[0] == 0:
+            return torch.zeros_like(h)
+        zero = torch.zeros_like
+        dh0 = zero(h0) if dh0 is None else dh0
+        # ṙ_t: the cell's tangent with h_{t−1} held at the solution, except ḣ0 entering at t = 0.
+        dh_prev = torch.cat([dh0.unsqueeze(0), zero(h[:-1])])
+        r_dot = reference.cell_jvp(_shift(h0, h), u, w_hh, b_hh, cfg.cell, cfg.nonlinearity, dh_prev, du, dw, db)
+        return tangent(u, h0, w_hh, b_hh, h, r_dot, cfg.cell, cfg.nonlinearity, tol=cfg.tol)
+
+
+def _shift(h0, h):
+    """h_prev: [h0, h_0, …, h_{T−2}], the state each timestep reads."""
+    return torch.cat([h0.unsqueeze(0), h[:-1]])
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """λ = (I − L)⁻ᵀ g at the solution h, with a backward so that rnn's gradient is differentiable.
+
+    dλ = (I − Lᵀ)⁻¹(dg + dLᵀ λ), so for a cotangent λ̄: ḡ = μ := (I − L)⁻¹ λ̄ (the forward tangent solve) and
+    the cotangents of (h0, h, u, w_hh, b_hh) are those of ⟨λ, dL μ⟩ = Σ_t λ_tᵀ dJ_t μ_{t−1}: one VJP of the
+    cell's JVP at the solution.
+    """
+
+    @staticmethod
+    def forward(g, u, h0, w_hh, b_hh, h, cell, nonlinearity, tol):
+        return adjoint(u, h0, w_hh, b_hh, h, g, cell, nonlinearity, tol=tol)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, u, h0, w_hh, b_hh, h, cell, nonlinearity, tol = inputs
+        ctx.save_for_backward(u, h0, w_hh, b_hh, h, output)
+        ctx.args = (cell, nonlinearity, tol)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, lam_bar):
+        u, h0, w_hh, b_hh, h, lam = ctx.saved_tensors
+        cell, nonlinearity, tol = ctx.args
+        mu = tangent(u, h0, w_hh, b_hh, h, lam_bar, cell, nonlinearity, tol=tol)
+        mu_prev = torch.cat([torch.zeros_like(mu[:1]), mu[:-1]])
+
+        def lam_dot_jmu(hp, u_, w_, b_):
+            return reference.cell_jvp(hp, u_, w_, b_, cell, nonlinearity, dh_prev=mu_prev)
+
+        _, vjp_fn = torch.func.vjp(lam_dot_jmu, _shift(h0, h), u, w_hh, b_hh)
+        d_hprev, du, dw, db = vjp_fn(lam)
+        dh = torch.cat([d_hprev[1:], torch.zeros_like(d_hprev[:1])])  # h_prev[t] = h[t − 1]
+        return mu, du, d_hprev[0], dw, db, dh, None, None, None
+
+
+def tangent(u, h0, w_hh, b_hh, h, r, cell, nonlinearity, *, tol=0.0):
+    """ḣ = (I − L)⁻¹ r: the linearised recurrence ḣ_t = r_t + J_t ḣ_{t−1} (ḣ_{−1} = 0) at the solution h, by
+    Jacobi iteration through the general solver (each iteration one batched JVP of the cell)."""
+    T = h.shape[0]
+    if T == 0:
+        return r
+    h_prev = _shift(h0, h)
+    r = r.contiguous()
+
+    def step(hist, t):  # hist[i] = ḣ_{i−1}; position t computes ḣ_{t−1}
+        i = t - 1
+        return r[i] + reference.cell_jvp(h_prev[i], u[i], w_hh, b_hh, cell, nonlinearity, dh_prev=hist[i])
+
+    with torch.no_grad():
+        out, _ = solve(step, torch.zeros_like(r[0]), T, tol=tol, divergence_factor=math.inf)
+    return out
 
 
 def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
@@ -234,8 +315,7 @@ def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
     T = h.shape[0]
     if T == 0:
         return grad_h
-    h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
-    _, vjp_h = torch.func.vjp(lambda hp: reference.cell_step(hp, u, w_hh, b_hh, cell, nonlinearity), h_prev)
+    _, vjp_h = torch.func.vjp(lambda hp: reference.cell_step(hp, u, w_hh, b_hh, cell, nonlinearity), _shift(h0, h))
     g = grad_h.contiguous()
     zero_row = torch.zeros_like(g[:1])
 
@@ -244,7 +324,8 @@ def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
         contrib = torch.cat([vjp_h(lam)[0], zero_row])  # contrib[j] = J_jᵀ λ_j, feeding λ_{j−1}
         return g[T - t] + contrib[T - t + 1]
 
-    mu, _ = solve(step, torch.zeros_like(g[0]), T, tol=tol, divergence_factor=math.inf)
+    with torch.no_grad():
+        mu, _ = solve(step, torch.zeros_like(g[0]), T, tol=tol, divergence_factor=math.inf)
     return torch.flip(mu, (0,))
 
 

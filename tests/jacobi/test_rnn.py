@@ -249,13 +249,16 @@ def test_cpp_kernel_bad_inputs():
         op(u, h0, w, bb, h, 0, 1, 0.0, "lstm", "tanh", False)
 
 
-def test_affine_scan_vs_loop():
+@pytest.mark.parametrize("T", [0, 1, 2, 13, 16, 50])
+def test_affine_scan_vs_loop(T):
+    # T = 13, 50: chunk count not dividing T (identity padding); 16: whole chunks; 0, 1, 2: degenerate.
     g = torch.Generator().manual_seed(4)
-    A = 0.5 * torch.randn(13, 2, 3, 3, generator=g, dtype=torch.float64)
-    c = torch.randn(13, 2, 3, generator=g, dtype=torch.float64)
+    A = 0.5 * torch.randn(T, 2, 3, 3, generator=g, dtype=torch.float64)
+    c = torch.randn(T, 2, 3, generator=g, dtype=torch.float64)
     h = torch.randn(2, 3, generator=g, dtype=torch.float64)
     out = reference.affine_scan(A, c, h)
-    for t in range(13):
+    assert out.shape == (T, 2, 3)
+    for t in range(T):
         h = (A[t] @ h.unsqueeze(-1)).squeeze(-1) + c[t]
         assert_close(out[t], h)
 
@@ -293,3 +296,116 @@ def test_newton_divergence_falls_back():
     h, info = rnn(*args, nonlinearity="relu", method="newton", tol=1e-8, max_iters=5, return_info=True)
     assert info.fallback is not None and info.exact
     torch.testing.assert_close(h, rnn_sequential(*args, "relu"), equal_nan=True)
+
+
+def _ad_backend():
+    return "cpu" if _backend.backend_status("cpu") else "reference"
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_double_backward_and_forward_ad_float64(cell, nonlinearity):
+    backend = _ad_backend()
+    # Small: every numerical derivative of the second order runs a forward, an adjoint and a tangent solve.
+    args = tuple(a.requires_grad_() for a in make(4, 2, 2, 2, cell))
+
+    def f(*a):
+        return rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend)
+
+    # fast_mode: random projections of the Jacobians (a real check, far fewer solves than the full matrices).
+    assert torch.autograd.gradcheck(f, args, check_forward_ad=True, fast_mode=True)
+    assert torch.autograd.gradgradcheck(f, args, fast_mode=True)
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_jvp_vs_sequential_loop(cell, nonlinearity):
+    backend = _ad_backend()
+    args = make(40, 2, 3, 5, cell)
+    g = torch.Generator().manual_seed(3)
+    full = tuple(torch.randn(a.shape, generator=g, dtype=a.dtype) for a in args)
+    # Each input's tangent alone (a dropped or ignored tangent would come back as zeros), then all at once.
+    for k in list(range(len(args))) + [None]:
+        tangents = full if k is None else tuple(t if i == k else torch.zeros_like(t) for i, t in enumerate(full))
+        out, ours = torch.func.jvp(lambda *a: rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend),
+                                   args, tangents)
+        _, truth = torch.func.jvp(lambda *a: rnn_sequential(*a, nonlinearity, cell), args, tangents)
+        assert truth.abs().max() > 1e-3, "degenerate test: the true tangent is ~0"
+        assert_close(ours, truth, msg=f"jvp, tangent of input {k}")
+
+
+@pytest.mark.parametrize("cell, nonlinearity", CELLS)
+def test_double_backward_vs_sequential_loop(cell, nonlinearity):
+    # Hessian-vector product of a scalar loss: grad of (grad · v), against autograd through the loop.
+    backend = _ad_backend()
+    args = tuple(a.requires_grad_() for a in make(30, 2, 3, 4, cell))
+    g = torch.Generator().manual_seed(5)
+    vs = tuple(torch.randn(a.shape, generator=g, dtype=a.dtype) for a in args)
+
+    def hvp(fn):
+        loss = (fn(*args) ** 2).sum()
+        grads = torch.autograd.grad(loss, args, create_graph=True)
+        return torch.autograd.grad(sum((gr * v).sum() for gr, v in zip(grads, vs)), args)
+
+    ours = hvp(lambda *a: rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend))
+    truth = hvp(lambda *a: rnn_sequential(*a, nonlinearity, cell))
+    for name, a, t in zip(("x", "h0", "w_ih", "w_hh", "b"), ours, truth):
+        assert_close(a, t, msg=f"hvp {name}")
+
+
+def test_forward_ad_dual_api():
+    # torch.autograd.forward_ad (not only torch.func.jvp) reaches the JVP rule, not a zero tangent.
+    import torch.autograd.forward_ad as fwAD
+
+    args = make(20, 1, 2, 3, "elman")
+    tx = torch.randn_like(args[0])
+    with fwAD.dual_level():
+        out = rnn(fwAD.make_dual(args[0], tx), *args[1:], backend=_ad_backend())
+        tangent = fwAD.unpack_dual(out).tangent
+    _, truth = torch.func.jvp(lambda x: rnn_sequential(x, *args[1:]), (args[0],), (tx,))
+    assert tangent is not None
+    assert_close(tangent, truth)
+
+
+def test_torch_compile_rnn():
+    # rnn's solve stops on a data-dependent test (the host reads the kernel's iteration record and may fall
+    # back to the sequential sweep), so Dynamo breaks the graph around it: not fullgraph. The result and
+    # gradients of the compiled function must still be those of eager.
+    require_backend("cpu")
+    torch._dynamo.reset()
+    args = tuple(a.requires_grad_() for a in make(24, 2, 3, 4, "gru", dtype=torch.float32))
+
+    def loss(*a):
+        return (rnn(*a, cell="gru", backend="cpu") * 2).tanh().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager")
+    out = compiled(*args)
+    assert torch.equal(out, loss(*args))
+    for a, t in zip(torch.autograd.grad(out, args), torch.autograd.grad(loss(*args), args)):
+        assert_close(a, t)
+
+
+def test_torch_compile_fullgraph_iteration_op():
+    # The kernel op itself (fixed iteration count, convergence kept on the device) traces without breaks.
+    require_backend("cpu")
+    torch._dynamo.reset()
+    x, h0, w_ih, w_hh, b = make(16, 2, 3, 4, "elman", dtype=torch.float32)
+
+    def f(x, h0, w_ih, w_hh, b):
+        u = torch.matmul(x, w_ih.t()) + b
+        guess = h0.unsqueeze(0).expand(x.shape[0], -1, -1).contiguous()
+        h, stats = torch.ops.symkernels.jacobi_rnn_iterate(u, h0, w_hh, torch.zeros_like(b), guess, 0, x.shape[0],
+                                                            0.0, "elman", "tanh", False)
+        return h * 1.0, stats
+
+    h, stats = torch.compile(f, fullgraph=True, backend="aot_eager")(x, h0, w_ih, w_hh, b)
+    assert torch.equal(h, rnn(x, h0, w_ih, w_hh, b, backend="cpu", method="gauss_seidel"))
+    assert stats[:, 1].max() == 16
+
+
+def test_newton_stall_below_rounding_floor_stops_early():
+    # float32 cannot reach tol=1e-9 (the scan's rounding floor is ~1e-7): Newton must notice that it stopped
+    # converging, report it, and finish exactly with the sequential loop rather than spin to its cap.
+    args = make(64, 2, 3, 16, "elman", gain=0.8, dtype=torch.float32)
+    h, info = rnn(*args, method="newton", tol=1e-9, return_info=True)
+    assert info.fallback is not None and "stalled" in info.fallback, info.fallback
+    assert info.iterations < reference.NEWTON_MAX_ITERS // 2, info.iterations
+    assert info.exact and torch.equal(h, rnn_sequential(*args))
