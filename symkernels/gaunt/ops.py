@@ -255,23 +255,43 @@ class _GauntFunction(torch.autograd.Function):
         return out, 0
 
 
+# Both product ops share one signature, (x1, x2, table_a, table_b, lmax_out) -> [..., (lmax_out+1)^2]: the
+# sparse route's tables are (paths, coeffs), the grid route's (theta, weights). Their fake kernel, saved
+# context and forward-mode rule are therefore the same.
+def _fake_product(x1, x2, _table_a, _table_b, lmax_out):
+    torch._check(x1.dtype == x2.dtype, lambda: f"{OP_NAME}: x2 must have x1's dtype")
+    lead = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+    return x1.new_empty((*lead, (lmax_out + 1) ** 2))
+
+
+def _save_product_inputs(ctx, inputs, output):
+    x1, x2, table_a, table_b, lmax_out = inputs
+    ctx.save_for_backward(x1, x2, table_a, table_b)
+    ctx.save_for_forward(x1, x2, table_a, table_b)
+    ctx.lmax_out = lmax_out
+
+
+def _product_jvp(op):
+    # The product is bilinear: d(x1 ⊛ x2) = dx1 ⊛ x2 + x1 ⊛ dx2, each term the op again.
+    def jvp(ctx, x1_t, x2_t, *_table_tangents):
+        x1, x2, table_a, table_b = ctx.saved_tensors
+        terms = []
+        if x1_t is not None:
+            terms.append(op(x1_t, x2, table_a, table_b, ctx.lmax_out))
+        if x2_t is not None:
+            terms.append(op(x1, x2_t, table_a, table_b, ctx.lmax_out))
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    return jvp
+
+
 def _register_dispatcher_op() -> None:
     if not _backend.has_dispatcher_op(OP_NAME):
         return
     qualname = f"symkernels::{OP_NAME}"
 
     # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(qualname)
-    def _fake(x1, x2, paths, coeffs, lmax_out):
-        torch._check(x1.dtype == x2.dtype, lambda: f"{OP_NAME}: x2 must have x1's dtype")
-        lead = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
-        return x1.new_empty((*lead, (lmax_out + 1) ** 2))
-
-    def _setup_context(ctx, inputs, output):
-        x1, x2, paths, coeffs, lmax_out = inputs
-        ctx.save_for_backward(x1, x2, paths, coeffs)
-        ctx.save_for_forward(x1, x2, paths, coeffs)
-        ctx.lmax_out = lmax_out
+    torch.library.register_fake(qualname, _fake_product)
 
     def _permuted(paths, columns):
         # Same entries with the roles of the indices permuted (G is symmetric), re-sorted by the new output
@@ -294,19 +314,10 @@ def _register_dispatcher_op() -> None:
             g2 = torch.ops.symkernels.gaunt_tensor_product(x1, grad, p, coeffs[order], l2).sum_to_size(x2.shape)
         return g1, g2, None, None, None
 
-    # The product is bilinear: d(x1 ⊛ x2) = dx1 ⊛ x2 + x1 ⊛ dx2, each term the op again.
-    def _jvp(ctx, x1_t, x2_t, *_table_tangents):
-        x1, x2, paths, coeffs = ctx.saved_tensors
-        terms = []
-        if x1_t is not None:
-            terms.append(torch.ops.symkernels.gaunt_tensor_product(x1_t, x2, paths, coeffs, ctx.lmax_out))
-        if x2_t is not None:
-            terms.append(torch.ops.symkernels.gaunt_tensor_product(x1, x2_t, paths, coeffs, ctx.lmax_out))
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
-
     # Reverse and forward mode for callers of torch.ops.symkernels.gaunt_tensor_product itself (a plain
     # torch.library.register_autograd would give them silent zero tangents under torch.func.jvp).
-    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+    _autograd.register_autograd(qualname, _backward, setup_context=_save_product_inputs,
+                                jvp=_product_jvp(torch.ops.symkernels.gaunt_tensor_product))
 
 
 _register_dispatcher_op()
@@ -318,17 +329,7 @@ def _register_grid_op() -> None:
     qualname = "symkernels::gaunt_tensor_product_grid"
     op = torch.ops.symkernels.gaunt_tensor_product_grid
 
-    @torch.library.register_fake(qualname)
-    def _fake(x1, x2, theta, weights, lmax_out):
-        torch._check(x1.dtype == x2.dtype, lambda: f"{OP_NAME}: x2 must have x1's dtype")
-        lead = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
-        return x1.new_empty((*lead, (lmax_out + 1) ** 2))
-
-    def _setup_context(ctx, inputs, output):
-        x1, x2, theta, weights, lmax_out = inputs
-        ctx.save_for_backward(x1, x2, theta, weights)
-        ctx.save_for_forward(x1, x2, theta, weights)
-        ctx.lmax_out = lmax_out
+    torch.library.register_fake(qualname, _fake_product)
 
     # G is symmetric and the table depends only on L1+L2+Lo, so backward is this op with the roles permuted.
     def _backward(ctx, grad):
@@ -340,16 +341,7 @@ def _register_grid_op() -> None:
             g2 = op(x1, grad, theta, weights, lmax_from_size(x2.shape[-1])).sum_to_size(x2.shape)
         return g1, g2, None, None, None
 
-    def _jvp(ctx, x1_t, x2_t, *_table_tangents):
-        x1, x2, theta, weights = ctx.saved_tensors
-        terms = []
-        if x1_t is not None:
-            terms.append(op(x1_t, x2, theta, weights, ctx.lmax_out))
-        if x2_t is not None:
-            terms.append(op(x1, x2_t, theta, weights, ctx.lmax_out))
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
-
-    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+    _autograd.register_autograd(qualname, _backward, setup_context=_save_product_inputs, jvp=_product_jvp(op))
 
 
 _register_grid_op()
