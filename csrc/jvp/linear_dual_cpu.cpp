@@ -34,6 +34,7 @@
 
 #include "common/checks.h"
 #include "common/simd.h"
+#include "jvp/dual_args.h"
 #include "jvp/jvp.h"
 
 namespace symkernels::jvp {
@@ -43,37 +44,6 @@ constexpr const char* kOp = "linear_dual";
 // A generated weight-tangent tile holds this many values (1 MiB fp32: stays in L2 while BLAS reads it).
 constexpr int64_t kSeedTileElements = 1 << 18;
 constexpr int64_t kEpilogueGrain = 1 << 14;  // elements per parallel task in the epilogue
-
-Activation parse_activation(const std::string& name) {
-  if (name == "none") return Activation::kNone;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "gelu_tanh") return Activation::kGeluTanh;
-  if (name == "silu") return Activation::kSilu;
-  if (name == "tanh") return Activation::kTanh;
-  TORCH_CHECK_VALUE(false, kOp, ": activation must be one of none, relu, gelu, gelu_tanh, silu, tanh, got '", name,
-                    "'");
-}
-
-Distribution parse_distribution(const std::string& name) {
-  if (name == "gaussian") return Distribution::kGaussian;
-  if (name == "rademacher") return Distribution::kRademacher;
-  TORCH_CHECK_VALUE(false, kOp, ": distribution must be 'gaussian' or 'rademacher', got '", name, "'");
-}
-
-// Leading tangent count of an optional canonical tangent, checked against the primal's shape.
-int64_t check_tangent(const std::optional<at::Tensor>& t, const at::Tensor& primal, const char* arg,
-                      const char* primal_arg, int64_t T) {
-  if (!t.has_value()) return 0;
-  TORCH_CHECK_TYPE(t->scalar_type() == primal.scalar_type(), kOp, ": ", arg, " must have the dtype of ", primal_arg,
-                   " (", primal.scalar_type(), "), got ", t->scalar_type());
-  TORCH_CHECK_VALUE(t->device() == primal.device(), kOp, ": ", arg, " must be on ", primal.device());
-  TORCH_CHECK_VALUE(t->dim() == primal.dim() + 1 && t->sizes().slice(1) == primal.sizes(), kOp, ": ", arg,
-                    " must have shape [T, ", primal.sizes(), "] (T = 1 or num_tangents), got ", t->sizes());
-  TORCH_CHECK_VALUE(t->size(0) == 1 || t->size(0) == T, kOp, ": ", arg, ".shape[0] must be 1 or num_tangents=", T,
-                    ", got ", t->size(0));
-  return t->size(0);
-}
 
 // The distribution branch sits outside the loops: the Rademacher loop is pure 32-bit integer math and
 // vectorizes (one lane per element); the Gaussian loop calls logf/cosf per element.
@@ -165,47 +135,23 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
                                                    const std::optional<at::Tensor>& bias_t,
                                                    c10::string_view activation, int64_t num_tangents, int64_t seed,
                                                    c10::string_view distribution) {
-  check_floating(x, kOp, "x");
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), kOp, ": weight must have the dtype of x (",
-                   x.scalar_type(), "), got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(x.dim() == 2, kOp, ": x must have shape [M, K], got ", x.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), kOp, ": weight must have shape [N, K=",
-                    x.size(1), "], got ", weight.sizes());
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0), T = num_tangents;
-  TORCH_CHECK_VALUE(T >= 0, kOp, ": num_tangents must be >= 0, got ", T);
-  const Activation act = parse_activation(std::string(activation));
-  const Distribution dist = parse_distribution(std::string(distribution));
-  if (bias.has_value()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), kOp, ": bias must have the dtype of x (",
-                     x.scalar_type(), "), got ", bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, kOp, ": bias must have shape [N=", N, "], got ",
-                      bias->sizes());
-  }
-  TORCH_CHECK_VALUE(!(bias_t.has_value() && !bias.has_value()), kOp, ": bias_t given without bias");
-  const bool seeded = seed >= 0;
-  TORCH_CHECK_VALUE(!(seeded && weight_t.has_value()), kOp, ": give weight_t or a seed, not both");
-  TORCH_CHECK_VALUE(seed < (int64_t{1} << 31), kOp, ": seed must be in [0, 2**31), got ", seed);
-  const int64_t Tx = T ? check_tangent(x_t, x, "x_t", "x", T) : 0;
-  int64_t Tw = T ? check_tangent(weight_t, weight, "weight_t", "weight", T) : 0;
-  const int64_t Tb = T ? check_tangent(bias_t, *bias, "bias_t", "bias", T) : 0;
-  if (seeded && T) {
-    Tw = T;
-    TORCH_CHECK_VALUE(T * N * K < (int64_t{1} << 31), kOp, ": seeded tangents support T*N*K < 2**31, got ", T * N * K);
-  }
+  const LinearArgs a = prepare_linear_args(x, x_t, weight, weight_t, bias, bias_t, std::string(activation),
+                                           num_tangents, seed, std::string(distribution));
+  const int64_t M = a.M, K = a.K, N = a.N, T = a.T, Tx = a.Tx, Tw = a.Tw, Tb = a.Tb;
 
   // One GEMM for the primal and all x-tangents: [x; x_t] @ W^T.
-  at::Tensor za = Tx ? at::mm(at::cat({x, x_t->reshape({Tx * M, K})}, 0), weight.t()) : at::mm(x, weight.t());
+  at::Tensor za = Tx ? at::mm(at::cat({a.x, a.x_t.reshape({Tx * M, K})}, 0), a.weight.t()) : at::mm(a.x, a.weight.t());
   at::Tensor zw;
-  if (Tw && seeded) {
+  if (Tw && a.seed >= 0) {
     zw = at::empty({M, Tw * N}, x.options());
-    seeded_weight_products(x, zw, Tw * N, K, seed, dist);
+    seeded_weight_products(a.x, zw, Tw * N, K, a.seed, a.dist);
   } else if (Tw) {
-    zw = at::mm(x, weight_t->reshape({Tw * N, K}).t());
+    zw = at::mm(a.x, a.weight_t.reshape({Tw * N, K}).t());
   }
   za = za.contiguous();
   if (zw.defined()) zw = zw.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const at::Tensor bt = Tb ? bias_t->contiguous() : at::Tensor();
+  const at::Tensor& b = a.bias;
+  const at::Tensor& bt = a.bias_t;
 
   at::Tensor y_t = at::empty({T, M, N}, x.options());
   if (M * N == 0) return {at::empty({M, N}, x.options()), y_t};
@@ -213,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
   const auto acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor z = za.narrow(0, 0, M).to(acc_type);
   if (b.defined()) z.add_(b.to(acc_type));
-  auto [y_acc, d] = activation_and_derivative(z, act);
+  auto [y_acc, d] = activation_and_derivative(z, a.act);
   at::Tensor y = y_acc.to(x.scalar_type());
   if (y.is_alias_of(za)) y = y.clone();  // activation "none" in opmath dtype: do not hand out the scratch buffer
   if (T == 0) return {y, y_t};
