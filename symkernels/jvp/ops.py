@@ -567,9 +567,12 @@ def _register_row_dispatcher_ops() -> None:
         # A CUDA build registers the native row kernel (csrc/jvp/row_dual_cuda.cpp); without one, CUDA
         # tensors still go through the dispatcher op, to the Triton kernel.
         if not _has_cuda_kernel(name) and _backend.backend_status("triton").available:
-            def _cuda_via_triton(*args, _kind=kind):
+            def _cuda_via_triton(*args, _kind=kind, _name=name):
                 from symkernels.jvp import triton as triton_impl
 
+                if args[0].shape[-1] > triton_impl.MAX_ROW:
+                    raise ValueError(f"{_name}: x.shape[-1] must be at most {triton_impl.MAX_ROW} for the Triton "
+                                     f"kernel (a row is held in registers), got {args[0].shape[-1]}")
                 return triton_impl.row_dual(_kind, *_row_from_op_args(_kind, args))
 
             torch.library.register_kernel(qualname, "cuda", _cuda_via_triton)
