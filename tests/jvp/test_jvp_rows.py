@@ -289,3 +289,24 @@ def test_row_op_bad_inputs():
         sm(torch.randn(4), None, 1)
     with pytest.raises(TypeError, match="softmax_dual: x must be float16, bfloat16, float32 or float64"):
         sm(x.long(), None, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_dual_cpu_exp_range(dtype):
+    """The C++ softmax's own vectorised exp: wide logit ranges (underflow to 0), -inf masks, all -inf rows
+    (NaN, as torch.softmax), every tail length, against torch.softmax and its func.jvp."""
+    _need("cpu")
+    g = torch.Generator().manual_seed(4)
+    for N in (1, 7, 16, 17, 40):
+        x = torch.randn(5, N, dtype=dtype, generator=g) * torch.tensor([1.0, 30.0, 300.0, 1.0, 1.0],
+                                                                       dtype=dtype)[:, None]
+        x[3, ::2] = float("-inf")
+        x[4] = float("-inf")
+        xt = torch.randn(5, N, dtype=dtype, generator=g)
+        y, y_t = softmax_dual(x, xt, backend="cpu")
+        ty, ty_t = torch.func.jvp(lambda v: torch.softmax(v, -1), (x.double(),), (xt.double(),))
+        assert y[4].isnan().all() and y_t[4].isnan().all()
+        assert_close(y[:4], ty[:4].to(dtype))
+        assert_close(y_t[:4], ty_t[:4].to(dtype))
+        if N > 1:  # (N = 1: row 3 is all -inf)
+            assert (y[3, ::2] == 0).all()
