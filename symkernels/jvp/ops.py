@@ -564,8 +564,8 @@ def _register_row_dispatcher_ops() -> None:
 
         _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
 
-        # A CUDA build registers the native row kernel (csrc/jvp/row_dual_cuda.cpp); without one, CUDA
-        # tensors still go through the dispatcher op, to the Triton kernel.
+        # The CUDA key is the Triton row kernel unless symkernels._C registered its native one (only with
+        # SYMKERNELS_JVP_NATIVE_CUDA=1: csrc/jvp/row_dual_cuda.cpp says why).
         if not _has_cuda_kernel(name) and _backend.backend_status("triton").available:
             def _cuda_via_triton(*args, _kind=kind, _name=name):
                 from symkernels.jvp import triton as triton_impl
