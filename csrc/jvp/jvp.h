@@ -12,6 +12,8 @@ namespace symkernels::jvp {
 
 enum class Activation : int { kNone = 0, kRelu, kGelu, kGeluTanh, kSilu, kTanh };
 enum class Distribution : int { kGaussian = 0, kRademacher = 1 };
+// Row-wise duals over the last dim; same order as reference.ROW_KINDS.
+enum class RowKind : int { kLayerNorm = 0, kRmsNorm = 1, kSoftmax = 2 };
 
 // lowbias32 (Chris Wellons): a uint32 bijection with low avalanche bias.
 SYMKERNELS_HD uint32_t mix32(uint32_t x) {

@@ -9,4 +9,16 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
   m.def(
       "linear_dual(Tensor x, Tensor? x_t, Tensor weight, Tensor? weight_t, Tensor? bias, Tensor? bias_t, "
       "str activation, int num_tangents, int seed=-1, str distribution=\"gaussian\") -> (Tensor, Tensor)");
+  // Fused primal + T tangents of the row-wise ops over the last dim, canonical shapes (reference.row_dual):
+  // x [R,N], x_t [Tx,R,N], weight/bias [N], weight_t/bias_t [Tw|Tb,N], each count in {1,T}; returns
+  // (y [R,N], y_t [T,R,N]). Three ops, not one row_dual(kind, ...): each schema is exactly its function's
+  // signature (softmax has no weight, RMS norm no bias), so invalid combinations cannot be expressed and
+  // errors / backend choice name the op the user called. One templated kernel serves all three.
+  m.def(
+      "layer_norm_dual(Tensor x, Tensor? x_t, Tensor? weight, Tensor? weight_t, Tensor? bias, Tensor? bias_t, "
+      "float eps, int num_tangents) -> (Tensor, Tensor)");
+  m.def(
+      "rms_norm_dual(Tensor x, Tensor? x_t, Tensor? weight, Tensor? weight_t, float eps, int num_tangents) "
+      "-> (Tensor, Tensor)");
+  m.def("softmax_dual(Tensor x, Tensor? x_t, int num_tangents) -> (Tensor, Tensor)");
 }

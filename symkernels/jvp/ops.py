@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from symkernels import _backend
+from symkernels import _autograd, _backend
 from symkernels.jvp import reference
 
 OP_NAME = "linear_dual"
@@ -237,6 +237,11 @@ class _LinearDualFunction(torch.autograd.Function):
         return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
 
 
+def _has_cuda_kernel(op_name: str) -> bool:
+    """True when symkernels._C registered a C++ kernel for the op's CUDA key."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"symkernels::{op_name}", "CUDA")
+
+
 def _register_dispatcher_op() -> None:
     if not _backend.has_dispatcher_op(OP_NAME):
         return
@@ -248,12 +253,16 @@ def _register_dispatcher_op() -> None:
         M, N = x.shape[0], weight.shape[0]
         return x.new_empty((M, N)), x.new_empty((num_tangents, M, N))
 
-    # Backward through the primal only (y_t is a tangent, non-differentiable by contract).
+    # Backward through the primal only (y_t is a tangent, non-differentiable by contract). The forward-mode
+    # rule matters as much: with torch.library.register_autograd the bare op would give torch.func.jvp and
+    # forward_ad duals a silent ZERO tangent, so it goes through _autograd.register_autograd instead.
     def _setup_context(ctx, inputs, output):
         x, _x_t, weight, _w_t, bias, _b_t, activation, *_ = inputs
         ctx.activation = activation
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_forward(x, weight, bias)
+        ctx.mark_non_differentiable(output[1])
 
     def _backward(ctx, grad_y, _grad_y_t):
         x, weight, bias = ctx.saved_tensors
@@ -262,10 +271,19 @@ def _register_dispatcher_op() -> None:
         grad_b = grad_z.sum(0) if ctx.has_bias else None
         return grad_z @ weight, None, grad_z.T @ x, None, grad_b, None, None, None, None, None
 
-    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
+    # y's tangent from the tangents of (x, weight, bias) by plain torch ops, so that it is itself
+    # differentiable (jacrev-of-jvp, gradcheck's forward-over-reverse). The tangents of the op's tangent
+    # *inputs* (x_t, weight_t, bias_t) do not enter y; y_t is non-differentiable, so its tangent is None.
+    def _jvp(ctx, x_dot, _xt_dot, w_dot, _wt_dot, b_dot, *_ignored):
+        x, weight, bias = ctx.saved_tensors
+        return _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, ctx.activation), None
 
-    # Without a CUDA C++ build, CUDA tensors still go through the dispatcher op, to the Triton kernel.
-    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
+    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+
+    # The CUDA key is the Triton kernel unless symkernels._C registered a CUDA kernel for this op: the
+    # native SIMT kernel registers only with SYMKERNELS_JVP_NATIVE_CUDA=1 (csrc/jvp/linear_dual_cuda.cpp
+    # says why), so by default, and without a CUDA build, CUDA tensors go through the op to Triton.
+    if not _has_cuda_kernel(OP_NAME) and _backend.backend_status("triton").available:
         @torch.library.register_kernel(qualname, "cuda")
         def _cuda_via_triton(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed=-1,
                              distribution="gaussian"):
@@ -279,9 +297,32 @@ _register_dispatcher_op()
 
 
 # ======================================================================================================
-# Row-wise duals: layer_norm_dual, rms_norm_dual, softmax_dual (last dim). Backends: reference, triton.
+# Row-wise duals: layer_norm_dual, rms_norm_dual, softmax_dual (last dim). Backends: reference, cpu (the
+# dispatcher ops torch.ops.symkernels.{layer_norm,rms_norm,softmax}_dual, one templated C++ row kernel),
+# triton. The ops take canonical shapes (reference.row_dual); each has exactly its function's arguments.
 # ======================================================================================================
-ROW_IMPLEMENTED = ("reference", "triton")
+ROW_IMPLEMENTED = ("reference", "cpu", "triton")
+ROW_OPS = {"layer_norm": "layer_norm_dual", "rms_norm": "rms_norm_dual", "softmax": "softmax_dual"}
+
+
+def _row_op_args(kind, x, x_t, w, w_t, b, b_t, eps, T):
+    """Canonical row-dual arguments as the dispatcher op of ``kind`` takes them."""
+    if kind == "layer_norm":
+        return x, x_t, w, w_t, b, b_t, eps, T
+    if kind == "rms_norm":
+        return x, x_t, w, w_t, eps, T
+    return x, x_t, T
+
+
+def _row_from_op_args(kind, args):
+    """Inverse of _row_op_args: (x, x_t, w, w_t, b, b_t, eps, T)."""
+    if kind == "layer_norm":
+        return tuple(args)
+    if kind == "rms_norm":
+        x, x_t, w, w_t, eps, T = args
+        return x, x_t, w, w_t, None, None, eps, T
+    x, x_t, T = args
+    return x, x_t, None, None, None, None, 0.0, T
 
 
 def _row_canonical(op, x, x_t, params):
@@ -344,9 +385,32 @@ def _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl):
     if impl == "reference":
         with torch.no_grad():
             return reference.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
-    from symkernels.jvp import triton as triton_impl
+    if impl == "triton":
+        from symkernels.jvp import triton as triton_impl
 
-    return triton_impl.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+        return triton_impl.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+    op = getattr(torch.ops.symkernels, ROW_OPS[kind])
+    return op(*_row_op_args(kind, x, x_t, w, w_t, b, b_t, eps, T))
+
+
+def _row_vjp(kind, eps, x, w, b, grad_y):
+    """(grad_x, grad_w, grad_b) of the plain primal by torch.func.vjp (differentiable: double backward)."""
+    f = _row_primal(kind, eps)
+    present = [t for t in (x, w, b) if t is not None]
+
+    def primal(*ts):
+        it = iter(ts)
+        return f(*(None if t is None else next(it) for t in (x, w, b)))
+
+    _, vjp_fn = torch.func.vjp(primal, *present)
+    grads = iter(vjp_fn(grad_y))
+    return tuple(None if t is None else next(grads) for t in (x, w, b))
+
+
+def _row_tangent(kind, eps, x, w, b, x_dot, w_dot, b_dot):
+    """y's tangent from plain torch ops (reference.row_dual with T = 1): differentiable, transform-safe."""
+    tan = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731
+    return reference.row_dual(kind, x, tan(x_dot), w, tan(w_dot), b, tan(b_dot), eps, 1)[1][0]
 
 
 def _row_primal(kind, eps):
@@ -376,16 +440,7 @@ class _RowDualFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_y_t):
         x, w, b = ctx.saved_tensors
-        f = _row_primal(ctx.kind, ctx.eps)
-        present = [t for t in (x, w, b) if t is not None]
-
-        def primal(*ts):
-            it = iter(ts)
-            return f(*(None if t is None else next(it) for t in (x, w, b)))
-
-        _, vjp_fn = torch.func.vjp(primal, *present)
-        grads = iter(vjp_fn(grad_y))
-        gx, gw, gb = (None if t is None else next(grads) for t in (x, w, b))
+        gx, gw, gb = _row_vjp(ctx.kind, ctx.eps, x, w, b, grad_y)
         return gx, gw, gb, None, None, None, None, None, None, None, None
 
     @staticmethod
@@ -393,9 +448,7 @@ class _RowDualFunction(torch.autograd.Function):
         x, w, b, y_t = ctx.saved_tensors
         if ctx.fused:
             return y_t[0], None
-        # y's tangent from plain torch ops (reference.row_dual with T = 1), differentiable and transform-safe.
-        tan = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731
-        return reference.row_dual(ctx.kind, x, tan(x_dot), w, tan(w_dot), b, tan(b_dot), ctx.eps, 1)[1][0], None
+        return _row_tangent(ctx.kind, ctx.eps, x, w, b, x_dot, w_dot, b_dot), None
 
     @staticmethod
     def vmap(info, in_dims, x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
@@ -442,11 +495,12 @@ def _row_dual(op, kind, x, x_t, params, eps, backend):
     xc, xt, canon, T, outputs = _row_canonical(op, x, x_t, params)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
-    if x.shape[-1] > (1 << 16):
-        raise ValueError(f"{op}: x.shape[-1] must be at most 65536 (a row is held in registers), got {x.shape[-1]}")
     tensors = {"x": x, "x_t": x_t, **{n: p for n, p, _ in params}, **{n + "_t": t for n, _, t in params}}
     device = _backend.common_device(op, **tensors)
     impl = _backend.resolve(op, device, backend, ROW_IMPLEMENTED)
+    if impl == "triton" and x.shape[-1] > (1 << 16):
+        raise ValueError(f"{op}: x.shape[-1] must be at most 65536 for backend 'triton' (a row is held in "
+                         f"registers), got {x.shape[-1]}")
     (w, w_t), (b, b_t) = (canon + [(None, None), (None, None)])[:2]
     y, y_t = _RowDualFunction.apply(xc, w, b, xt, w_t, b_t, kind, float(eps), T, impl, False)
     return outputs(y, y_t)
@@ -458,7 +512,8 @@ def layer_norm_dual(x, x_t, weight=None, weight_t=None, bias=None, bias_t=None, 
 
     Shapes: x ``[..., N]``; x_t ``x.shape`` or ``[T, *x.shape]``; weight/bias ``[N]``; their tangents
     ``[N]`` or ``[T, N]``. Returns ``(y, y_t)`` like ``linear_dual`` (y_t non-differentiable).
-    Backends: "reference", "triton" (None: triton for CUDA tensors, else the reference).
+    Backends: "reference", "cpu" (C++ row kernel, the default on CPU), "triton" (None: the dispatcher op,
+    i.e. C++ on CPU and CUDA/Triton on GPU; the reference when symkernels._C is not built).
     """
     return _row_dual("layer_norm_dual", "layer_norm", x, x_t, [("weight", weight, weight_t), ("bias", bias, bias_t)],
                      eps, backend)
@@ -472,6 +527,58 @@ def rms_norm_dual(x, x_t, weight=None, weight_t=None, *, eps: float = 1e-6, back
 def softmax_dual(x, x_t, *, backend: str | None = None):
     """Primal and tangent of ``softmax(x, dim=-1)``: ṡ = s ⊙ (ẋ − ⟨s, ẋ⟩) (as layer_norm_dual)."""
     return _row_dual("softmax_dual", "softmax", x, x_t, [], 0.0, backend)
+
+
+def _register_row_dispatcher_ops() -> None:
+    """Fake kernels, autograd (reverse *and* forward mode) and the Triton CUDA fallback of the three row ops."""
+    for kind, name in ROW_OPS.items():
+        if not _backend.has_dispatcher_op(name):
+            continue
+        qualname = f"symkernels::{name}"
+
+        def _fake(*args, _kind=kind):
+            x, *_, T = _row_from_op_args(_kind, args)
+            return x.new_empty(x.shape), x.new_empty((T, *x.shape))
+
+        torch.library.register_fake(qualname, _fake)
+
+        def _setup_context(ctx, inputs, output, _kind=kind):
+            x, _x_t, w, _w_t, b, _b_t, eps, _T = _row_from_op_args(_kind, inputs)
+            ctx.kind, ctx.eps = _kind, eps
+            ctx.save_for_backward(x, w, b)
+            ctx.save_for_forward(x, w, b)
+            ctx.mark_non_differentiable(output[1])
+
+        # Gradients land in the op's own argument order; the tangent inputs and scalars get None.
+        def _backward(ctx, grad_y, _grad_y_t):
+            x, w, b = ctx.saved_tensors
+            gx, gw, gb = _row_vjp(ctx.kind, ctx.eps, x, w, b, grad_y)
+            return _row_op_args(ctx.kind, gx, None, gw, None, gb, None, None, None)
+
+        # y's tangent from the tangents of (x, weight, bias) with plain torch ops (differentiable, so
+        # reverse-over-forward works); y_t is non-differentiable by contract, its tangent None.
+        def _jvp(ctx, *tangents):
+            x, w, b = ctx.saved_tensors
+            x_dot, _, w_dot, _, b_dot, *_ = _row_from_op_args(ctx.kind, tangents)
+            return _row_tangent(ctx.kind, ctx.eps, x, w, b, x_dot, w_dot, b_dot), None
+
+        _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+
+        # The CUDA key is the Triton row kernel unless symkernels._C registered its native one (only with
+        # SYMKERNELS_JVP_NATIVE_CUDA=1: csrc/jvp/row_dual_cuda.cpp says why).
+        if not _has_cuda_kernel(name) and _backend.backend_status("triton").available:
+            def _cuda_via_triton(*args, _kind=kind, _name=name):
+                from symkernels.jvp import triton as triton_impl
+
+                if args[0].shape[-1] > triton_impl.MAX_ROW:
+                    raise ValueError(f"{_name}: x.shape[-1] must be at most {triton_impl.MAX_ROW} for the Triton "
+                                     f"kernel (a row is held in registers), got {args[0].shape[-1]}")
+                return triton_impl.row_dual(_kind, *_row_from_op_args(_kind, args))
+
+            torch.library.register_kernel(qualname, "cuda", _cuda_via_triton)
+
+
+_register_row_dispatcher_ops()
 
 
 # ======================================================================================================

@@ -258,3 +258,53 @@ def test_dispatcher_op_compiles_fullgraph():
         assert_close(a, e)
     # A non-zero tangent under compile (the silent-zero failure mode of compiled forward AD).
     assert compiled(*args)[1].abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- forward mode through the bare op
+# torch.library.register_autograd gives a bare custom op a silent ZERO tangent under torch.func.jvp; these
+# fail on zeros (the truth is checked to be far from 0) and on any wrong tangent.
+def _bare(act):
+    return lambda x, w, b: torch.ops.symkernels.linear_dual(x, None, w, None, b, None, act, 0)[0]
+
+
+@pytest.mark.parametrize("act", ["none", "gelu", "silu"])
+def test_bare_op_tangent_under_func_jvp(act):
+    if not _backend.has_dispatcher_op("linear_dual"):
+        pytest.skip("symkernels._C not built")
+    d = make((5,), 7, 6, torch.float64)
+    primals, tangents = (d["x"], d["w"], d["b"]), (d["x_t"], d["w_t"], d["b_t"])
+    y, y_dot = torch.func.jvp(_bare(act), primals, tangents)
+    ty, ty_dot = torch.func.jvp(plain(act), primals, tangents)
+    assert ty_dot.abs().max() > 0.1
+    assert_close(y, ty)
+    assert_close(y_dot, ty_dot)
+
+
+def test_bare_op_tangent_with_dual_tensors_and_vmap():
+    if not _backend.has_dispatcher_op("linear_dual"):
+        pytest.skip("symkernels._C not built")
+    import torch.autograd.forward_ad as fwAD
+
+    d = make((4,), 5, 3, torch.float64, T=3)
+    x, w, b = d["x"], d["w"], d["b"]
+    with fwAD.dual_level():  # tangent on x and b only; weight is a plain tensor
+        y = _bare("tanh")(fwAD.make_dual(x, d["x_t"][0]), w, fwAD.make_dual(b, d["b_t"][0]))
+        got = fwAD.unpack_dual(y).tangent
+    want = torch.func.jvp(plain("tanh"), (x, w, b), (d["x_t"][0], torch.zeros_like(w), d["b_t"][0]))[1]
+    assert got is not None and want.abs().max() > 0.1
+    assert_close(got, want)
+    # vmap over jvp of the bare op (tangents batched, primals shared).
+    jvp_one = lambda xt, wt, bt: torch.func.jvp(_bare("gelu"), (x, w, b), (xt, wt, bt))[1]  # noqa: E731
+    got = torch.func.vmap(jvp_one)(d["x_t"], d["w_t"], d["b_t"])
+    assert_close(got, truth("gelu", x, d["x_t"], w, d["w_t"], b, d["b_t"])[1])
+
+
+def test_bare_op_gradcheck_forward_ad():
+    if not _backend.has_dispatcher_op("linear_dual"):
+        pytest.skip("symkernels._C not built")
+    d = make((3,), 4, 5, torch.float64)
+    x, w, b = (d[k].clone().requires_grad_() for k in ("x", "w", "b"))
+    assert torch.autograd.gradcheck(_bare("gelu_tanh"), (x, w, b), check_forward_ad=True, fast_mode=True)
+    # Reverse over forward: the tangent the op's jvp returns is itself differentiable.
+    f = lambda x, w, b: torch.func.jvp(_bare("silu"), (x, w, b), (d["x_t"], d["w_t"], d["b_t"]))[1]  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)

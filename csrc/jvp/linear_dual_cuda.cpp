@@ -1,0 +1,74 @@
+// Torch glue of the CUDA linear_dual kernel (linear_dual_cuda.cu): checks, device guard, stream, dtypes.
+//
+// Which kernel serves the CUDA key: the Triton kernel (symkernels/jvp/triton.py, tl.dot on tensor cores),
+// unless SYMKERNELS_JVP_NATIVE_CUDA=1 is set when symkernels._C loads. The native kernel here is a SIMT
+// (CUDA-core) tiled GEMM: a correct, compile-checked baseline with the seeded in-kernel tangent, but with
+// no tensor cores it cannot beat tl.dot at the sizes the targets name, and no GPU was available to
+// measure either. So it registers only on request; ops.py routes the CUDA key to Triton whenever no C++
+// CUDA kernel is registered for linear_dual. Benchmark both before flipping the default.
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "jvp/dual_args.h"
+#include "jvp/jvp_cuda.h"
+
+namespace symkernels::jvp {
+namespace {
+
+template <typename In, typename TorchIn>
+const In* ptr(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<const In*>(t.const_data_ptr<TorchIn>()) : nullptr;
+}
+
+template <typename In, typename TorchIn>
+void launch(const LinearArgs& a, at::Tensor& y, at::Tensor& y_t) {
+  const auto stride = [](int64_t count, int64_t size) { return count > 1 ? size : int64_t{0}; };
+  const LinearDualParams<In> p{ptr<In, TorchIn>(a.x), ptr<In, TorchIn>(a.x_t), ptr<In, TorchIn>(a.weight),
+                               ptr<In, TorchIn>(a.weight_t), ptr<In, TorchIn>(a.bias), ptr<In, TorchIn>(a.bias_t),
+                               reinterpret_cast<In*>(y.mutable_data_ptr<TorchIn>()),
+                               reinterpret_cast<In*>(y_t.mutable_data_ptr<TorchIn>()), a.M, a.N, a.K, a.T,
+                               stride(a.Tx, a.M * a.K), stride(a.seed >= 0 ? 0 : a.Tw, a.N * a.K),
+                               stride(a.Tb, a.N), int(a.act), a.seed, int(a.dist)};
+  const cudaError_t err = launch_linear_dual<In>(p, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "linear_dual (CUDA): ", cudaGetErrorString(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                    const at::Tensor& weight,
+                                                    const std::optional<at::Tensor>& weight_t,
+                                                    const std::optional<at::Tensor>& bias,
+                                                    const std::optional<at::Tensor>& bias_t,
+                                                    c10::string_view activation, int64_t num_tangents, int64_t seed,
+                                                    c10::string_view distribution) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const LinearArgs a = prepare_linear_args(x, x_t, weight, weight_t, bias, bias_t, std::string(activation),
+                                           num_tangents, seed, std::string(distribution));
+  at::Tensor y = at::empty({a.M, a.N}, x.options());
+  at::Tensor y_t = at::empty({a.T, a.M, a.N}, x.options());
+  if (a.M == 0 || a.N == 0) return {y, y_t};
+  switch (x.scalar_type()) {
+    case at::kFloat: launch<float, float>(a, y, y_t); break;
+    case at::kDouble: launch<double, double>(a, y, y_t); break;
+    case at::kHalf: launch<__half, at::Half>(a, y, y_t); break;
+    case at::kBFloat16: launch<__nv_bfloat16, at::BFloat16>(a, y, y_t); break;
+    default: TORCH_CHECK_TYPE(false, "linear_dual: unsupported dtype ", x.scalar_type());
+  }
+  return {y, y_t};
+}
+
+// Registered at load time only when asked for (see the file comment); otherwise the CUDA key is Triton's.
+const bool kNativeRegistered = [] {
+  const char* flag = std::getenv("SYMKERNELS_JVP_NATIVE_CUDA");
+  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
+  static torch::Library lib(torch::Library::IMPL, "symkernels", c10::DispatchKey::CUDA, __FILE__, __LINE__);
+  lib.impl("linear_dual", TORCH_FN(linear_dual_cuda));
+  return true;
+}();
+
+}  // namespace
+}  // namespace symkernels::jvp

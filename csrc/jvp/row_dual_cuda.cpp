@@ -1,0 +1,93 @@
+// Torch glue of the CUDA row-dual kernel (row_dual_cuda.cu) for layer_norm_dual, rms_norm_dual and
+// softmax_dual. As for linear_dual (see linear_dual_cuda.cpp), the kernel takes the CUDA key only with
+// SYMKERNELS_JVP_NATIVE_CUDA=1 at load time: it was compile-checked but never run (no GPU), while the
+// Triton row kernel is tested. Once measured it is the natural default — bandwidth-bound, no tensor-core
+// gap to Triton, and no row-length limit (Triton's holds a row in registers, N <= 65536).
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "jvp/dual_args.h"
+#include "jvp/jvp_cuda.h"
+
+namespace symkernels::jvp {
+namespace {
+
+template <typename In, typename TorchIn>
+const In* ptr(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<const In*>(t.const_data_ptr<TorchIn>()) : nullptr;
+}
+
+template <typename In, typename TorchIn>
+void launch(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
+  const auto stride = [](int64_t count, int64_t size) { return count > 1 ? size : int64_t{0}; };
+  const RowDualParams<In> p{ptr<In, TorchIn>(a.x), ptr<In, TorchIn>(a.x_t), ptr<In, TorchIn>(a.weight),
+                            ptr<In, TorchIn>(a.weight_t), ptr<In, TorchIn>(a.bias), ptr<In, TorchIn>(a.bias_t),
+                            reinterpret_cast<In*>(y.mutable_data_ptr<TorchIn>()),
+                            reinterpret_cast<In*>(y_t.mutable_data_ptr<TorchIn>()), a.R, a.N, a.T,
+                            stride(a.Tx, a.R * a.N), stride(a.Tw, a.N), stride(a.Tb, a.N), a.eps, int(a.kind)};
+  const cudaError_t err = launch_row_dual<In>(p, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, row_op_name(a.kind), " (CUDA): ", cudaGetErrorString(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> row_dual_cuda(RowKind kind, const at::Tensor& x,
+                                                 const std::optional<at::Tensor>& x_t,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 const std::optional<at::Tensor>& weight_t,
+                                                 const std::optional<at::Tensor>& bias,
+                                                 const std::optional<at::Tensor>& bias_t, double eps,
+                                                 int64_t num_tangents) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const RowArgs a = prepare_row_args(kind, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
+  at::Tensor y = at::empty({a.R, a.N}, x.options());
+  at::Tensor y_t = at::empty({a.T, a.R, a.N}, x.options());
+  if (a.R == 0 || a.N == 0) return {y, y_t};
+  switch (x.scalar_type()) {
+    case at::kFloat: launch<float, float>(a, y, y_t); break;
+    case at::kDouble: launch<double, double>(a, y, y_t); break;
+    case at::kHalf: launch<__half, at::Half>(a, y, y_t); break;
+    case at::kBFloat16: launch<__nv_bfloat16, at::BFloat16>(a, y, y_t); break;
+    default: TORCH_CHECK_TYPE(false, row_op_name(kind), ": unsupported dtype ", x.scalar_type());
+  }
+  return {y, y_t};
+}
+
+std::tuple<at::Tensor, at::Tensor> layer_norm_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                        const std::optional<at::Tensor>& weight,
+                                                        const std::optional<at::Tensor>& weight_t,
+                                                        const std::optional<at::Tensor>& bias,
+                                                        const std::optional<at::Tensor>& bias_t, double eps,
+                                                        int64_t num_tangents) {
+  return row_dual_cuda(RowKind::kLayerNorm, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                      const std::optional<at::Tensor>& weight,
+                                                      const std::optional<at::Tensor>& weight_t, double eps,
+                                                      int64_t num_tangents) {
+  return row_dual_cuda(RowKind::kRmsNorm, x, x_t, weight, weight_t, std::nullopt, std::nullopt, eps, num_tangents);
+}
+
+std::tuple<at::Tensor, at::Tensor> softmax_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                     int64_t num_tangents) {
+  return row_dual_cuda(RowKind::kSoftmax, x, x_t, std::nullopt, std::nullopt, std::nullopt, std::nullopt, 0.0,
+                       num_tangents);
+}
+
+// Registered at load time only when asked for (see the file comment); otherwise the CUDA key is Triton's.
+const bool kNativeRegistered = [] {
+  const char* flag = std::getenv("SYMKERNELS_JVP_NATIVE_CUDA");
+  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
+  static torch::Library lib(torch::Library::IMPL, "symkernels", c10::DispatchKey::CUDA, __FILE__, __LINE__);
+  lib.impl("layer_norm_dual", TORCH_FN(layer_norm_dual_cuda));
+  lib.impl("rms_norm_dual", TORCH_FN(rms_norm_dual_cuda));
+  lib.impl("softmax_dual", TORCH_FN(softmax_dual_cuda));
+  return true;
+}();
+
+}  // namespace
+}  // namespace symkernels::jvp
