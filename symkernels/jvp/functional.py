@@ -23,7 +23,7 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from symkernels import _backend
-from symkernels.jvp import ops, reference
+from symkernels.jvp import _scope, ops, reference
 
 _FUSED_CALLS = {"linear": 0, "row": 0}  # counters the tests use to prove the fused path ran
 
@@ -45,6 +45,45 @@ def _tangent(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else fwAD.unpack_dual(t).tangent
 
 
+def _primal(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else fwAD.unpack_dual(t).primal
+
+
+def _seeded_linear(scope: _scope.SeededScope, c, x, weight, bias, impl) -> torch.Tensor | None:
+    """The weight's tangent is a seed (a forward-gradient pass): one seeded-tangent kernel call, W_t never
+    stored; the output becomes a dual tensor carrying the kernel's tangent. None if this call is not one."""
+    seeded = scope.lookup(weight)
+    if seeded is None or not _fusable(x, weight, bias):
+        return None
+    with scope.sanctioned():
+        x_dot, b_dot = _tangent(c.x), _tangent(bias)
+        y, y_t = ops._raw_linear_dual(_primal(c.x), weight, _primal(bias),
+                                      None if x_dot is None else x_dot.reshape(1, c.M, c.K), None,
+                                      None if b_dot is None else b_dot.unsqueeze(0), c.activation, 1, seeded[0],
+                                      seeded[1], impl)
+        scope.used.add(id(weight))
+        _FUSED_CALLS["linear"] += 1
+        return fwAD.make_dual(y, y_t[0])
+
+
+def _activity_linear(scope: _scope.ActivityScope, c, x, weight, bias, impl) -> torch.Tensor | None:
+    """Activity perturbation (Ren et al.): the pre-activation z gets its input's tangent plus fresh seeded
+    noise ż; the call is recorded (input rows, noise seed, which parameters) for the weight-gradient guess."""
+    if not _fusable(x, weight, bias):
+        return None
+    x_dot = _tangent(c.x)
+    xp, wp, bp = _primal(c.x), _primal(weight), _primal(bias)
+    z, z_t = ops._raw_linear_dual(xp, wp, bp, None if x_dot is None else x_dot.reshape(1, c.M, c.K), None, None,
+                                  "none", 1, None, "gaussian", impl)
+    noise = scope.noise(c.M, c.N, z.dtype, z.device)
+    scope.records.append({"x": xp, "noise": noise, "lead": c.lead, "weight": scope.index(weight),
+                          "bias": scope.index(bias)})
+    z_t = z_t[0] + noise
+    _FUSED_CALLS["linear"] += 1
+    return fwAD.make_dual(reference.activation_fn(c.activation, z),
+                          reference.activation_derivative(c.activation, z) * z_t)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None, *,
            backend: str | None = None) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` with fused forward-mode tangents (see module docstring)."""
@@ -53,6 +92,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     impl = _backend.resolve(ops.OP_NAME, device, backend, ops.IMPLEMENTED)
     if _nested_forward_ad():
         return reference.activation_fn(c.activation, torch.nn.functional.linear(x, weight, bias))
+    scope = _scope.active()
+    if scope is not None:  # inside symkernels.forward_gradient
+        scoped = (_seeded_linear if isinstance(scope, _scope.SeededScope) else _activity_linear)(
+            scope, c, x, weight, bias, impl)
+        if scoped is not None:
+            return scoped.reshape(*c.lead, c.N)
+        if isinstance(scope, _scope.SeededScope) and scope.lookup(weight) is not None:
+            scope.foreign.append("functional.linear (unfusable here: grad mode or a transform is active)")
     x_dot, w_dot, b_dot = _tangent(x), _tangent(weight), _tangent(bias)
     if (x_dot is not None or w_dot is not None or b_dot is not None) and _fusable(x, weight, bias):
         _FUSED_CALLS["linear"] += 1
