@@ -205,13 +205,13 @@ def _materialised(call, primals, seeds, distribution, t0, count):
 _warned_fallback = False
 
 
-def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_batch):
+def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_batch, materialize=False):
     names, tensors = _flat_params(params)
     _check(num_tangents, distribution, seed, "weight", tangent_batch)
     primals = tuple(p.detach() for p in tensors)
     call = (lambda ps: fn(dict(zip(names, ps)), *inputs)) if names is not None else (lambda ps: fn(list(ps), *inputs))
     seeds = tangent_seeds(seed, len(tensors), num_tangents)
-    ds, loss, lean = [], None, tangent_batch == 1
+    ds, loss, lean = [], None, tangent_batch == 1 and not materialize
     global _warned_fallback
     with torch.no_grad():  # so symkernels layers take their fused dual kernels
         t0 = 0
@@ -237,10 +237,11 @@ def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_b
 
 
 def directional_derivatives(fn: Callable, params, *inputs, num_tangents: int = 1, distribution: str = "gaussian",
-                            seed: int = 0, tangent_batch: int = 1):
+                            seed: int = 0, tangent_batch: int = 1, materialize: bool = False):
     """(loss, d [T]) with d_t = ∇_θ fn(θ, *inputs) · v_t by forward mode (v_t: see the module docstring).
-    ``tangent_batch=1``: the lean path; > 1: that many materialised tangent sets per vmapped jvp."""
-    _, _, loss, d, _ = _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_batch)
+    ``tangent_batch=1``: the lean path (unless ``materialize``); > 1: that many materialised tangent sets per
+    vmapped jvp."""
+    _, _, loss, d, _ = _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_batch, materialize)
     return loss, d
 
 
@@ -299,7 +300,7 @@ def _activity(fn, params, inputs, num_tangents, distribution, seed):
 
 
 def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distribution: str = "gaussian",
-                     seed: int = 0, mode: str = "weight", tangent_batch: int = 1):
+                     seed: int = 0, mode: str = "weight", tangent_batch: int = 1, materialize: bool = False):
     """Forward-gradient estimate of ∇_θ fn(θ, *inputs) (see the module docstring for both modes).
 
     Args:
@@ -313,6 +314,8 @@ def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distr
             symkernels.jvp Linear layers; every parameter must be a weight or bias of one).
         tangent_batch: weight mode only. 1: the lean path (matrix tangents never stored); > 1: that many
             materialised tangent sets per vmapped jvp (faster for many tangents, more memory).
+        materialize: weight mode only: skip the lean path (e.g. when fn's matrices are not consumed by
+            symkernels Linear layers, where the lean attempt would only be redone).
 
     Returns:
         ``(loss, grads)``: loss is fn's value (activity: the mean of the per-example losses), grads in the
@@ -323,7 +326,7 @@ def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distr
     else:
         _check(num_tangents, distribution, seed, mode, tangent_batch)
         names, tensors, loss, d, seeds = _directional(fn, params, inputs, num_tangents, distribution, seed,
-                                                      tangent_batch)
+                                                      tangent_batch, materialize)
         grads = _weight_gradients(tensors, d, seeds, distribution)
     return loss, (dict(zip(names, grads)) if names is not None else grads)
 

@@ -8,6 +8,9 @@ above what was already allocated when it started. Blocks allocated before the ca
 are not reported (the allocator does not know their size), so such frees can only make the figure
 over-state the peak: it is the high-water mark of new allocations, net of their own frees.
 
+On CUDA the caching allocator keeps its own high-water mark: ``peak_memory(..., device="cuda")`` reads
+``torch.cuda.max_memory_allocated`` around the call instead.
+
 ``footprint`` adds the bytes the caller says are resident throughout (parameters, optimizer state,
 inputs), so that a training step and an inference pass are compared as whole-program footprints, the
 way MeZO-style "memory = inference + O(1)" claims are meant.
@@ -45,11 +48,19 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
-def peak_memory(fn: Callable[[], object], resident: Iterable[torch.Tensor] = ()) -> PeakMemory:
-    """Run ``fn()`` once under the profiler's allocator accounting and return its peak (CPU tensors)."""
+def peak_memory(fn: Callable[[], object], resident: Iterable[torch.Tensor] = (), device="cpu") -> PeakMemory:
+    """Run ``fn()`` once and return its allocation high-water mark on ``device`` (see the module docstring)."""
     from torch.profiler import ProfilerActivity, profile
 
     resident_bytes = tensor_bytes(resident)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return PeakMemory(torch.cuda.max_memory_allocated(device) - start, torch.cuda.memory_allocated(device) - start,
+                          resident_bytes)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
