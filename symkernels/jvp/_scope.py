@@ -80,14 +80,18 @@ class ActivityScope:
         self.seed, self.distribution = seed, distribution
         self.params = params  # id(tensor) -> (tensor, parameter index)
         self.records: list[dict] = []
+        self.generator: torch.Generator | None = None
 
     def noise(self, rows: int, cols: int, dtype, device) -> torch.Tensor:
-        """The next linear call's noise ż [rows, cols]: seeded by a hash of (pass seed, call number), i.i.d.
-        across rows (examples), units and layers."""
-        from symkernels.jvp.forward_gradient import derive_seed, regenerate_values
-
-        seed = derive_seed(self.seed, len(self.records), 0x41)
-        return regenerate_values(0, rows * cols, seed, self.distribution, device).to(dtype).reshape(rows, cols)
+        """The next linear call's noise ż [rows, cols], i.i.d. across rows (examples), units and layers. It is
+        kept in the record for the gradient guess, so it need not be regenerable: one torch.Generator seeded
+        with the pass seed (reproducible, and one op per layer instead of a hash chain)."""
+        if self.generator is None:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        if self.distribution == "rademacher":
+            bits = torch.randint(0, 2, (rows, cols), generator=self.generator, device=device)
+            return (2 * bits - 1).to(dtype)
+        return torch.randn(rows, cols, generator=self.generator, device=device, dtype=dtype)
 
     def index(self, t) -> int | None:
         entry = self.params.get(id(t)) if t is not None else None

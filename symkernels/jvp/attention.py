@@ -83,15 +83,17 @@ _LIBS: list[torch.library.Library] = []
 _define()
 
 
-def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = False, scale: float | None = None,
-                   backend: str | None = None):
-    """Primal and tangent of ``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]`` tensors, one call.
+def resolve_impl(backend: str | None, **tensors) -> str:
+    """The op's ``impl`` argument for a call: the named backend, or per device (Triton on CUDA)."""
+    device = _backend.common_device(OP_NAME, **tensors)
+    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    if impl == "dispatcher":  # backend=None: the op is registered for CPU and CUDA; choose its kernel here
+        impl = "triton" if device.type == "cuda" and _backend.backend_available("triton") else "reference"
+    return impl
 
-    Tangents have the primal's shape or a leading T; returns ``(o, o_t)`` (``o_t`` with the T dim iff a
-    tangent has one). Backends: "reference" and "triton" (None: triton for CUDA tensors, else the
-    reference). Causal masking is top-left aligned like SDPA's ``is_causal``. ``o`` is differentiable in
-    q, k, v in reverse and forward mode (any backend); ``o_t`` is not (a tangent output).
-    """
+
+def check_primals(q, k, v) -> None:
+    """q [..., Lq, d], k [..., Lk, d], v [..., Lk, dv] of one floating dtype; clear errors otherwise."""
     op = OP_NAME
     for name, t in (("q", q), ("k", k), ("v", v)):
         _backend.check_float_tensor(op, name, t, "d", SUPPORTED_DTYPES)
@@ -103,6 +105,19 @@ def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = Fals
             or v.shape[-2] != k.shape[-2]:
         raise ValueError(f"{op}: expected q [..., Lq, d], k [..., Lk, d], v [..., Lk, dv], got "
                          f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+
+
+def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = False, scale: float | None = None,
+                   backend: str | None = None):
+    """Primal and tangent of ``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]`` tensors, one call.
+
+    Tangents have the primal's shape or a leading T; returns ``(o, o_t)`` (``o_t`` with the T dim iff a
+    tangent has one). Backends: "reference" and "triton" (None: triton for CUDA tensors, else the
+    reference). Causal masking is top-left aligned like SDPA's ``is_causal``. ``o`` is differentiable in
+    q, k, v in reverse and forward mode (any backend); ``o_t`` is not (a tangent output).
+    """
+    op = OP_NAME
+    check_primals(q, k, v)
     lead = tuple(q.shape[:-2])
     BH = 1
     for s in lead:
@@ -127,10 +142,7 @@ def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = Fals
         raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
                          + ", ".join(f"{k_} has T={v_}" for k_, v_ in counts.items()))
     T = next(iter(counts.values())) if counts else 1
-    device = _backend.common_device(op, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
-    impl = _backend.resolve(op, device, backend, IMPLEMENTED)
-    if impl == "dispatcher":  # the op's own choice per device
-        impl = "triton" if device.type == "cuda" and _backend.backend_available("triton") else "reference"
+    impl = resolve_impl(backend, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     flat = lambda t: t.reshape(BH, *t.shape[-2:])  # noqa: E731
     o, o_t = torch.ops.symkernels.attention_dual(flat(q), flat(k), flat(v), *canon, T, bool(causal), scale, impl)

@@ -17,6 +17,8 @@ grad (``symkernels.forward_gradient`` does this).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import TransformType
@@ -25,7 +27,7 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from symkernels import _backend
 from symkernels.jvp import _scope, ops, reference
 
-_FUSED_CALLS = {"linear": 0, "row": 0}  # counters the tests use to prove the fused path ran
+_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0}  # counters the tests use to prove the fused path ran
 
 
 def _nested_forward_ad() -> bool:
@@ -149,6 +151,60 @@ def softmax(x, *, backend: str | None = None) -> torch.Tensor:
     return _row("softmax", "softmax", x, None, None, 0.0, backend)
 
 
-def attention(q, k, v, *, causal: bool = False, scale: float | None = None) -> torch.Tensor:
-    """``softmax(q kᵀ·scale) v`` in plain torch ops (forward AD works natively; no fused kernel yet)."""
-    return reference.attention(q, k, v, causal, q.shape[-1] ** -0.5 if scale is None else scale)
+class _AttentionDualFunction(torch.autograd.Function):
+    """The transparent path of ``attention``: forward runs ``symkernels::attention_dual`` once with the
+    unpacked input tangents ([T, ...] each, or None), ``jvp`` returns the saved fused tangent (T = 1), and
+    the vmap rule folds vmapped tangents into T (one kernel call for vmap(jvp)). Only taken when the
+    tangent will not be differentiated (see the module docstring); backward is there for completeness."""
+
+    @staticmethod
+    def forward(q, k, v, q_t, k_t, v_t, causal, scale, T, impl):
+        lead = q.shape[:-2]
+        BH = math.prod(lead)
+        flat = lambda t, pre: None if t is None else t.reshape(*pre, BH, *t.shape[-2:])  # noqa: E731
+        o, o_t = torch.ops.symkernels.attention_dual(flat(q, ()), flat(k, ()), flat(v, ()), flat(q_t, (T,)),
+                                                     flat(k_t, (T,)), flat(v_t, (T,)), T, causal, scale, impl)
+        return o.reshape(*lead, *o.shape[-2:]), o_t.reshape(T, *lead, *o.shape[-2:])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.causal, ctx.scale = inputs[6], inputs[7]
+        ctx.save_for_backward(*inputs[:3])
+        ctx.save_for_forward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_o, _grad_o_t):
+        q, k, v = ctx.saved_tensors
+        _, vjp_fn = torch.func.vjp(lambda q, k, v: reference.attention(q, k, v, ctx.causal, ctx.scale), q, k, v)
+        return (*vjp_fn(grad_o), None, None, None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, *_tangents):
+        (o_t,) = ctx.saved_tensors
+        return o_t[0], None
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, q_t, k_t, v_t, causal, scale, T, impl):
+        return ops._vmap_rule(_AttentionDualFunction, info, in_dims, (q, k, v), (q_t, k_t, v_t), T,
+                              lambda qt, kt, vt, TT: (q, k, v, qt, kt, vt, causal, scale, TT, impl))
+
+
+def attention(q, k, v, *, causal: bool = False, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]``; under forward mode the tangent comes from the
+    fused ``attention_dual`` kernel (one call for primal and tangent; see the module docstring)."""
+    from symkernels.jvp import attention as attention_op
+
+    attention_op.check_primals(q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if _nested_forward_ad():
+        return reference.attention(q, k, v, causal, scale)
+    dots = [_tangent(t) for t in (q, k, v)]
+    if any(d is not None for d in dots) and _fusable(q, k, v):
+        impl = attention_op.resolve_impl(backend, q=q, k=k, v=v)
+        _FUSED_CALLS["attention"] += 1
+        o, _ = _AttentionDualFunction.apply(q, k, v, *(None if d is None else d.unsqueeze(0) for d in dots),
+                                            bool(causal), scale, 1, impl)
+        return o
+    # Plain torch ops: correct under every transform and for reverse mode through the tangent.
+    return reference.attention(q, k, v, causal, scale)

@@ -39,6 +39,9 @@ OPS = [
      [(3, 17), (17,)], "row", ["reference", "triton"]),
     ("softmax", lambda be: lambda x: SF.softmax(x, backend=be), lambda x: torch.softmax(x, -1), [(3, 17)], "row",
      ["reference", "triton"]),
+    *[(f"attention{'-causal' * c}", (lambda c: lambda be: lambda q, k, v: SF.attention(q, k, v, causal=c, backend=be))(c),
+       (lambda c: lambda q, k, v: reference.attention(q, k, v, c, 4 ** -0.5))(c), [(2, 5, 4), (2, 6, 4), (2, 6, 3)],
+       "attention", ["reference", "triton"]) for c in (False, True)],
 ]
 PARAMS = [pytest.param(op, be, id=f"{op[0]}-{be}") for op in OPS for be in op[5]
           if not (be == "triton" and op[0].startswith("linear-") and op[0] not in ("linear-gelu", "linear-relu"))]
