@@ -69,6 +69,9 @@ def test_lean_path_is_exact_and_never_materialises_a_matrix_tangent(distribution
     _, d_mat = directional_derivatives(loss_fn, params, x, target, num_tangents=3, seed=4, distribution=distribution,
                                        tangent_batch=3)
     torch.testing.assert_close(d_mat, d)
+    _, d_forced = directional_derivatives(loss_fn, params, x, target, num_tangents=3, seed=4, distribution=distribution,
+                                          materialize=True)
+    torch.testing.assert_close(d_forced, d)
 
 
 def test_foreign_use_of_a_matrix_falls_back_exactly():
@@ -204,6 +207,19 @@ def test_sgd_step_regenerates_the_same_tangents_chunkwise():
         torch.testing.assert_close(p, b - 0.1 * g)
     # Only momentum is kept in the optimizer state, never a tangent.
     assert all(set(s) == {"momentum"} for s in opt.state.values())
+
+
+def test_optimizer_updates_non_contiguous_parameters():
+    net, params, x, target, loss_fn = _problem()
+    names = list(params)
+    plist = [p.clone() if p.dim() < 2 else p.T.contiguous().T for p in params.values()]  # matrices transposed
+    assert not all(p.is_contiguous() for p in plist)
+    fn = lambda ps, x, t: loss_fn(dict(zip(names, ps)), x, t)  # noqa: E731
+    contiguous = [p.contiguous().clone() for p in plist]
+    ForwardGradientSGD(plist, lr=0.1, seed=3).step(fn, x, target)
+    ForwardGradientSGD(contiguous, lr=0.1, seed=3).step(fn, x, target)
+    for a, b in zip(plist, contiguous):
+        torch.testing.assert_close(a, b)
 
 
 def test_adam_chunkwise_equals_torch_adam_on_the_same_estimate():
