@@ -167,8 +167,9 @@ def _scalar(loss: torch.Tensor, what="fn must return a scalar loss") -> torch.Te
 
 
 def _lean_pass(call, tensors, seeds, distribution):
-    """One weight-perturbation pass with matrix tangents left as seeds. Returns (loss, d) or None when
-    ``fn`` used a seeded matrix outside symkernels' Linear (then the caller materialises)."""
+    """One weight-perturbation pass with matrix tangents left as seeds. Returns (loss, d, foreign): foreign
+    lists the torch calls that used a seeded matrix outside symkernels' Linear (then loss and d are None and
+    the caller materialises)."""
     weights, args = {}, []
     with fwAD.dual_level():
         for p, s in zip(tensors, seeds):
@@ -182,9 +183,9 @@ def _lean_pass(call, tensors, seeds, distribution):
         with _scope.activate(scope):
             out = call(args)
         if scope.foreign:
-            return None, scope.foreign
+            return None, None, scope.foreign
         loss, d = fwAD.unpack_dual(_scalar(out))
-    return loss, (torch.zeros_like(loss) if d is None else d)
+    return loss, (torch.zeros_like(loss) if d is None else d), []
 
 
 def _materialised(call, primals, seeds, distribution, t0, count):
@@ -219,13 +220,13 @@ def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_b
         t0 = 0
         while t0 < num_tangents:
             if lean:
-                loss_t, d = _lean_pass(call, primals, seeds[t0], distribution)
-                if loss_t is None:
+                loss_t, d, foreign = _lean_pass(call, primals, seeds[t0], distribution)
+                if foreign:
                     lean = False
                     if not _warned_fallback:
                         _warned_fallback = True
                         warnings.warn("forward_gradient: fn uses a matrix parameter outside symkernels.jvp Linear "
-                                      f"layers (in {sorted(set(d))[:3]}), so its tangent is materialised; the "
+                                      f"layers (in {sorted(set(foreign))[:3]}), so its tangent is materialised; the "
                                       "estimate is exact, the memory saving is lost", stacklevel=3)
                     continue
                 count, d = 1, d.reshape(1)
