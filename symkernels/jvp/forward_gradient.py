@@ -28,7 +28,9 @@ pre-activations of example b (Rademacher: − instead of +). The guess lives in 
 layer instead of N·K), which is where the variance drops. Local losses: ``detach()`` between blocks in
 ``fn`` and return the sum of the blocks' per-example losses; a detach drops the forward-mode tangent, so
 each layer's guess then only sees the losses downstream of it up to the next detach — the estimate is
-unbiased for the local-loss (stop-gradient) objective of Ren et al.
+unbiased for the local-loss (stop-gradient) objective of Ren et al. Memory: each Linear's input rows and
+noise are kept until the guess is formed (like backprop's saved activations), and the guess is
+parameter-sized; activity mode is about variance, the weight mode's lean path about memory.
 """
 from __future__ import annotations
 
