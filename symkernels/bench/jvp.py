@@ -79,3 +79,7 @@ def cases(device: torch.device, quick: bool) -> Iterable[Case]:
         yield Case(op="linear_gelu_dual", shape=f"M={M} N=K={NK} T={T}", dtype="float32", impls=impls, ours="ours",
                    bytes_moved=itemsize * ((1 + T) * (M * K + N * K + M * N) + N),
                    flops=2 * M * N * K * (1 + 2 * T), extra={"T": T}, check=check)
+    # Forward-gradient step memory/time and attention dual cases (symkernels/bench/jvp_training.py).
+    from symkernels.bench import jvp_training
+
+    yield from jvp_training.cases(device, quick)

@@ -1,14 +1,17 @@
 """Worked example: an MLP on scikit-learn's digits, trained with forward gradients vs backprop.
 
     python -m symkernels.jvp.examples [--steps 1500] [--backprop-steps 500] [--tangents 16] [--hidden 32]
+                                      [--optimizer adam|sgd]
 
 Both runs use the same MLP (symkernels.jvp.MLP, whose layers use the fused linear+activation dual
-kernel under forward mode), the same data split, batch size and optimizer family (Adam):
-  * backprop: torch.optim.Adam on autograd gradients;
-  * forward gradient: symkernels.ForwardGradientAdam, T seeded Rademacher tangents per step, the update
-    regenerating the tangents from the seed.
-Reports test accuracy, median time per step and the CPU tensor memory allocated during one step (PyTorch
-profiler; an upper bound on the step's peak).
+kernel under forward mode), the same data split, batch size and optimizer family:
+  * backprop: torch.optim.Adam (or SGD) on autograd gradients;
+  * forward gradient: symkernels.ForwardGradientAdam (or SGD), T seeded Rademacher tangents per step on the
+    lean path: weight tangents exist only as seeds inside the seeded linear_dual kernel, the update
+    regenerates them chunk by chunk.
+Reports test accuracy, median time per step, and the peak memory footprint of one step (parameters,
+optimizer state, batch, plus the allocator's high-water mark during the step; symkernels.jvp.memory)
+next to that of an inference forward of the same batch.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from symkernels.jvp import MLP, ForwardGradientAdam
+from symkernels.jvp import MLP, ForwardGradientAdam, ForwardGradientSGD
+from symkernels.jvp.memory import peak_memory
 
 
 def load_digits(seed: int = 0):
@@ -36,18 +40,8 @@ def load_digits(seed: int = 0):
     return x[train], y[train], x[test], y[test]
 
 
-def allocated_step_memory(step) -> int:
-    """Bytes of CPU tensor memory allocated during one call of ``step`` (sum of every op's own allocations,
-    from the PyTorch profiler). An upper bound on the step's peak: frees are not subtracted, because the
-    CPU profiler does not attribute them reliably."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    return sum(max(0, e.self_cpu_memory_usage) for e in prof.events())
-
-
-def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, seed: int = 0, lr: float | None = None):
+def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, seed: int = 0, lr: float | None = None,
+          optimizer: str = "adam"):
     xtr, ytr, xte, yte = load_digits()
     torch.manual_seed(seed)
     model = MLP([64, hidden, 10], activation="relu")
@@ -59,7 +53,7 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
 
     g = torch.Generator().manual_seed(seed)
     if method == "backprop":
-        opt = torch.optim.Adam(params, lr=lr or 1e-2)
+        opt = torch.optim.Adam(params, lr=lr or 1e-2) if optimizer == "adam" else torch.optim.SGD(params, lr=lr or 0.1)
 
         def step(xb, yb):
             opt.zero_grad(set_to_none=True)
@@ -70,8 +64,9 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
     else:
         for p in params:
             p.requires_grad_(False)  # forward mode only: lets the fused dual kernels run
-        opt = ForwardGradientAdam(params, lr=lr or 2e-3, num_tangents=tangents, distribution="rademacher", seed=seed,
-                                  tangent_batch=tangents)
+        kw = dict(num_tangents=tangents, distribution="rademacher", seed=seed)
+        opt = (ForwardGradientAdam(params, lr=lr or 2e-3, **kw) if optimizer == "adam"
+               else ForwardGradientSGD(params, lr=lr or 0.02, **kw))
 
         def step(xb, yb):
             return opt.step(loss_fn, xb, yb)
@@ -83,12 +78,25 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
         step(xtr[idx], ytr[idx])
         times.append(time.perf_counter() - t0)
     idx = torch.randint(0, len(xtr), (batch,), generator=g)
-    allocated = allocated_step_memory(lambda: step(xtr[idx], ytr[idx]))
+    xb, yb = xtr[idx], ytr[idx]
+    if method == "backprop":
+        opt.zero_grad(set_to_none=True)  # gradients are allocated inside the measured step, as in training
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    step_mem = peak_memory(lambda: step(xb, yb), params + state + [xb, yb])
+
+    def inference():
+        with torch.no_grad():
+            model(xb)
+
+    infer_mem = peak_memory(inference, params + [xb, yb])
     with torch.no_grad():
         acc = (model(xte).argmax(-1) == yte).float().mean().item()
     times.sort()
-    return {"method": method, "test_accuracy": acc, "median_step_ms": 1e3 * times[len(times) // 2],
-            "allocated_step_memory_kib": allocated / 1024, "steps": steps, "params": sum(p.numel() for p in params)}
+    return {"method": method, "optimizer": optimizer, "test_accuracy": acc,
+            "median_step_ms": 1e3 * times[len(times) // 2] if times else float("nan"),
+            "peak_memory_kib": step_mem.footprint_bytes / 1024, "inference_memory_kib": infer_mem.footprint_bytes / 1024,
+            "steps": steps, "tangents": tangents if method != "backprop" else 0,
+            "params": sum(p.numel() for p in params)}
 
 
 def main(argv=None):
@@ -97,14 +105,17 @@ def main(argv=None):
     parser.add_argument("--backprop-steps", type=int, default=500)
     parser.add_argument("--tangents", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     args = parser.parse_args(argv)
-    results = [train("backprop", args.backprop_steps, 0, args.hidden),
-               train("forward_gradient", args.steps, args.tangents, args.hidden)]
-    print("| method | steps | test accuracy | median time/step | allocated/step (≥ peak) | params |")
-    print("|---|---|---|---|---|---|")
+    results = [train("backprop", args.backprop_steps, 0, args.hidden, optimizer=args.optimizer),
+               train("forward_gradient", args.steps, args.tangents, args.hidden, optimizer=args.optimizer)]
+    print(f"threads: {torch.get_num_threads()}")
+    print("| method | optimizer | steps | T | test accuracy | median time/step | peak memory/step | inference | params |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['method']} | {r['steps']} | {100 * r['test_accuracy']:.1f}% | {r['median_step_ms']:.2f} ms | "
-              f"{r['allocated_step_memory_kib']:.0f} KiB | {r['params']} |")
+        print(f"| {r['method']} | {r['optimizer']} | {r['steps']} | {r['tangents']} | {100 * r['test_accuracy']:.1f}% | "
+              f"{r['median_step_ms']:.2f} ms | {r['peak_memory_kib']:.0f} KiB | {r['inference_memory_kib']:.0f} KiB | "
+              f"{r['params']} |")
     return results
 
 

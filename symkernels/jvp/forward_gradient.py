@@ -1,22 +1,145 @@
-"""Forward gradients (Baydin et al., arXiv:2202.08587) with seeded tangents, and optimizers that regenerate
-the tangents for the update instead of storing them.
+"""Forward gradients (Baydin et al., arXiv:2202.08587) with seeded tangents that are never stored, activity
+perturbation (Ren et al., arXiv:2210.03310), and optimizers that regenerate the tangents for the update.
 
-Estimator: for tangents v_t (t < T) with i.i.d. zero-mean unit-variance entries, d_t = ∇f·v_t is ONE
-forward-mode pass, and ĝ = (1/T) Σ_t d_t v_t is unbiased (E[v vᵀ] = I). Per component
-Var(ĝ_i) = (‖∇f‖² + ∂_i²)/T for Gaussian v and (‖∇f‖² − ∂_i²)/T for Rademacher (fwdgrad.md §1).
+**Weight perturbation** (``mode="weight"``). For tangents v_t (t < T) with i.i.d. zero-mean unit-variance
+entries, d_t = ∇f·v_t is ONE forward-mode pass, and ĝ = (1/T) Σ_t d_t v_t is unbiased (E[v vᵀ] = I). Per
+component Var(ĝ_i) = (‖∇f‖² + ∂_i²)/T for Gaussian v and (‖∇f‖² − ∂_i²)/T for Rademacher (fwdgrad.md §1).
 
-Tangent t of parameter j is ``reference.seeded_tangent`` at flat indices ``t·P + offset_j + [0, numel_j)``
-(P = total parameter count): a pure function of (seed, t, j), so the update can regenerate it.
+Tangent t of parameter j is ``reference.seeded_tangent(p_j.shape, seed_tj)`` with ``seed_tj =
+tangent_seeds(seed, J, T)[t][j]`` (distinct per (t, j)): a pure function of the seeds, so nothing has to
+be stored. The lean path (``tangent_batch=1``, the default) never materialises the tangent of a matrix
+parameter: such parameters enter ``fn`` without a forward-AD tangent, and each ``symkernels.jvp`` Linear
+that consumes one runs ``linear_dual(..., weight_seed=seed_tj)``, whose kernel generates W_t tile by tile
+(``_scope.SeededScope``). Vectors (biases, norm weights) get ordinary dual tangents — they are small.
+If ``fn`` uses a matrix parameter any other way, the pass is redone with materialised tangents (a guard
+watches every torch call, so the estimate is never silently wrong). The update, in ``forward_gradient``
+and in the optimizers, regenerates v chunk by chunk (``_regenerated_chunks``): at most a few chunks of
+``_chunk_size(numel)`` values exist at a time, never a whole tangent.
+
+**Activity perturbation** (``mode="activity"``). Every ``symkernels.jvp`` Linear adds noise ż (seeded,
+per row, independent per layer) to its pre-activation z = x Wᵀ + b, and ``fn`` returns per-example losses
+ℓ_b (shape [B]; the objective is L = mean_b ℓ_b). One forward-mode pass gives d_b = Σ_{layers} ∇_{z_b}ℓ_b·ż_b
+for every example at once; the guess ĝ_{z_b} = d_b ż_b / B gives, through the exact local rule,
+grad_W = Σ_rows ĝ_zᵀ x and grad_b = Σ_rows ĝ_z. Expectation: E[d_b ż_b] = ∇_{z_b}ℓ_b (E[ż żᵀ] = I), so the
+estimate is unbiased for ∇L *when examples do not interact* (no batch statistics; rows of example b are
+x[b, ...], and x.shape[0] = B). Variance for Gaussian ż, per weight entry:
+Var(grad_W[n, k]) = (1/(T B²)) Σ_b x_{b,k}² (‖a_b‖² + a_{b,n}²) with a_b = ∇ℓ_b wrt *all* perturbed
+pre-activations of example b (Rademacher: − instead of +). The guess lives in unit space (sizes N per
+layer instead of N·K), which is where the variance drops. Local losses: ``detach()`` between blocks in
+``fn`` and return the sum of the blocks' per-example losses; a detach drops the forward-mode tangent, so
+each layer's guess then only sees the losses downstream of it up to the next detach — the estimate is
+unbiased for the local-loss (stop-gradient) objective of Ren et al. Memory: each Linear's input rows and
+noise are kept until the guess is formed (like backprop's saved activations), and the guess is
+parameter-sized; activity mode is about variance, the weight mode's lean path about memory.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
-from symkernels.jvp import reference
+from symkernels.jvp import _scope, reference
 
-MODES = ("weight",)
+MODES = ("weight", "activity")
+
+
+def derive_seed(seed: int, *salts: int) -> int:
+    """A seed in [0, 2^31) hashed from ``seed`` and integer salts (lowbias32 chain; not cryptographic)."""
+    h = reference.mix32_int(seed)
+    for s in salts:
+        h = reference.mix32_int(h ^ (s & reference.MASK32))
+    return h & (reference.MAX_SEED - 1)
+
+
+def tangent_seeds(seed: int, num_params: int, num_tangents: int) -> list[list[int]]:
+    """seeds[t][j]: the seed of tangent t of parameter j. Distinct within a step (a repeated seed would make
+    two tangents equal, hence correlated, and bias the estimate), deterministic, so regenerable."""
+    seen, seeds = set(), []
+    for t in range(num_tangents):
+        row = []
+        for j in range(num_params):
+            s, salt = derive_seed(seed, t, j), 0
+            while s in seen:  # 31-bit hash collision: rare; re-derive with a salt
+                salt += 1
+                s = derive_seed(seed, t, j, salt)
+            seen.add(s)
+            row.append(s)
+        seeds.append(row)
+    return seeds
+
+
+def param_tangent(p: torch.Tensor, seed: int, distribution: str) -> torch.Tensor:
+    """The (materialised) seeded tangent of one parameter; what the kernels generate in place of it."""
+    return reference.seeded_tangent(tuple(p.shape), seed, distribution, dtype=p.dtype, device=p.device)
+
+
+def _i32(c: int) -> int:
+    return c - (1 << 32) if c >= (1 << 31) else c
+
+
+_C1, _C2 = _i32(reference.MIX_C1), _i32(reference.MIX_C2)
+
+
+def _mix32_i32(x: torch.Tensor) -> torch.Tensor:
+    # reference.mix32 on int32 tensors: multiplication wraps mod 2^32 like uint32, ``>>`` is arithmetic
+    # so the logical shift masks the sign-extended bits. ~10x faster on CPU than the int64 emulation.
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _C1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _C2
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def regenerate_values(start: int, stop: int, seeds: int | Sequence[int], distribution: str, device) -> torch.Tensor:
+    """``reference.seeded_values(arange(start, stop), seed, distribution)``, bit-identical (tested), in int32
+    arithmetic: the update's hot loop regenerates every tangent value once per step. A list of seeds gives
+    one row per seed ([len(seeds), stop − start])."""
+    many = not isinstance(seeds, int)
+    keys = torch.tensor([[_i32(k) for k in reference.seed_keys(s)] for s in (seeds if many else [seeds])],
+                        dtype=torch.int32, device=device)  # [S, 2]
+    index = torch.arange(start, stop, dtype=torch.int32, device=device)[None, :]
+    k0 = keys[:, :1]
+    b0 = _mix32_i32(_mix32_i32(index + k0) ^ k0)
+    if distribution == "rademacher":
+        out = 1.0 - 2.0 * (b0 < 0).to(torch.float32)  # top bit set
+    else:
+        k1 = keys[:, 1:]
+        b1 = _mix32_i32(_mix32_i32(index + k1) ^ k1)
+        u1 = (((b0 >> 8) & 0xFFFFFF) + 1).to(torch.float32) * 2.0 ** -24
+        u2 = ((b1 >> 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
+        out = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+    return out if many else out[0]
+
+
+# Values regenerated at once (chunk length x tangents): ~25 bytes of int32/fp32 temporaries each (hashing,
+# Box–Muller), so 2^16 of them cost ~1.6 MB whatever the model size. Below ~2^15 per call the ~25 small
+# torch ops' fixed cost dominates (measured on CPU: 4096 values 230 ns each, 65536 values 46 ns, Rademacher).
+_CHUNK_VALUES = 1 << 16
+
+
+def _chunk_size(numel: int) -> int:
+    # 1/16 of the parameter bounds the temporaries at ~1.6 bytes per parameter value (0.4x its fp32 bytes,
+    # for the largest parameter only); at most _CHUNK_VALUES, at least 4096 (tiny parameters: one chunk).
+    return max(4096, min(_CHUNK_VALUES, numel // 16))
+
+
+def _regenerated_chunks(p: torch.Tensor, seeds: Sequence[int], d: torch.Tensor, distribution: str):
+    """Yield (start, stop, g) with g = (1/T) Σ_t d_t v_t[start:stop] over p's flat index, v regenerated
+    (several tangents per call when a chunk is short, so small parameters with many tangents stay fast)."""
+    n, T = p.numel(), len(seeds)
+    step = _chunk_size(n)
+    group = max(1, step // min(step, max(n, 1)))
+    coef = (d / T).to(p.dtype)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        g = torch.zeros(stop - start, dtype=p.dtype, device=p.device)
+        for t0 in range(0, T, group):
+            v = regenerate_values(start, stop, seeds[t0:t0 + group], distribution, p.device).to(p.dtype)
+            g.addmv_(v.T, coef[t0:t0 + group])
+        yield start, stop, g
 
 
 def _flat_params(params) -> tuple[list[str] | None, list[torch.Tensor]]:
@@ -27,121 +150,208 @@ def _flat_params(params) -> tuple[list[str] | None, list[torch.Tensor]]:
     raise TypeError(f"forward_gradient: params must be a dict or a list of tensors, got {type(params).__name__}")
 
 
-def _offsets(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
-    offsets, total = [], 0
-    for p in tensors:
-        offsets.append(total)
-        total += p.numel()
-    return offsets, total
-
-
-def seeded_param_tangent(p: torch.Tensor, t: int, offset: int, total: int, seed: int, distribution: str) -> torch.Tensor:
-    """Tangent t of the parameter at ``offset`` (see module docstring)."""
-    return reference.seeded_tangent(tuple(p.shape), seed, distribution, dtype=p.dtype, device=p.device,
-                                    offset=t * total + offset)
-
-
-def _check(num_tangents, distribution, seed, mode, total):
+def _check(num_tangents, distribution, seed, mode, tangent_batch=1):
     if not isinstance(num_tangents, int) or isinstance(num_tangents, bool) or num_tangents < 1:
         raise ValueError(f"forward_gradient: num_tangents must be a positive int, got {num_tangents!r}")
     if distribution not in reference.DISTRIBUTIONS:
         raise ValueError(f"forward_gradient: distribution must be one of {reference.DISTRIBUTIONS}, got {distribution!r}")
     if mode not in MODES:
-        raise NotImplementedError(f"forward_gradient: mode={mode!r} is not implemented (only {MODES}); activity "
-                                  "perturbation (Ren et al.) is future work")
-    reference.seed_keys(seed)
-    if num_tangents * total >= reference.MAX_SEEDED_ELEMENTS:
-        raise ValueError(f"forward_gradient: num_tangents * parameter count must be < 2**31, got {num_tangents * total}")
-
-
-def seeded_param_tangents(p: torch.Tensor, t0: int, count: int, offset: int, total: int, seed: int,
-                          distribution: str) -> torch.Tensor:
-    """Tangents t0 .. t0+count−1 of one parameter, stacked: [count, *p.shape]."""
-    index = ((t0 + torch.arange(count, device=p.device))[:, None] * total + offset
-             + torch.arange(p.numel(), device=p.device)[None, :])
-    return reference.seeded_values(index, seed, distribution).to(p.dtype).reshape(count, *p.shape)
-
-
-def _directional(fn, params, inputs, num_tangents, distribution, seed, mode, tangent_batch, accumulate):
-    names, tensors = _flat_params(params)
-    offsets, total = _offsets(tensors)
-    _check(num_tangents, distribution, seed, mode, total)
-    if not isinstance(tangent_batch, int) or tangent_batch < 1:
+        raise ValueError(f"forward_gradient: mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(tangent_batch, int) or isinstance(tangent_batch, bool) or tangent_batch < 1:
         raise ValueError(f"forward_gradient: tangent_batch must be a positive int, got {tangent_batch!r}")
-    primals = tuple(p.detach() for p in tensors)
-    call = (lambda ps: fn(dict(zip(names, ps)), *inputs)) if names is not None else (lambda ps: fn(list(ps), *inputs))
+    reference.seed_keys(seed)
+
+
+def _scalar(loss: torch.Tensor, what="fn must return a scalar loss") -> torch.Tensor:
+    if loss.numel() != 1:
+        raise ValueError(f"forward_gradient: {what}, got shape {list(loss.shape)}")
+    return loss.reshape(())
+
+
+def _lean_pass(call, tensors, seeds, distribution):
+    """One weight-perturbation pass with matrix tangents left as seeds. Returns (loss, d, foreign): foreign
+    lists the torch calls that used a seeded matrix outside symkernels' Linear (then loss and d are None and
+    the caller materialises)."""
+    weights, args = {}, []
+    with fwAD.dual_level():
+        for p, s in zip(tensors, seeds):
+            q = p.detach()
+            if q.dim() == 2 and q.is_floating_point():
+                weights[id(q)] = (q, s, distribution)
+                args.append(q)
+            else:
+                args.append(fwAD.make_dual(q, param_tangent(q, s, distribution)))
+        scope = _scope.SeededScope(weights)
+        with _scope.activate(scope):
+            out = call(args)
+        if scope.foreign:
+            return None, None, scope.foreign
+        loss, d = fwAD.unpack_dual(_scalar(out))
+    return loss, (torch.zeros_like(loss) if d is None else d), []
+
+
+def _materialised(call, primals, seeds, distribution, t0, count):
+    """Tangents t0 .. t0+count−1 with materialised tangents: torch.func.jvp, vmapped when count > 1 (the
+    tangents then become the fused kernels' T dim). Returns (loss, d [count])."""
+    vs = tuple(regenerate_values(0, p.numel(), [seeds[t][j] for t in range(t0, t0 + count)], distribution,
+                                 p.device).to(p.dtype).reshape(count, *p.shape) for j, p in enumerate(primals))
 
     def one(*v):
         return torch.func.jvp(lambda *ps: call(ps), primals, v)
 
-    ds, grads, loss = [], [torch.zeros_like(p) for p in primals] if accumulate else None, None
+    if count == 1:
+        loss, d = one(*(v[0] for v in vs))
+        return _scalar(loss), _scalar(d).reshape(1)
+    loss, d = torch.func.vmap(one)(*vs)
+    _scalar(loss[0])
+    return loss[0].reshape(()), d.reshape(count)
+
+
+_warned_fallback = False
+
+
+def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_batch, materialize=False):
+    names, tensors = _flat_params(params)
+    _check(num_tangents, distribution, seed, "weight", tangent_batch)
+    primals = tuple(p.detach() for p in tensors)
+    call = (lambda ps: fn(dict(zip(names, ps)), *inputs)) if names is not None else (lambda ps: fn(list(ps), *inputs))
+    seeds = tangent_seeds(seed, len(tensors), num_tangents)
+    ds, loss, lean = [], None, tangent_batch == 1 and not materialize
+    global _warned_fallback
     with torch.no_grad():  # so symkernels layers take their fused dual kernels
-        for t0 in range(0, num_tangents, tangent_batch):
-            count = min(tangent_batch, num_tangents - t0)
-            vs = tuple(seeded_param_tangents(p, t0, count, o, total, seed, distribution)
-                       for p, o in zip(primals, offsets))
-            if count == 1:
-                loss_t, d = one(*(v[0] for v in vs))
-                loss_t, d = loss_t.reshape(1, *loss_t.shape), d.reshape(1, *d.shape)
-            else:  # vmap over jvp: the tangents become the fused kernels' T dim
-                loss_t, d = torch.func.vmap(one)(*vs)
-            if loss_t[0].numel() != 1:
-                raise ValueError(f"forward_gradient: fn must return a scalar loss, got shape {list(loss_t.shape[1:])}")
-            loss = loss_t[0].reshape(()) if loss is None else loss
-            d = d.reshape(count)
+        t0 = 0
+        while t0 < num_tangents:
+            if lean:
+                loss_t, d, foreign = _lean_pass(call, primals, seeds[t0], distribution)
+                if foreign:
+                    lean = False
+                    if not _warned_fallback:
+                        _warned_fallback = True
+                        warnings.warn("forward_gradient: fn uses a matrix parameter outside symkernels.jvp Linear "
+                                      f"layers (in {sorted(set(foreign))[:3]}), so its tangent is materialised; the "
+                                      "estimate is exact, the memory saving is lost", stacklevel=3)
+                    continue
+                count, d = 1, d.reshape(1)
+            else:
+                count = min(tangent_batch, num_tangents - t0)
+                loss_t, d = _materialised(call, primals, seeds, distribution, t0, count)
+            loss = loss_t if loss is None else loss
             ds.append(d)
-            if accumulate:
-                for g, v in zip(grads, vs):
-                    g += torch.tensordot(d.to(v.dtype), v, dims=1)
-    d = torch.cat(ds)
-    if accumulate:
-        grads = [g / num_tangents for g in grads]
-        grads = dict(zip(names, grads)) if names is not None else grads
-    return loss, d, grads
+            t0 += count
+    return names, tensors, loss, torch.cat(ds), seeds
 
 
 def directional_derivatives(fn: Callable, params, *inputs, num_tangents: int = 1, distribution: str = "gaussian",
-                            seed: int = 0, mode: str = "weight", tangent_batch: int = 1):
-    """(loss, d [T]) with d_t = ∇_θ fn(θ, *inputs) · v_t by forward mode; ``tangent_batch`` tangents at a time
-    (vmap over jvp when > 1: faster, that many tangent sets alive at once)."""
-    loss, d, _ = _directional(fn, params, inputs, num_tangents, distribution, seed, mode, tangent_batch, False)
+                            seed: int = 0, tangent_batch: int = 1, materialize: bool = False):
+    """(loss, d [T]) with d_t = ∇_θ fn(θ, *inputs) · v_t by forward mode (v_t: see the module docstring).
+    ``tangent_batch=1``: the lean path (unless ``materialize``); > 1: that many materialised tangent sets per
+    vmapped jvp."""
+    _, _, loss, d, _ = _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_batch, materialize)
     return loss, d
 
 
+def _weight_gradients(tensors, d, seeds, distribution):
+    grads = []
+    for j, p in enumerate(tensors):
+        g = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
+        for start, stop, chunk in _regenerated_chunks(p, [row[j] for row in seeds], d, distribution):
+            g[start:stop] = chunk
+        grads.append(g.view(p.shape))
+    return grads
+
+
+def _activity(fn, params, inputs, num_tangents, distribution, seed):
+    names, tensors = _flat_params(params)
+    _check(num_tangents, distribution, seed, "activity")
+    primals = [p.detach() for p in tensors]
+    args = dict(zip(names, primals)) if names is not None else primals
+    grads = [torch.zeros_like(p) for p in primals]
+    covered = [False] * len(primals)
+    loss = None
+    with torch.no_grad():
+        for t in range(num_tangents):
+            scope = _scope.ActivityScope(derive_seed(seed, t, 0xAC), distribution,
+                                         {id(p): (p, j) for j, p in enumerate(primals)})
+            with fwAD.dual_level(), _scope.activate(scope):
+                out = fn(args, *inputs)
+                per_example, d = fwAD.unpack_dual(out)
+            if per_example.dim() > 1:
+                raise ValueError("forward_gradient: with mode='activity', fn must return per-example losses of shape "
+                                 f"[B] (or a scalar), got shape {list(per_example.shape)}")
+            B = per_example.numel()
+            d = torch.zeros_like(per_example) if d is None else d
+            loss = per_example.mean() if loss is None else loss
+            for rec in scope.records:
+                x, lead = rec["x"], rec["lead"]
+                if B > 1 and (not lead or lead[0] != B):
+                    raise ValueError(f"forward_gradient: mode='activity' maps rows to examples by the first dim, but a "
+                                     f"linear input has leading dims {list(lead)} and fn returned {B} losses")
+                if B > 1:  # row m belongs to example m // rows_per_example
+                    coef = (d.reshape(-1) / (B * num_tangents)).to(x.dtype).repeat_interleave(x.shape[0] // B)
+                else:
+                    coef = (d.reshape(()) / num_tangents).to(x.dtype).expand(x.shape[0])
+                g_z = coef[:, None] * rec["noise"]
+                if rec["weight"] is not None:
+                    grads[rec["weight"]] += g_z.T @ x
+                    covered[rec["weight"]] = True
+                if rec["bias"] is not None:
+                    grads[rec["bias"]] += g_z.sum(0)
+                    covered[rec["bias"]] = True
+    missing = [names[j] if names else j for j, c in enumerate(covered) if not c]
+    if missing:
+        raise ValueError(f"forward_gradient: mode='activity' perturbs symkernels.jvp Linear layers only; these "
+                         f"parameters are not a weight or bias of one: {missing}")
+    return names, loss, grads
+
+
 def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distribution: str = "gaussian",
-                     seed: int = 0, mode: str = "weight", tangent_batch: int = 1):
-    """Unbiased forward-gradient estimate of ∇_θ fn(θ, *inputs).
+                     seed: int = 0, mode: str = "weight", tangent_batch: int = 1, materialize: bool = False):
+    """Forward-gradient estimate of ∇_θ fn(θ, *inputs) (see the module docstring for both modes).
 
     Args:
-        fn: ``fn(params, *inputs) -> scalar loss``; ``params`` is passed back in the form given (dict or list).
+        fn: ``fn(params, *inputs) -> loss``; ``params`` is passed back in the form given (dict or list).
+            mode="weight": a scalar loss. mode="activity": per-example losses [B] (or a scalar).
         params: dict name → tensor, or a list of tensors.
-        num_tangents: T; the estimate averages T directional derivatives (variance / T).
-        distribution: "gaussian" or "rademacher" tangent entries.
-        seed: in [0, 2^31); tangent t of a parameter is ``seeded_param_tangent(p, t, offset, total, seed, ...)``.
-        mode: "weight" (weight perturbation). Activity perturbation is not implemented.
-        tangent_batch: tangents evaluated together (vmap over jvp); 1 keeps one tangent set in memory.
+        num_tangents: T; the estimate averages T passes (variance / T).
+        distribution: "gaussian" or "rademacher" tangent / noise entries.
+        seed: in [0, 2^31); the tangents are a pure function of it (``tangent_seeds``).
+        mode: "weight" (unbiased for any fn) or "activity" (unbiased for non-interacting examples through
+            symkernels.jvp Linear layers; every parameter must be a weight or bias of one).
+        tangent_batch: weight mode only. 1: the lean path (matrix tangents never stored); > 1: that many
+            materialised tangent sets per vmapped jvp (faster for many tangents, more memory).
+        materialize: weight mode only: skip the lean path (e.g. when fn's matrices are not consumed by
+            symkernels Linear layers, where the lean attempt would only be redone).
 
     Returns:
-        ``(loss, grads)`` with grads in the form of ``params`` (dict or list).
+        ``(loss, grads)``: loss is fn's value (activity: the mean of the per-example losses), grads in the
+        form of ``params`` (dict or list).
     """
-    loss, _, grads = _directional(fn, params, inputs, num_tangents, distribution, seed, mode, tangent_batch, True)
-    return loss, grads
+    if mode == "activity":
+        names, loss, grads = _activity(fn, params, inputs, num_tangents, distribution, seed)
+    else:
+        _check(num_tangents, distribution, seed, mode, tangent_batch)
+        names, tensors, loss, d, seeds = _directional(fn, params, inputs, num_tangents, distribution, seed,
+                                                      tangent_batch, materialize)
+        grads = _weight_gradients(tensors, d, seeds, distribution)
+    return loss, (dict(zip(names, grads)) if names is not None else grads)
 
 
 def _step_seed(base: int, step: int) -> int:
-    # A fresh tangent seed per step, derived (not stored): hash of (base seed, step), kept in [0, 2^31).
-    return reference.mix32_int(reference.mix32_int(base) ^ (step & reference.MASK32)) & (reference.MAX_SEED - 1)
+    # A fresh seed per step, derived (not stored) from (base seed, step).
+    return derive_seed(base, step, 0x57E9)
 
 
 class _ForwardGradientOptimizer(torch.optim.Optimizer):
-    """Common part: the step estimates d_t by forward mode, keeps only the T scalars, then regenerates each
-    parameter's tangents from the seed while applying the update (no tangent is stored across steps)."""
+    """Common part. Weight mode: the step computes the T scalars d_t by forward mode, keeps only them, then
+    regenerates each parameter's tangents from the seeds chunk by chunk while applying the update (no
+    tangent exists whole, and none is stored across steps). Activity mode: the guess is formed (it is
+    parameter-sized, like a backprop gradient) and applied."""
 
-    def __init__(self, params, defaults, num_tangents, distribution, seed, tangent_batch):
+    def __init__(self, params, defaults, num_tangents, distribution, seed, tangent_batch, mode):
         super().__init__(params, defaults)
-        _check(num_tangents, distribution, seed, "weight", 0)
+        _check(num_tangents, distribution, seed, mode, tangent_batch)
         self.num_tangents, self.distribution, self.seed = num_tangents, distribution, seed
-        self.tangent_batch = tangent_batch
+        self.tangent_batch, self.mode = tangent_batch, mode
         self.step_count = 0
 
     def _params(self) -> list[torch.Tensor]:
@@ -153,33 +363,47 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
         params = self._params()
         seed = _step_seed(self.seed, self.step_count)
         self.step_count += 1
-        loss, d = directional_derivatives(fn, params, *inputs, num_tangents=self.num_tangents,
-                                          distribution=self.distribution, seed=seed,
-                                          tangent_batch=self.tangent_batch)
-        offsets, total = _offsets(params)
-        lookup = {id(p): o for p, o in zip(params, offsets)}
+        if self.mode == "activity":
+            _, loss, grads = _activity(fn, params, inputs, self.num_tangents, self.distribution, seed)
+            chunks = {id(p): [(0, p.numel(), g.reshape(-1))] for p, g in zip(params, grads)}
+        else:
+            _, _, loss, d, seeds = _directional(fn, params, inputs, self.num_tangents, self.distribution, seed,
+                                                self.tangent_batch)
+            index = {id(p): j for j, p in enumerate(params)}
+            chunks = {id(p): _regenerated_chunks(p, [row[index[id(p)]] for row in seeds], d, self.distribution)
+                      for p in params}
         for group in self.param_groups:
             for p in group["params"]:
-                # Regenerate this parameter's T tangents (bit-identical to the ones the JVPs used) and
-                # contract with the T scalars; only one parameter's tangents exist at a time.
-                v = seeded_param_tangents(p, 0, self.num_tangents, lookup[id(p)], total, seed, self.distribution)
-                g = torch.tensordot(d.to(p.dtype), v, dims=1) / self.num_tangents
-                self._apply(p, g, group)
+                state = self.state[p]
+                self._begin(p, state, group)
+                flat = p.view(-1) if p.is_contiguous() else p.reshape(-1)
+                for start, stop, g in chunks[id(p)]:  # regenerated lazily, one chunk at a time
+                    self._apply(flat[start:stop], g, group, state, slice(start, stop))
+                if not p.is_contiguous():
+                    p.copy_(flat.view_as(p))
         return loss
+
+    def _begin(self, p, state, group):
+        pass
 
 
 class ForwardGradientSGD(_ForwardGradientOptimizer):
     """SGD (optional momentum) on forward gradients with seeded tangents."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, *, num_tangents: int = 1,
-                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1):
+                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight"):
         if not lr > 0:
             raise ValueError(f"ForwardGradientSGD: lr must be > 0, got {lr!r}")
-        super().__init__(params, dict(lr=lr, momentum=momentum), num_tangents, distribution, seed, tangent_batch)
+        super().__init__(params, dict(lr=lr, momentum=momentum), num_tangents, distribution, seed, tangent_batch,
+                         mode)
 
-    def _apply(self, p, g, group):
+    def _begin(self, p, state, group):
+        if group["momentum"] and "momentum" not in state:
+            state["momentum"] = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+
+    def _apply(self, p, g, group, state, sl):
         if group["momentum"]:
-            buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+            buf = state["momentum"][sl]
             buf.mul_(group["momentum"]).add_(g)
             g = buf
         p.add_(g, alpha=-group["lr"])
@@ -189,19 +413,23 @@ class ForwardGradientAdam(_ForwardGradientOptimizer):
     """Adam on forward gradients with seeded tangents (moments stored as in Adam; tangents never)."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, *, num_tangents: int = 1,
-                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1):
+                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight"):
         if not lr > 0:
             raise ValueError(f"ForwardGradientAdam: lr must be > 0, got {lr!r}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps), num_tangents, distribution, seed, tangent_batch)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps), num_tangents, distribution, seed, tangent_batch,
+                         mode)
 
-    def _apply(self, p, g, group):
-        state = self.state[p]
+    def _begin(self, p, state, group):
         if not state:
-            state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-        b1, b2 = group["betas"]
+            state["t"] = 0
+            state["m"] = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+            state["v"] = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
         state["t"] += 1
-        state["m"].mul_(b1).add_(g, alpha=1 - b1)
-        state["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-        m_hat = state["m"] / (1 - b1 ** state["t"])
-        v_hat = state["v"] / (1 - b2 ** state["t"])
-        p.addcdiv_(m_hat, v_hat.sqrt().add_(group["eps"]), value=-group["lr"])
+
+    def _apply(self, p, g, group, state, sl):
+        b1, b2 = group["betas"]
+        m, v = state["m"][sl], state["v"][sl]
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v / (1 - b2 ** state["t"])).sqrt_().add_(group["eps"])
+        p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1 ** state["t"]))

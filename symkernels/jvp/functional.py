@@ -17,15 +17,17 @@ grad (``symkernels.forward_gradient`` does this).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from symkernels import _backend
-from symkernels.jvp import ops, reference
+from symkernels.jvp import _scope, ops, reference
 
-_FUSED_CALLS = {"linear": 0, "row": 0}  # counters the tests use to prove the fused path ran
+_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0}  # counters the tests use to prove the fused path ran
 
 
 def _nested_forward_ad() -> bool:
@@ -45,6 +47,45 @@ def _tangent(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else fwAD.unpack_dual(t).tangent
 
 
+def _primal(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else fwAD.unpack_dual(t).primal
+
+
+def _seeded_linear(scope: _scope.SeededScope, c, x, weight, bias, impl) -> torch.Tensor | None:
+    """The weight's tangent is a seed (a forward-gradient pass): one seeded-tangent kernel call, W_t never
+    stored; the output becomes a dual tensor carrying the kernel's tangent. None if this call is not one."""
+    seeded = scope.lookup(weight)
+    if seeded is None or not _fusable(x, weight, bias):
+        return None
+    with scope.sanctioned():
+        x_dot, b_dot = _tangent(c.x), _tangent(bias)
+        y, y_t = ops._raw_linear_dual(_primal(c.x), weight, _primal(bias),
+                                      None if x_dot is None else x_dot.reshape(1, c.M, c.K), None,
+                                      None if b_dot is None else b_dot.unsqueeze(0), c.activation, 1, seeded[0],
+                                      seeded[1], impl)
+        scope.used.add(id(weight))
+        _FUSED_CALLS["linear"] += 1
+        return fwAD.make_dual(y, y_t[0])
+
+
+def _activity_linear(scope: _scope.ActivityScope, c, x, weight, bias, impl) -> torch.Tensor | None:
+    """Activity perturbation (Ren et al.): the pre-activation z gets its input's tangent plus fresh seeded
+    noise ż; the call is recorded (input rows, noise seed, which parameters) for the weight-gradient guess."""
+    if not _fusable(x, weight, bias):
+        return None
+    x_dot = _tangent(c.x)
+    xp, wp, bp = _primal(c.x), _primal(weight), _primal(bias)
+    z, z_t = ops._raw_linear_dual(xp, wp, bp, None if x_dot is None else x_dot.reshape(1, c.M, c.K), None, None,
+                                  "none", 1, None, "gaussian", impl)
+    noise = scope.noise(c.M, c.N, z.dtype, z.device)
+    scope.records.append({"x": xp, "noise": noise, "lead": c.lead, "weight": scope.index(weight),
+                          "bias": scope.index(bias)})
+    z_t = z_t[0] + noise
+    _FUSED_CALLS["linear"] += 1
+    return fwAD.make_dual(reference.activation_fn(c.activation, z),
+                          reference.activation_derivative(c.activation, z) * z_t)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str | None = None, *,
            backend: str | None = None) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` with fused forward-mode tangents (see module docstring)."""
@@ -53,6 +94,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     impl = _backend.resolve(ops.OP_NAME, device, backend, ops.IMPLEMENTED)
     if _nested_forward_ad():
         return reference.activation_fn(c.activation, torch.nn.functional.linear(x, weight, bias))
+    scope = _scope.active()
+    if scope is not None:  # inside symkernels.forward_gradient
+        scoped = (_seeded_linear if isinstance(scope, _scope.SeededScope) else _activity_linear)(
+            scope, c, x, weight, bias, impl)
+        if scoped is not None:
+            return scoped.reshape(*c.lead, c.N)
+        if isinstance(scope, _scope.SeededScope) and scope.lookup(weight) is not None:
+            scope.foreign.append("functional.linear (unfusable here: grad mode or a transform is active)")
     x_dot, w_dot, b_dot = _tangent(x), _tangent(weight), _tangent(bias)
     if (x_dot is not None or w_dot is not None or b_dot is not None) and _fusable(x, weight, bias):
         _FUSED_CALLS["linear"] += 1
@@ -102,6 +151,60 @@ def softmax(x, *, backend: str | None = None) -> torch.Tensor:
     return _row("softmax", "softmax", x, None, None, 0.0, backend)
 
 
-def attention(q, k, v, *, causal: bool = False, scale: float | None = None) -> torch.Tensor:
-    """``softmax(q kᵀ·scale) v`` in plain torch ops (forward AD works natively; no fused kernel yet)."""
-    return reference.attention(q, k, v, causal, q.shape[-1] ** -0.5 if scale is None else scale)
+class _AttentionDualFunction(torch.autograd.Function):
+    """The transparent path of ``attention``: forward runs ``symkernels::attention_dual`` once with the
+    unpacked input tangents ([T, ...] each, or None), ``jvp`` returns the saved fused tangent (T = 1), and
+    the vmap rule folds vmapped tangents into T (one kernel call for vmap(jvp)). Only taken when the
+    tangent will not be differentiated (see the module docstring); backward is there for completeness."""
+
+    @staticmethod
+    def forward(q, k, v, q_t, k_t, v_t, causal, scale, T, impl):
+        lead = q.shape[:-2]
+        BH = math.prod(lead)
+        flat = lambda t, pre: None if t is None else t.reshape(*pre, BH, *t.shape[-2:])  # noqa: E731
+        o, o_t = torch.ops.symkernels.attention_dual(flat(q, ()), flat(k, ()), flat(v, ()), flat(q_t, (T,)),
+                                                     flat(k_t, (T,)), flat(v_t, (T,)), T, causal, scale, impl)
+        return o.reshape(*lead, *o.shape[-2:]), o_t.reshape(T, *lead, *o.shape[-2:])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.causal, ctx.scale = inputs[6], inputs[7]
+        ctx.save_for_backward(*inputs[:3])
+        ctx.save_for_forward(output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_o, _grad_o_t):
+        q, k, v = ctx.saved_tensors
+        _, vjp_fn = torch.func.vjp(lambda q, k, v: reference.attention(q, k, v, ctx.causal, ctx.scale), q, k, v)
+        return (*vjp_fn(grad_o), None, None, None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, *_tangents):
+        (o_t,) = ctx.saved_tensors
+        return o_t[0], None
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, q_t, k_t, v_t, causal, scale, T, impl):
+        return ops._vmap_rule(_AttentionDualFunction, info, in_dims, (q, k, v), (q_t, k_t, v_t), T,
+                              lambda qt, kt, vt, TT: (q, k, v, qt, kt, vt, causal, scale, TT, impl))
+
+
+def attention(q, k, v, *, causal: bool = False, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
+    """``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]``; under forward mode the tangent comes from the
+    fused ``attention_dual`` kernel (one call for primal and tangent; see the module docstring)."""
+    from symkernels.jvp import attention as attention_op
+
+    attention_op.check_primals(q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if _nested_forward_ad():
+        return reference.attention(q, k, v, causal, scale)
+    dots = [_tangent(t) for t in (q, k, v)]
+    if any(d is not None for d in dots) and _fusable(q, k, v):
+        impl = attention_op.resolve_impl(backend, q=q, k=k, v=v)
+        _FUSED_CALLS["attention"] += 1
+        o, _ = _AttentionDualFunction.apply(q, k, v, *(None if d is None else d.unsqueeze(0) for d in dots),
+                                            bool(causal), scale, 1, impl)
+        return o
+    # Plain torch ops: correct under every transform and for reverse mode through the tangent.
+    return reference.attention(q, k, v, causal, scale)

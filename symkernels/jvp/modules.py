@@ -63,14 +63,14 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention: fused-JVP qkv/output projections around a plain-torch attention core."""
+    """Multi-head self-attention: fused-JVP qkv/output projections and attention core (attention_dual)."""
 
     def __init__(self, dim: int, num_heads: int, causal: bool = False, *, backend: str | None = None, device=None,
                  dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Attention: dim={dim} must be divisible by num_heads={num_heads}")
-        self.num_heads, self.causal = num_heads, causal
+        self.num_heads, self.causal, self.backend = num_heads, causal, backend
         self.qkv = Linear(dim, 3 * dim, backend=backend, device=device, dtype=dtype)
         self.proj = Linear(dim, dim, backend=backend, device=device, dtype=dtype)
 
@@ -78,5 +78,5 @@ class Attention(nn.Module):
         *lead, L, dim = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(*lead, L, 3, h, dim // h).movedim(-3, 0).transpose(-2, -3).unbind(0)
-        o = F.attention(q, k, v, causal=self.causal, scale=1 / math.sqrt(dim // h))
+        o = F.attention(q, k, v, causal=self.causal, scale=1 / math.sqrt(dim // h), backend=self.backend)
         return self.proj(o.transpose(-2, -3).reshape(*lead, L, dim))
