@@ -130,7 +130,9 @@ SYMKERNELS_SIMD_CLONES void generate_tile(float* __restrict__ out, int64_t first
 void seeded_weight_products(const at::Tensor& x, at::Tensor& zw, int64_t rows, int64_t K, int64_t seed,
                             Distribution dist) {
   const uint32_t key0 = seed_key(seed, 0), key1 = seed_key(seed, 1);
-  const int64_t tile_rows = std::max<int64_t>(1, kSeedTileElements / std::max<int64_t>(K, 1));
+  // Never larger than the weight itself: a small layer's seeded step must not allocate more than its own
+  // weight would take (the forward-gradient memory bound is stated relative to inference).
+  const int64_t tile_rows = std::clamp<int64_t>(kSeedTileElements / std::max<int64_t>(K, 1), 1, std::max<int64_t>(rows, 1));
   at::Tensor tile32 = at::empty({tile_rows, K}, x.options().dtype(at::kFloat));
   for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
     const int64_t nr = std::min(tile_rows, rows - r0);
