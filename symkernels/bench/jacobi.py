@@ -108,7 +108,9 @@ def rnn_cases(device, quick) -> Iterable[Case]:
             impls["newton / DEER (reference)"] = lambda a=args, c=cell: rnn(*a, cell=c, method="newton", tol=TOL)
         else:
             impls["newton / DEER (reference)"] = "skipped: O(T·B·H³) scan per iteration over the bench budget"
-        flops = 2 * T * B * H * (3 * H if cell == "gru" else H) * max(1, extra.get("iters", 1))
+        iters = extra.get("iters", 1)
+        # An untimed over-budget case reports iterations as ">cap"; its flop count is then a lower bound.
+        flops = 2 * T * B * H * G * (cap if isinstance(iters, str) else max(1, iters))
         yield Case(op=f"rnn_{cell}", shape=f"T={T} B={B} H={H} gain={gain}", dtype="float32", impls=impls, ours=ours,
                    flops=flops, extra=extra)
 
