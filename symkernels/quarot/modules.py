@@ -203,10 +203,12 @@ class AttentionQuaRot:
     so this rotation cannot be folded into W_q/W_k and runs online). It spreads the outlier channels of
     the keys before their 4-bit quantization. The values need no online rotation: rotate_model folds
     H_{d_h} into W_v per head (and undoes it in W_o).
-    ``kv_bits=4``: K and V quantized to unsigned asymmetric 4-bit per (token, head, group of
-    ``kv_group_size`` channels) (``symkernels.quarot.kv``), in ``mode`` "real" (packed bytes) or "fake".
-    The HF cache, if any, keeps the unquantized K/V and every step re-quantizes them: quantization is
-    per token, so each token gets the same codes at every step, i.e. the numbers of a KV4 cache.
+    ``kv_bits=4``: K and V are quantized to unsigned asymmetric 4-bit per (token, head, group of
+    ``kv_group_size`` channels) by the model's cache, a ``kv.QuaRotKVCache`` ("real": packed bytes,
+    "fake": simulated), which is then the one place that quantizes them: the keys must be rotated
+    before they are cached, so with a KV4 cache the key half of ``qk_hadamard`` runs in the cache's
+    ``update`` (``cache_layer``), and this hook rotates only the queries. Without one the keys arrive
+    here in float (whatever cache, or none, holds them) and are rotated here.
     """
 
     def __init__(self, head_dim: int, inner: str):
@@ -215,21 +217,85 @@ class AttentionQuaRot:
         self.kv_bits: int | None = None
         self.kv_group_size, self.kv_clip_ratio, self.mode = head_dim, 1.0, "real"
 
-    def kv(self, t: torch.Tensor) -> torch.Tensor:
-        from symkernels.quarot import kv
+    def cache_layer(self):
+        """This layer's KV4 cache layer (``kv_bits=4``)."""
+        from symkernels.quarot.kv import QuaRotKVLayer
 
-        if self.mode == "fake":
-            return kv.fake_quantize_kv_int4(t, group_size=self.kv_group_size, clip_ratio=self.kv_clip_ratio)
-        packed, scale, zero = kv.quantize_kv_int4(t, group_size=self.kv_group_size, clip_ratio=self.kv_clip_ratio)
-        return kv.dequantize_kv_int4(packed, scale, zero, t.dtype)
+        g = self.kv_group_size
+        if not isinstance(g, int) or g < 2 or g % 2 or self.head_dim % g:
+            raise ValueError(f"quantize_model: kv_group_size must be an even divisor of head_dim={self.head_dim}, "
+                             f"got {g!r}")
+        return QuaRotKVLayer(group_size=self.kv_group_size, clip_ratio=self.kv_clip_ratio, mode=self.mode,
+                             key_hadamard=self.qk_hadamard)
 
     def __call__(self, q, k, v):
         if self.qk_hadamard:
             s = 1.0 / math.sqrt(self.head_dim)
-            q, k = hadamard_transform(q, s), hadamard_transform(k, s)
-        if self.kv_bits is not None:
-            k, v = self.kv(k), self.kv(v)
+            q = hadamard_transform(q, s)
+            if self.kv_bits is None:  # else the KV4 cache rotated the keys before quantizing them
+                k = hadamard_transform(k, s)
         return q, k, v
+
+
+def kv_cache(model: nn.Module):
+    """A fresh ``kv.QuaRotKVCache`` for a model quantized with ``kv_bits=4`` (its per-layer settings).
+
+    ``quantize_model`` makes the model create one by itself on every forward without a cache (and in
+    place of ``generate``'s empty default cache); build one explicitly to keep it, e.g. to measure it."""
+    from symkernels.quarot.kv import QuaRotKVCache
+
+    hooks = [getattr(layer.self_attn, "quarot", None) for layer in model.model.layers]
+    if not all(h is not None and h.kv_bits is not None for h in hooks):
+        raise ValueError("kv_cache: the model has no 4-bit KV cache (quantize_model(..., kv_bits=4) first)")
+    return QuaRotKVCache([h.cache_layer() for h in hooks])
+
+
+def _install_kv_cache_hooks(model: nn.Module) -> None:
+    """Make every forward of ``model.model`` run on a ``QuaRotKVCache`` (once per model).
+
+    A pre-hook on the decoder stack swaps in a fresh KV4 cache where the call has none (a forward
+    without a cache still quantizes K/V: its one "step" goes through the cache) or an empty one of
+    another type (``generate`` creates an empty ``DynamicCache`` before the first step and carries on
+    with the cache the model returns, i.e. ours). A cache of another type that already holds tokens
+    is an error: its float K/V were never quantized. Each attention module also checks that it got
+    the KV4 cache, so calling a decoder layer directly with a float cache fails instead of silently
+    attending over unquantized K/V."""
+    import inspect
+
+    from symkernels.quarot.kv import QuaRotKVCache
+
+    inner = model.model
+    if getattr(inner, "_quarot_kv_hooks", False):
+        return
+    params = list(inspect.signature(inner.forward).parameters)
+    pos = params.index("past_key_values") if "past_key_values" in params else None
+
+    def swap_cache(_mod, args, kwargs):
+        positional = pos is not None and len(args) > pos
+        past = args[pos] if positional else kwargs.get("past_key_values")
+        if isinstance(past, QuaRotKVCache):
+            return None
+        if past is not None and past.get_seq_length() > 0:
+            raise ValueError(f"quantize_model(kv_bits=4): past_key_values is a {type(past).__name__} that already "
+                             f"holds {past.get_seq_length()} float tokens; pass a symkernels.quarot.modules."
+                             f"kv_cache(model) (or none) instead")
+        cache = kv_cache(model)
+        if positional:
+            args = (*args[:pos], cache, *args[pos + 1:])
+        else:
+            kwargs = {**kwargs, "past_key_values": cache}
+        return args, kwargs
+
+    def check_cache(mod, _args, kwargs):
+        if mod.quarot.kv_bits is not None and not isinstance(kwargs.get("past_key_values"), QuaRotKVCache):
+            raise ValueError(f"{type(mod).__name__}: this layer has a 4-bit KV cache (kv_bits=4) but was called "
+                             f"with past_key_values={type(kwargs.get('past_key_values')).__name__}, not a "
+                             f"QuaRotKVCache (symkernels.quarot.modules.kv_cache(model))")
+
+    inner.register_forward_pre_hook(swap_cache, with_kwargs=True)
+    for layer in inner.layers:
+        layer.self_attn.register_forward_pre_hook(check_cache, with_kwargs=True)
+    inner._quarot_kv_hooks = True
 
 
 def _install_attention_hook(model: nn.Module) -> list[AttentionQuaRot]:
@@ -408,8 +474,9 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
     (as in QuaRot). A rotated down_proj (online H_ff, then the linear) becomes one ``QuaRotLinear``
     whose quantization kernel applies H_ff itself (fused), its weight already rotated. ``online_hadamard``
     adds a Hadamard in front of the other linears (for the unrotated baseline; after ``rotate_model``
-    their inputs are already rotated). ``kv_bits=4`` quantizes keys and values (``AttentionQuaRot``),
-    groups of ``kv_group_size`` channels (default: head_dim), ``None`` leaves the cache in float;
+    their inputs are already rotated). ``kv_bits=4`` quantizes keys and values in a ``kv.QuaRotKVCache``
+    that the model then uses on every forward and in ``generate`` ("real": packed 4-bit codes, "fake":
+    simulated), groups of ``kv_group_size`` channels (default: head_dim); ``None`` leaves the cache in float;
     ``linears=False`` quantizes only the KV cache (to study its error alone).
     ``weight_method="gptq"`` or ``clip_ratio="search"`` need ``calibration_ids`` [batch, seq]: every
     layer's inputs are recorded in one float forward pass first (not layer-sequentially as GPTQ's
@@ -450,6 +517,8 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
         for hook in _install_attention_hook(model):
             hook.kv_bits, hook.mode, hook.kv_clip_ratio = kv_bits, mode, kv_clip_ratio
             hook.kv_group_size = kv_group_size or hook.head_dim
+        kv_cache(model)  # validates the settings now rather than at the first forward
+        _install_kv_cache_hooks(model)
     return model
 
 
