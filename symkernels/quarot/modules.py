@@ -242,9 +242,13 @@ def kv_cache(model: nn.Module):
 
     ``quantize_model`` makes the model create one by itself on every forward without a cache (and in
     place of ``generate``'s empty default cache); build one explicitly to keep it, e.g. to measure it."""
+    return _kv_cache(model.model.layers)
+
+
+def _kv_cache(layers):
     from symkernels.quarot.kv import QuaRotKVCache
 
-    hooks = [getattr(layer.self_attn, "quarot", None) for layer in model.model.layers]
+    hooks = [getattr(layer.self_attn, "quarot", None) for layer in layers]
     if not all(h is not None and h.kv_bits is not None for h in hooks):
         raise ValueError("kv_cache: the model has no 4-bit KV cache (quantize_model(..., kv_bits=4) first)")
     return QuaRotKVCache([h.cache_layer() for h in hooks])
@@ -270,7 +274,9 @@ def _install_kv_cache_hooks(model: nn.Module) -> None:
     params = list(inspect.signature(inner.forward).parameters)
     pos = params.index("past_key_values") if "past_key_values" in params else None
 
-    def swap_cache(_mod, args, kwargs):
+    # the hooks read the module they are called on, not this model: a deepcopy of the model shares
+    # these functions but must build caches from its own (possibly re-quantized) settings
+    def swap_cache(mod, args, kwargs):
         positional = pos is not None and len(args) > pos
         past = args[pos] if positional else kwargs.get("past_key_values")
         if isinstance(past, QuaRotKVCache):
@@ -279,7 +285,7 @@ def _install_kv_cache_hooks(model: nn.Module) -> None:
             raise ValueError(f"quantize_model(kv_bits=4): past_key_values is a {type(past).__name__} that already "
                              f"holds {past.get_seq_length()} float tokens; pass a symkernels.quarot.modules."
                              f"kv_cache(model) (or none) instead")
-        cache = kv_cache(model)
+        cache = _kv_cache(mod.layers)
         if positional:
             args = (*args[:pos], cache, *args[pos + 1:])
         else:
