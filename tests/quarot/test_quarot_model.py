@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from symkernels.quarot import kv
-from symkernels.quarot.modules import (HadamardThenLinear, OnlineHadamard, QuaRotLinear, quantize_model,
+from symkernels.quarot.modules import (HadamardThenLinear, OnlineHadamard, QuaRotLinear, kv_cache, quantize_model,
                                        rotate_model)
 
 transformers = pytest.importorskip("transformers")
@@ -94,19 +94,164 @@ def _outlier_llama():
     return model
 
 
-def test_kv4_error_far_lower_with_rotation():
+def _prefill_decode(model, ids, prefill, cache=None):
+    """Logits [batch, seq, vocab] of ``ids`` fed as a prefill of ``prefill`` tokens, then one token per
+    step through the cache the model returns (the decode loop of ``generate``)."""
+    out = model(ids[:, :prefill], past_key_values=cache, use_cache=True)
+    logits, cache = [out.logits], out.past_key_values
+    for t in range(prefill, ids.shape[1]):
+        out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+        logits.append(out.logits)
+        cache = out.past_key_values
+    return torch.cat(logits, dim=1), cache
+
+
+@pytest.mark.parametrize("mode", ["fake", "real"])
+def test_kv4_error_far_lower_with_rotation(mode):
+    """KV4 only (float linears), prefill + decode steps through the 4-bit cache."""
     model = _outlier_llama()
     ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(ids).logits
-        rel = lambda m: ((m(ids).logits - ref).norm() / ref.norm()).item()  # noqa: E731
         err = {}
         for rot in (False, True):
             m = rotate_model(copy.deepcopy(model), seed=1) if rot else copy.deepcopy(model)
-            quantize_model(m, mode="fake", kv_bits=4, linears=False)  # KV4 only: the error is the cache's
-            err[rot] = rel(m)
-    # measured: 0.49 → 0.16 (3.0×); without the outlier scaling both are ≈ 0.12
+            quantize_model(m, mode=mode, kv_bits=4, linears=False)  # KV4 only: the error is the cache's
+            logits, cache = _prefill_decode(m, ids, prefill=10)
+            assert isinstance(cache, kv.QuaRotKVCache) and cache.get_seq_length() == 16
+            err[rot] = ((logits - ref).norm() / ref.norm()).item()
+    # measured: 0.47 → 0.18 (2.7×), both modes; without the outlier scaling both are ≈ 0.12
     assert err[True] * 2.5 < err[False], err
+
+
+def test_kv4_cache_stores_a_quarter_of_fp16():
+    """Measured on the tensors the caches hold after the same prefill + decode: the real KV4 cache's
+    codes + fp32 scale/zero against the float model's fp16 DynamicCache (head_dim 128: 64 + 8 bytes per
+    (token, head) for K and for V, vs 256)."""
+    model = _outlier_llama()
+    ids = torch.randint(0, 97, (2, 13), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        _, fp16 = _prefill_decode(copy.deepcopy(model).half(), ids, prefill=9)
+        fp16_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in fp16.layers)
+        q = {}
+        for mode in ("real", "fake"):
+            m = rotate_model(copy.deepcopy(model), seed=1, quantize=mode, linears=False)
+            q[mode] = _prefill_decode(m, ids, prefill=9)[1]
+    assert type(fp16).__name__ == "DynamicCache" and fp16.layers[0].keys.dtype == torch.float16
+    real = q["real"]
+    layer = real.layers[0]
+    assert layer.store["k_packed"].dtype == torch.uint8 and layer.store["k_packed"].shape == (2, 1, 13, 64)
+    assert layer.store["v_scale"].shape == (2, 1, 13, 1)  # one (scale, zero) pair per (token, head)
+    assert all(t.dtype in (torch.uint8, torch.float32) for lay in real.layers for t in lay.store.values())
+    ratio = real.nbytes / fp16_bytes
+    assert ratio == pytest.approx((64 + 8) / 256, rel=1e-12), ratio  # 0.28: 4/16 of fp16 + the scales
+    # the simulation keeps x̂ in the model dtype (fp32 here): no memory saved
+    assert q["fake"].nbytes == 2 * fp16_bytes
+
+
+def test_kv4_decode_real_equals_fake_and_matches_full_forward():
+    """W4A4 + KV4 after rotation, prefill + 4 decode steps: the real cache (packed codes) and the fake
+    one give the same logits; with KV4 alone the cached decode equals one forward over the whole
+    sequence (the quantization is per token: appending a token never changes the earlier codes)."""
+    model = _tiny_llama()
+    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model(ids).logits
+        out = {}
+        for mode in ("fake", "real"):
+            m = rotate_model(copy.deepcopy(model), seed=2, quantize=mode, clip_ratio=0.9, progress=False)
+            out[mode] = _prefill_decode(m, ids, prefill=7)[0]
+        kv_only = rotate_model(copy.deepcopy(model), seed=2, quantize="real", linears=False)
+        attn = kv_only.model.layers[1].self_attn
+        seen = []
+        hook = attn.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw), with_kwargs=True)
+        stepped, cache = _prefill_decode(kv_only, ids, prefill=7)
+        hook.remove()
+        whole = kv_only(ids, use_cache=False).logits
+        # the cached keys are this layer's keys after RoPE and the per-head Hadamard, quantized once
+        keys = []
+        for kw in seen:
+            x = kw["hidden_states"]
+            k = attn.k_proj(x).view(*x.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            cos, sin = kw["position_embeddings"]
+            k = transformers.models.llama.modeling_llama.apply_rotary_pos_emb(k, k, cos, sin)[1]
+            keys.append(OnlineHadamard(attn.head_dim)(k))
+        want = kv.fake_quantize_kv_int4(torch.cat(keys, dim=2), group_size=attn.head_dim)
+        torch.testing.assert_close(cache.layers[1]._decode("k"), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["fake"], out["real"], atol=1e-6 * ref.abs().max().item(), rtol=1e-6)
+    if platform.machine() == "x86_64":  # see test_fake_and_real_modes_give_the_same_logits
+        assert torch.equal(out["fake"], out["real"])
+    torch.testing.assert_close(stepped, whole, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(whole, ref, atol=1e-3)  # the cache really quantized something
+    for logits in (out["real"], stepped):
+        cos = nn.functional.cosine_similarity(logits.flatten(), ref.flatten(), dim=0)
+        assert cos > 0.9, cos
+
+
+def test_kv4_generate_uses_the_packed_cache():
+    model = rotate_model(_tiny_llama(), seed=2)
+    ids = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    seqs = {}
+    with torch.no_grad():
+        for mode in ("fake", "real"):
+            m = quantize_model(copy.deepcopy(model), mode=mode, progress=False)
+            g = m.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, return_dict_in_generate=True,
+                           pad_token_id=0)
+            assert isinstance(g.past_key_values, kv.QuaRotKVCache) and g.past_key_values.get_seq_length() == 9
+            assert g.past_key_values.layers[0].mode == mode
+            seqs[mode] = g.sequences
+            # an explicit cache is used (and kept); a float cache that already holds tokens is refused
+            cache = kv_cache(m)
+            m(ids, past_key_values=cache)
+            assert cache.get_seq_length() == 6
+            full = transformers.DynamicCache(config=m.config)
+            copy.deepcopy(model)(ids, past_key_values=full)
+            with pytest.raises(ValueError, match="already holds 6 float tokens"):
+                m(ids[:, :1], past_key_values=full)
+            with pytest.raises(ValueError, match="QuaRotKVCache"):  # a decoder layer called with a float cache
+                layer = m.model.layers[0]
+                h = torch.randn(2, 3, 64)
+                pos = m.model.rotary_emb(h, torch.arange(3)[None])
+                layer(h, position_embeddings=pos, past_key_values=transformers.DynamicCache(config=m.config))
+    assert torch.equal(seqs["fake"], seqs["real"])
+    # a copy of a KV4 model, re-set to the other mode, builds its own caches
+    with torch.no_grad():
+        m2 = quantize_model(copy.deepcopy(m), mode="fake", linears=False)
+        assert m2(ids).past_key_values.layers[0].mode == "fake" and m(ids).past_key_values.layers[0].mode == "real"
+
+
+def test_kv4_cache_layer_ops_and_errors():
+    """crop / beam reordering / batch selection act on codes and scales alike and exactly (no
+    re-quantization); bad settings and inputs raise clear errors."""
+    gen = torch.Generator().manual_seed(6)
+    k, v = torch.randn(3, 2, 5, 32, generator=gen), torch.randn(3, 2, 5, 32, generator=gen)
+    layer = kv.QuaRotKVLayer(group_size=16, mode="real")
+    k1, v1 = layer.update(k, v)
+    torch.testing.assert_close(k1, kv.fake_quantize_kv_int4(k, group_size=16), rtol=0, atol=0)
+    k2, _ = layer.update(k[:, :, :2], v[:, :, :2])  # appended, earlier tokens untouched
+    assert torch.equal(k2[:, :, :5], k1) and layer.get_seq_length() == 7
+    assert layer.nbytes == 2 * 3 * 2 * 7 * (16 + 2 * 4 * 2)
+    layer.crop(-2)
+    assert layer.get_seq_length() == 5 and torch.equal(layer._decode("k"), k1)
+    layer.reorder_cache(torch.tensor([2, 0, 1]))
+    assert torch.equal(layer._decode("v"), v1[[2, 0, 1]])
+    layer.batch_select_indices(torch.tensor([1]))
+    assert torch.equal(layer._decode("v"), v1[[0]])
+    layer.reset()
+    assert layer.get_seq_length() == 0 and layer.nbytes == 0
+    with pytest.raises(ValueError, match="mode"):
+        kv.QuaRotKVLayer(group_size=16, mode="int4")
+    with pytest.raises(ValueError, match="key_states"):
+        layer.update(k[0], v[0])
+    with pytest.raises(ValueError, match="group_size"):
+        kv.QuaRotKVLayer(group_size=16).update(k[..., :24], v[..., :24])
+    with pytest.raises(TypeError, match="QuaRotKVLayer"):
+        kv.QuaRotKVCache([])
+    with pytest.raises(ValueError, match="kv_group_size"):
+        quantize_model(_tiny_llama(), kv_group_size=12, linears=False)
+    with pytest.raises(ValueError, match="kv_cache"):
+        kv_cache(_tiny_llama())
 
 
 def test_kv_quantizer_round_trip_and_modes():
