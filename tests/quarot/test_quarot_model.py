@@ -201,6 +201,9 @@ def test_kv4_generate_uses_the_packed_cache():
             assert isinstance(g.past_key_values, kv.QuaRotKVCache) and g.past_key_values.get_seq_length() == 9
             assert g.past_key_values.layers[0].mode == mode
             seqs[mode] = g.sequences
+            # beam search expands (batch_repeat_interleave) and reorders the packed cache every step
+            seqs[mode, "beam"] = m.generate(ids, attention_mask=mask, max_new_tokens=4, num_beams=3, do_sample=False,
+                                            pad_token_id=0)
             # an explicit cache is used (and kept); a float cache that already holds tokens is refused
             cache = kv_cache(m)
             m(ids, past_key_values=cache)
@@ -214,7 +217,7 @@ def test_kv4_generate_uses_the_packed_cache():
                 h = torch.randn(2, 3, 64)
                 pos = m.model.rotary_emb(h, torch.arange(3)[None])
                 layer(h, position_embeddings=pos, past_key_values=transformers.DynamicCache(config=m.config))
-    assert torch.equal(seqs["fake"], seqs["real"])
+    assert torch.equal(seqs["fake"], seqs["real"]) and torch.equal(seqs["fake", "beam"], seqs["real", "beam"])
     # a copy of a KV4 model, re-set to the other mode, builds its own caches
     with torch.no_grad():
         m2 = quantize_model(copy.deepcopy(m), mode="fake", linears=False)
