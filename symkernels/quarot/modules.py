@@ -361,7 +361,8 @@ def rotate_model(model: nn.Module, *, seed: int = 0, quantize: str | None = None
        o_proj (a strided transform over the heads, ``OnlineHadamard(heads=n_h)``), folded into W_o.
        Skipped when n_h has no Hadamard matrix (e.g. 14 heads): then o_proj sees only the per-head part.
     5. Q and K get an online per-head H_{d_h} after RoPE (``AttentionQuaRot.qk_hadamard``), for the
-       KV cache quantization of the keys.
+       KV cache quantization of the keys (with a 4-bit KV cache the keys' half runs in the cache, before
+       they are quantized and stored; see ``AttentionQuaRot``).
     The float model's outputs are unchanged up to rounding (computed in fp64, stored in the model dtype).
     ``quantize="real"|"fake"`` then calls ``quantize_model(model, mode=quantize, **quantize_kwargs)``.
     """
