@@ -2,7 +2,8 @@
 // (even index in the low nibble, two's complement). Two kernels share the unpack and the epilogue:
 //  * int4_matmul_mma_kernel (sm_80+, chosen at run time by the glue): int8 tensor cores through
 //    `mma.sync.m16n8k32.s8.s8.s32` after an in-register unpack. Hopper has no INT4 tensor cores, so int8
-//    MMA is the exact path there (same peak as W8A8; the 4-bit format saves bytes, not math).
+//    MMA is the exact path there (same peak as W8A8; the 4-bit format saves bytes, not math). Code
+//    compiled for sm_80–sm_89 uses the INT4 tensor cores instead (`mma.sync.m16n8k64.s4`, no unpack).
 //  * int4_matmul_dp4a_kernel (sm_61+): SIMT __dp4a, the portable fallback for older devices.
 // Both accumulate exactly in int32 (|acc| ≤ 64·K) and round once to the output dtype.
 //
@@ -146,9 +147,10 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// (maybe_unused: each architecture compiles one of the two MMA helpers.)
 // d += a·b for one m16n8k32 tile, int8 inputs, exact int32 accumulation (no .satfinite: |acc| ≤ 64·K
 // never reaches the int32 range for any K a tensor can hold here).
-__device__ __forceinline__ void mma_s8_m16n8k32(int (&d)[4], const int (&a)[4], const int (&b)[2]) {
+[[maybe_unused]] __device__ __forceinline__ void mma_s8_m16n8k32(int (&d)[4], const int (&a)[4], const int (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
@@ -157,6 +159,30 @@ __device__ __forceinline__ void mma_s8_m16n8k32(int (&d)[4], const int (&a)[4], 
       "{%0, %1, %2, %3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Ampere/Ada (sm_80–sm_89) have INT4 tensor cores: mma.sync m16n8k64 .s4 takes the packed words as they
+// are. Its fragments (PTX ISA, m16n8k64 .s4): a0 = A[g][8t..8t+7], a1 = A[g+8][8t..], a2 = A[g][32+8t..],
+// a3 = A[g+8][32+8t..]; b0 = B[8t..8t+7][g], b1 = B[32+8t..][g]; element 0 in the lowest nibble, which
+// is our packing order (even code low). So lane t's registers are the packed words t and 4+t of a
+// 32-byte (64-code) chunk, with no unpack and no K permutation. Hopper (sm_90) has no INT4 tensor
+// cores, and newer devices are not assumed to: they take the int8 path.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && __CUDA_ARCH__ < 900
+constexpr bool kHasS4Mma = true;
+#else
+constexpr bool kHasS4Mma = false;
+#endif
+
+[[maybe_unused]] __device__ __forceinline__ void mma_s4_m16n8k64(int (&d)[4], const int (&a)[4], const int (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && __CUDA_ARCH__ < 900
+  asm volatile(
+      "mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // compiled out: only reached under kHasS4Mma
 #endif
 }
 
@@ -228,26 +254,48 @@ __global__ void __launch_bounds__(32 * WARPS_M * WARPS_N)
     cp_async_commit();
     cp_async_wait<1>();  // all but the newest group done: this step's tile has landed
     __syncthreads();
-#pragma unroll
-    for (int ks = 0; ks < kMmaStageBytes / 16; ++ks) {
-      const int word = ks * 4 + t;  // packed word t of this MMA's 16-byte chunk
+    if constexpr (kHasS4Mma) {
+      static_assert(kMmaStageBytes == 32, "one m16n8k64 s4 MMA per 32-byte stage");
       int af[MI][4], bf[NJ][2];
 #pragma unroll
       for (int i = 0; i < MI; ++i) {
-        int e0, o0, e1, o1;
-        unpack4(s.a[stage][wm + i * 16 + g][word], e0, o0);
-        unpack4(s.a[stage][wm + i * 16 + g + 8][word], e1, o1);
-        af[i][0] = e0;  // row g,   slots 4t..4t+3
-        af[i][1] = e1;  // row g+8, slots 4t..4t+3
-        af[i][2] = o0;  // row g,   slots 16+4t..16+4t+3
-        af[i][3] = o1;  // row g+8, slots 16+4t..16+4t+3
+        const int r = wm + i * 16 + g;
+        af[i][0] = static_cast<int>(s.a[stage][r][t]);          // row g,   codes 8t..8t+7
+        af[i][1] = static_cast<int>(s.a[stage][r + 8][t]);      // row g+8, codes 8t..8t+7
+        af[i][2] = static_cast<int>(s.a[stage][r][4 + t]);      // row g,   codes 32+8t..
+        af[i][3] = static_cast<int>(s.a[stage][r + 8][4 + t]);  // row g+8, codes 32+8t..
       }
 #pragma unroll
-      for (int j = 0; j < NJ; ++j) unpack4(s.w[stage][wn + j * 8 + g][word], bf[j][0], bf[j][1]);
+      for (int j = 0; j < NJ; ++j) {
+        bf[j][0] = static_cast<int>(s.w[stage][wn + j * 8 + g][t]);
+        bf[j][1] = static_cast<int>(s.w[stage][wn + j * 8 + g][4 + t]);
+      }
 #pragma unroll
       for (int i = 0; i < MI; ++i)
 #pragma unroll
-        for (int j = 0; j < NJ; ++j) mma_s8_m16n8k32(acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < NJ; ++j) mma_s4_m16n8k64(acc[i][j], af[i], bf[j]);
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < kMmaStageBytes / 16; ++ks) {
+        const int word = ks * 4 + t;  // packed word t of this MMA's 16-byte chunk
+        int af[MI][4], bf[NJ][2];
+#pragma unroll
+        for (int i = 0; i < MI; ++i) {
+          int e0, o0, e1, o1;
+          unpack4(s.a[stage][wm + i * 16 + g][word], e0, o0);
+          unpack4(s.a[stage][wm + i * 16 + g + 8][word], e1, o1);
+          af[i][0] = e0;  // row g,   slots 4t..4t+3
+          af[i][1] = e1;  // row g+8, slots 4t..4t+3
+          af[i][2] = o0;  // row g,   slots 16+4t..16+4t+3
+          af[i][3] = o1;  // row g+8, slots 16+4t..16+4t+3
+        }
+#pragma unroll
+        for (int j = 0; j < NJ; ++j) unpack4(s.w[stage][wn + j * 8 + g][word], bf[j][0], bf[j][1]);
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+          for (int j = 0; j < NJ; ++j) mma_s8_m16n8k32(acc[i][j], af[i], bf[j]);
+      }
     }
     __syncthreads();  // everyone is done reading this buffer before the next iteration refills it
   }

@@ -1,12 +1,14 @@
 """CPU model of the CUDA tensor-core int4_matmul kernel's index mapping (csrc/quarot/int4_matmul_cuda.cu).
 
-The kernel (int8 ``mma.sync.m16n8k32``) has never executed: it was written and compile-checked without a
-GPU. Its most likely bug is the mapping between packed bytes, registers and the MMA fragment layouts, so
-this file re-implements that mapping — which shared-memory word each lane reads, how ``unpack4`` splits
-it into int8x4 registers, which registers go to which MMA operand, where each accumulator is stored —
-on top of an MMA modelled *only* from the PTX ISA's fragment formulas for m16n8k32 .s8, and checks that
-it reproduces the integer matmul exactly, edges included. The CUDA test of the real kernel lives in
-test_int4_matmul.py (``test_cuda_both_kernels``) and runs only on a GPU.
+The kernel (int8 ``mma.sync.m16n8k32``; ``m16n8k64 .s4`` when built for sm_80–sm_89) has never executed:
+it was written and compile-checked without a GPU. Its most likely bug is the mapping between packed
+bytes, registers and the MMA fragment layouts, so this file re-implements that mapping — which
+shared-memory word each lane reads, how ``unpack4`` splits it into int8x4 registers, which registers go
+to which MMA operand, where each accumulator is stored — on top of an MMA modelled *only* from the PTX
+ISA's fragment formulas, and checks that it reproduces the integer matmul exactly, edges included. What
+it cannot check: the PTX semantics themselves (e.g. that .s4 element 0 is the lowest nibble) and the
+pipeline's synchronisation. The CUDA test of the real kernels is ``test_cuda_both_kernels`` in
+test_int4_matmul.py; it runs only on a GPU.
 """
 import numpy as np
 import pytest
@@ -57,6 +59,31 @@ def mma_m16n8k32_s8(a_regs, b_regs):
     return np.stack([c[G + 8 * (i // 2), 2 * T + (i % 2)] for i in range(4)], -1)
 
 
+def s4x8(reg):
+    """uint32 register → its eight signed 4-bit elements, lowest nibble first."""
+    nib = np.stack([(reg >> (4 * e)) & 0xF for e in range(8)], -1).astype(np.int64)
+    return np.where(nib >= 8, nib - 16, nib)
+
+
+def mma_m16n8k64_s4(a_regs, b_regs):
+    """D = A·B for one warp from the PTX ISA fragment formulas (m16n8k64, .s4, row.col).
+
+    A: row = g for a_i with 0 ≤ i < 8 or 16 ≤ i < 24, else g + 8; col = 8t + (i & 7) (+ 32 for i ≥ 16).
+    B: row = 8t + (i & 7) (+ 32 for i ≥ 8); col = g.   C/D as for m16n8k32.
+    """
+    a = np.zeros((16, 64), np.int64)
+    b = np.zeros((64, 8), np.int64)
+    a_el = np.concatenate([s4x8(a_regs[:, r]) for r in range(4)], -1)  # [32, 32]: a0..a31
+    b_el = np.concatenate([s4x8(b_regs[:, r]) for r in range(2)], -1)  # [32, 16]: b0..b15
+    for i in range(32):
+        row = np.where((i < 8) | ((i >= 16) & (i < 24)), G, G + 8)
+        a[row, 8 * T + (i & 7) + (32 if i >= 16 else 0)] = a_el[:, i]
+    for i in range(16):
+        b[8 * T + (i & 7) + (32 if i >= 8 else 0), G] = b_el[:, i]
+    c = a @ b
+    return np.stack([c[G + 8 * (i // 2), 2 * T + (i % 2)] for i in range(4)], -1)
+
+
 def stage_tile(packed, r0, rows, k0):
     """load_stage: rows [r0, r0+rows) × packed bytes [k0, k0+32) as words [rows, ROW_WORDS], zero-filled."""
     tile = np.zeros((rows, ROW_WORDS * 4), np.uint8)
@@ -65,8 +92,11 @@ def stage_tile(packed, r0, rows, k0):
     return tile.view("<u4")
 
 
-def emulate_kernel(a_packed, w_packed, config):
-    """Integer result of int4_matmul_mma_kernel (unit scales), block by block, warp by warp, lane by lane."""
+def emulate_kernel(a_packed, w_packed, config, path):
+    """Integer result of int4_matmul_mma_kernel (unit scales), block by block, warp by warp, lane by lane.
+
+    path "s8": int8 m16n8k32 after unpack4 (sm_90 and the default); "s4": m16n8k64 on the packed words
+    (code compiled for sm_80–sm_89)."""
     bm, bn, warps_m, warps_n = CONFIGS[config]
     m, kb = a_packed.shape
     n = w_packed.shape[0]
@@ -82,6 +112,14 @@ def emulate_kernel(a_packed, w_packed, config):
                 wm, wn = (warp // warps_n) * wtm, (warp % warps_n) * wtn
                 acc = np.zeros((mi, nj, 32, 4), np.int64)
                 for sa, sw in stages:
+                    if path == "s4":
+                        for i in range(mi):
+                            r = wm + i * 16 + G
+                            af = np.stack([sa[r, T], sa[r + 8, T], sa[r, 4 + T], sa[r + 8, 4 + T]], -1)
+                            for j in range(nj):
+                                bf = np.stack([sw[wn + j * 8 + G, T], sw[wn + j * 8 + G, 4 + T]], -1)
+                                acc[i, j] += mma_m16n8k64_s4(af, bf)
+                        continue
                     for ks in range(STAGE_BYTES // 16):
                         word = ks * 4 + T
                         af = []
@@ -125,21 +163,23 @@ def test_fragment_model_is_a_matmul():
     np.testing.assert_array_equal(d, np.stack([c[G + 8 * (i // 2), 2 * T + (i % 2)] for i in range(4)], -1))
 
 
+@pytest.mark.parametrize("path", ["s8", "s4"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("m,n,k", [(1, 8, 64), (5, 33, 2), (19, 40, 72), (37, 45, 190), (130, 129, 128)])
-def test_kernel_mapping_reproduces_int_matmul(config, m, n, k):
+def test_kernel_mapping_reproduces_int_matmul(path, config, m, n, k):
     """Edge tiles in M and N, K not a multiple of the 64-code stage or of the 32-code MMA, K = 2."""
     gen = torch.Generator().manual_seed(m * 7919 + n * 31 + k)
     a = torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8)
     w = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
     a[0, :] = -8  # the extreme code, at both operands
     w[0, :] = -8
-    out = emulate_kernel(reference.pack_int4(a).numpy(), reference.pack_int4(w).numpy(), config)
+    out = emulate_kernel(reference.pack_int4(a).numpy(), reference.pack_int4(w).numpy(), config, path)
     np.testing.assert_array_equal(out, (a.long() @ w.long().T).numpy())
 
 
 def test_shared_memory_reads_are_bank_conflict_free_and_chunks_aligned():
-    """One fragment load: the 32 lanes read word (ks·4 + t) of rows base + g (+ 8); 16-row steps keep it."""
+    """One fragment load: the 32 lanes read word (ks·4 + t) of rows base + g (+ 8); 16-row steps keep it.
+    (The s4 path reads words t and 4 + t: the same two patterns.)"""
     for base in (0, 8, 16, 48):
         for ks in range(STAGE_BYTES // 16):
             banks = ((base + G) * ROW_WORDS + ks * 4 + T) % 32
