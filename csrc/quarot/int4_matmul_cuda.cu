@@ -6,6 +6,8 @@
 //    compiled for sm_80–sm_89 uses the INT4 tensor cores instead (`mma.sync.m16n8k64.s4`, no unpack).
 //  * int4_matmul_dp4a_kernel (sm_61+): SIMT __dp4a, the portable fallback for older devices.
 // Both accumulate exactly in int32 (|acc| ≤ 64·K) and round once to the output dtype.
+// Not done: Hopper's warpgroup MMA (wgmma, s8) fed by TMA, and a split-K decode path; the mma.sync
+// kernel is a correct tensor-core baseline, not tuned to the design targets (nothing was measured).
 //
 // !! The tensor-core kernel has NEVER EXECUTED: it was written and compile-checked (sm_90a, sm_80) on a
 // !! machine without a GPU. Its fragment index mapping is mirrored by a Python model in
@@ -117,7 +119,7 @@ __global__ void __launch_bounds__(kDp4aThreads)
 // Block tile BM×BN over K steps of kMmaStageBytes packed bytes (64 codes), staged in shared memory with
 // cp.async double buffering (the load of step s+1 overlaps the MMAs of step s). Warps tile the block
 // WARPS_M × WARPS_N; each warp owns (BM/WARPS_M)×(BN/WARPS_N) outputs = MI×NJ m16n8 accumulators.
-constexpr int kMmaStageBytes = 32;          // packed bytes per row per stage = 64 codes = 2 MMAs
+constexpr int kMmaStageBytes = 32;  // packed bytes per row per stage = 64 codes = 2 s8 MMAs or 1 s4 MMA
 constexpr int kMmaChunksPerRow = kMmaStageBytes / 16;  // 16-byte cp.async chunks
 // Row pitch in shared memory: 8 data words + 4 pad. In one fragment load the 32 lanes read word t of
 // rows g = 0..7: bank (12g + t) mod 32 is distinct for all 32 lanes; the 48-byte pitch keeps every
