@@ -1,4 +1,8 @@
-// Torch glue for the CUDA int4_matmul kernel (int4_matmul_cuda.cu): checks, device guard, stream.
+// Torch glue for the CUDA int4_matmul kernels (int4_matmul_cuda.cu): checks, device guard, stream, and the
+// choice of kernel: int8 tensor cores on compute capability >= 8.0, __dp4a below.
+#include <cstdlib>
+#include <cstring>
+
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <ATen/ops/empty.h>
@@ -9,6 +13,24 @@
 
 namespace symkernels::quarot {
 namespace {
+
+// Tensor cores from sm_80 (int8 mma.sync m16n8k32), queried at run time on the tensor's device.
+// SYMKERNELS_INT4_MATMUL_KERNEL=dp4a|mma overrides the choice, so that a test on one GPU can run both
+// kernels against the reference (mma on a device below 8.0 is refused with a clear error).
+Int4MatmulKernel choose_kernel(c10::DeviceIndex device) {
+  int major = 0;
+  const cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  TORCH_CHECK(err == cudaSuccess, "int4_matmul: cannot query the compute capability: ", cudaGetErrorString(err));
+  const bool has_mma = major >= 8;
+  const char* forced = std::getenv("SYMKERNELS_INT4_MATMUL_KERNEL");
+  if (forced == nullptr || *forced == '\0') return has_mma ? Int4MatmulKernel::kTensorCore : Int4MatmulKernel::kDp4a;
+  if (std::strcmp(forced, "dp4a") == 0) return Int4MatmulKernel::kDp4a;
+  TORCH_CHECK_VALUE(std::strcmp(forced, "mma") == 0, "int4_matmul: SYMKERNELS_INT4_MATMUL_KERNEL must be 'dp4a' or ",
+                    "'mma', got '", forced, "'");
+  TORCH_CHECK(has_mma, "int4_matmul: SYMKERNELS_INT4_MATMUL_KERNEL=mma needs compute capability >= 8.0, device ",
+              static_cast<int>(device), " has ", major, ".x");
+  return Int4MatmulKernel::kTensorCore;
+}
 
 at::Tensor int4_matmul_cuda(const at::Tensor& a_packed, const at::Tensor& a_scale, const at::Tensor& w_packed,
                             const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, at::ScalarType out_dtype) {
@@ -37,7 +59,8 @@ at::Tensor int4_matmul_cuda(const at::Tensor& a_packed, const at::Tensor& a_scal
   const cudaError_t err = launch_int4_matmul(a.const_data_ptr<uint8_t>(), sa.const_data_ptr<float>(),
                                              w.const_data_ptr<uint8_t>(), sw.const_data_ptr<float>(),
                                              bias.has_value() ? b.const_data_ptr<float>() : nullptr,
-                                             out.mutable_data_ptr(), m, n, kb, code, c10::cuda::getCurrentCUDAStream());
+                                             out.mutable_data_ptr(), m, n, kb, code, choose_kernel(a.get_device()),
+                                             c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
   return out;
 }

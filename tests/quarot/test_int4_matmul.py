@@ -154,3 +154,40 @@ def test_every_cpu_isa_path_exact(monkeypatch, isa):
         w_p, w = _random_packed(n, k, gen)
         out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
         torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["mma", "dp4a"])
+def test_cuda_both_kernels(monkeypatch, kernel):
+    """The CUDA backend has two kernels (int8 tensor-core mma.sync from sm_80, __dp4a below); the glue
+    picks by compute capability, SYMKERNELS_INT4_MATMUL_KERNEL forces one. Shapes hit every launch
+    configuration of the mma kernel (M ≤ 16, ≤ 64, > 64), partial tiles in M and N, K not a multiple of
+    the 64-code stage or of the 32-code MMA, K = 2, and K/2 % 16 != 0 plus a misaligned base pointer
+    (the byte-gather path instead of cp.async)."""
+    if not _backend.backend_status("cuda"):
+        pytest.skip("cuda backend unavailable")
+    if kernel == "mma" and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("int8 mma.sync needs compute capability >= 8.0")
+    monkeypatch.setenv("SYMKERNELS_INT4_MATMUL_KERNEL", kernel)
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(1, 8, 64), (1, 4096, 4096), (7, 33, 2), (16, 70, 96), (17, 129, 130), (64, 64, 128),
+              (65, 200, 30), (130, 129, 192), (300, 257, 1024)]
+    for m, n, k in shapes:
+        a_p, a = _random_packed(m, k, gen)
+        w_p, w = _random_packed(n, k, gen)
+        a_p, w_p = a_p.cuda(), w_p.cuda()
+        out = symkernels.int4_matmul(a_p, torch.ones(m, 1, device="cuda"), w_p, torch.ones(n, 1, device="cuda"),
+                                     backend="cuda")
+        torch.testing.assert_close(out.cpu(), (a.long() @ w.long().T).float(), atol=0, rtol=0,
+                                   msg=lambda s: f"{kernel} m={m} n={n} k={k}: {s}")
+    # misaligned rows (K/2 = 32, base pointer offset by one byte) and the fused epilogue in every dtype
+    m, n, k = 37, 45, 64
+    a_p, _ = _random_packed(m, k, gen)
+    w_p, _ = _random_packed(n, k, gen)
+    a_mis = torch.empty(m * k // 2 + 1, dtype=torch.uint8, device="cuda")[1:].view(m, k // 2)
+    a_mis.copy_(a_p)
+    sa, sw, bias = torch.rand(m, 1, generator=gen) * 0.1, torch.rand(n, 1, generator=gen) * 0.01, torch.randn(n)
+    for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
+        out = symkernels.int4_matmul(a_mis, sa.cuda(), w_p.cuda(), sw.cuda(), bias.cuda(), out_dtype=out_dtype,
+                                     backend="cuda")
+        ref = reference.int4_matmul(a_p, sa.reshape(-1), w_p, sw.reshape(-1), bias, out_dtype)
+        assert_close(out.cpu(), ref, msg=f"{kernel} {out_dtype}")
