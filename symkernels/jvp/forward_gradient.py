@@ -99,14 +99,25 @@ def _i32(c: int) -> int:
 _C1, _C2 = _i32(reference.MIX_C1), _i32(reference.MIX_C2)
 
 
-def _mix32_i32(x: torch.Tensor) -> torch.Tensor:
-    # reference.mix32 on int32 tensors: multiplication wraps mod 2^32 like uint32, ``>>`` is arithmetic
-    # so the logical shift masks the sign-extended bits. ~10x faster on CPU than the int64 emulation.
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _C1
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _C2
-    return x ^ ((x >> 16) & 0xFFFF)
+def _mix32_i32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    # reference.mix32 on an int32 tensor, IN PLACE (``tmp``: scratch of x's shape): multiplication wraps mod
+    # 2^32 like uint32, ``>>`` is arithmetic so the logical shift masks the sign-extended bits. ~10x faster on
+    # CPU than the int64 emulation; in place so the update's temporaries stay ~3 int32 words per value (a
+    # small model's step would otherwise be dominated by hashing temporaries, not by the model).
+    for shift, mult in ((16, _C1), (15, _C2), (16, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        x.bitwise_xor_(tmp.bitwise_and_((1 << (32 - shift)) - 1))
+        if mult is not None:
+            x.mul_(mult)
+    return x
+
+
+def _hash_bits(index: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    # mix32(mix32(i + k) ^ k) (reference.seeded_values' counter hash) for keys [S, 1] × index [1, n].
+    x = index + key
+    tmp = torch.empty_like(x)
+    _mix32_i32_(x, tmp).bitwise_xor_(key)
+    return _mix32_i32_(x, tmp)
 
 
 def regenerate_values(start: int, stop: int, seeds: int | Sequence[int], distribution: str, device) -> torch.Tensor:
@@ -117,16 +128,19 @@ def regenerate_values(start: int, stop: int, seeds: int | Sequence[int], distrib
     keys = torch.tensor([[_i32(k) for k in reference.seed_keys(s)] for s in (seeds if many else [seeds])],
                         dtype=torch.int32, device=device)  # [S, 2]
     index = torch.arange(start, stop, dtype=torch.int32, device=device)[None, :]
-    k0 = keys[:, :1]
-    b0 = _mix32_i32(_mix32_i32(index + k0) ^ k0)
+    b0 = _hash_bits(index, keys[:, :1])
     if distribution == "rademacher":
-        out = 1.0 - 2.0 * (b0 < 0).to(torch.float32)  # top bit set
+        del index  # each temporary is dropped as soon as it is dead: this call sets a small model's step peak
+        out = b0.lt(0).to(torch.float32).mul_(-2.0).add_(1.0)  # top bit set → −1
     else:
-        k1 = keys[:, 1:]
-        b1 = _mix32_i32(_mix32_i32(index + k1) ^ k1)
-        u1 = (((b0 >> 8) & 0xFFFFFF) + 1).to(torch.float32) * 2.0 ** -24
-        u2 = ((b1 >> 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
-        out = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        # u1 = ((b0 >> 8) + 1) · 2^-24 ∈ (0, 1], r = sqrt(−2 log u1), each step in place.
+        b0.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).add_(1)
+        out = b0.to(torch.float32).mul_(2.0 ** -24).log_().mul_(-2.0).sqrt_()
+        del b0
+        b1 = _hash_bits(index, keys[:, 1:])
+        u2 = b1.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32)
+        del b1
+        out.mul_(u2.mul_(2.0 ** -24 * (2.0 * math.pi)).cos_())
     return out if many else out[0]
 
 
@@ -155,6 +169,7 @@ def _regenerated_chunks(p: torch.Tensor, seeds: Sequence[int], d: torch.Tensor, 
         for t0 in range(0, T, group):
             v = regenerate_values(start, stop, seeds[t0:t0 + group], distribution, p.device).to(p.dtype)
             g.addmv_(v.T, coef[t0:t0 + group])
+            del v  # else the previous group's values live on while the next group is hashed
         yield start, stop, g
 
 
