@@ -317,6 +317,8 @@ def test_digits_example_smoke():
     for method in ("backprop", "forward_gradient"):
         r = train(method, steps=3, tangents=2, hidden=8)
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["median_step_ms"] > 0 and r["peak_memory_kib"] > 0
+    r = train("forward_gradient", steps=3, tangents=1, hidden=8, guess="local")
+    assert r["method"] == "forward_gradient (local guess)" and r["peak_memory_kib"] > 0
 
 
 def test_small_model_step_peak_is_not_set_by_tangent_regeneration():
