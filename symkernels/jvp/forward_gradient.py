@@ -447,7 +447,8 @@ def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distr
         mode: "weight" (unbiased for any fn) or "activity" (unbiased for non-interacting examples through
             symkernels.jvp Linear layers; every parameter must be a weight or bias of one).
         tangent_batch: weight mode only. 1: the lean path (matrix tangents never stored); > 1: that many
-            materialised tangent sets per vmapped jvp (faster for many tangents, more memory).
+            materialised tangent sets per vmapped jvp (faster for many tangents, more memory). With
+            guess="local": blocks per vmapped jvp (default 1: one jvp per block).
         materialize: weight mode only: skip the lean path (e.g. when fn's matrices are not consumed by
             symkernels Linear layers, where the lean attempt would only be redone).
         guess: "random" (seeded tangents, unbiased) or "local" (Fournier et al.: project the gradient of fn on
