@@ -1,7 +1,7 @@
 """Worked example: an MLP on scikit-learn's digits, trained with forward gradients vs backprop.
 
     python -m symkernels.jvp.examples [--steps 1500] [--backprop-steps 500] [--tangents 16] [--hidden 32]
-                                      [--optimizer adam|sgd]
+                                      [--optimizer adam|sgd] [--local]
 
 Both runs use the same MLP (symkernels.jvp.MLP, whose layers use the fused linear+activation dual
 kernel under forward mode), the same data split, batch size and optimizer family:
@@ -9,6 +9,10 @@ kernel under forward mode), the same data split, batch size and optimizer family
   * forward gradient: symkernels.ForwardGradientAdam (or SGD), T seeded Rademacher tangents per step on the
     lean path: weight tangents exist only as seeds inside the seeded linear_dual kernel, the update
     regenerates them chunk by chunk.
+  * with --local, a third run: forward gradient with local-loss guesses (Fournier et al.): the hidden
+    layer's guess is the gradient of an auxiliary linear classifier on its output (trained on its own loss),
+    the output layer's is its exact gradient on detached features; one forward-mode pass per block projects
+    the true gradient on the guess (symkernels.forward_gradient(guess="local")).
 Reports test accuracy, median time per step, and the peak memory footprint of one step (parameters,
 optimizer state, batch, plus the allocator's high-water mark during the step; symkernels.jvp.memory)
 next to that of an inference forward of the same batch.
@@ -41,7 +45,7 @@ def load_digits(seed: int = 0):
 
 
 def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, seed: int = 0, lr: float | None = None,
-          optimizer: str = "adam"):
+          optimizer: str = "adam", guess: str = "random"):
     xtr, ytr, xte, yte = load_digits()
     torch.manual_seed(seed)
     model = MLP([64, hidden, 10], activation="relu")
@@ -65,11 +69,33 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
         for p in params:
             p.requires_grad_(False)  # forward mode only: lets the fused dual kernels run
         kw = dict(num_tangents=tangents, distribution="rademacher", seed=seed)
+        aux = None
+        if guess == "local":
+            # Blocks: [hidden layer], [output layer] (indices into params). The output layer's local loss is the
+            # real loss on detached features, so its guess is exact; the hidden layer's comes from the aux head.
+            aux = torch.nn.Linear(hidden, 10)
+            aux_opt = torch.optim.Adam(aux.parameters(), lr=1e-2)
+            layer = lambda i, ps, h: torch.func.functional_call(  # noqa: E731
+                model.layers[i], {"weight": ps[2 * i], "bias": ps[2 * i + 1]}, (h,))
+
+            def local_loss(ps, xb, yb):
+                h = layer(0, ps, xb)
+                return F.cross_entropy(aux(h), yb) + F.cross_entropy(layer(1, ps, h.detach()), yb)
+
+            kw = dict(num_tangents=1, guess="local", local_loss=local_loss, guess_blocks=[[0, 1], [2, 3]])
+            lr = lr or (1e-2 if optimizer == "adam" else 0.1)
         opt = (ForwardGradientAdam(params, lr=lr or 2e-3, **kw) if optimizer == "adam"
                else ForwardGradientSGD(params, lr=lr or 0.02, **kw))
 
         def step(xb, yb):
-            return opt.step(loss_fn, xb, yb)
+            loss = opt.step(loss_fn, xb, yb)
+            if aux is not None:  # the aux head learns its own (local) loss by backprop through the head only
+                with torch.no_grad():
+                    h = model.layers[0](xb)
+                aux_opt.zero_grad(set_to_none=True)
+                F.cross_entropy(aux(h), yb).backward()
+                aux_opt.step()
+            return loss
 
     times = []
     for i in range(steps):
@@ -82,6 +108,9 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
     if method == "backprop":
         opt.zero_grad(set_to_none=True)  # gradients are allocated inside the measured step, as in training
     state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    if method != "backprop" and aux is not None:  # the aux head and its Adam state are resident too
+        state += list(aux.parameters()) + [t for s in aux_opt.state.values() for t in s.values()
+                                           if isinstance(t, torch.Tensor)]
     step_mem = peak_memory(lambda: step(xb, yb), params + state + [xb, yb])
 
     def inference():
@@ -92,6 +121,8 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
     with torch.no_grad():
         acc = (model(xte).argmax(-1) == yte).float().mean().item()
     times.sort()
+    if method != "backprop" and guess == "local":
+        method, tangents = "forward_gradient (local guess)", 1
     return {"method": method, "optimizer": optimizer, "test_accuracy": acc,
             "median_step_ms": 1e3 * times[len(times) // 2] if times else float("nan"),
             "peak_memory_kib": step_mem.footprint_bytes / 1024, "inference_memory_kib": infer_mem.footprint_bytes / 1024,
@@ -106,9 +137,13 @@ def main(argv=None):
     parser.add_argument("--tangents", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--local", action="store_true", help="also train with local-loss guesses (Fournier et al.)")
     args = parser.parse_args(argv)
     results = [train("backprop", args.backprop_steps, 0, args.hidden, optimizer=args.optimizer),
                train("forward_gradient", args.steps, args.tangents, args.hidden, optimizer=args.optimizer)]
+    if args.local:
+        results.append(train("forward_gradient", args.backprop_steps, 1, args.hidden, optimizer=args.optimizer,
+                             guess="local"))
     print(f"threads: {torch.get_num_threads()}")
     print("| method | optimizer | steps | T | test accuracy | median time/step | peak memory/step | inference | params |")
     print("|---|---|---|---|---|---|---|---|---|")

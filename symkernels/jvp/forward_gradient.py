@@ -31,6 +31,21 @@ each layer's guess then only sees the losses downstream of it up to the next det
 unbiased for the local-loss (stop-gradient) objective of Ren et al. Memory: each Linear's input rows and
 noise are kept until the guess is formed (like backprop's saved activations), and the guess is
 parameter-sized; activity mode is about variance, the weight mode's lean path about memory.
+
+**Local-loss guesses** (``guess="local"``, Fournier et al., ICML'23, arXiv:2306.06968). The tangent is not
+random but a *guess* of the gradient: G̃ = ∇_θ ℓ_local(θ), the gradient of a cheap local loss (e.g. auxiliary
+heads behind ``detach()`` between blocks, so its backprop never crosses a block), computed by autograd. The
+parameters are split into blocks k (``guess_blocks``; default one block); per block, ONE forward-mode pass of
+the target loss L along G̃ restricted to block k (zero elsewhere) gives d_k = ⟨∇_k L, G̃_k⟩, and
+
+    ĝ_k = ⟨∇_k L, G̃_k⟩ / ‖G̃_k‖² · G̃_k,
+
+the orthogonal projection of the target's block gradient onto the guess. It is biased (E ĝ ≠ ∇L unless the
+guess is aligned), but never an ascent direction (⟨ĝ_k, ∇_k L⟩ = d_k²/‖G̃_k‖² ≥ 0), and it equals ∇_k L when
+the guess does. The paper puts ‖G̃_k‖² + ε in the denominator; here a zero guess gives ĝ_k = 0 (no direction,
+no information) and ε = 0 otherwise, so the estimate is the exact projection. The guess is deterministic
+(num_tangents must be 1; distribution and seed are unused) and parameter-sized, like a backprop gradient:
+this option is about the *direction*'s quality, not about memory.
 """
 from __future__ import annotations
 
@@ -44,6 +59,7 @@ import torch.autograd.forward_ad as fwAD
 from symkernels.jvp import _scope, reference
 
 MODES = ("weight", "activity")
+GUESSES = ("random", "local")
 
 
 def derive_seed(seed: int, *salts: int) -> int:
@@ -83,14 +99,25 @@ def _i32(c: int) -> int:
 _C1, _C2 = _i32(reference.MIX_C1), _i32(reference.MIX_C2)
 
 
-def _mix32_i32(x: torch.Tensor) -> torch.Tensor:
-    # reference.mix32 on int32 tensors: multiplication wraps mod 2^32 like uint32, ``>>`` is arithmetic
-    # so the logical shift masks the sign-extended bits. ~10x faster on CPU than the int64 emulation.
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _C1
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _C2
-    return x ^ ((x >> 16) & 0xFFFF)
+def _mix32_i32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    # reference.mix32 on an int32 tensor, IN PLACE (``tmp``: scratch of x's shape): multiplication wraps mod
+    # 2^32 like uint32, ``>>`` is arithmetic so the logical shift masks the sign-extended bits. ~10x faster on
+    # CPU than the int64 emulation; in place so the update's temporaries stay ~3 int32 words per value (a
+    # small model's step would otherwise be dominated by hashing temporaries, not by the model).
+    for shift, mult in ((16, _C1), (15, _C2), (16, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        x.bitwise_xor_(tmp.bitwise_and_((1 << (32 - shift)) - 1))
+        if mult is not None:
+            x.mul_(mult)
+    return x
+
+
+def _hash_bits(index: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    # mix32(mix32(i + k) ^ k) (reference.seeded_values' counter hash) for keys [S, 1] × index [1, n].
+    x = index + key
+    tmp = torch.empty_like(x)
+    _mix32_i32_(x, tmp).bitwise_xor_(key)
+    return _mix32_i32_(x, tmp)
 
 
 def regenerate_values(start: int, stop: int, seeds: int | Sequence[int], distribution: str, device) -> torch.Tensor:
@@ -101,16 +128,19 @@ def regenerate_values(start: int, stop: int, seeds: int | Sequence[int], distrib
     keys = torch.tensor([[_i32(k) for k in reference.seed_keys(s)] for s in (seeds if many else [seeds])],
                         dtype=torch.int32, device=device)  # [S, 2]
     index = torch.arange(start, stop, dtype=torch.int32, device=device)[None, :]
-    k0 = keys[:, :1]
-    b0 = _mix32_i32(_mix32_i32(index + k0) ^ k0)
+    b0 = _hash_bits(index, keys[:, :1])
     if distribution == "rademacher":
-        out = 1.0 - 2.0 * (b0 < 0).to(torch.float32)  # top bit set
+        del index  # each temporary is dropped as soon as it is dead: this call sets a small model's step peak
+        out = b0.lt(0).to(torch.float32).mul_(-2.0).add_(1.0)  # top bit set → −1
     else:
-        k1 = keys[:, 1:]
-        b1 = _mix32_i32(_mix32_i32(index + k1) ^ k1)
-        u1 = (((b0 >> 8) & 0xFFFFFF) + 1).to(torch.float32) * 2.0 ** -24
-        u2 = ((b1 >> 8) & 0xFFFFFF).to(torch.float32) * 2.0 ** -24
-        out = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        # u1 = ((b0 >> 8) + 1) · 2^-24 ∈ (0, 1], r = sqrt(−2 log u1), each step in place.
+        b0.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).add_(1)
+        out = b0.to(torch.float32).mul_(2.0 ** -24).log_().mul_(-2.0).sqrt_()
+        del b0
+        b1 = _hash_bits(index, keys[:, 1:])
+        u2 = b1.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32)
+        del b1
+        out.mul_(u2.mul_(2.0 ** -24 * (2.0 * math.pi)).cos_())
     return out if many else out[0]
 
 
@@ -139,6 +169,7 @@ def _regenerated_chunks(p: torch.Tensor, seeds: Sequence[int], d: torch.Tensor, 
         for t0 in range(0, T, group):
             v = regenerate_values(start, stop, seeds[t0:t0 + group], distribution, p.device).to(p.dtype)
             g.addmv_(v.T, coef[t0:t0 + group])
+            del v  # else the previous group's values live on while the next group is hashed
         yield start, stop, g
 
 
@@ -195,6 +226,12 @@ def _materialised(call, primals, seeds, distribution, t0, count):
     tangents then become the fused kernels' T dim). Returns (loss, d [count])."""
     vs = tuple(regenerate_values(0, p.numel(), [seeds[t][j] for t in range(t0, t0 + count)], distribution,
                                  p.device).to(p.dtype).reshape(count, *p.shape) for j, p in enumerate(primals))
+    return _jvp_sets(call, primals, vs)
+
+
+def _jvp_sets(call, primals, vs):
+    """(loss, d [count]) for ``count`` tangent sets given materialised: vs[j] is [count, *primals[j].shape]."""
+    count = vs[0].shape[0]
 
     def one(*v):
         return torch.func.jvp(lambda *ps: call(ps), primals, v)
@@ -304,9 +341,101 @@ def _activity(fn, params, inputs, num_tangents, distribution, seed):
     return names, loss, grads
 
 
+def _resolve_blocks(guess_blocks, names, num_params) -> list[list[int]]:
+    """guess_blocks (keys of ``params``: names for a dict, indices for a list) → index lists, each parameter in
+    exactly one block."""
+    if guess_blocks is None:
+        return [list(range(num_params))]
+    if isinstance(guess_blocks, (str, bytes)) or not isinstance(guess_blocks, (list, tuple)):
+        raise TypeError("forward_gradient: guess_blocks must be a list of lists of parameter keys, got "
+                        f"{type(guess_blocks).__name__}")
+    lookup = {n: j for j, n in enumerate(names)} if names is not None else None
+    owner, blocks = {}, []
+    for k, block in enumerate(guess_blocks):
+        if isinstance(block, (str, bytes)) or not isinstance(block, (list, tuple)) or not block:
+            raise ValueError(f"forward_gradient: guess_blocks[{k}] must be a non-empty list of parameter keys, "
+                             f"got {block!r}")
+        idx = []
+        for key in block:
+            j = lookup.get(key) if lookup is not None else (key if isinstance(key, int) and not isinstance(key, bool)
+                                                           and 0 <= key < num_params else None)
+            if j is None:
+                what = "a name in params" if lookup is not None else f"an index in [0, {num_params})"
+                raise ValueError(f"forward_gradient: guess_blocks[{k}] has {key!r}, which is not {what}")
+            if j in owner:
+                raise ValueError(f"forward_gradient: guess_blocks puts parameter {key!r} in blocks {owner[j]} and {k}")
+            owner[j] = k
+            idx.append(j)
+        blocks.append(idx)
+    missing = [names[j] if names is not None else j for j in range(num_params) if j not in owner]
+    if missing:
+        raise ValueError(f"forward_gradient: guess_blocks leaves parameters {missing} in no block")
+    return blocks
+
+
+def _check_guess(guess, local_loss, mode, num_tangents):
+    if guess not in GUESSES:
+        raise ValueError(f"forward_gradient: guess must be one of {GUESSES}, got {guess!r}")
+    if guess == "random":
+        if local_loss is not None:
+            raise ValueError("forward_gradient: local_loss is only used with guess='local'")
+        return
+    if not callable(local_loss):
+        raise ValueError("forward_gradient: guess='local' needs local_loss, a callable "
+                         f"local_loss(params, *inputs) -> scalar, got {local_loss!r}")
+    if mode != "weight":
+        raise ValueError(f"forward_gradient: guess='local' projects in weight space (mode='weight'), got mode={mode!r}")
+    if num_tangents != 1:
+        raise ValueError("forward_gradient: guess='local' is deterministic, so num_tangents must be 1 (more passes "
+                         f"would repeat the same estimate), got {num_tangents!r}")
+
+
+def local_guess(local_loss: Callable, params, *inputs) -> list[torch.Tensor]:
+    """G̃ = ∇_θ local_loss(θ, *inputs) by autograd, as a list in ``params``' order (a parameter the local loss
+    does not reach gets a zero guess)."""
+    names, tensors = _flat_params(params)
+    leaves = [p.detach().requires_grad_(True) for p in tensors]
+    with torch.enable_grad():
+        out = local_loss(dict(zip(names, leaves)) if names is not None else leaves, *inputs)
+        loss = _scalar(out, "local_loss must return a scalar loss")
+        if not loss.requires_grad:
+            return [torch.zeros_like(p) for p in tensors]
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(tensors, grads)]
+
+
+def _local(fn, params, inputs, local_loss, guess_blocks, tangent_batch):
+    """Local-guess estimate (module docstring): (names, loss, grads). Blocks' JVPs run ``tangent_batch`` per
+    vmapped jvp (each tangent set is the guess on one block, zeros elsewhere)."""
+    names, tensors = _flat_params(params)
+    blocks = _resolve_blocks(guess_blocks, names, len(tensors))
+    primals = tuple(p.detach() for p in tensors)
+    guess = local_guess(local_loss, params, *inputs)
+    call = (lambda ps: fn(dict(zip(names, ps)), *inputs)) if names is not None else (lambda ps: fn(list(ps), *inputs))
+    ds, loss = [], None
+    with torch.no_grad():  # so symkernels layers take their fused dual kernels
+        for b0 in range(0, len(blocks), tangent_batch):
+            group = blocks[b0:b0 + tangent_batch]
+            vs = tuple(torch.stack([guess[j] if j in block else torch.zeros_like(p) for block in group])
+                       for j, p in enumerate(primals))
+            loss_b, d = _jvp_sets(call, primals, vs)
+            loss = loss_b if loss is None else loss
+            ds.append(d)
+    d = torch.cat(ds)
+    grads = [None] * len(tensors)
+    for k, block in enumerate(blocks):
+        norm2 = sum(guess[j].square().sum() for j in block)
+        # Zero guess: no direction to project on; the estimate is zero rather than 0/0.
+        scale = torch.where(norm2 > 0, d[k].to(norm2.dtype) / torch.where(norm2 > 0, norm2, 1), 0)
+        for j in block:
+            grads[j] = scale.to(guess[j].dtype) * guess[j]
+    return names, loss, grads
+
+
 def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distribution: str = "gaussian",
-                     seed: int = 0, mode: str = "weight", tangent_batch: int = 1, materialize: bool = False):
-    """Forward-gradient estimate of ∇_θ fn(θ, *inputs) (see the module docstring for both modes).
+                     seed: int = 0, mode: str = "weight", tangent_batch: int = 1, materialize: bool = False,
+                     guess: str = "random", local_loss: Callable | None = None, guess_blocks=None):
+    """Forward-gradient estimate of ∇_θ fn(θ, *inputs) (see the module docstring for the modes and guesses).
 
     Args:
         fn: ``fn(params, *inputs) -> loss``; ``params`` is passed back in the form given (dict or list).
@@ -318,15 +447,29 @@ def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distr
         mode: "weight" (unbiased for any fn) or "activity" (unbiased for non-interacting examples through
             symkernels.jvp Linear layers; every parameter must be a weight or bias of one).
         tangent_batch: weight mode only. 1: the lean path (matrix tangents never stored); > 1: that many
-            materialised tangent sets per vmapped jvp (faster for many tangents, more memory).
+            materialised tangent sets per vmapped jvp (faster for many tangents, more memory). With
+            guess="local": blocks per vmapped jvp (default 1: one jvp per block).
         materialize: weight mode only: skip the lean path (e.g. when fn's matrices are not consumed by
             symkernels Linear layers, where the lean attempt would only be redone).
+        guess: "random" (seeded tangents, unbiased) or "local" (Fournier et al.: project the gradient of fn on
+            the gradient of ``local_loss``, per block; biased, well aligned; weight mode, num_tangents=1).
+        local_loss: guess="local" only: ``local_loss(params, *inputs) -> scalar`` whose autograd gradient is
+            the guess G̃ (typically auxiliary losses behind detach() between blocks).
+        guess_blocks: guess="local" only: a list of blocks, each a list of parameter keys (names for a dict,
+            indices for a list), every parameter in exactly one; each block is projected on its own guess
+            (one forward-mode pass per block). Default: all parameters in one block (one pass).
 
     Returns:
         ``(loss, grads)``: loss is fn's value (activity: the mean of the per-example losses), grads in the
         form of ``params`` (dict or list).
     """
-    if mode == "activity":
+    _check_guess(guess, local_loss, mode, num_tangents)
+    if guess_blocks is not None and guess != "local":
+        raise ValueError("forward_gradient: guess_blocks is only used with guess='local'")
+    if guess == "local":
+        _check(num_tangents, distribution, seed, mode, tangent_batch)
+        names, loss, grads = _local(fn, params, inputs, local_loss, guess_blocks, tangent_batch)
+    elif mode == "activity":
         names, loss, grads = _activity(fn, params, inputs, num_tangents, distribution, seed)
     else:
         _check(num_tangents, distribution, seed, mode, tangent_batch)
@@ -347,11 +490,18 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
     tangent exists whole, and none is stored across steps). Activity mode: the guess is formed (it is
     parameter-sized, like a backprop gradient) and applied."""
 
-    def __init__(self, params, defaults, num_tangents, distribution, seed, tangent_batch, mode):
+    def __init__(self, params, defaults, num_tangents, distribution, seed, tangent_batch, mode, guess="random",
+                 local_loss=None, guess_blocks=None):
         super().__init__(params, defaults)
         _check(num_tangents, distribution, seed, mode, tangent_batch)
+        _check_guess(guess, local_loss, mode, num_tangents)
+        if guess_blocks is not None:  # validated now, against the flat parameter list (indices)
+            if guess != "local":
+                raise ValueError("forward_gradient: guess_blocks is only used with guess='local'")
+            _resolve_blocks(guess_blocks, None, len(self._params()))
         self.num_tangents, self.distribution, self.seed = num_tangents, distribution, seed
         self.tangent_batch, self.mode = tangent_batch, mode
+        self.guess, self.local_loss, self.guess_blocks = guess, local_loss, guess_blocks
         self.step_count = 0
 
     def _params(self) -> list[torch.Tensor]:
@@ -359,12 +509,16 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, fn: Callable, *inputs) -> torch.Tensor:
-        """One update. ``fn(params_list, *inputs) -> loss`` must use the parameters it is given."""
+        """One update. ``fn(params_list, *inputs) -> loss`` must use the parameters it is given (and so must
+        ``local_loss(params_list, *inputs)`` with guess="local")."""
         params = self._params()
         seed = _step_seed(self.seed, self.step_count)
         self.step_count += 1
-        if self.mode == "activity":
-            _, loss, grads = _activity(fn, params, inputs, self.num_tangents, self.distribution, seed)
+        if self.guess == "local" or self.mode == "activity":
+            if self.guess == "local":  # the guess is deterministic: no seed
+                _, loss, grads = _local(fn, params, inputs, self.local_loss, self.guess_blocks, self.tangent_batch)
+            else:
+                _, loss, grads = _activity(fn, params, inputs, self.num_tangents, self.distribution, seed)
             chunks = {id(p): [(0, p.numel(), g.reshape(-1))] for p, g in zip(params, grads)}
         else:
             _, _, loss, d, seeds = _directional(fn, params, inputs, self.num_tangents, self.distribution, seed,
@@ -388,14 +542,16 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
 
 
 class ForwardGradientSGD(_ForwardGradientOptimizer):
-    """SGD (optional momentum) on forward gradients with seeded tangents."""
+    """SGD (optional momentum) on forward gradients with seeded tangents (or local-loss guesses:
+    ``guess="local", local_loss=...``, ``guess_blocks`` as indices into the flat parameter list)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, *, num_tangents: int = 1,
-                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight"):
+                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight",
+                 guess: str = "random", local_loss: Callable | None = None, guess_blocks=None):
         if not lr > 0:
             raise ValueError(f"ForwardGradientSGD: lr must be > 0, got {lr!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum), num_tangents, distribution, seed, tangent_batch,
-                         mode)
+                         mode, guess, local_loss, guess_blocks)
 
     def _begin(self, p, state, group):
         if group["momentum"] and "momentum" not in state:
@@ -410,14 +566,16 @@ class ForwardGradientSGD(_ForwardGradientOptimizer):
 
 
 class ForwardGradientAdam(_ForwardGradientOptimizer):
-    """Adam on forward gradients with seeded tangents (moments stored as in Adam; tangents never)."""
+    """Adam on forward gradients with seeded tangents (moments stored as in Adam; tangents never), or with
+    local-loss guesses as in ForwardGradientSGD."""
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, *, num_tangents: int = 1,
-                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight"):
+                 distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight",
+                 guess: str = "random", local_loss: Callable | None = None, guess_blocks=None):
         if not lr > 0:
             raise ValueError(f"ForwardGradientAdam: lr must be > 0, got {lr!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps), num_tangents, distribution, seed, tangent_batch,
-                         mode)
+                         mode, guess, local_loss, guess_blocks)
 
     def _begin(self, p, state, group):
         if not state:

@@ -28,6 +28,9 @@ class PeakMemory:
     peak_bytes: int  # high-water mark of bytes allocated during the call, above its starting point
     retained_bytes: int  # bytes still allocated (by the call) when it returned
     resident_bytes: int  # bytes the caller declared resident throughout (parameters, state, inputs)
+    # breakdown=True only: (op, bytes) of the allocations live at the peak, by the innermost op (or
+    # record_function label) that made them, largest first; see ``peak_memory``.
+    breakdown: tuple = ()
 
     @property
     def footprint_bytes(self) -> int:
@@ -48,8 +51,35 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
-def peak_memory(fn: Callable[[], object], resident: Iterable[torch.Tensor] = (), device="cpu") -> PeakMemory:
-    """Run ``fn()`` once and return its allocation high-water mark on ``device`` (see the module docstring)."""
+def _breakdown(events, ops, peak_index) -> tuple:
+    # The profiler's memory events carry a size but no address, so a free is paired with the most recent
+    # still-live allocation of the same size (LIFO: temporaries die in reverse order far more often than
+    # not). Good enough to say *what* holds the peak; the total is exact regardless.
+    ops = sorted(ops, key=lambda e: e.start_ns())
+    live: dict[int, list[str]] = {}
+    for e in events[:peak_index + 1]:
+        n = e.nbytes()
+        if n > 0:
+            t, owner = e.start_ns(), "(outside any op)"
+            for op in ops:  # innermost = the latest-starting op that still encloses t
+                if op.start_ns() > t:
+                    break
+                if op.end_ns() >= t and op.start_thread_id() == e.start_thread_id():
+                    owner = op.name()
+            live.setdefault(n, []).append(owner)
+        elif n < 0 and live.get(-n):
+            live[-n].pop()
+    totals: dict[str, int] = {}
+    for n, owners in live.items():
+        for owner in owners:
+            totals[owner] = totals.get(owner, 0) + n
+    return tuple(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def peak_memory(fn: Callable[[], object], resident: Iterable[torch.Tensor] = (), device="cpu",
+                breakdown: bool = False) -> PeakMemory:
+    """Run ``fn()`` once and return its allocation high-water mark on ``device`` (see the module docstring).
+    ``breakdown=True`` (CPU): also attribute the bytes live at the peak to the ops that allocated them."""
     from torch.profiler import ProfilerActivity, profile
 
     resident_bytes = tensor_bytes(resident)
@@ -63,10 +93,17 @@ def peak_memory(fn: Callable[[], object], resident: Iterable[torch.Tensor] = (),
                           resident_bytes)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    all_events = list(prof.profiler.kineto_results.events())
+    events = sorted((e for e in all_events if e.name() == "[memory]"
                      and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
     live = peak = 0
-    for e in events:
+    peak_index = -1
+    for i, e in enumerate(events):
         live += e.nbytes()
-        peak = max(peak, live)
-    return PeakMemory(peak, live, resident_bytes)
+        if live > peak:
+            peak, peak_index = live, i
+    parts = ()
+    if breakdown:
+        parts = _breakdown(events, [e for e in all_events if e.name() != "[memory]" and e.duration_ns() > 0],
+                           peak_index)
+    return PeakMemory(peak, live, resident_bytes, parts)
