@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "common/checks.h"
 #include "jvp/jvp.h"
@@ -160,6 +161,49 @@ inline RowArgs prepare_row_args(RowKind kind, const at::Tensor& x, const std::op
   a.weight_t = contiguous_or_undefined(weight_t, a.Tw);
   a.bias_t = contiguous_or_undefined(bias_t, a.Tb);
   return a;
+}
+
+// Element stride between the T slices of a canonical tangent [Tk, ...] of `size` elements: a tangent shared
+// by all T (Tk = 1) is read with stride 0.
+inline int64_t tangent_stride(int64_t count, int64_t size) { return count > 1 ? size : int64_t{0}; }
+
+// Typed data pointer of an optional (possibly undefined) tensor, for the raw-pointer kernel parameters.
+template <typename In, typename TorchIn>
+const In* data_or_null(const at::Tensor& t) {
+  return t.defined() ? reinterpret_cast<const In*>(t.const_data_ptr<TorchIn>()) : nullptr;
+}
+
+// The three row ops have their own schemas (softmax has no weight, rms_norm no bias); each device implements
+// one row_dual(kind, ...) and registers these schema-shaped entry points instantiated on it.
+using RowDualFn = std::tuple<at::Tensor, at::Tensor> (*)(RowKind, const at::Tensor&, const std::optional<at::Tensor>&,
+                                                         const std::optional<at::Tensor>&,
+                                                         const std::optional<at::Tensor>&,
+                                                         const std::optional<at::Tensor>&,
+                                                         const std::optional<at::Tensor>&, double, int64_t);
+
+template <RowDualFn RowDual>
+std::tuple<at::Tensor, at::Tensor> layer_norm_dual(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                   const std::optional<at::Tensor>& weight,
+                                                   const std::optional<at::Tensor>& weight_t,
+                                                   const std::optional<at::Tensor>& bias,
+                                                   const std::optional<at::Tensor>& bias_t, double eps,
+                                                   int64_t num_tangents) {
+  return RowDual(RowKind::kLayerNorm, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
+}
+
+template <RowDualFn RowDual>
+std::tuple<at::Tensor, at::Tensor> rms_norm_dual(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                 const std::optional<at::Tensor>& weight,
+                                                 const std::optional<at::Tensor>& weight_t, double eps,
+                                                 int64_t num_tangents) {
+  return RowDual(RowKind::kRmsNorm, x, x_t, weight, weight_t, std::nullopt, std::nullopt, eps, num_tangents);
+}
+
+template <RowDualFn RowDual>
+std::tuple<at::Tensor, at::Tensor> softmax_dual(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                                int64_t num_tangents) {
+  return RowDual(RowKind::kSoftmax, x, x_t, std::nullopt, std::nullopt, std::nullopt, std::nullopt, 0.0,
+                 num_tangents);
 }
 
 }  // namespace symkernels::jvp

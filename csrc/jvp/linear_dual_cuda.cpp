@@ -21,19 +21,13 @@ namespace symkernels::jvp {
 namespace {
 
 template <typename In, typename TorchIn>
-const In* ptr(const at::Tensor& t) {
-  return t.defined() ? reinterpret_cast<const In*>(t.const_data_ptr<TorchIn>()) : nullptr;
-}
-
-template <typename In, typename TorchIn>
 void launch(const LinearArgs& a, at::Tensor& y, at::Tensor& y_t) {
-  const auto stride = [](int64_t count, int64_t size) { return count > 1 ? size : int64_t{0}; };
-  const LinearDualParams<In> p{ptr<In, TorchIn>(a.x), ptr<In, TorchIn>(a.x_t), ptr<In, TorchIn>(a.weight),
-                               ptr<In, TorchIn>(a.weight_t), ptr<In, TorchIn>(a.bias), ptr<In, TorchIn>(a.bias_t),
+  const auto in = [](const at::Tensor& t) { return data_or_null<In, TorchIn>(t); };
+  const LinearDualParams<In> p{in(a.x), in(a.x_t), in(a.weight), in(a.weight_t), in(a.bias), in(a.bias_t),
                                reinterpret_cast<In*>(y.mutable_data_ptr<TorchIn>()),
                                reinterpret_cast<In*>(y_t.mutable_data_ptr<TorchIn>()), a.M, a.N, a.K, a.T,
-                               stride(a.Tx, a.M * a.K), stride(a.seed >= 0 ? 0 : a.Tw, a.N * a.K),
-                               stride(a.Tb, a.N), int(a.act), a.seed, int(a.dist)};
+                               tangent_stride(a.Tx, a.M * a.K), tangent_stride(a.seed >= 0 ? 0 : a.Tw, a.N * a.K),
+                               tangent_stride(a.Tb, a.N), int(a.act), a.seed, int(a.dist)};
   const cudaError_t err = launch_linear_dual<In>(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "linear_dual (CUDA): ", cudaGetErrorString(err));
 }

@@ -249,11 +249,6 @@ SYMKERNELS_ROW_DUAL_ENTRY(c10::Half)
 SYMKERNELS_ROW_DUAL_ENTRY(c10::BFloat16)
 #undef SYMKERNELS_ROW_DUAL_ENTRY
 
-template <typename In>
-const In* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<In>() : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor> row_dual_cpu(RowKind kind, const at::Tensor& x,
                                                 const std::optional<at::Tensor>& x_t,
                                                 const std::optional<at::Tensor>& weight,
@@ -266,48 +261,24 @@ std::tuple<at::Tensor, at::Tensor> row_dual_cpu(RowKind kind, const at::Tensor& 
   at::Tensor y_t = at::empty({a.T, a.R, a.N}, x.options());
   if (a.R == 0 || a.N == 0) return {y, y_t};
   // A tangent shared by all T (count 1) has T-stride 0.
-  const auto stride = [](int64_t count, int64_t size) { return count > 1 ? size : 0; };
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "row_dual_cpu", [&] {
-    const RowPointers<scalar_t> p{a.x.const_data_ptr<scalar_t>(), ptr_or_null<scalar_t>(a.x_t),
-                                  ptr_or_null<scalar_t>(a.weight), ptr_or_null<scalar_t>(a.weight_t),
-                                  ptr_or_null<scalar_t>(a.bias), ptr_or_null<scalar_t>(a.bias_t),
+    const auto in = [](const at::Tensor& t) { return data_or_null<scalar_t, scalar_t>(t); };
+    const RowPointers<scalar_t> p{in(a.x), in(a.x_t), in(a.weight), in(a.weight_t), in(a.bias), in(a.bias_t),
                                   y.mutable_data_ptr<scalar_t>(), y_t.mutable_data_ptr<scalar_t>(),
-                                  stride(a.Tx, a.R * a.N), stride(a.Tw, a.N), stride(a.Tb, a.N), a.R, a.N, a.T,
-                                  a.eps, a.kind};
+                                  tangent_stride(a.Tx, a.R * a.N), tangent_stride(a.Tw, a.N), tangent_stride(a.Tb, a.N),
+                                  a.R, a.N, a.T, a.eps, a.kind};
     const int64_t grain = std::max<int64_t>(1, kRowGrain / (a.N * (a.T + 1)));
     at::parallel_for(0, a.R, grain, [&](int64_t r0, int64_t r1) { row_dual_entry(p, r0, r1); });
   });
   return {y, y_t};
 }
 
-std::tuple<at::Tensor, at::Tensor> layer_norm_dual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
-                                                       const std::optional<at::Tensor>& weight,
-                                                       const std::optional<at::Tensor>& weight_t,
-                                                       const std::optional<at::Tensor>& bias,
-                                                       const std::optional<at::Tensor>& bias_t, double eps,
-                                                       int64_t num_tangents) {
-  return row_dual_cpu(RowKind::kLayerNorm, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
-}
-
-std::tuple<at::Tensor, at::Tensor> rms_norm_dual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
-                                                     const std::optional<at::Tensor>& weight,
-                                                     const std::optional<at::Tensor>& weight_t, double eps,
-                                                     int64_t num_tangents) {
-  return row_dual_cpu(RowKind::kRmsNorm, x, x_t, weight, weight_t, std::nullopt, std::nullopt, eps, num_tangents);
-}
-
-std::tuple<at::Tensor, at::Tensor> softmax_dual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
-                                                    int64_t num_tangents) {
-  return row_dual_cpu(RowKind::kSoftmax, x, x_t, std::nullopt, std::nullopt, std::nullopt, std::nullopt, 0.0,
-                      num_tangents);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(symkernels, CPU, m) {
-  m.impl("layer_norm_dual", &layer_norm_dual_cpu);
-  m.impl("rms_norm_dual", &rms_norm_dual_cpu);
-  m.impl("softmax_dual", &softmax_dual_cpu);
+  m.impl("layer_norm_dual", &layer_norm_dual<row_dual_cpu>);
+  m.impl("rms_norm_dual", &rms_norm_dual<row_dual_cpu>);
+  m.impl("softmax_dual", &softmax_dual<row_dual_cpu>);
 }
 
 }  // namespace symkernels::jvp

@@ -18,18 +18,13 @@ namespace symkernels::jvp {
 namespace {
 
 template <typename In, typename TorchIn>
-const In* ptr(const at::Tensor& t) {
-  return t.defined() ? reinterpret_cast<const In*>(t.const_data_ptr<TorchIn>()) : nullptr;
-}
-
-template <typename In, typename TorchIn>
 void launch(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
-  const auto stride = [](int64_t count, int64_t size) { return count > 1 ? size : int64_t{0}; };
-  const RowDualParams<In> p{ptr<In, TorchIn>(a.x), ptr<In, TorchIn>(a.x_t), ptr<In, TorchIn>(a.weight),
-                            ptr<In, TorchIn>(a.weight_t), ptr<In, TorchIn>(a.bias), ptr<In, TorchIn>(a.bias_t),
+  const auto in = [](const at::Tensor& t) { return data_or_null<In, TorchIn>(t); };
+  const RowDualParams<In> p{in(a.x), in(a.x_t), in(a.weight), in(a.weight_t), in(a.bias), in(a.bias_t),
                             reinterpret_cast<In*>(y.mutable_data_ptr<TorchIn>()),
                             reinterpret_cast<In*>(y_t.mutable_data_ptr<TorchIn>()), a.R, a.N, a.T,
-                            stride(a.Tx, a.R * a.N), stride(a.Tw, a.N), stride(a.Tb, a.N), a.eps, int(a.kind)};
+                            tangent_stride(a.Tx, a.R * a.N), tangent_stride(a.Tw, a.N), tangent_stride(a.Tb, a.N),
+                            a.eps, int(a.kind)};
   const cudaError_t err = launch_row_dual<In>(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, row_op_name(a.kind), " (CUDA): ", cudaGetErrorString(err));
 }
@@ -56,36 +51,14 @@ std::tuple<at::Tensor, at::Tensor> row_dual_cuda(RowKind kind, const at::Tensor&
   return {y, y_t};
 }
 
-std::tuple<at::Tensor, at::Tensor> layer_norm_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
-                                                        const std::optional<at::Tensor>& weight,
-                                                        const std::optional<at::Tensor>& weight_t,
-                                                        const std::optional<at::Tensor>& bias,
-                                                        const std::optional<at::Tensor>& bias_t, double eps,
-                                                        int64_t num_tangents) {
-  return row_dual_cuda(RowKind::kLayerNorm, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
-}
-
-std::tuple<at::Tensor, at::Tensor> rms_norm_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
-                                                      const std::optional<at::Tensor>& weight,
-                                                      const std::optional<at::Tensor>& weight_t, double eps,
-                                                      int64_t num_tangents) {
-  return row_dual_cuda(RowKind::kRmsNorm, x, x_t, weight, weight_t, std::nullopt, std::nullopt, eps, num_tangents);
-}
-
-std::tuple<at::Tensor, at::Tensor> softmax_dual_cuda(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
-                                                     int64_t num_tangents) {
-  return row_dual_cuda(RowKind::kSoftmax, x, x_t, std::nullopt, std::nullopt, std::nullopt, std::nullopt, 0.0,
-                       num_tangents);
-}
-
 // Registered at load time only when asked for (see the file comment); otherwise the CUDA key is Triton's.
 const bool kNativeRegistered = [] {
   const char* flag = std::getenv("SYMKERNELS_JVP_NATIVE_CUDA");
   if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
   static torch::Library lib(torch::Library::IMPL, "symkernels", c10::DispatchKey::CUDA, __FILE__, __LINE__);
-  lib.impl("layer_norm_dual", TORCH_FN(layer_norm_dual_cuda));
-  lib.impl("rms_norm_dual", TORCH_FN(rms_norm_dual_cuda));
-  lib.impl("softmax_dual", TORCH_FN(softmax_dual_cuda));
+  lib.impl("layer_norm_dual", TORCH_FN(layer_norm_dual<row_dual_cuda>));
+  lib.impl("rms_norm_dual", TORCH_FN(rms_norm_dual<row_dual_cuda>));
+  lib.impl("softmax_dual", TORCH_FN(softmax_dual<row_dual_cuda>));
   return true;
 }();
 
