@@ -15,8 +15,11 @@ enum class Distribution : int { kGaussian = 0, kRademacher = 1 };
 // Row-wise duals over the last dim; same order as reference.ROW_KINDS.
 enum class RowKind : int { kLayerNorm = 0, kRmsNorm = 1, kSoftmax = 2 };
 
-// lowbias32 (Chris Wellons): a uint32 bijection with low avalanche bias.
-SYMKERNELS_HD uint32_t mix32(uint32_t x) {
+// lowbias32 (Chris Wellons): a uint32 bijection with low avalanche bias. A template so that the CPU kernel
+// applies the very same steps lane-wise to a GCC vector of uint32 (only uint32 lanes are meant: shifts of
+// a signed type would differ).
+template <typename U32>
+SYMKERNELS_HD U32 mix32(U32 x) {
   x ^= x >> 16;
   x *= 0x7feb352du;
   x ^= x >> 15;
@@ -26,9 +29,13 @@ SYMKERNELS_HD uint32_t mix32(uint32_t x) {
 }
 
 // Seed -> stream key; the seed is in [0, 2^31) so 2*seed + s fits in 32 bits.
-SYMKERNELS_HD uint32_t seed_key(int64_t seed, uint32_t stream) { return mix32(uint32_t(2 * seed) + stream); }
+SYMKERNELS_HD uint32_t seed_key(int64_t seed, uint32_t stream) {
+  return mix32<uint32_t>(uint32_t(2 * seed) + stream);
+}
 
-SYMKERNELS_HD uint32_t seeded_bits(uint32_t index, uint32_t key) { return mix32(mix32(index + key) ^ key); }
+SYMKERNELS_HD uint32_t seeded_bits(uint32_t index, uint32_t key) {
+  return mix32<uint32_t>(mix32<uint32_t>(index + key) ^ key);
+}
 
 // One tangent element. fp32 math everywhere, so backends differ at most by the last-ulp differences of
 // their log/cos (Gaussian); Rademacher values are bit-identical.

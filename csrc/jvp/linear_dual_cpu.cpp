@@ -56,15 +56,6 @@ typedef float F8 __attribute__((vector_size(32)));
 typedef double D8 __attribute__((vector_size(64)));
 typedef long long L8 __attribute__((vector_size(64)));
 
-SYMKERNELS_INLINE U8 mix32_v(U8 x) {  // jvp.h's mix32, lane-wise
-  x ^= x >> 16;
-  x *= 0x7feb352du;
-  x ^= x >> 15;
-  x *= 0x846ca68bu;
-  x ^= x >> 16;
-  return x;
-}
-
 // ln(u) for u in [2^-24, 1]: u = m·2^e, m in [√½, √2), ln m = 2 atanh(s) with s = (m−1)/(m+1), |s| < 0.172.
 SYMKERNELS_INLINE D8 log_v(D8 u) {
   L8 bits;
@@ -103,7 +94,7 @@ SYMKERNELS_INLINE D8 cos_v(D8 a) {
 SYMKERNELS_INLINE void gaussian8(float* out, uint32_t first, int count, uint32_t key0, uint32_t key1) {
   U8 index;
   for (int l = 0; l < 8; ++l) index[l] = first + uint32_t(l);
-  const U8 b0 = mix32_v(mix32_v(index + key0) ^ key0), b1 = mix32_v(mix32_v(index + key1) ^ key1);
+  const U8 b0 = mix32<U8>(mix32<U8>(index + key0) ^ key0), b1 = mix32<U8>(mix32<U8>(index + key1) ^ key1);
   const F8 u1 = __builtin_convertvector((b0 >> 8) + 1u, F8) * 5.9604644775390625e-08f;  // 2^-24: (0, 1]
   const F8 u2 = __builtin_convertvector(b1 >> 8, F8) * 5.9604644775390625e-08f;
   const F8 angle = 6.283185307179586f * u2;  // the fp32 product, as in seeded_gaussian

@@ -20,6 +20,7 @@ import torch
 
 from symkernels import _autograd, _backend
 from symkernels.jvp import reference
+from symkernels.jvp.ops import common_tangent_count
 
 OP_NAME = "attention_dual"
 QUALNAME = f"symkernels::{OP_NAME}"
@@ -138,10 +139,7 @@ def attention_dual(q, k, v, q_t=None, k_t=None, v_t=None, *, causal: bool = Fals
             canon.append(t.reshape(t.shape[0], BH, *p.shape[-2:]))
         else:
             raise ValueError(f"{op}: {name} must have shape {list(p.shape)} or [T, ...], got {list(t.shape)}")
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
-                         + ", ".join(f"{k_} has T={v_}" for k_, v_ in counts.items()))
-    T = next(iter(counts.values())) if counts else 1
+    T = common_tangent_count(op, counts)
     impl = resolve_impl(backend, q=q, k=k, v=v, q_t=q_t, k_t=k_t, v_t=v_t)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     flat = lambda t: t.reshape(BH, *t.shape[-2:])  # noqa: E731

@@ -38,6 +38,15 @@ def _check_tensor(name: str, t, dtype: torch.dtype | None) -> None:
         raise TypeError(f"{OP_NAME}: {name} must have the dtype of x ({dtype}), got {t.dtype}")
 
 
+def common_tangent_count(op: str, counts: dict[str, int]) -> int:
+    """The T shared by every batched tangent (1 when none is batched); ``counts`` maps argument names to their
+    leading tangent count. Disagreeing counts are an error naming each argument."""
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
+                         + ", ".join(f"{name} has T={T}" for name, T in counts.items()))
+    return next(iter(counts.values())) if counts else 1
+
+
 def _tangent_count(name: str, t: torch.Tensor | None, primal_shape: tuple[int, ...], primal_name: str) -> int | None:
     """None if ``t`` has the primal's shape (no T dim), T if it is ``[T, *primal_shape]``; else an error."""
     if t is None or tuple(t.shape) == primal_shape:
@@ -84,11 +93,8 @@ class _Canonical:
             if not isinstance(num_tangents, int) or isinstance(num_tangents, bool) or num_tangents < 1:
                 raise ValueError(f"{OP_NAME}: num_tangents must be a positive int, got {num_tangents!r}")
             counts["num_tangents"] = num_tangents
-        if len(set(counts.values())) > 1:
-            raise ValueError(f"{OP_NAME}: tangents disagree on the number of tangents T: "
-                             + ", ".join(f"{k} has T={v}" for k, v in counts.items()))
         self.batched = bool(counts)
-        T = next(iter(counts.values())) if counts else 1
+        T = common_tangent_count(OP_NAME, counts)
         if weight_seed is not None and T * N * K > reference.MAX_SEEDED_ELEMENTS - 1:
             raise ValueError(f"{OP_NAME}: seeded tangents need T*N*K < 2**31, got {T * N * K}")
         self.T, self.N, self.K = T, N, K
@@ -361,10 +367,7 @@ def _row_canonical(op, x, x_t, params):
                 counts[name + "_t"] = t.shape[0]
             else:
                 raise ValueError(f"{op}: {name}_t must have shape [{N}] or [T, {N}], got {list(t.shape)}")
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"{op}: tangents disagree on the number of tangents T: "
-                         + ", ".join(f"{k} has T={v}" for k, v in counts.items()))
-    T = next(iter(counts.values())) if counts else 1
+    T = common_tangent_count(op, counts)
     lead = tuple(x.shape[:-1])
     R = 1
     for s in lead:
