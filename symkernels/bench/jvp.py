@@ -9,6 +9,10 @@ Per case (M rows, N = K features, T tangents, tangents in x and W, fp32):
   forward           plain gelu(linear) — the unit a JVP's cost is read in
   forward+backward  gelu(linear) plus backward to x, W, b
 The `flops` column counts 2MNK(1 + 2T) (primal, x- and W-tangent GEMMs).
+
+Row duals (layer_norm_dual, rms_norm_dual, softmax_dual over R rows of N, tangent in x only): ours vs
+torch.func.jvp (T=1) / vmap(jvp) (T>1) of the plain torch op, and the plain forward. These are memory-bound:
+bytes are (1 + T) reads and (1 + T) writes of R·N floats.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from symkernels.bench.harness import Case, sweep
-from symkernels.jvp import linear_dual
+from symkernels.jvp import layer_norm_dual, linear_dual, rms_norm_dual, softmax_dual
 
 
 def _plain(x, w, b):
@@ -79,7 +83,45 @@ def cases(device: torch.device, quick: bool) -> Iterable[Case]:
         yield Case(op="linear_gelu_dual", shape=f"M={M} N=K={NK} T={T}", dtype="float32", impls=impls, ours="ours",
                    bytes_moved=itemsize * ((1 + T) * (M * K + N * K + M * N) + N),
                    flops=2 * M * N * K * (1 + 2 * T), extra={"T": T}, check=check)
+    yield from _row_cases(device, quick)
     # Forward-gradient step memory/time and attention dual cases (symkernels/bench/jvp_training.py).
     from symkernels.bench import jvp_training
 
     yield from jvp_training.cases(device, quick)
+
+
+# op name -> (our dual, the plain torch function it differentiates), both taking (x, weight-or-None).
+_ROW_OPS = {
+    "layer_norm_dual": (lambda x, x_t, w: layer_norm_dual(x, x_t, w),
+                        lambda x, w: F.layer_norm(x, x.shape[-1:], w, eps=1e-5)),
+    "rms_norm_dual": (lambda x, x_t, w: rms_norm_dual(x, x_t, w), lambda x, w: F.rms_norm(x, x.shape[-1:], w, eps=1e-6)),
+    "softmax_dual": (lambda x, x_t, w: softmax_dual(x, x_t), lambda x, w: torch.softmax(x, -1)),
+}
+
+
+def _row_cases(device: torch.device, quick: bool) -> Iterable[Case]:
+    shapes = [(1024, 1024, 1), (1024, 1024, 4)] if quick else \
+        [(R, N, T) for R, N in ((4096, 1024), (16384, 4096)) for T in (1, 4)]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for name, (ours, plain) in _ROW_OPS.items():
+        for R, N, T in shapes:
+            x, w = torch.randn(R, N, generator=g).to(device), torch.randn(N, generator=g).to(device)
+            x_t = torch.randn(T, R, N, generator=g).to(device)
+            impls = {
+                "ours": (lambda x=x, x_t=x_t, w=w: ours(x, x_t[0], w)) if T == 1 else
+                        (lambda x=x, x_t=x_t, w=w: ours(x, x_t, w)),
+                "torch.func.jvp": (lambda x=x, x_t=x_t, w=w: torch.func.jvp(lambda a: plain(a, w), (x,), (x_t[0],)))
+                                  if T == 1 else "T>1: see vmap(jvp)",
+                "vmap(jvp)": "T=1: same as torch.func.jvp" if T == 1 else
+                             (lambda x=x, x_t=x_t, w=w: torch.func.vmap(
+                                 lambda t: torch.func.jvp(lambda a: plain(a, w), (x,), (t,)))(x_t)),
+                "forward": lambda x=x, w=w: plain(x, w),
+            }
+
+            def check(x=x, x_t=x_t, w=w):
+                _, y_t = ours(x, x_t[0], w)
+                _, ref = torch.func.jvp(lambda a: plain(a, w), (x,), (x_t[0],))
+                torch.testing.assert_close(y_t, ref, atol=1e-4, rtol=1e-4)
+
+            yield Case(op=name, shape=f"R={R} N={N} T={T}", dtype="float32", impls=impls, ours="ours",
+                       bytes_moved=4 * 2 * (1 + T) * R * N, extra={"T": T}, check=check)
