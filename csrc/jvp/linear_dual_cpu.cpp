@@ -140,25 +140,28 @@ void seeded_weight_products(const at::Tensor& x, at::Tensor& zw, int64_t rows, i
 
 // y = act(z) and d = act'(z) for the whole [M, N] primal, in opmath precision, by ATen's vectorized
 // (SLEEF) elementwise kernels: d is computed once and shared by all T tangents.
-std::pair<at::Tensor, at::Tensor> activation_and_derivative(const at::Tensor& z, Activation act) {
+at::Tensor apply_activation(const at::Tensor& z, Activation act) {
   switch (act) {
-    case Activation::kNone:
-      return {z, at::Tensor()};  // d = 1: the tangent loop skips the multiply
-    case Activation::kRelu: {
-      at::Tensor y = at::relu(z);
-      // PyTorch's relu JVP convention: 0 where relu(z) <= 0, else 1 (so NaN passes the tangent through).
-      return {y, at::threshold_backward(at::ones_like(z), y, 0)};
-    }
-    case Activation::kGelu:
-      return {at::gelu(z), at::gelu_backward(at::ones_like(z), z, "none")};
-    case Activation::kGeluTanh:
-      return {at::gelu(z, "tanh"), at::gelu_backward(at::ones_like(z), z, "tanh")};
-    case Activation::kSilu:
-      return {at::silu(z), at::silu_backward(at::ones_like(z), z)};
-    case Activation::kTanh: {
-      at::Tensor y = at::tanh(z);
-      return {y, at::tanh_backward(at::ones_like(z), y)};
-    }
+    case Activation::kNone: return z;
+    case Activation::kRelu: return at::relu(z);
+    case Activation::kGelu: return at::gelu(z);
+    case Activation::kGeluTanh: return at::gelu(z, "tanh");
+    case Activation::kSilu: return at::silu(z);
+    case Activation::kTanh: return at::tanh(z);
+  }
+  TORCH_CHECK(false, kOp, ": unknown activation");
+}
+
+// act'(z), given y = act(z); undefined for the identity (d = 1: the tangent loop skips the multiply).
+at::Tensor activation_derivative(const at::Tensor& z, const at::Tensor& y, Activation act) {
+  switch (act) {
+    case Activation::kNone: return at::Tensor();
+    // PyTorch's relu JVP convention: 0 where relu(z) <= 0, else 1 (so NaN passes the tangent through).
+    case Activation::kRelu: return at::threshold_backward(at::ones_like(z), y, 0);
+    case Activation::kGelu: return at::gelu_backward(at::ones_like(z), z, "none");
+    case Activation::kGeluTanh: return at::gelu_backward(at::ones_like(z), z, "tanh");
+    case Activation::kSilu: return at::silu_backward(at::ones_like(z), z);
+    case Activation::kTanh: return at::tanh_backward(at::ones_like(z), y);
   }
   TORCH_CHECK(false, kOp, ": unknown activation");
 }
@@ -221,10 +224,12 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
   const auto acc_type = at::toOpMathType(x.scalar_type());
   at::Tensor z = za.narrow(0, 0, M).to(acc_type);
   if (b.defined()) z.add_(b.to(acc_type));
-  auto [y_acc, d] = activation_and_derivative(z, a.act);
+  const at::Tensor y_acc = apply_activation(z, a.act);
   at::Tensor y = y_acc.to(x.scalar_type());
   if (y.is_alias_of(za)) y = y.clone();  // activation "none" in opmath dtype: do not hand out the scratch buffer
+  // Without tangents (a plain forward) act' is never computed: it would only add [M, N] temporaries.
   if (T == 0) return {y, y_t};
+  at::Tensor d = activation_derivative(z, y_acc, a.act);
   if (d.defined()) d = d.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "linear_dual_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
