@@ -59,8 +59,9 @@ def _fmt_time(seconds: float) -> str:
 
 def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float, clone_bw: float) -> list[dict]:
     rows = []
-    cases = list(harness.SWEEPS[pillar](device, quick))
-    for case in _progress(cases, pillar):
+    # Cases are timed as the sweep yields them (never collected first): a case's tensors are freed before
+    # the next is built, and a closure over a sweep's loop variable cannot silently time another case.
+    for case in _progress(harness.SWEEPS[pillar](device, quick), pillar):
         if case.check is not None:
             case.check()
         timings = {}

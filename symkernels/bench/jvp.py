@@ -51,43 +51,48 @@ def cases(device: torch.device, quick: bool) -> Iterable[Case]:
                   if device.type == "cuda" or 2 * M * NK * NK * (1 + 2 * T) <= 150e9]
     g = torch.Generator(device="cpu").manual_seed(0)
     for M, NK, T in shapes:
-        N = K = NK
-        r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
-        x, w, b = r(M, K), r(N, K) / K ** 0.5, r(N)
-        x_t, w_t = r(T, M, K), r(T, N, K) / K ** 0.5
-        xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
-        impls = {
-            "ours": (lambda: linear_dual(x, x_t[0], w, w_t[0], b, None, "gelu")) if T == 1 else
-                    (lambda: linear_dual(x, x_t, w, w_t, b, None, "gelu")),
-            "ours seeded-W": lambda: linear_dual(x, x_t if T > 1 else x_t[0], w, None, b, None, "gelu", weight_seed=7,
-                                                 distribution="rademacher", num_tangents=T if T > 1 else None),
-            "torch.func.jvp": (lambda: torch.func.jvp(_plain, (x, w, b), (x_t[0], w_t[0], torch.zeros_like(b))))
-                              if T == 1 else
-                              (lambda: [torch.func.jvp(_plain, (x, w, b), (x_t[i], w_t[i], torch.zeros_like(b)))
-                                        for i in range(T)]),
-            "vmap(jvp)": "T=1: same as torch.func.jvp" if T == 1 else
-                         (lambda: torch.func.vmap(lambda xt, wt: torch.func.jvp(_plain, (x, w, b),
-                                                                                (xt, wt, torch.zeros_like(b))))(x_t, w_t)),
-            "dual tensors": (lambda: _dual_tensors(x, w, b, x_t[0], w_t[0])) if T == 1 else
-                            (lambda: [_dual_tensors(x, w, b, x_t[i], w_t[i]) for i in range(T)]),
-            "forward": lambda: _plain(x, w, b),
-            "forward+backward": lambda: _fwd_bwd(xg, wg, bg),
-        }
-
-        def check(x=x, w=w, b=b, x_t=x_t, w_t=w_t, T=T):
-            _, y_t = linear_dual(x, x_t[:1], w, w_t[:1], b, None, "gelu")
-            _, ref = torch.func.jvp(_plain, (x, w, b), (x_t[0], w_t[0], torch.zeros_like(b)))
-            torch.testing.assert_close(y_t[0], ref, atol=2e-3, rtol=2e-3)
-
-        itemsize = 4
-        yield Case(op="linear_gelu_dual", shape=f"M={M} N=K={NK} T={T}", dtype="float32", impls=impls, ours="ours",
-                   bytes_moved=itemsize * ((1 + T) * (M * K + N * K + M * N) + N),
-                   flops=2 * M * N * K * (1 + 2 * T), extra={"T": T}, check=check)
+        yield _linear_case(M, NK, T, g, device)
     yield from _row_cases(device, quick)
     # Forward-gradient step memory/time and attention dual cases (symkernels/bench/jvp_training.py).
     from symkernels.bench import jvp_training
 
     yield from jvp_training.cases(device, quick)
+
+
+def _linear_case(M: int, NK: int, T: int, g: torch.Generator, device: torch.device) -> Case:
+    # One call per case: the closures below bind this case's tensors, not the last loop iteration's.
+    N = K = NK
+    r = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    x, w, b = r(M, K), r(N, K) / K ** 0.5, r(N)
+    x_t, w_t = r(T, M, K), r(T, N, K) / K ** 0.5
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    impls = {
+        "ours": (lambda: linear_dual(x, x_t[0], w, w_t[0], b, None, "gelu")) if T == 1 else
+                (lambda: linear_dual(x, x_t, w, w_t, b, None, "gelu")),
+        "ours seeded-W": lambda: linear_dual(x, x_t if T > 1 else x_t[0], w, None, b, None, "gelu", weight_seed=7,
+                                             distribution="rademacher", num_tangents=T if T > 1 else None),
+        "torch.func.jvp": (lambda: torch.func.jvp(_plain, (x, w, b), (x_t[0], w_t[0], torch.zeros_like(b))))
+                          if T == 1 else
+                          (lambda: [torch.func.jvp(_plain, (x, w, b), (x_t[i], w_t[i], torch.zeros_like(b)))
+                                    for i in range(T)]),
+        "vmap(jvp)": "T=1: same as torch.func.jvp" if T == 1 else
+                     (lambda: torch.func.vmap(lambda xt, wt: torch.func.jvp(_plain, (x, w, b),
+                                                                            (xt, wt, torch.zeros_like(b))))(x_t, w_t)),
+        "dual tensors": (lambda: _dual_tensors(x, w, b, x_t[0], w_t[0])) if T == 1 else
+                        (lambda: [_dual_tensors(x, w, b, x_t[i], w_t[i]) for i in range(T)]),
+        "forward": lambda: _plain(x, w, b),
+        "forward+backward": lambda: _fwd_bwd(xg, wg, bg),
+    }
+
+    def check(x=x, w=w, b=b, x_t=x_t, w_t=w_t, T=T):
+        _, y_t = linear_dual(x, x_t[:1], w, w_t[:1], b, None, "gelu")
+        _, ref = torch.func.jvp(_plain, (x, w, b), (x_t[0], w_t[0], torch.zeros_like(b)))
+        torch.testing.assert_close(y_t[0], ref, atol=2e-3, rtol=2e-3)
+
+    itemsize = 4
+    return Case(op="linear_gelu_dual", shape=f"M={M} N=K={NK} T={T}", dtype="float32", impls=impls, ours="ours",
+                bytes_moved=itemsize * ((1 + T) * (M * K + N * K + M * N) + N),
+                flops=2 * M * N * K * (1 + 2 * T), extra={"T": T}, check=check)
 
 
 # op name -> (our dual, the plain torch function it differentiates), both taking (x, weight-or-None).

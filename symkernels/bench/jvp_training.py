@@ -113,12 +113,21 @@ def _attention_cases(device: torch.device, quick: bool) -> Iterable[Case]:
         def fwd_bwd(qg=qg, kg=kg, vg=vg, causal=causal):
             F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal).sum().backward()
 
+        def ours(q=q, k=k, v=v, qt=qt, kt=kt, vt=vt, causal=causal):
+            return attention_dual(q, k, v, qt, kt, vt, causal=causal)
+
+        def func_jvp(q=q, k=k, v=v, qt=qt, kt=kt, vt=vt, causal=causal):
+            return torch.func.jvp(lambda q, k, v: _sdpa_math(q, k, v, causal), (q, k, v), (qt, kt, vt))
+
+        def forward(q=q, k=k, v=v, causal=causal):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        # Every closure binds this configuration's tensors as defaults (not the last loop iteration's).
         impls = {
-            "ours": lambda: attention_dual(q, k, v, qt, kt, vt, causal=causal),
-            "torch.func.jvp (SDPA math)": lambda: torch.func.jvp(lambda q, k, v: _sdpa_math(q, k, v, causal),
-                                                                 (q, k, v), (qt, kt, vt)),
+            "ours": ours,
+            "torch.func.jvp (SDPA math)": func_jvp,
             "dual tensors (SDPA math)": dual,
-            "SDPA forward": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+            "SDPA forward": forward,
             "SDPA forward+backward": fwd_bwd,
         }
 

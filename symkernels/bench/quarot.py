@@ -90,11 +90,13 @@ def _gemm_cases(device, quick) -> Iterable[Case]:
             a_p, a_s = symkernels.quantize_int4(x)
             a8 = torch.randint(-8, 8, (m, kn), dtype=torch.int8, device=device)
             x_bf16 = x.to(torch.bfloat16)
-            impls = {"symkernels W4A4": lambda a_p=a_p, a_s=a_s: symkernels.int4_matmul(a_p, a_s, w_p, w_s),
-                     "torch fp32 matmul": lambda x=x: x @ w.T,
-                     "torch._int_mm int8 (no epilogue)": lambda a8=a8: torch._int_mm(a8, w8)}
+            # Every tensor is bound as a default: a closure over the loop variables would see the last size's.
+            impls = {"symkernels W4A4": lambda a_p=a_p, a_s=a_s, w_p=w_p, w_s=w_s: symkernels.int4_matmul(a_p, a_s,
+                                                                                                          w_p, w_s),
+                     "torch fp32 matmul": lambda x=x, w=w: x @ w.T,
+                     "torch._int_mm int8 (no epilogue)": lambda a8=a8, w8=w8: torch._int_mm(a8, w8)}
             if not (quick and device.type == "cpu"):
-                impls["torch bf16 matmul"] = lambda x=x_bf16: x @ w_bf16.T
+                impls["torch bf16 matmul"] = lambda x=x_bf16, w=w_bf16: x @ w.T
             else:
                 impls["torch bf16 matmul"] = "skipped in --quick on CPU (slow, no AMX path in this torch build)"
             yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}", dtype="int4→fp32", impls=impls,
