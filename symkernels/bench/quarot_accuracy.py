@@ -6,7 +6,8 @@ without rotation, with the online Hadamard, and with the randomized online Hadam
 
 Metrics (the float model is the truth):
 - end to end: relative error of the last hidden state, ‖h − h₀‖/‖h₀‖ over all positions of the padded
-  evaluation batch, and the cosine of the mean-pooled sentence embeddings;
+  3-sentence evaluation batch, and the cosine of the mean-pooled sentence embeddings; and, less noisy,
+  the same relative error over the real tokens of 64 held-out documentation sentences;
 - per layer (no compounding): each quantized linear fed the float model's input of that linear on the
   evaluation batch, relative error of its output; reported as the ratio of the error without rotation
   to the error with the randomized Hadamard, median and worst (smallest) over the 36 encoder linears,
@@ -45,11 +46,11 @@ HANDWRITTEN_CALIBRATION = [
     "What is the capital city of Australia?", "He fixed the bug by checking the array bounds."]
 
 N_CALIBRATION = 128  # sentences (QuaRot/GPTQ use 128 calibration sequences)
+N_HELDOUT = 64  # evaluation sentences beside EVAL_SENTENCES, for a less noisy second end-to-end figure
 
 
-def calibration_sentences(n: int = N_CALIBRATION) -> list[str]:
-    """The 16 handwritten sentences, then prose sentences of the Python documentation that ships with
-    CPython (``pydoc_data.topics``: real English, offline), picked evenly, to ``n`` in all.
+def _doc_prose() -> list[str]:
+    """Prose sentences of the Python documentation bundled with CPython (``pydoc_data.topics``).
 
     Only prose sentences (letters and punctuation, 40-200 characters) are kept, not code. The corpus
     is the running interpreter's, so the picked sentences can differ between Python versions.
@@ -63,8 +64,23 @@ def calibration_sentences(n: int = N_CALIBRATION) -> list[str]:
         for sent in re.split(r"(?<=[.!?])\s+", " ".join(para.split())):
             if 40 <= len(sent) <= 200 and re.fullmatch(r"[A-Za-z][A-Za-z ,;:'()\-]*[.?!]", sent):
                 prose.append(sent)
+    return prose
+
+
+def calibration_sentences(n: int = N_CALIBRATION) -> list[str]:
+    """The 16 handwritten sentences, then prose sentences of the Python documentation that ships with
+    CPython (``_doc_prose``: real English, offline), picked evenly, to ``n`` in all."""
+    prose = _doc_prose()
     extra = max(0, n - len(HANDWRITTEN_CALIBRATION))
-    return (HANDWRITTEN_CALIBRATION + prose[::max(1, len(prose) // max(1, extra))][:extra])[:n]
+    return (HANDWRITTEN_CALIBRATION + prose[::max(2, len(prose) // max(1, extra))][:extra])[:n]
+
+
+def heldout_sentences(n: int = N_HELDOUT, n_calibration: int = N_CALIBRATION) -> list[str]:
+    """``n`` documentation sentences that ``calibration_sentences(n_calibration)`` does not use: the ones
+    halfway between two calibration picks."""
+    prose = _doc_prose()
+    step = max(2, len(prose) // max(1, n_calibration - len(HANDWRITTEN_CALIBRATION)))
+    return prose[step // 2::step][:n]
 
 
 ROTATIONS = {"none": dict(online_hadamard=False), "Hadamard": dict(online_hadamard=True),
@@ -118,6 +134,8 @@ class Evaluator:
         self.names = [n for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
         self.eval_inputs = linear_inputs(self.model, lambda m: m(**self.batch), self.names)
         self.calibration_sentences = calibration_sentences(n_calibration)
+        self.heldout = self.tok(heldout_sentences(N_HELDOUT, n_calibration), padding=True, return_tensors="pt")
+        self.heldout_h0 = self._real_tokens(self.model)
         self._calibration = None
 
     @property
@@ -139,6 +157,17 @@ class Evaluator:
             h = model(**self.batch).last_hidden_state
         mask = self.batch["attention_mask"][..., None].float()
         return h, (h * mask).sum(1) / mask.sum(1)
+
+    @torch.no_grad()
+    def _real_tokens(self, model) -> torch.Tensor:
+        """Last hidden states of the held-out sentences at their real (unpadded) positions [tokens, d]."""
+        return model(**self.heldout).last_hidden_state[self.heldout["attention_mask"].bool()]
+
+    def heldout_error(self, model) -> float:
+        """End to end on the held-out sentences: relative error of the last hidden state over their
+        real tokens."""
+        h = self._real_tokens(model)
+        return ((h - self.heldout_h0).norm() / self.heldout_h0.norm()).item()
 
     def quantized(self, *, sequential: bool = False, **kwargs) -> nn.Module:
         """A W4A4 copy of the model (``quantize_linears`` with ``kwargs``). ``sequential``: each layer is
@@ -254,22 +283,26 @@ def main(argv=None) -> None:
           f"{torch.get_num_threads()} threads; calibration: {len(ev.calibration_sentences)} sentences, "
           f"{cal_tokens} tokens\n")
     print("| setting | " + " | ".join(f"{r}: rel. err / cos" for r in ROTATIONS)
-          + " | none ÷ randomized | per layer: median / worst |")
-    print("|---|" + "---|" * (len(ROTATIONS) + 2))
+          + f" | none ÷ randomized | {N_HELDOUT} held-out: none / randomized (÷) | per layer: median / worst |")
+    print("|---|" + "---|" * (len(ROTATIONS) + 3))
     per_kind = {}
     settings = dict(SETTINGS, **dict([SEQUENTIAL_SETTING] if args.sequential else []))
     for name, kwargs in settings.items():
         if args.quick and name not in QUICK_SETTINGS:
             continue
         t0 = time.perf_counter()
-        res, layers = {}, {}
+        res, layers, heldout = {}, {}, {}
         for r, rk in ROTATIONS.items():
             model = ev.quantized(**kwargs, **rk)
             res[r], layers[r] = ev.errors(model), ev.layer_errors(model)
+            if r != "Hadamard":
+                heldout[r] = ev.heldout_error(model)
         cells = " | ".join(f"{e:.3f} / {c:.3f}" for e, c in res.values())
         ratio = res["none"][0] / res["randomized Hadamard"][0]
         med, worst = _ratio_stats(layers["none"], layers["randomized Hadamard"], encoder)
-        print(f"| {name} | {cells} | {ratio:.2f}× | {med:.2f}× / {worst:.2f}× |  "
+        none_h, rand_h = heldout["none"], heldout["randomized Hadamard"]
+        print(f"| {name} | {cells} | {ratio:.2f}× | {none_h:.3f} / {rand_h:.3f} ({none_h / rand_h:.2f}×) | "
+              f"{med:.2f}× / {worst:.2f}× |  "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
         per_kind[name] = {k: (_ratio_stats(layers["none"], layers["randomized Hadamard"],
                                            [n for n in encoder if layer_kind(n) == k]),
