@@ -67,27 +67,35 @@ def _doc_prose() -> list[str]:
     return prose
 
 
+def _doc_step(n_calibration: int, n_heldout: int, n_prose: int) -> int:
+    """Stride of the evenly spaced documentation picks: calibration takes indices 0, step, 2·step, …, the
+    held-out set the ones halfway between, so the two never share a sentence."""
+    extra = max(0, n_calibration - len(HANDWRITTEN_CALIBRATION))
+    return max(2, n_prose // max(1, extra, n_heldout))
+
+
 def calibration_sentences(n: int = N_CALIBRATION) -> list[str]:
     """The 16 handwritten sentences, then prose sentences of the Python documentation that ships with
     CPython (``_doc_prose``: real English, offline), picked evenly, to ``n`` in all."""
     prose = _doc_prose()
     extra = max(0, n - len(HANDWRITTEN_CALIBRATION))
-    return (HANDWRITTEN_CALIBRATION + prose[::max(2, len(prose) // max(1, extra))][:extra])[:n]
+    return (HANDWRITTEN_CALIBRATION + prose[::_doc_step(n, N_HELDOUT, len(prose))][:extra])[:n]
 
 
 def heldout_sentences(n: int = N_HELDOUT, n_calibration: int = N_CALIBRATION) -> list[str]:
-    """``n`` documentation sentences that ``calibration_sentences(n_calibration)`` does not use: the ones
-    halfway between two calibration picks."""
+    """``n`` documentation sentences that ``calibration_sentences(n_calibration)`` does not use (the
+    documentation repeats some sentences verbatim: repeats are dropped, not just the calibration picks)."""
     prose = _doc_prose()
-    step = max(2, len(prose) // max(1, n_calibration - len(HANDWRITTEN_CALIBRATION)))
-    return prose[step // 2::step][:n]
+    step = _doc_step(n_calibration, n, len(prose))
+    used = set(calibration_sentences(n_calibration))
+    return [sent for sent in dict.fromkeys(prose[step // 2::step]) if sent not in used][:n]
 
 
 ROTATIONS = {"none": dict(online_hadamard=False), "Hadamard": dict(online_hadamard=True),
              "randomized Hadamard": dict(online_hadamard=True, sign_seed=0)}
-# every setting applies to both columns alike; QuaRot's own setup is GPTQ (act-order, 128 calibration
-# sequences, percdamp 0.01) with the weight MSE clip search (``--w_clip``) and activation clip 0.9, which
-# the per-layer activation clip search here replaces (0.9 measured worse on this model)
+# every setting applies to both columns alike. QuaRot's own setup is GPTQ (128 calibration sequences,
+# percdamp 0.01; act-order optional) with the weight MSE clip search (``--w_clip``) and activation clip
+# 0.9, which the per-layer activation clip search replaces here (a fixed 0.9 measured worse on this model)
 SETTINGS = {
     "RTN": {},
     "RTN + act clip search": dict(clip_ratio="search"),
