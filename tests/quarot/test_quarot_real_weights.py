@@ -33,3 +33,12 @@ def test_minilm_w4a4_rotation_helps():
     assert median > 1.5 and worst > 1.05, (median, worst)
     ffn_out = [n for n in encoder if layer_kind(n) == "FFN out"]
     assert _ratio_stats(layers["none"], layers["randomized Hadamard"], ffn_out)[1] > 2.0, layers
+
+
+@pytest.mark.parametrize("n_calibration", [16, 128])
+def test_calibration_and_heldout_sentences_are_disjoint(n_calibration):
+    from symkernels.bench.quarot_accuracy import EVAL_SENTENCES, calibration_sentences, heldout_sentences
+
+    cal, held = calibration_sentences(n_calibration), heldout_sentences(64, n_calibration)
+    assert len(cal) == n_calibration and len(held) == 64 == len(set(held))
+    assert not set(cal) & set(held) and not set(EVAL_SENTENCES) & (set(cal) | set(held))
