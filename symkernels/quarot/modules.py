@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -530,18 +531,22 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
 
 
 def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio: float | str = 1.0,
-                     online_hadamard: bool = True, calibration: dict[str, torch.Tensor] | None = None,
+                     online_hadamard: bool = True,
+                     calibration: dict[str, torch.Tensor] | Callable[[str], torch.Tensor | None] | None = None,
                      skip: tuple[str, ...] = ("lm_head",), sign_seed: int | None = None, progress: bool = True,
                      **kwargs) -> nn.Module:
     """Replace every ``nn.Linear`` (except names containing an entry of ``skip``) by ``QuaRotLinear``,
     in place, with a progress bar over layers: any model (e.g. a BERT encoder). ``calibration`` maps
     module names to their inputs (``linear_inputs``), for GPTQ and clip search; layers without
-    calibration fall back to RTN / clip 1.0. Layers whose in_features has no Hadamard fall back to
+    calibration fall back to RTN / clip 1.0. ``calibration`` may instead be a function of the module name,
+    called just before that layer is quantized, when every earlier layer (in ``named_modules`` order)
+    already is: sequential calibration, GPTQ's own procedure, where each layer is fitted to the inputs
+    the quantized layers before it produce. Layers whose in_features has no Hadamard fall back to
     online_hadamard=False. ``sign_seed``: randomized online Hadamards (layer i uses seed sign_seed + i)."""
     names = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
     for i, (name, lin) in enumerate(_progress(names, f"quantize ({weight_method})", progress)):
         rot = online_hadamard and _rotatable(lin.in_features)
-        calib = calibration.get(name) if calibration else None
+        calib = calibration(name) if callable(calibration) else calibration.get(name) if calibration else None
         method = weight_method if calib is not None else "rtn"
         clip = clip_ratio if calib is not None or clip_ratio != "search" else 1.0
         extra = dict(kwargs)

@@ -27,26 +27,44 @@ import torch
 MSE_NORM, MSE_GRID, MSE_MAXSHRINK = 2.4, 100, 0.8
 
 
+def _scale(amax: torch.Tensor, ratio) -> torch.Tensor:
+    """(ratio·amax)/7 in fp32; an all-zero row gets scale 1 (it quantizes to 0 with any scale)."""
+    s = (torch.as_tensor(ratio, dtype=torch.float32) * amax) / 7.0
+    return torch.where(s > 0, s, torch.ones_like(s))
+
+
+# elements of the [candidates, rows, cols] error tensor evaluated at once: bounds the temporaries
+# (about 3 such fp32 buffers live at a time, 12 MB each) while keeping every op long enough to vectorise
+_MSE_CHUNK_ELEMS = 1 << 20
+
+
 def _scale_of(w: torch.Tensor, clip_ratio: float, mse: bool = False) -> torch.Tensor:
     """Symmetric INT4 scale per row of w ([..., cols] → [..., 1]), fp32, as for activations; with
-    ``mse`` the per-row shrink of it (grid search) that minimises the row's Σ|w − Q(w)|^MSE_NORM."""
+    ``mse`` the per-row shrink of it (grid search) that minimises the row's Σ|w − Q(w)|^MSE_NORM.
+
+    The search evaluates every candidate ratio clip·(1 − i/MSE_GRID), i < MSE_MAXSHRINK·MSE_GRID, on
+    every row as one broadcast [candidates, rows, cols] computation (in chunks of rows), in fp32 (ample
+    to rank candidates). Each candidate's error is computed with the same elementwise ops as a
+    one-candidate-at-a-time loop, and ties go to the first (largest) ratio, so the chosen scales are
+    the loop's; the cost is dominated by |e|^2.4 (one pow per element and candidate).
+    """
     amax = w.abs().amax(dim=-1, keepdim=True).float()
-
-    def scale(ratio: float) -> torch.Tensor:
-        s = (torch.tensor(ratio, dtype=torch.float32) * amax) / 7.0
-        return torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row quantizes to 0 with any scale
-
-    best = scale(clip_ratio)
     if not mse:
-        return best
-    wf = w.float()  # fp32 is ample to rank candidates, and twice as fast over the 80 of them
-    best_err = torch.full_like(best, float("inf"))
-    for i in range(int(MSE_MAXSHRINK * MSE_GRID)):
-        s = scale(clip_ratio * (1.0 - i / MSE_GRID))
-        err = (wf - _round(wf, s) * s).abs().pow(MSE_NORM).sum(dim=-1, keepdim=True)
-        better = err < best_err
-        best, best_err = torch.where(better, s, best), torch.where(better, err, best_err)
-    return best
+        return _scale(amax, clip_ratio)
+    cols = w.shape[-1]
+    wf = w.float().reshape(-1, cols)
+    amax = amax.reshape(-1, 1)
+    ratios = torch.tensor([clip_ratio * (1.0 - i / MSE_GRID) for i in range(int(MSE_MAXSHRINK * MSE_GRID))],
+                          dtype=torch.float32)
+    cands = _scale(amax[None], ratios[:, None, None])  # [C, rows, 1]
+    best = torch.empty_like(amax)
+    rows_per_chunk = max(1, _MSE_CHUNK_ELEMS // (len(ratios) * cols))
+    for r0 in range(0, wf.shape[0], rows_per_chunk):
+        wc, sc = wf[r0:r0 + rows_per_chunk], cands[:, r0:r0 + rows_per_chunk]
+        e = torch.div(wc, sc).round_().clamp_(-8, 7).mul_(sc)  # Q(w) for every candidate
+        err = torch.sub(wc, e, out=e).abs_().pow_(MSE_NORM).sum(dim=-1)  # [C, rows]
+        best[r0:r0 + rows_per_chunk] = sc.gather(0, err.argmin(dim=0)[None, :, None])[0]  # argmin: first of ties
+    return best.reshape(*w.shape[:-1], 1)
 
 
 def _round(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Weight quantizers (RTN, GPTQ, act-order, clip search) and QuaRotLinear (real and fake modes)."""
+import copy
 import math
 
 import pytest
@@ -252,3 +253,29 @@ def test_randomized_online_hadamard_on_inputs_with_a_mean(k):
     assert torch.equal(real(x), fake(x))
     with pytest.raises(ValueError, match="sign_seed"):
         QuaRotLinear.from_linear(lin, online_hadamard=False, sign_seed=0)
+
+
+def test_quantize_linears_sequential_calibration():
+    """A callable ``calibration`` is asked for each layer only once every earlier layer is quantized, so
+    it can feed the layer what the quantized model before it produces (GPTQ's sequential procedure);
+    with the inputs it returns, the result equals the dict-calibrated quantization of those inputs."""
+    from symkernels.quarot.modules import linear_inputs, quantize_linears
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 32))
+    x = torch.randn(96, 64) * torch.linspace(0.1, 3.0, 64)
+    second = copy.deepcopy(model[2])
+    asked = []
+
+    def calibrate(name):
+        asked.append((name, [type(m).__name__ for m in model]))
+        return linear_inputs(model, lambda m: m(x), [name])[name]
+
+    seq = quantize_linears(model, weight_method="gptq", calibration=calibrate, sign_seed=3, progress=False)
+    assert asked == [("0", ["Linear", "GELU", "Linear"]), ("2", ["QuaRotLinear", "GELU", "Linear"])]
+    with torch.no_grad():
+        second_input = nn.functional.gelu(seq[0](x))  # the quantized first layer's output
+    # the same layer alone, calibrated by a dict; layer index 0 there, so sign_seed 3 + 1 keeps its signs
+    ref = quantize_linears(nn.Sequential(nn.Identity(), nn.Identity(), second), weight_method="gptq",
+                           calibration={"2": second_input}, sign_seed=4, progress=False)
+    assert torch.equal(seq[2].w_packed, ref[2].w_packed) and torch.equal(seq[2].w_scale, ref[2].w_scale)
