@@ -208,8 +208,9 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
     seeded_weight_products(a.x, y_t, T, N, K, a.seed, a.dist);
     written = true;
   } else if (Tw == T) {
-    // One GEMM per tangent straight into y_t[t]: the [M, T*N] single-GEMM alternative needs a product
-    // buffer and a strided epilogue read (measured slower; see the commit message).
+    // One GEMM per tangent straight into y_t[t], the shapes vmap(jvp)'s bmm runs. The former single
+    // [M, K] x [K, T*N] GEMM needed an [M, T*N] product buffer, and in one profile of the old kernel (M=64,
+    // N=K=1024, T=4, 2 threads, loaded machine) took 35 ms a call against 21 ms for vmap(jvp)'s bmm.
     for (int64_t t = 0; t < T; ++t) {
       at::Tensor out = y_t.select(0, t);
       at::mm_out(out, a.x, a.weight_t.select(0, t).t());
