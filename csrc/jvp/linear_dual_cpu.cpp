@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/copy.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
@@ -208,12 +209,16 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
     seeded_weight_products(a.x, y_t, T, N, K, a.seed, a.dist);
     written = true;
   } else if (Tw == T) {
-    // One GEMM per tangent straight into y_t[t], the shapes vmap(jvp)'s bmm runs. The former single
-    // [M, K] x [K, T*N] GEMM needed an [M, T*N] product buffer, and in one profile of the old kernel (M=64,
-    // N=K=1024, T=4, 2 threads, loaded machine) took 35 ms a call against 21 ms for vmap(jvp)'s bmm.
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor out = y_t.select(0, t);
-      at::mm_out(out, a.x, a.weight_t.select(0, t).t());
+    // All T products x W_t(t)^T straight into y_t by one batched GEMM over the stride-0 expanded x: the very
+    // call (shapes, strides, BLAS path) vmap(jvp) makes for them, so these products cost what vmap's do.
+    // The former single [M, K] x [K, T*N] GEMM needed an [M, T*N] product buffer, and in one profile of
+    // the old kernel (M=64, N=K=1024, T=4, 2 threads, loaded machine) took 35 ms a call against 21 ms for
+    // vmap(jvp)'s bmm.
+    if (T == 1) {
+      at::Tensor out = y_t.select(0, 0);
+      at::mm_out(out, a.x, a.weight_t.select(0, 0).t());
+    } else {
+      at::bmm_out(y_t, a.x.unsqueeze(0).expand({T, M, K}), a.weight_t.transpose(1, 2));
     }
     written = true;
   } else if (Tw == 1) {  // one weight tangent shared by all T (vmap over x only): compute once, broadcast
