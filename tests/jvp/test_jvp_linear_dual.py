@@ -174,14 +174,16 @@ def test_triton_random_shapes(M, K, N, T, act, seed):
     assert_close(y_t, ry_t)
 
 
-def test_cpu_bfloat16_within_torch_error():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_half_types_within_torch_error(dtype):
+    # The tangent sums are accumulated by BLAS in the tensors' dtype (beta = 1), as PyTorch's own jvp does.
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     d = make((16,), 64, 32, torch.float64, T=2)
-    low = {k: v.to(torch.bfloat16) for k, v in d.items()}
+    low = {k: v.to(dtype) for k, v in d.items()}
     y, y_t = call(low, "gelu", "cpu")
     ty, ty_t = call(d, "gelu", "reference")
-    ly, ly_t = call(low, "gelu", "reference")  # PyTorch itself in bf16
+    ly, ly_t = call(low, "gelu", "reference")  # PyTorch itself in that dtype
     assert_within_torch_error(y, ty, ly, msg="y")
     assert_within_torch_error(y_t, ty_t, ly_t, msg="y_t")
 
