@@ -1,11 +1,13 @@
 // CPU fused linear(+bias)+activation JVP: y = act(x W^T + b), y_t = act'(z) (x_t W^T + x W_t^T + b_t).
 //
-// Everything happens in the two output buffers; the only other memory is a seeded tangent's generation tile:
+// Everything happens in the two output buffers; the only other memory is a seeded tangent's generation tile
+// (and, for at most kStackedRows rows, the stacked input [x_t; x] and M·N trailing rows in y_t's storage):
 //   * z = x W^T + b is one GEMM into y's buffer, activated in place at the end;
-//   * the tangent pre-activations accumulate in y_t: each weight-tangent GEMM writes y_t[t] (a seeded W_t
-//     is generated tile by tile, kSeedTileElements values, and multiplied at once, so the T·N·K tangent is
-//     never held), then ONE GEMM over all T stacked x tangents adds x_t W^T with beta = 1 (W read once for
-//     every tangent; BLAS does the sum while it writes), then b_t is added;
+//   * the tangent pre-activations accumulate in y_t: the weight-tangent products are one batched GEMM
+//     into y_t (a seeded W_t is generated tile by tile, kSeedTileElements values, and multiplied at once,
+//     so the T·N·K tangent is never held), then ONE GEMM over all T stacked x tangents adds x_t W^T with
+//     beta = 1 (W read once for every tangent; BLAS does the sum while it writes), then b_t is added.
+//     With few rows the primal joins that x-tangent GEMM (W read once in all);
 //   * the chain rule y_t ← act'(z) ⊙ y_t runs in place over all T tangents in one pass of ATen's vectorized
 //     activation-backward kernel, which evaluates act'(z) per element and never stores it.
 // Peak memory is therefore the outputs (1 + T)·M·N plus at most a quarter of one weight tangent; the seeded
@@ -14,7 +16,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/clone.h>
 #include <ATen/ops/copy.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
@@ -44,6 +49,8 @@ namespace {
 constexpr const char* kOp = "linear_dual";
 // A generated weight-tangent tile holds this many values (1 MiB fp32: stays in L2 while BLAS reads it).
 constexpr int64_t kSeedTileElements = 1 << 18;
+// Up to this many rows (primal plus x tangents) the primal and x-tangent GEMMs are stacked into one.
+constexpr int64_t kStackedRows = 64;
 
 // Gaussian tangent values for 8 consecutive indices, vectorised. Scalar logf/cosf do not vectorise: 1M
 // values took 85 ms against 30 ms for this (interleaved microbenchmark, AVX-512, loaded 2-core machine). Same integers and the same
@@ -116,11 +123,11 @@ SYMKERNELS_SIMD_CLONES void generate_tile(float* __restrict__ out, int64_t first
   }
 }
 
-// y_t[t] = x @ W_t(t)^T for the seeded W_t [T, N, K] (beta = 0: y_t's old contents are ignored). The tangent
+// y_t[t] = x @ W_t(t)^T (accumulate: y_t[t] += ...) for the seeded W_t [T, N, K]. The tangent
 // is generated tile by tile and each tile's GEMM writes its column block of y_t[t] in place (a [M, nr] view
 // with row stride N, which BLAS takes as is), so neither W_t nor a [M, T*N] product buffer ever exists.
 void seeded_weight_products(const at::Tensor& x, at::Tensor& y_t, int64_t T, int64_t N, int64_t K, int64_t seed,
-                            Distribution dist) {
+                            Distribution dist, bool accumulate) {
   const uint32_t key0 = seed_key(seed, 0), key1 = seed_key(seed, 1);
   // A tile never spans two tangents (its product is one column block of one y_t[t]) and holds at most a
   // quarter of one tangent's rows: a small layer's seeded step must not allocate a whole weight's worth of
@@ -140,7 +147,11 @@ void seeded_weight_products(const at::Tensor& x, at::Tensor& y_t, int64_t T, int
       at::Tensor tile = tile32.narrow(0, 0, nr);
       if (x.scalar_type() != at::kFloat) tile = tile.to(x.scalar_type());
       at::Tensor out = out_t.narrow(1, n0, nr);
-      at::mm_out(out, x, tile.t());
+      if (accumulate) {
+        out.addmm_(x, tile.t());
+      } else {
+        at::mm_out(out, x, tile.t());
+      }
     }
   }
 }
@@ -188,25 +199,40 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
   const int64_t M = a.M, K = a.K, N = a.N, T = a.T, Tx = a.Tx, Tw = a.Tw, Tb = a.Tb;
   const at::Tensor wT = a.weight.t();
 
-  // Primal pre-activation z = x W^T + b: one GEMM (bias folded in by addmm, as F.linear does). z's buffer
-  // becomes y in place at the end.
-  at::Tensor y = a.bias.defined() ? at::addmm(a.bias, a.x, wT) : at::mm(a.x, wT);
-  at::Tensor y_t = at::empty({T, M, N}, x.options());
+  // Primal pre-activation z = x W^T + b, activated in place at the end, and the tangent pre-activations,
+  // accumulated in y_t itself: each GEMM writes (beta = 0) or adds (beta = 1) its product there, so no
+  // [M, T*N] product buffer exists.
+  //
+  // With few rows the GEMMs stream W at about the cost of reading it, so the primal and all x tangents
+  // share ONE GEMM over the stacked rows [x_t; x] (W read once, not twice). Its output is y_t's storage with
+  // M trailing rows for z: y is copied out of them (+ b) and y_t is the view before them. Those M·N bytes stay
+  // allocated with y_t, which is why more rows (and the memory-bound forward-gradient steps) take two
+  // GEMMs: z = addmm(b, x, W^T) straight into y's buffer (bias folded in, as F.linear does), then
+  // y_t += x_t W^T over the stacked [T*M, K] tangent rows.
+  const bool stacked = T > 0 && Tx == T && (1 + T) * M <= kStackedRows && M * N > 0;
+  at::Tensor y, y_t;
+  if (stacked) {
+    // Tangent rows first, so y_t is the buffer's head (storage offset 0, as the fake kernel declares).
+    at::Tensor buf = at::empty({T + 1, M, N}, x.options());
+    at::Tensor buf2 = buf.view({(T + 1) * M, N});
+    at::mm_out(buf2, at::cat({a.x_t.view({T * M, K}), a.x}, 0), wT);
+    y = a.bias.defined() ? at::add(buf.select(0, T), a.bias) : buf.select(0, T).clone();
+    y_t = buf.narrow(0, 0, T);
+  } else {
+    y = a.bias.defined() ? at::addmm(a.bias, a.x, wT) : at::mm(a.x, wT);
+    y_t = at::empty({T, M, N}, x.options());
+  }
   if (T == 0 || M * N == 0) {
     activate_(y, a.act);
     return {y, y_t};
   }
 
-  // Tangent pre-activations accumulate in y_t itself, the GEMMs writing (beta = 0) or adding (beta = 1)
-  // their products there, so no [M, T*N] or [(1+T)M, N] product buffer exists:
-  //   1. weight tangents: y_t[t] = x W_t(t)^T;
-  //   2. x tangents:      y_t += x_t W^T, all T in ONE GEMM over the stacked [T*M, K] rows (W read once
-  //      for all tangents, and the sum with step 1 done by BLAS while it writes the output);
-  //   3. bias tangents:   y_t += b_t.
+  // Then, in order: weight tangents y_t[t] (+)= x W_t(t)^T; x tangents (unless stacked) y_t += x_t W^T;
+  // bias tangents y_t += b_t.
   at::Tensor y_t2 = y_t.view({T * M, N});
-  bool written = false;  // whether y_t holds a product yet (else the next one overwrites: beta = 0)
+  bool written = stacked;  // whether y_t holds a product yet (else the next one overwrites: beta = 0)
   if (Tw && a.seed >= 0) {
-    seeded_weight_products(a.x, y_t, T, N, K, a.seed, a.dist);
+    seeded_weight_products(a.x, y_t, T, N, K, a.seed, a.dist, written);
     written = true;
   } else if (Tw == T) {
     // All T products x W_t(t)^T straight into y_t by one batched GEMM over the stride-0 expanded x: the very
@@ -214,20 +240,30 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
     // The former single [M, K] x [K, T*N] GEMM needed an [M, T*N] product buffer, and in one profile of
     // the old kernel (M=64, N=K=1024, T=4, 2 threads, loaded machine) took 35 ms a call against 21 ms for
     // vmap(jvp)'s bmm.
-    if (T == 1) {
+    const at::Tensor xs = a.x.unsqueeze(0).expand({T, M, K}), wts = a.weight_t.transpose(1, 2);
+    if (T == 1 && written) {
+      y_t.select(0, 0).addmm_(a.x, a.weight_t.select(0, 0).t());
+    } else if (T == 1) {
       at::Tensor out = y_t.select(0, 0);
       at::mm_out(out, a.x, a.weight_t.select(0, 0).t());
+    } else if (written) {
+      y_t.baddbmm_(xs, wts);
     } else {
-      at::bmm_out(y_t, a.x.unsqueeze(0).expand({T, M, K}), a.weight_t.transpose(1, 2));
+      at::bmm_out(y_t, xs, wts);
     }
     written = true;
   } else if (Tw == 1) {  // one weight tangent shared by all T (vmap over x only): compute once, broadcast
-    at::Tensor out = y_t.select(0, 0);
-    at::mm_out(out, a.x, a.weight_t.select(0, 0).t());
-    if (T > 1) y_t.narrow(0, 1, T - 1).copy_(out.unsqueeze(0).expand({T - 1, M, N}));
+    const at::Tensor zw = at::mm(a.x, a.weight_t.select(0, 0).t()).unsqueeze(0).expand({T, M, N});
+    if (written) {
+      y_t.add_(zw);
+    } else {
+      y_t.copy_(zw);
+    }
     written = true;
   }
-  if (Tx == T) {
+  if (stacked) {
+    // the x-tangent products came with the primal GEMM
+  } else if (Tx == T) {
     const at::Tensor x_t2 = a.x_t.view({T * M, K});
     if (written) {
       y_t2.addmm_(x_t2, wT);

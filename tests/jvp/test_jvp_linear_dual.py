@@ -127,15 +127,16 @@ _ROUTES = {
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])  # tanh: the chain rule reads y, the others z
 @pytest.mark.parametrize("route", list(_ROUTES))
-def test_cpu_tangent_accumulation_routes(route, act):
-    # The C++ kernel accumulates tangent pre-activations in y_t itself (weight-tangent GEMMs write, the
-    # stacked x-tangent GEMM adds with beta = 1 or writes with beta = 0, then b_t), so each combination of
-    # present and shared tangents is a different sequence of writes. T = 3, odd sizes, non-contiguous inputs,
-    # float64, against torch.func.jvp per tangent.
+@pytest.mark.parametrize("M", [3, 20])  # (1 + T)·M = 12 rows: primal stacked with x_t in one GEMM; 80: two GEMMs
+def test_cpu_tangent_accumulation_routes(route, act, M):
+    # The C++ kernel accumulates tangent pre-activations in y_t itself (weight-tangent GEMMs write or add,
+    # the stacked x-tangent GEMM adds with beta = 1 or writes with beta = 0 or, for few rows, comes first
+    # with the primal, then b_t), so each combination of present and shared tangents is a different sequence
+    # of writes. T = 3, odd sizes, non-contiguous inputs, float64, against torch.func.jvp per tangent.
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     present, shared = _ROUTES[route]
-    d = make((3,), 7, 5, torch.float64, T=3, noncontig=True)
+    d = make((M,), 7, 5, torch.float64, T=3, noncontig=True)
     for k in ("x_t", "w_t", "b_t"):
         if k not in present:
             d[k] = None
@@ -145,7 +146,7 @@ def test_cpu_tangent_accumulation_routes(route, act):
     ty, ty_t = truth(act, d["x"], d["x_t"], d["w"], d["w_t"], d["b"], d["b_t"])
     if ty_t.dim() == 2:  # every tangent shared: the truth has no T dim
         ty_t = ty_t.expand(3, *ty_t.shape)
-    assert y_t.shape == (3, 3, 5)
+    assert y_t.shape == (3, M, 5)
     assert_close(y, ty, msg="y")
     assert_close(y_t, ty_t, msg="y_t")
 
