@@ -112,6 +112,45 @@ def test_kernel_noncontiguous_and_no_bias(kernel_backend):
     assert_close(y_t, ty_t.float())
 
 
+# (present tangents, shared ones): which of x_t / w_t / b_t are given, and which of them carry no T dim.
+_ROUTES = {
+    "x_and_w": (("x_t", "w_t"), ()),
+    "x_only": (("x_t",), ()),  # the stacked x-tangent GEMM writes y_t (beta = 0)
+    "w_only": (("w_t",), ()),
+    "b_only": (("b_t",), ()),
+    "all": (("x_t", "w_t", "b_t"), ()),
+    "shared_x": (("x_t", "w_t", "b_t"), ("x_t",)),  # x_t W^T once, added to every tangent
+    "shared_w": (("x_t", "w_t"), ("w_t",)),  # x W_t^T once, copied to every tangent, then x_t W^T added
+    "shared_x_only": (("x_t",), ("x_t",)),
+}
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])  # tanh: the chain rule reads y, the others z
+@pytest.mark.parametrize("route", list(_ROUTES))
+@pytest.mark.parametrize("M", [3, 20])  # (1 + T)·M = 12 rows: primal stacked with x_t in one GEMM; 80: two GEMMs
+def test_cpu_tangent_accumulation_routes(route, act, M):
+    # The C++ kernel accumulates tangent pre-activations in y_t itself (weight-tangent GEMMs write or add,
+    # the stacked x-tangent GEMM adds with beta = 1 or writes with beta = 0 or, for few rows, comes first
+    # with the primal, then b_t), so each combination of present and shared tangents is a different sequence
+    # of writes. T = 3, odd sizes, non-contiguous inputs, float64, against torch.func.jvp per tangent.
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    present, shared = _ROUTES[route]
+    d = make((M,), 7, 5, torch.float64, T=3, noncontig=True)
+    for k in ("x_t", "w_t", "b_t"):
+        if k not in present:
+            d[k] = None
+        elif k in shared:
+            d[k] = d[k][1]
+    y, y_t = call(d, act, "cpu", num_tangents=3)
+    ty, ty_t = truth(act, d["x"], d["x_t"], d["w"], d["w_t"], d["b"], d["b_t"])
+    if ty_t.dim() == 2:  # every tangent shared: the truth has no T dim
+        ty_t = ty_t.expand(3, *ty_t.shape)
+    assert y_t.shape == (3, M, 5)
+    assert_close(y, ty, msg="y")
+    assert_close(y_t, ty_t, msg="y_t")
+
+
 @given(M=st.integers(0, 9), K=st.integers(0, 20), N=st.integers(1, 19), T=st.sampled_from([None, 1, 2]),
        act=st.sampled_from(ACTS), seed=st.integers(0, 2 ** 16))
 def test_cpu_random_shapes(M, K, N, T, act, seed):
@@ -136,14 +175,16 @@ def test_triton_random_shapes(M, K, N, T, act, seed):
     assert_close(y_t, ry_t)
 
 
-def test_cpu_bfloat16_within_torch_error():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_half_types_within_torch_error(dtype):
+    # The tangent sums are accumulated by BLAS in the tensors' dtype (beta = 1), as PyTorch's own jvp does.
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     d = make((16,), 64, 32, torch.float64, T=2)
-    low = {k: v.to(torch.bfloat16) for k, v in d.items()}
+    low = {k: v.to(dtype) for k, v in d.items()}
     y, y_t = call(low, "gelu", "cpu")
     ty, ty_t = call(d, "gelu", "reference")
-    ly, ly_t = call(low, "gelu", "reference")  # PyTorch itself in bf16
+    ly, ly_t = call(low, "gelu", "reference")  # PyTorch itself in that dtype
     assert_within_torch_error(y, ty, ly, msg="y")
     assert_within_torch_error(y_t, ty_t, ly_t, msg="y_t")
 

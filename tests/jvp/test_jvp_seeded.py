@@ -116,6 +116,26 @@ def test_cpu_seeded_multi_tile():
     assert_close(y_t, x @ w_t.transpose(-1, -2))
 
 
+@pytest.mark.parametrize("M", [3, 40])
+def test_cpu_seeded_with_batched_x_tangents(M):
+    # x_t carries T: at M=3 the primal and x-tangent GEMM is stacked and the seeded tiles ADD their products
+    # (beta = 1) into y_t's column blocks; at M=40 the tiles write first and the x-tangent GEMM adds.
+    from symkernels import _backend
+
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    T, N, K = 3, 9, 11
+    g = torch.Generator().manual_seed(4)
+    x, x_t = torch.randn(M, K, generator=g, dtype=torch.float64), torch.randn(T, M, K, generator=g, dtype=torch.float64)
+    w, b = torch.randn(N, K, generator=g, dtype=torch.float64) / 3, torch.randn(N, generator=g, dtype=torch.float64)
+    y, y_t = linear_dual(x, x_t, w, None, b, None, "silu", weight_seed=8, distribution="rademacher",
+                         num_tangents=T, backend="cpu")
+    w_t = reference.seeded_tangent((T, N, K), 8, "rademacher").double()
+    ry, ry_t = linear_dual(x, x_t, w, w_t, b, None, "silu", backend="reference")
+    assert_close(y, ry)
+    assert_close(y_t, ry_t)
+
+
 def test_cpu_vectorised_gaussian_matches_reference_at_scale():
     """The C++ kernel's vectorised fp64 log/cos path (8 lanes, padded tails) over 65k+ values, incl. the tails
     of the distribution (u1 near 2^-24) and every quadrant of cos: same tolerance as the small test."""
