@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -22,14 +23,19 @@ namespace {
 
 constexpr int64_t kElementsPerTask = 1 << 14;
 
+using RotationPlan = hadamard::KroneckerPlan<float>;
+
+// plan == nullptr: no rotation.
 template <typename T>
 SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,
-                                          float clip, const float* hk, int64_t k_order, float rot_scale) {
-  std::vector<float> row(n), scratch(hk ? n : 0);
+                                          float clip, const RotationPlan* plan, float rot_scale) {
+  std::vector<float> row_buf, scratch_buf;
+  float* row = hadamard::aligned_scratch(row_buf, n);
+  float* scratch = hadamard::aligned_scratch(scratch_buf, plan ? plan->scratch_size() : 0);
   for (int64_t r = 0; r < rows; ++r) {
     const T* src = in + r * n;
-    if (hk) {
-      hadamard::kronecker_hadamard_row(src, row.data(), k_order, n / k_order, hk, rot_scale, scratch.data());
+    if (plan) {
+      hadamard::kronecker_hadamard_row(src, row, *plan, rot_scale, scratch);
     } else {
       for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(src[i]);
     }
@@ -55,8 +61,8 @@ SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* s
 
 #define QUANTIZE_CLONE(NAME, T)                                                                              \
   SYMKERNELS_SIMD_CLONES void NAME(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,     \
-                                   float clip, const float* hk, int64_t k_order, float rot_scale) {           \
-    quantize_rows_impl(in, packed, scales, rows, n, clip, hk, k_order, rot_scale);                           \
+                                   float clip, const RotationPlan* plan, float rot_scale) {                  \
+    quantize_rows_impl(in, packed, scales, rows, n, clip, plan, rot_scale);                                  \
   }
 QUANTIZE_CLONE(quantize_rows_f32, float)
 QUANTIZE_CLONE(quantize_rows_f64, double)
@@ -72,11 +78,12 @@ void run(const at::Tensor& x, at::Tensor& packed, at::Tensor& scales, double cli
   const T* src = x.const_data_ptr<T>();
   uint8_t* dst = packed.mutable_data_ptr<uint8_t>();
   float* sc = scales.mutable_data_ptr<float>();
-  const float* h = hk ? hk->const_data_ptr<float>() : nullptr;
-  const int64_t k = hk ? hk->size(0) : 1;
+  std::optional<RotationPlan> plan;
+  if (hk) plan.emplace(hk->const_data_ptr<float>(), hk->size(0), n / hk->size(0));
+  const RotationPlan* pl = plan ? &*plan : nullptr;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(n, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    fn(src + begin * n, dst + begin * (n / 2), sc + begin, end - begin, n, static_cast<float>(clip), h, k,
+    fn(src + begin * n, dst + begin * (n / 2), sc + begin, end - begin, n, static_cast<float>(clip), pl,
        static_cast<float>(rot_scale));
   });
 }
