@@ -62,10 +62,10 @@ void run(const at::Tensor& input, at::Tensor& out, const at::Tensor& hk, int64_t
   const int64_t rows = input.numel() / n;
   const T* src = input.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
-  const KroneckerPlan<A> plan(hk.const_data_ptr<A>(), k, p);
+  const auto plan = cached_kronecker_plan(hk.const_data_ptr<A>(), k, p);
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / n);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    fn(src + begin * n, dst + begin * n, end - begin, plan, static_cast<A>(scale));
+    fn(src + begin * n, dst + begin * n, end - begin, *plan, static_cast<A>(scale));
   });
 }
 

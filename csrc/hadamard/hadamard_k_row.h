@@ -31,6 +31,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "common/simd.h"
@@ -86,6 +89,20 @@ SYMKERNELS_INLINE void fwht_inplace(A* x, int64_t p) {
       simd::store(x + i, v);
     }
     h = W;
+  }
+  // Two strides (h, 2h) per pass over the segment: half the loads and stores of radix-2 passes, and the
+  // same additions in the same order (bit-identical results).
+  for (; 4 * h <= p; h *= 4) {
+    for (int64_t i = 0; i < p; i += 4 * h) {
+      for (int64_t j = i; j < i + h; ++j) {  // h ≥ W here: contiguous, vectorized
+        const A a = x[j], b = x[j + h], c = x[j + 2 * h], d = x[j + 3 * h];
+        const A s0 = a + b, s1 = a - b, s2 = c + d, s3 = c - d;
+        x[j] = s0 + s2;
+        x[j + h] = s1 + s3;
+        x[j + 2 * h] = s0 - s2;
+        x[j + 3 * h] = s1 - s3;
+      }
+    }
   }
   for (; h < p; h *= 2) {
     for (int64_t i = 0; i < p; i += 2 * h) {
@@ -185,7 +202,8 @@ struct KroneckerPlan {
   static constexpr int kGroupRows = 3;                // outputs per pass over the K segments
   static constexpr int kClasses = 1 << kGroupRows;    // sign patterns of those rows on one column
 
-  const A* hk = nullptr;  // K×K row-major (general route)
+  std::vector<A> hk_values;  // K×K row-major copy (the plan may outlive the caller's tensor in the cache)
+  const A* hk = nullptr;     // = hk_values.data(), for the general route
   int64_t k_order = 1;
   int64_t p = 1;
   bool sign_classes = false;
@@ -195,7 +213,7 @@ struct KroneckerPlan {
   std::vector<uint8_t> lists;      // per group, 8 classes × L_g segment indices k' (K: the zero segment)
   int p_shift = 0;                 // log2 P: segment index → element offset
 
-  KroneckerPlan(const A* h, int64_t k, int64_t p_) : hk(h), k_order(k), p(p_) {
+  KroneckerPlan(const A* h, int64_t k, int64_t p_) : hk_values(h, h + k * k), hk(hk_values.data()), k_order(k), p(p_) {
     constexpr int64_t W = simd::Vec<A>::width;
     // uint8 segment indices (K ≤ 255) keep the lists small: they share L1 with the K×P panel.
     // P ≥ 2 vectors: with one slab per index byte the indexed adds do not beat the FMA mix (measured).
@@ -232,19 +250,21 @@ struct KroneckerPlan {
   // Rows 1 .. K−1 of the normalized H' in triples (a, b, c). Rows of H' are orthogonal to each other and
   // to the all-ones row 0, so the 8 class sizes of a triple are (K ± t)/8 with t = Σ_k' H'[a]·H'[b]·H'[c]:
   // greedily pick triples with the smallest |t| (K mod 8 for these K, i.e. 0 or 4) so that padding to
-  // the longest class wastes little. The search stops at the first triple reaching that bound, so it
-  // costs a few K-long dot products per triple for Hadamard matrices. Rows left over (K−1 not a multiple
-  // of 3) are completed with already-placed rows: recomputing an output row is harmless.
+  // the longest class wastes little. With the −1 entries as bits (K < 256: 4 words per row),
+  // t = K − 2·popcount(a ^ b ^ c), and the search stops at the first triple reaching the bound: ~10 µs
+  // for K = 172 (the int8 dot-product version took 350 µs, more than a one-row transform). Rows left
+  // over (K−1 not a multiple of 3) are completed with already-placed rows: recomputing a row is harmless.
   static std::vector<std::array<int32_t, kGroupRows>> balanced_triples(const std::vector<int8_t>& hn, int64_t k) {
+    using Bits = std::array<uint64_t, 4>;
+    std::vector<Bits> neg(k, Bits{});
+    for (int64_t r = 0; r < k; ++r) {
+      for (int64_t c = 0; c < k; ++c) {
+        if (hn[r * k + c] < 0) neg[r][c / 64] |= uint64_t{1} << (c % 64);
+      }
+    }
     const int64_t bound = std::min<int64_t>(k % 8, 8 - k % 8);
     std::vector<char> used(k, 0);
-    std::vector<int8_t> ab(k);
     std::vector<std::array<int32_t, kGroupRows>> out;
-    auto triple_t = [&](int64_t c) {
-      int64_t t = 0;
-      for (int64_t i = 0; i < k; ++i) t += ab[i] * hn[c * k + i];
-      return t < 0 ? -t : t;
-    };
     for (int64_t a = 1; a < k; ++a) {
       if (used[a]) continue;
       used[a] = 1;
@@ -252,15 +272,21 @@ struct KroneckerPlan {
       int64_t best_t = k + 1;
       for (int64_t b = a + 1; b < k && best_t > bound; ++b) {
         if (used[b]) continue;
-        for (int64_t i = 0; i < k; ++i) ab[i] = static_cast<int8_t>(hn[a * k + i] * hn[b * k + i]);
+        Bits ab;
+        for (int w = 0; w < 4; ++w) ab[w] = neg[a][w] ^ neg[b][w];
         for (int64_t c = b + 1; c < k && best_t > bound; ++c) {
           if (used[c]) continue;
-          const int64_t t = triple_t(c);
-          if (t < best_t) best_t = t, best = {static_cast<int32_t>(a), static_cast<int32_t>(b), static_cast<int32_t>(c)};
+          int64_t odd = 0;
+          for (int w = 0; w < 4; ++w) odd += __builtin_popcountll(ab[w] ^ neg[c][w]);
+          const int64_t t = k - 2 * odd;
+          if ((t < 0 ? -t : t) < best_t) {
+            best_t = t < 0 ? -t : t;
+            best = {static_cast<int32_t>(a), static_cast<int32_t>(b), static_cast<int32_t>(c)};
+          }
         }
       }
-      // Fewer than 3 unused rows were left: complete the triple with other (already placed) rows.
-      // Unused rows first, so that none is left for a triple of its own.
+      // Fewer than 3 unused rows were left: complete the triple with other rows, unused ones first so
+      // that none is left for a triple of its own.
       for (int i = 1; i < kGroupRows; ++i) {
         for (int pass = 0; pass < 2 && best[i] < 0; ++pass) {
           for (int32_t r = 1; r < k && best[i] < 0; ++r) {
@@ -278,6 +304,30 @@ struct KroneckerPlan {
   int64_t scratch_size() const { return (k_order + (sign_classes ? 1 : 0)) * p; }
   int64_t groups() const { return static_cast<int64_t>(group_len.size()); }
 };
+
+// The plan for (H_K, P), from a small process-wide cache: models apply the same one or two sizes over
+// and over, and building a plan costs up to ~0.2–0.6 ms at K = 172 (the balanced-triple search), more
+// than transforming a few rows. Matrices are compared bit for bit; the last kPlanCacheSize are kept.
+template <typename A>
+std::shared_ptr<const KroneckerPlan<A>> cached_kronecker_plan(const A* hk, int64_t k, int64_t p) {
+  constexpr size_t kPlanCacheSize = 8;
+  static std::mutex mutex;
+  static std::vector<std::shared_ptr<const KroneckerPlan<A>>> cache;  // most recently used last
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    const auto& plan = **it;
+    if (plan.k_order == k && plan.p == p && std::memcmp(plan.hk, hk, sizeof(A) * k * k) == 0) {
+      auto hit = *it;
+      cache.erase(it);
+      cache.push_back(hit);
+      return hit;
+    }
+  }
+  auto plan = std::make_shared<const KroneckerPlan<A>>(hk, k, p);
+  if (cache.size() == kPlanCacheSize) cache.erase(cache.begin());
+  cache.push_back(plan);
+  return plan;
+}
 
 // Sign-class mix of NV vector slabs (columns j .. j + NV·W of every segment) for all output rows.
 // NV·W columns × K segments stay in L1 across the K/3 groups; see the header comment for the math.

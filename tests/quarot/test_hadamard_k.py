@@ -324,3 +324,16 @@ def test_cpu_fused_quantize_equals_unfused_on_sign_class_route(n):
     up, us = symkernels.quantize_int4(rotated, backend="cpu")
     assert torch.equal(packed, up)
     torch.testing.assert_close(scale, us, atol=0, rtol=0)
+
+
+def test_cpu_plan_cache_keys_on_matrix_contents():
+    """Plans are cached per (H_K bits, P): an in-place change of hk, or another P, must not reuse a plan."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    k = 60
+    hk = hadamard_k.hadamard_k_matrix(k).float().contiguous()
+    for p in (32, 64):
+        x = torch.randn(2, k * p)
+        for _ in range(2):
+            assert_close(_cpu_op(x, hk, 1.0), hadamard_k.reference_two_pass(x.double(), hk.double(), 1.0).float())
+            hk[:, 7] *= -1  # same tensor, same storage, new contents (still ±1: still the sign-class route)
