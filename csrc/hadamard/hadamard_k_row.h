@@ -11,7 +11,7 @@
 //
 // The mix dominates (K multiply-adds per element against log2 P for the FWHT), and there are two ways
 // to run it:
-//   * sign classes (any ±1 H_K with K ≥ kSignClassMinOrder, P a multiple of two vector widths).
+//   * sign classes (any ±1 H_K with K ≥ sign_class_min_order(), P a multiple of two vector widths).
 //     Normalize the columns so that row 0 is all ones: seg'[k'] = H[0, k']·seg[k'] (folded into the
 //     widening copy), H' = H·diag(H[0, :]). Take the other rows three at a time, (a, b, c). Each column
 //     k' has a sign pattern (H'[a,k'], H'[b,k'], H'[c,k']) ∈ {±1}³; sum the seg' rows of each of the
@@ -39,10 +39,17 @@
 #include "common/simd.h"
 
 namespace symkernels::hadamard {
-// Orders from which the sign-class mix beats the FMA mix (measured on Sapphire Rapids: about equal at
-// K = 40..52, 1.3× at K = 60, 1.4× at K = 108..172; below, the padding and butterfly overhead eat the
-// saving of K/3 + 6 adds over K multiply-adds).
-constexpr int64_t kSignClassMinOrder = 56;
+// Orders from which the sign-class mix beats the FMA mix in the AVX-512 clone (measured on Sapphire
+// Rapids: about equal at K = 40..52, 1.1-1.3× at K = 60, 1.25-1.45× at K = 108..172; below, the padding
+// and butterfly overhead eat the saving of K/3 + 6 adds over K multiply-adds). In the AVX2 and baseline
+// clones a 64-byte vector is 2 or 4 registers and the FMA mix's 16 accumulators spill: there the
+// sign-class mix was 6-19× faster at every K (12..172, measured with an -mavx2 build), so it is taken
+// whenever it applies.
+constexpr int64_t kSignClassMinOrderAvx512 = 56;
+inline int64_t sign_class_min_order() {
+  static const bool avx512 = std::strcmp(simd::runtime_simd_level(), "avx512") == 0;
+  return avx512 ? kSignClassMinOrderAvx512 : 4;
+}
 // L1 bytes the sign-class mix may fill with its K × tile panel (48 KiB L1d on Sapphire Rapids; the
 // lists and the output rows stream past it). Measured: the widest tile that fits is fastest.
 constexpr int64_t kPanelBytes = 45 * 1024;
@@ -217,7 +224,8 @@ struct KroneckerPlan {
     constexpr int64_t W = simd::Vec<A>::width;
     // uint8 segment indices (K ≤ 255) keep the lists small: they share L1 with the K×P panel.
     // P ≥ 2 vectors: with one slab per index byte the indexed adds do not beat the FMA mix (measured).
-    bool pm1 = k >= kSignClassMinOrder && k < 256 && p >= 2 * W && p % W == 0;
+    bool pm1 = k >= std::max<int64_t>(sign_class_min_order(), 1 + kGroupRows) && k < 256 && p >= 2 * W &&
+               p % W == 0;
     for (int64_t i = 0; pm1 && i < k * k; ++i) pm1 = h[i] == A(1) || h[i] == A(-1);
     if (!pm1) return;
     sign_classes = true;
