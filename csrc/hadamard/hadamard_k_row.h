@@ -2,8 +2,8 @@
 //
 // Shared by the hadamard_transform_k op and the fused rotate+quantize op (csrc/quarot/), so that both
 // produce bit-identical rotated rows. Everything here is inline: it must be compiled inside the
-// caller's SYMKERNELS_SIMD_CLONES entry point to get that clone's vector ISA. A KroneckerPlan, built once
-// per call on the host, carries H_K and (when H_K is ±1) the sign-class lists of the fast K×K mix.
+// caller's SYMKERNELS_SIMD_CLONES entry point to get that clone's vector ISA. A KroneckerPlan, built on
+// the host (and cached per matrix), carries H_K and (when H_K is ±1) the sign-class lists of the K×K mix.
 //
 // Order of work per row (the data is touched once in memory, everything else is in L1/L2):
 //   1. widen the row into the accumulation type, FWHT each of the K segments of length P;
@@ -23,9 +23,9 @@
 //     branches; triples are picked so that the classes are balanced (little padding).
 //     Measured on Sapphire Rapids, the indexed adds run at about half the FMA rate (one index byte,
 //     a shift and a dependent load per NV adds), so the 3× fewer operations give ~1.4× on the mix at
-//     K ≥ 108 and nothing at K ≤ 52, hence the threshold.
-//   * general FMA (any K×K matrix, and rows with P < vector width): 16-column vector slabs × 8 output
-//     segments per pass, each loaded slab feeds 8 FMAs.
+//     K ≥ 108 and nothing at K ≤ 52, hence the threshold (AVX-512 clone only, see below).
+//   * general FMA (any K×K matrix; ±1 ones below the threshold or with P < 2 vector widths): 16-column
+//     vector slabs × 8 output segments per pass, each loaded slab feeds 8 FMAs.
 #pragma once
 
 #include <algorithm>
@@ -39,6 +39,7 @@
 #include "common/simd.h"
 
 namespace symkernels::hadamard {
+
 // Orders from which the sign-class mix beats the FMA mix in the AVX-512 clone (measured on Sapphire
 // Rapids: about equal at K = 40..52, 1.1-1.3× at K = 60, 1.25-1.45× at K = 108..172; below, the padding
 // and butterfly overhead eat the saving of K/3 + 6 adds over K multiply-adds). In the AVX2 and baseline
