@@ -1,5 +1,5 @@
 // CPU kernel of hadamard_transform_k: one pass per row (widen, K segment FWHTs and the K×K mix all in
-// cache, see hadamard_k_row.h), rows split across threads.
+// cache, see hadamard_k_row.h), rows split across threads. The plan (H_K's sign classes) is built once.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -22,30 +23,37 @@ constexpr int64_t kElementsPerTask = 1 << 14;
 
 // One clone per ISA for each (accumulation, storage) type pair; A = double only for fp64 inputs.
 template <typename A, typename T>
-SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, int64_t k_order, int64_t p, const A* hk, A scale) {
-  const int64_t n = k_order * p;
-  std::vector<A> scratch(n), row(n);
+SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, const KroneckerPlan<A>& plan, A scale) {
+  const int64_t n = plan.k_order * plan.p;
+  constexpr bool same = std::is_same_v<A, T>;  // fp32/fp64: the row is mixed straight into `out`
+  std::vector<A> scratch_buf, row_buf;
+  A* scratch = aligned_scratch(scratch_buf, plan.scratch_size());
+  A* row = aligned_scratch(row_buf, same ? 0 : n);
   for (int64_t r = 0; r < rows; ++r) {
-    kronecker_hadamard_row(in + r * n, row.data(), k_order, p, hk, scale, scratch.data());
-    for (int64_t i = 0; i < n; ++i) out[r * n + i] = static_cast<T>(row[i]);
+    if constexpr (same) {
+      kronecker_hadamard_row(in + r * n, out + r * n, plan, scale, scratch);
+    } else {
+      kronecker_hadamard_row(in + r * n, row, plan, scale, scratch);
+      for (int64_t i = 0; i < n; ++i) out[r * n + i] = static_cast<T>(row[i]);
+    }
   }
 }
 
-SYMKERNELS_SIMD_CLONES void rows_f32(const float* in, float* out, int64_t rows, int64_t k, int64_t p, const float* hk,
+SYMKERNELS_SIMD_CLONES void rows_f32(const float* in, float* out, int64_t rows, const KroneckerPlan<float>& plan,
                                      float scale) {
-  rows_impl(in, out, rows, k, p, hk, scale);
+  rows_impl(in, out, rows, plan, scale);
 }
-SYMKERNELS_SIMD_CLONES void rows_f64(const double* in, double* out, int64_t rows, int64_t k, int64_t p,
-                                     const double* hk, double scale) {
-  rows_impl(in, out, rows, k, p, hk, scale);
+SYMKERNELS_SIMD_CLONES void rows_f64(const double* in, double* out, int64_t rows, const KroneckerPlan<double>& plan,
+                                     double scale) {
+  rows_impl(in, out, rows, plan, scale);
 }
-SYMKERNELS_SIMD_CLONES void rows_f16(const c10::Half* in, c10::Half* out, int64_t rows, int64_t k, int64_t p,
-                                     const float* hk, float scale) {
-  rows_impl(in, out, rows, k, p, hk, scale);
+SYMKERNELS_SIMD_CLONES void rows_f16(const c10::Half* in, c10::Half* out, int64_t rows,
+                                     const KroneckerPlan<float>& plan, float scale) {
+  rows_impl(in, out, rows, plan, scale);
 }
-SYMKERNELS_SIMD_CLONES void rows_bf16(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int64_t k, int64_t p,
-                                      const float* hk, float scale) {
-  rows_impl(in, out, rows, k, p, hk, scale);
+SYMKERNELS_SIMD_CLONES void rows_bf16(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows,
+                                      const KroneckerPlan<float>& plan, float scale) {
+  rows_impl(in, out, rows, plan, scale);
 }
 
 template <typename T, typename A, typename Fn>
@@ -54,10 +62,10 @@ void run(const at::Tensor& input, at::Tensor& out, const at::Tensor& hk, int64_t
   const int64_t rows = input.numel() / n;
   const T* src = input.const_data_ptr<T>();
   T* dst = out.mutable_data_ptr<T>();
-  const A* h = hk.const_data_ptr<A>();
+  const auto plan = cached_kronecker_plan(hk.const_data_ptr<A>(), k, p);
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / n);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    fn(src + begin * n, dst + begin * n, end - begin, k, p, h, static_cast<A>(scale));
+    fn(src + begin * n, dst + begin * n, end - begin, *plan, static_cast<A>(scale));
   });
 }
 

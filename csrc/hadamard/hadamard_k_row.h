@@ -2,20 +2,68 @@
 //
 // Shared by the hadamard_transform_k op and the fused rotate+quantize op (csrc/quarot/), so that both
 // produce bit-identical rotated rows. Everything here is inline: it must be compiled inside the
-// caller's SYMKERNELS_SIMD_CLONES entry point to get that clone's vector ISA.
+// caller's SYMKERNELS_SIMD_CLONES entry point to get that clone's vector ISA. A KroneckerPlan, built on
+// the host (and cached per matrix), carries H_K and (when H_K is ±1) the sign-class lists of the K×K mix.
 //
 // Order of work per row (the data is touched once in memory, everything else is in L1/L2):
 //   1. widen the row into the accumulation type, FWHT each of the K segments of length P;
-//   2. mix the K segments: out[k, j] = scale · Σ_k' H_K[k, k'] · seg[k', j]. Done on 16-column vector
-//      slabs with 8 output segments per pass, so each loaded slab feeds 8 FMAs; a K×16 slab
-//      (≤ 172·64 B = 11 KiB) stays in L1 across the K/8 passes.
+//   2. mix the K segments: out[k, j] = scale · Σ_k' H_K[k, k'] · seg[k', j].
+//
+// The mix dominates (K multiply-adds per element against log2 P for the FWHT), and there are two ways
+// to run it:
+//   * sign classes (any ±1 H_K with K ≥ sign_class_min_order(), P a multiple of two vector widths).
+//     Normalize the columns so that row 0 is all ones: seg'[k'] = H[0, k']·seg[k'] (folded into the
+//     widening copy), H' = H·diag(H[0, :]). Take the other rows three at a time, (a, b, c). Each column
+//     k' has a sign pattern (H'[a,k'], H'[b,k'], H'[c,k']) ∈ {±1}³; sum the seg' rows of each of the
+//     8 patterns (plain vector adds: no multiplies, no signs), then one 8-point Walsh butterfly on the
+//     8 class sums gives out[a], out[b], out[c] (Walsh indices 1, 2, 4) and out[0] (index 0). That is
+//     K adds per 3 outputs instead of 3K multiply-adds: about K/3 + 6 vector ops per output element
+//     (58 instead of 172 at K = 172). Class lists are padded to the triple's longest class with a zero
+//     segment, so the 8 classes run in one loop of 8·NV independent add chains without data-dependent
+//     branches; triples are picked so that the classes are balanced (little padding).
+//     Measured on Sapphire Rapids, the indexed adds run at about half the FMA rate (one index byte,
+//     a shift and a dependent load per NV adds), so the 3× fewer operations give ~1.4× on the mix at
+//     K ≥ 108 and nothing at K ≤ 52, hence the threshold (AVX-512 clone only, see below).
+//   * general FMA (any K×K matrix; ±1 ones below the threshold or with P < 2 vector widths): 16-column
+//     vector slabs × 8 output segments per pass, each loaded slab feeds 8 FMAs.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "common/simd.h"
 
 namespace symkernels::hadamard {
+
+// Orders from which the sign-class mix beats the FMA mix in the AVX-512 clone (measured on Sapphire
+// Rapids: about equal at K = 40..52, 1.1-1.3× at K = 60, 1.25-1.45× at K = 108..172; below, the padding
+// and butterfly overhead eat the saving of K/3 + 6 adds over K multiply-adds). In the AVX2 and baseline
+// clones a 64-byte vector is 2 or 4 registers and the FMA mix's 16 accumulators spill: there the
+// sign-class mix was 6-19× faster at every K (12..172, measured with an -mavx2 build), so it is taken
+// whenever it applies.
+constexpr int64_t kSignClassMinOrderAvx512 = 56;
+inline int64_t sign_class_min_order() {
+  static const bool avx512 = std::strcmp(simd::runtime_simd_level(), "avx512") == 0;
+  return avx512 ? kSignClassMinOrderAvx512 : 4;
+}
+// L1 bytes the sign-class mix may fill with its K × tile panel (48 KiB L1d on Sapphire Rapids; the
+// lists and the output rows stream past it). Measured: the widest tile that fits is fastest.
+constexpr int64_t kPanelBytes = 45 * 1024;
+
+// A 64-byte aligned view of `buf` with room for `size` values: every 64-byte vector load of a segment
+// then touches one cache line (misaligned rows cost ~1.4× on the L1-bound mixes).
+template <typename A>
+inline A* aligned_scratch(std::vector<A>& buf, int64_t size) {
+  buf.assign(size + 64 / sizeof(A), A(0));
+  A* ptr = buf.data();
+  while (reinterpret_cast<uintptr_t>(ptr) % 64) ++ptr;
+  return ptr;
+}
 
 // Butterfly between lanes H apart inside one vector: lane i becomes v[i] + v[i^H] (bit H of i clear) or
 // v[i^H] − v[i] (set). Constant permutation and sign vectors: one shuffle and one FMA.
@@ -49,6 +97,20 @@ SYMKERNELS_INLINE void fwht_inplace(A* x, int64_t p) {
       simd::store(x + i, v);
     }
     h = W;
+  }
+  // Two strides (h, 2h) per pass over the segment: half the loads and stores of radix-2 passes, and the
+  // same additions in the same order (bit-identical results).
+  for (; 4 * h <= p; h *= 4) {
+    for (int64_t i = 0; i < p; i += 4 * h) {
+      for (int64_t j = i; j < i + h; ++j) {  // h ≥ W here: contiguous, vectorized
+        const A a = x[j], b = x[j + h], c = x[j + 2 * h], d = x[j + 3 * h];
+        const A s0 = a + b, s1 = a - b, s2 = c + d, s3 = c - d;
+        x[j] = s0 + s2;
+        x[j + h] = s1 + s3;
+        x[j + 2 * h] = s0 - s2;
+        x[j + 3 * h] = s1 - s3;
+      }
+    }
   }
   for (; h < p; h *= 2) {
     for (int64_t i = 0; i < p; i += 2 * h) {
@@ -141,20 +203,229 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
   }
 }
 
-// Full row: in (any element type convertible to A) → out (A), using `scratch` (K·P values of A).
+// Host-side description of one transform: H_K, P, and the sign-class lists when H_K is ±1. Built once
+// per call (O(K²)), outside the SIMD clones; the row code below only reads it.
+template <typename A>
+struct KroneckerPlan {
+  static constexpr int kGroupRows = 3;                // outputs per pass over the K segments
+  static constexpr int kClasses = 1 << kGroupRows;    // sign patterns of those rows on one column
+
+  std::vector<A> hk_values;  // K×K row-major copy (the plan may outlive the caller's tensor in the cache)
+  const A* hk = nullptr;     // = hk_values.data(), for the general route
+  int64_t k_order = 1;
+  int64_t p = 1;
+  bool sign_classes = false;
+  std::vector<A> column_sign;      // K: H[0, k'], applied while widening (sign route)
+  std::vector<int32_t> group_rows; // groups × 3 output rows (the last group may overlap the one before)
+  std::vector<int32_t> group_len;  // groups: padded class length L_g
+  std::vector<uint8_t> lists;      // per group, 8 classes × L_g segment indices k' (K: the zero segment)
+  int p_shift = 0;                 // log2 P: segment index → element offset
+
+  KroneckerPlan(const A* h, int64_t k, int64_t p_) : hk_values(h, h + k * k), hk(hk_values.data()), k_order(k), p(p_) {
+    constexpr int64_t W = simd::Vec<A>::width;
+    // uint8 segment indices (K ≤ 255) keep the lists small: they share L1 with the K×P panel.
+    // P ≥ 2 vectors: with one slab per index byte the indexed adds do not beat the FMA mix (measured).
+    bool pm1 = k >= std::max<int64_t>(sign_class_min_order(), 1 + kGroupRows) && k < 256 && p >= 2 * W &&
+               p % W == 0;
+    for (int64_t i = 0; pm1 && i < k * k; ++i) pm1 = h[i] == A(1) || h[i] == A(-1);
+    if (!pm1) return;
+    sign_classes = true;
+    while ((int64_t{1} << p_shift) < p) ++p_shift;
+    column_sign.assign(h, h + k);
+    // H'[r, c] = H[r, c]·H[0, c] as ±1 integers.
+    std::vector<int8_t> hn(k * k);
+    for (int64_t r = 0; r < k; ++r) {
+      for (int64_t c = 0; c < k; ++c) hn[r * k + c] = h[r * k + c] == h[c] ? 1 : -1;
+    }
+    std::vector<uint8_t> members[kClasses];
+    for (const auto& rows : balanced_triples(hn, k)) {
+      for (auto& m : members) m.clear();
+      for (int64_t c = 0; c < k; ++c) {
+        int cls = 0;
+        for (int i = 0; i < kGroupRows; ++i) cls |= (hn[rows[i] * k + c] < 0) << i;
+        members[cls].push_back(static_cast<uint8_t>(c));
+      }
+      size_t len = 0;
+      for (auto& m : members) len = std::max(len, m.size());
+      for (auto& m : members) {
+        m.resize(len, static_cast<uint8_t>(k));  // pad with the zero segment
+        lists.insert(lists.end(), m.begin(), m.end());
+      }
+      group_rows.insert(group_rows.end(), rows.begin(), rows.end());
+      group_len.push_back(static_cast<int32_t>(len));
+    }
+  }
+
+  // Rows 1 .. K−1 of the normalized H' in triples (a, b, c). Rows of H' are orthogonal to each other and
+  // to the all-ones row 0, so the 8 class sizes of a triple are (K ± t)/8 with t = Σ_k' H'[a]·H'[b]·H'[c]:
+  // greedily pick triples with the smallest |t| (K mod 8 for these K, i.e. 0 or 4) so that padding to
+  // the longest class wastes little. With the −1 entries as bits (K < 256: 4 words per row),
+  // t = K − 2·popcount(a ^ b ^ c), and the search stops at the first triple reaching the bound: ~10 µs
+  // for K = 172 (the int8 dot-product version took 350 µs, more than a one-row transform). Rows left
+  // over (K−1 not a multiple of 3) are completed with already-placed rows: recomputing a row is harmless.
+  static std::vector<std::array<int32_t, kGroupRows>> balanced_triples(const std::vector<int8_t>& hn, int64_t k) {
+    using Bits = std::array<uint64_t, 4>;
+    std::vector<Bits> neg(k, Bits{});
+    for (int64_t r = 0; r < k; ++r) {
+      for (int64_t c = 0; c < k; ++c) {
+        if (hn[r * k + c] < 0) neg[r][c / 64] |= uint64_t{1} << (c % 64);
+      }
+    }
+    const int64_t bound = std::min<int64_t>(k % 8, 8 - k % 8);
+    std::vector<char> used(k, 0);
+    std::vector<std::array<int32_t, kGroupRows>> out;
+    for (int64_t a = 1; a < k; ++a) {
+      if (used[a]) continue;
+      used[a] = 1;
+      std::array<int32_t, kGroupRows> best{static_cast<int32_t>(a), -1, -1};
+      int64_t best_t = k + 1;
+      for (int64_t b = a + 1; b < k && best_t > bound; ++b) {
+        if (used[b]) continue;
+        Bits ab;
+        for (int w = 0; w < 4; ++w) ab[w] = neg[a][w] ^ neg[b][w];
+        for (int64_t c = b + 1; c < k && best_t > bound; ++c) {
+          if (used[c]) continue;
+          int64_t odd = 0;
+          for (int w = 0; w < 4; ++w) odd += __builtin_popcountll(ab[w] ^ neg[c][w]);
+          const int64_t t = k - 2 * odd;
+          if ((t < 0 ? -t : t) < best_t) {
+            best_t = t < 0 ? -t : t;
+            best = {static_cast<int32_t>(a), static_cast<int32_t>(b), static_cast<int32_t>(c)};
+          }
+        }
+      }
+      // Fewer than 3 unused rows were left: complete the triple with other rows, unused ones first so
+      // that none is left for a triple of its own.
+      for (int i = 1; i < kGroupRows; ++i) {
+        for (int pass = 0; pass < 2 && best[i] < 0; ++pass) {
+          for (int32_t r = 1; r < k && best[i] < 0; ++r) {
+            if ((pass == 1 || !used[r]) && std::find(best.begin(), best.end(), r) == best.end()) best[i] = r;
+          }
+        }
+        used[best[i]] = 1;
+      }
+      out.push_back(best);
+    }
+    return out;
+  }
+
+  // Scratch values the row code needs: the K segments, plus one zero segment for the padded lists.
+  int64_t scratch_size() const { return (k_order + (sign_classes ? 1 : 0)) * p; }
+  int64_t groups() const { return static_cast<int64_t>(group_len.size()); }
+};
+
+// The plan for (H_K, P), from a small process-wide cache: models apply the same one or two sizes over
+// and over, and building a plan costs up to ~0.2–0.6 ms at K = 172 (the balanced-triple search), more
+// than transforming a few rows. Matrices are compared bit for bit; the last kPlanCacheSize are kept.
+template <typename A>
+std::shared_ptr<const KroneckerPlan<A>> cached_kronecker_plan(const A* hk, int64_t k, int64_t p) {
+  constexpr size_t kPlanCacheSize = 8;
+  static std::mutex mutex;
+  static std::vector<std::shared_ptr<const KroneckerPlan<A>>> cache;  // most recently used last
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    const auto& plan = **it;
+    if (plan.k_order == k && plan.p == p && std::memcmp(plan.hk, hk, sizeof(A) * k * k) == 0) {
+      auto hit = *it;
+      cache.erase(it);
+      cache.push_back(hit);
+      return hit;
+    }
+  }
+  auto plan = std::make_shared<const KroneckerPlan<A>>(hk, k, p);
+  if (cache.size() == kPlanCacheSize) cache.erase(cache.begin());
+  cache.push_back(plan);
+  return plan;
+}
+
+// Sign-class mix of NV vector slabs (columns j .. j + NV·W of every segment) for all output rows.
+// NV·W columns × K segments stay in L1 across the K/3 groups; see the header comment for the math.
+template <typename A, int NV>
+SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const KroneckerPlan<A>& plan, A scale, int64_t j) {
+  using V = typename simd::Vec<A>::type;
+  constexpr int64_t W = simd::Vec<A>::width;
+  constexpr int C = KroneckerPlan<A>::kClasses, G = KroneckerPlan<A>::kGroupRows;
+  const int64_t p = plan.p;
+  const uint8_t* list = plan.lists.data();
+  const int shift = plan.p_shift;
+  const A* base = seg + j;
+  for (int64_t g = 0; g < plan.groups(); ++g) {
+    const int64_t len = plan.group_len[g];
+    // All 8 classes have the same (padded) length: one loop per group, with 8·NV independent add chains
+    // in registers; every add takes its operand straight from L1 (one index byte per NV adds).
+    V cls[C][NV] = {};
+    for (int64_t i = 0; i < len; ++i) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        const A* src = base + (static_cast<int64_t>(list[c * len + i]) << shift);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) cls[c][v] += simd::load<V>(src + v * W);
+      }
+    }
+    list += C * len;
+    // 8-point Walsh butterfly over the classes: index u gets Σ_c (−1)^popcount(u & c) · cls[c]. Only
+    // indices 0, 1, 2, 4 are stored, the compiler drops the rest.
+#pragma GCC unroll 8
+    for (int h = 1; h < C; h *= 2) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        if (c & h) continue;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          const V a = cls[c][v], b = cls[c + h][v];
+          cls[c][v] = a + b;
+          cls[c + h][v] = a - b;
+        }
+      }
+    }
+    for (int i = 0; i < G; ++i) {
+      A* dst = out + plan.group_rows[g * G + i] * p + j;
+      for (int v = 0; v < NV; ++v) simd::store(dst + v * W, cls[1 << i][v] * scale);
+    }
+    if (g == 0) {
+      for (int v = 0; v < NV; ++v) simd::store(out + j + v * W, cls[0][v] * scale);  // row 0: Σ seg'
+    }
+  }
+}
+
+template <typename A>
+SYMKERNELS_INLINE void sign_class_mix(const A* seg, A* out, const KroneckerPlan<A>& plan, A scale) {
+  constexpr int64_t W = simd::Vec<A>::width;
+  // Widest tile (in slabs) whose K-segment panel fits kPanelBytes and that divides P.
+  const int64_t panel_slabs = kPanelBytes / (plan.k_order * W * static_cast<int64_t>(sizeof(A)));
+  const int64_t slabs = plan.p / W;
+  if (slabs % 4 == 0 && panel_slabs >= 4) {
+    for (int64_t j = 0; j < plan.p; j += 4 * W) sign_class_mix_tile<A, 4>(seg, out, plan, scale, j);
+  } else if (slabs % 2 == 0 && panel_slabs >= 2) {
+    for (int64_t j = 0; j < plan.p; j += 2 * W) sign_class_mix_tile<A, 2>(seg, out, plan, scale, j);
+  } else {
+    for (int64_t j = 0; j < plan.p; j += W) sign_class_mix_tile<A, 1>(seg, out, plan, scale, j);
+  }
+}
+
+// Full row: in (any element type convertible to A) → out (A), using `scratch` (plan.scratch_size()
+// values of A, whose zero segment the caller zeroed once: the row code never writes it).
 // With K == 1 and hk = [1] this is the plain power-of-two FWHT.
 template <typename A, typename T>
-SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, int64_t k_order, int64_t p, const A* hk, A scale,
-                                              A* scratch) {
-  const int64_t n = k_order * p;
+SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, const KroneckerPlan<A>& plan, A scale, A* scratch) {
+  const int64_t k_order = plan.k_order, p = plan.p, n = k_order * p;
+  if (plan.sign_classes) {
+    for (int64_t k = 0; k < k_order; ++k) {
+      const A s = plan.column_sign[k];  // ±1: exact
+      for (int64_t i = k * p; i < (k + 1) * p; ++i) scratch[i] = s * static_cast<A>(in[i]);
+      fwht_inplace(scratch + k * p, p);
+    }
+    sign_class_mix(scratch, out, plan, scale);
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<A>(in[i]);
   for (int64_t k = 0; k < k_order; ++k) fwht_inplace(scratch + k * p, p);
   if (k_order == 1) {
-    const A s = scale * hk[0];
+    const A s = scale * plan.hk[0];
     for (int64_t i = 0; i < n; ++i) out[i] = scratch[i] * s;
     return;
   }
-  kronecker_mix(scratch, out, k_order, p, hk, scale);
+  kronecker_mix(scratch, out, k_order, p, plan.hk, scale);
 }
 
 }  // namespace symkernels::hadamard

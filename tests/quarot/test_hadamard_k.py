@@ -247,3 +247,93 @@ def test_random_hadamard_orthogonal_and_matches_transform(backend):
         y = symkernels.randomized_hadamard_transform(x, seed=7, backend=backend)
         assert_close(y, x @ q.to(device))
         assert_close(symkernels.randomized_hadamard_transform(y, seed=7, inverse=True, backend=backend), x)
+
+
+def _cpu_op(x, hk, scale):
+    return torch.ops.symkernels.hadamard_transform_k(x, hk, scale)
+
+
+@pytest.mark.parametrize("k", hadamard_k.ORDERS)
+def test_cpu_every_order_both_mix_routes(k):
+    """Every tabulated order, forward and transposed, at P = 16 (FMA mix) and P = 32, 64 (the sign-class
+    mix for K ≥ 56, with 2 and 4 vector slabs per tile), vs the fp64 two-pass reference. 2·H_K is not ±1,
+    so with half the scale it takes the general FMA mix: both routes must give the same rows."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    gen = torch.Generator().manual_seed(k)
+    for p in (16, 32, 64):
+        n = k * p
+        x = torch.randn(2, n, generator=gen)
+        for transpose in (False, True):
+            hk = hk_for(n, torch.float32, x.device, transpose)
+            out = _cpu_op(x, hk, 0.5)
+            truth = hadamard_k.reference_two_pass(x.double(), hk.double(), 0.5)
+            assert_close(out, truth.float(), msg=f"K={k} P={p} transpose={transpose}")
+            assert_close(out, _cpu_op(x, 2 * hk, 0.25), msg=f"K={k} P={p}: sign-class vs FMA mix")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_cpu_sign_class_mix_dtypes(dtype):
+    """The sign-class mix in fp64 (8-wide vectors: P = 16 is already 2 slabs) and for the half types."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    n = 172 * 32
+    x = torch.randn(3, n, dtype=torch.float64).to(dtype)
+    hk = hk_for(n, dtype, x.device)
+    truth = hadamard_k.reference_two_pass(x.double(), hk.double(), 0.125)
+    out = _cpu_op(x, hk, 0.125)
+    assert out.dtype == dtype
+    if dtype == torch.float64:
+        assert_close(out, truth)
+    else:
+        torch_out = hadamard_k.reference_two_pass(x.float(), hk.float(), 0.125).to(dtype)
+        assert_within_torch_error(out, truth, torch_out, msg=f"{dtype}")
+
+
+def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
+    """Any ±1 matrix takes the sign-class route (not only Hadamard ones: unbalanced classes, more padding),
+    a non-contiguous batch, and NaN/Inf propagate like the two-pass reference."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    gen = torch.Generator().manual_seed(3)
+    k, p = 64, 32
+    hk = (torch.randint(0, 2, (k, k), generator=gen) * 2 - 1).float()
+    x = random_noncontiguous((2, 3, k * p), dtype=torch.float32, generator=gen)
+    assert_close(_cpu_op(x, hk, 0.3), hadamard_k.reference_two_pass(x.double(), hk.double(), 0.3).float())
+    n = 108 * 64
+    hk = hk_for(n, torch.float32, torch.device("cpu"))
+    x = torch.randn(3, n, generator=gen)
+    x[0, 5] = float("nan")
+    x[1, 700] = float("inf")
+    x[2, 3], x[2, 64 * 50 + 3] = float("inf"), float("-inf")  # same column j in two segments
+    out, ref = _cpu_op(x, hk, 1.0), hadamard_k.reference_two_pass(x.double(), hk.double(), 1.0)
+    assert torch.equal(out.isnan(), ref.isnan()) and bool(out[0].isnan().all())
+    assert torch.equal(out.isfinite(), ref.isfinite())
+    assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
+
+
+@pytest.mark.parametrize("n", [172 * 32, 108 * 64])
+def test_cpu_fused_quantize_equals_unfused_on_sign_class_route(n):
+    """The fused rotate+quantize shares the row code: bit-identical to quantize(hadamard_transform(x))."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    x = torch.randn(5, n)
+    x[:, 7] *= 40
+    packed, scale = symkernels.quantize_int4(x, hadamard=True, backend="cpu")
+    rotated = _cpu_op(x, hk_for(n, x.dtype, x.device), 1 / math.sqrt(n))
+    up, us = symkernels.quantize_int4(rotated, backend="cpu")
+    assert torch.equal(packed, up)
+    torch.testing.assert_close(scale, us, atol=0, rtol=0)
+
+
+def test_cpu_plan_cache_keys_on_matrix_contents():
+    """Plans are cached per (H_K bits, P): an in-place change of hk, or another P, must not reuse a plan."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    k = 60
+    hk = hadamard_k.hadamard_k_matrix(k).float().contiguous()
+    for p in (32, 64):
+        x = torch.randn(2, k * p)
+        for _ in range(2):
+            assert_close(_cpu_op(x, hk, 1.0), hadamard_k.reference_two_pass(x.double(), hk.double(), 1.0).float())
+            hk[:, 7] *= -1  # same tensor, same storage, new contents (still ±1: still the sign-class route)
