@@ -70,11 +70,13 @@ bool probe_amx_int8() {
 #define SK_AMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,f16c")))
 
 constexpr int64_t kChunkBytes = 32;    // packed bytes per tile row = 64 codes
-constexpr int64_t kTileBytes = 1024;   // 16 rows × 64 bytes, the only tile shape used
+constexpr int64_t kTileBytes = 1024;   // 16 rows × 64 bytes: W tiles, and activation tiles when M ≥ 16
 constexpr int64_t kStripRows = 32;     // W rows per strip: 2 tiles
 constexpr int64_t kActBlockBytes = 1 << 20;  // repacked activation rows kept in L2 while strips pass
 
-// Palette 1, tiles 0..7 all 16 rows × 64 bytes: 0..3 accumulators, 4..5 W, 6..7 activations.
+// Palette 1, 16 rows each: 0..3 accumulators, 4..5 W (64 bytes), 6..7 activations. Accumulator and
+// activation tiles are act_cols columns wide (4·act_cols bytes): 16, or M when a single group has M < 16
+// rows, so that decode-sized products load (and keep in L1) only the activation bytes that exist.
 struct alignas(64) TileConfig {
   uint8_t palette_id = 1;
   uint8_t start_row = 0;
@@ -83,10 +85,10 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-SK_AMX_TARGET void configure_tiles() {
+SK_AMX_TARGET void configure_tiles(int act_cols) {
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
+    cfg.colsb[t] = static_cast<uint16_t>(t == 4 || t == 5 ? 64 : 4 * act_cols);
     cfg.rows[t] = 16;
   }
   // GCC (12) does not treat __builtin_ia32_ldtilecfg as reading the whole struct and drops the stores to
@@ -157,8 +159,9 @@ SK_AMX_TARGET inline void transpose_16x16_epi32(__m512i r[16]) {
 }
 
 // Activation tile (group g of 16 rows, chunk c): Y[r][4i + b] = A[16g + i][code 4r + b of the chunk], i.e.
-// the transpose of the 16 unpacked rows viewed as 16×16 dwords. Rows past M are zero.
-SK_AMX_TARGET void repack_activation_tile(const uint8_t* a, int64_t M, int64_t kb, int64_t g, int64_t c,
+// the transpose of the 16 unpacked rows viewed as 16×16 dwords; `cols` of its 16 columns are stored
+// (tile rows of 4·cols bytes). Rows past M are zero.
+SK_AMX_TARGET void repack_activation_tile(const uint8_t* a, int64_t M, int64_t kb, int64_t g, int64_t c, int cols,
                                           int8_t* tile) {
   __m512i r[16];
   for (int i = 0; i < 16; ++i) {
@@ -166,7 +169,8 @@ SK_AMX_TARGET void repack_activation_tile(const uint8_t* a, int64_t M, int64_t k
     r[i] = m < M ? unpack_chunk(a + m * kb, c, kb) : _mm512_setzero_si512();
   }
   transpose_16x16_epi32(r);
-  for (int i = 0; i < 16; ++i) _mm512_store_si512(tile + 64 * i, r[i]);
+  const __mmask16 keep = static_cast<__mmask16>((1u << cols) - 1u);
+  for (int i = 0; i < 16; ++i) _mm512_mask_storeu_epi32(tile + 4 * cols * i, keep, r[i]);
 }
 
 // W strip buffer: [chunk][32 rows][64 codes], so each 16-row W tile is 1 KiB contiguous (stride 64).
@@ -186,23 +190,25 @@ SK_AMX_TARGET void unpack_w_strip(const uint8_t* w, int64_t N, int64_t kb, int64
 }
 
 // One W strip (2 tiles) × MT activation groups (1 or 2) over all of K; acc gets the tiles as
-// [W tile t][group u][16 n][16 m] int32.
+// [W tile t][group u][16 n][16 m] int32. Activation tiles have rows of act_ld = 4·act_cols bytes.
 template <int MT>
-SK_AMX_TARGET void strip_block(const int8_t* wbuf, const int8_t* act, int64_t chunks, int32_t* acc) {
+SK_AMX_TARGET void strip_block(const int8_t* wbuf, const int8_t* act, int64_t act_ld, int64_t chunks,
+                               int32_t* acc) {
+  const int64_t act_tile = 16 * act_ld;
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
   _tile_zero(3);
-  const int8_t* act1 = act + chunks * kTileBytes;  // the next group's tiles
+  const int8_t* act1 = act + chunks * act_tile;  // the next group's tiles
   for (int64_t c = 0; c < chunks; ++c) {
     const int8_t* wc = wbuf + c * 2 * kTileBytes;
     _tile_loadd(4, wc, 64);
-    _tile_loadd(6, act + c * kTileBytes, 64);
+    _tile_loadd(6, act + c * act_tile, act_ld);
     _tile_loadd(5, wc + kTileBytes, 64);
     _tile_dpbssd(0, 4, 6);
     _tile_dpbssd(2, 5, 6);
     if constexpr (MT == 2) {
-      _tile_loadd(7, act1 + c * kTileBytes, 64);
+      _tile_loadd(7, act1 + c * act_tile, act_ld);
       _tile_dpbssd(1, 4, 7);
       _tile_dpbssd(3, 5, 7);
     }
@@ -258,31 +264,34 @@ SK_AMX_TARGET void gemm_amx(const uint8_t* a, const uint8_t* w, int64_t M, int64
   const int64_t groups = (M + 15) / 16;
   const int64_t strips = (N + kStripRows - 1) / kStripRows;
 
-  // Activations → VNNI tiles [group][chunk][16][64], once per call.
-  Buffer act = aligned_buffer(groups * chunks * kTileBytes);
+  // Activations → VNNI tiles [group][chunk][16][4·act_cols], once per call. Fewer than 16 rows: narrow
+  // tiles (M columns), which also makes the whole activation L1-sized at decode (M·K bytes).
+  const int act_cols = static_cast<int>(std::min<int64_t>(M, 16));
+  const int64_t act_ld = 4 * act_cols, act_tile = 16 * act_ld;
+  Buffer act = aligned_buffer(groups * chunks * act_tile);
   at::parallel_for(0, groups * chunks, 16, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t)
-      repack_activation_tile(a, M, kb, t / chunks, t % chunks, act.get() + t * kTileBytes);
+      repack_activation_tile(a, M, kb, t / chunks, t % chunks, act_cols, act.get() + t * act_tile);
   });
 
   // Row blocks of an even number of groups (the 2×2 blocking pairs them) whose tiles fit kActBlockBytes.
-  const int64_t block_groups = std::max<int64_t>(2, kActBlockBytes / std::max<int64_t>(chunks * kTileBytes, 1) / 2 * 2);
+  const int64_t block_groups = std::max<int64_t>(2, kActBlockBytes / std::max<int64_t>(chunks * act_tile, 1) / 2 * 2);
   for (int64_t g0 = 0; g0 < groups; g0 += block_groups) {
     const int64_t g1 = std::min(groups, g0 + block_groups);
     at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
-      configure_tiles();
+      configure_tiles(act_cols);
       Buffer wbuf = aligned_buffer(chunks * kStripRows * 64);
-      alignas(64) int32_t acc[4 * 256];
+      alignas(64) int32_t acc[4 * 256] = {};  // narrow tiles leave columns ≥ M unwritten (and unused)
       for (int64_t s = begin; s < end; ++s) {
         const int64_t n0 = s * kStripRows;
         unpack_w_strip(w, N, kb, chunks, n0, wbuf.get());
         for (int64_t g = g0; g < g1; g += 2) {
           const int mt = g + 1 < g1 ? 2 : 1;
-          const int8_t* act_g = act.get() + g * chunks * kTileBytes;
+          const int8_t* act_g = act.get() + g * chunks * act_tile;
           if (mt == 2) {
-            strip_block<2>(wbuf.get(), act_g, chunks, acc);
+            strip_block<2>(wbuf.get(), act_g, act_ld, chunks, acc);
           } else {
-            strip_block<1>(wbuf.get(), act_g, chunks, acc);
+            strip_block<1>(wbuf.get(), act_g, act_ld, chunks, acc);
           }
           for (int t = 0; t < 2; ++t) {
             const int64_t nt = n0 + 16 * t;

@@ -177,18 +177,27 @@ void micro_scalar(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
 
 enum class Isa { kAmx, kAvx512Vnni, kAvx2, kScalar };
 
-// SYMKERNELS_INT4_ISA=amx|avx512|avx2|scalar forces a path (tests use it to cover every path on one CPU);
-// a path the CPU lacks falls back to the best available one, so a forced run is never wrong, only slower.
-Isa detect_isa() {
+// Rows up to which the automatic choice keeps VNNI on an AMX CPU: at decode sizes the GEMM reads W once
+// and the VNNI kernel unpacks it in registers, while the tile path stores the unpacked W and reloads it as
+// tiles (K=N=4096, one thread, Sapphire Rapids VM: VNNI 1.8 ms vs AMX 2.7 ms at M ≤ 2, even at M = 4,
+// AMX ahead from M = 8; see the amx branch's commit log).
+constexpr int64_t kVnniMaxRows = 4;
+
+// The path for an M-row product. SYMKERNELS_INT4_ISA=amx|avx512|avx2|scalar forces one (tests use it to
+// cover every path on one CPU); a path the CPU lacks falls back to the automatic choice, so a forced run
+// is never wrong, only slower.
+Isa detect_isa(int64_t rows) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
-  if (const char* forced = std::getenv("SYMKERNELS_INT4_ISA")) {
+  const char* forced = std::getenv("SYMKERNELS_INT4_ISA");
+  const bool force_amx = forced && std::strcmp(forced, "amx") == 0;
+  if (forced) {
     if (std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
     if (std::strcmp(forced, "avx2") == 0 && __builtin_cpu_supports("avx2")) return Isa::kAvx2;
     if (std::strcmp(forced, "avx512") == 0 && vnni) return Isa::kAvx512Vnni;
   }
-  if (amx_int8_usable()) return Isa::kAmx;
+  if (amx_int8_usable() && (force_amx || !vnni || rows > kVnniMaxRows)) return Isa::kAmx;
   if (vnni) return Isa::kAvx512Vnni;
   if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
 #endif
@@ -335,7 +344,7 @@ at::Tensor int4_matmul_cpu(const at::Tensor& a_packed, const at::Tensor& a_scale
   const float* sap = sa.const_data_ptr<float>();
   const float* swp = sw.const_data_ptr<float>();
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
-  const Isa isa = detect_isa();  // a getenv and a cpuid per call: negligible next to a GEMM
+  const Isa isa = detect_isa(M);  // a getenv and a cpuid per call: negligible next to a GEMM
   auto with_out = [&](auto&& f) {
     switch (out_dtype) {
       case at::kFloat: return f(out.mutable_data_ptr<float>());
@@ -364,7 +373,7 @@ TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("int4_matmul", &int4_matmul_cpu)
 
 // No tensor arguments, so no backend key to dispatch on: one kernel for every caller.
 TORCH_LIBRARY_IMPL(symkernels, CompositeExplicitAutograd, m) {
-  m.impl("int4_matmul_cpu_isa", []() -> std::string { return isa_name(detect_isa()); });
+  m.impl("int4_matmul_cpu_isa", [](int64_t rows) -> std::string { return isa_name(detect_isa(rows)); });
 }
 
 }  // namespace symkernels::quarot

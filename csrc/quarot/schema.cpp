@@ -15,7 +15,7 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
 }
 
 TORCH_LIBRARY_FRAGMENT(symkernels, m) {
-  // Which CPU kernel int4_matmul runs now: "amx", "avx512" (VNNI), "avx2" or "scalar", after the
-  // SYMKERNELS_INT4_ISA override and its fallback. Lets tests prove a forced path really ran.
-  m.def("int4_matmul_cpu_isa() -> str");
+  // Which CPU kernel int4_matmul runs now for an m-row product: "amx", "avx512" (VNNI), "avx2" or
+  // "scalar", after the SYMKERNELS_INT4_ISA override and its fallback. Lets tests prove a forced path ran.
+  m.def("int4_matmul_cpu_isa(int m) -> str");
 }

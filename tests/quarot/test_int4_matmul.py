@@ -143,9 +143,9 @@ def test_opcheck_int4_matmul():
                               (a, torch.rand(m), w, torch.rand(n), bias, torch.float16))
 
 
-def _cpu_isa_now():
-    """The CPU path int4_matmul takes under the current SYMKERNELS_INT4_ISA (after its fallback)."""
-    return torch.ops.symkernels.int4_matmul_cpu_isa()
+def _cpu_isa_now(m=16):
+    """The CPU path int4_matmul takes for m rows under the current SYMKERNELS_INT4_ISA (after its fallback)."""
+    return torch.ops.symkernels.int4_matmul_cpu_isa(m)
 
 
 def _cpu_flags():
@@ -187,6 +187,8 @@ def test_every_cpu_isa_path_exact(monkeypatch, isa):
         pytest.skip("cpu backend unavailable")
     monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
     ran = _cpu_isa_now()
+    if isa:  # a forced path does not depend on M
+        assert {_cpu_isa_now(m) for m in (1, 4, 5, 300)} == {ran}
     if isa and ran != isa:
         pytest.skip(f"this CPU/OS has no {isa} path for int4_matmul (it falls back to {ran}; cpu flags with "
                     f"amx/vnni: {[f for f in _cpu_flags() if 'amx' in f or 'vnni' in f]})")
@@ -203,6 +205,16 @@ def test_forced_amx_falls_back_without_amx(monkeypatch):
                     "the fallback is exercised on CPUs without it")
     assert _cpu_isa_now() in ("avx512", "avx2", "scalar")
     _check_isa_exact(torch.Generator().manual_seed(12), _ISA_SHAPES[:4])
+
+
+def test_auto_isa_keeps_vnni_at_decode_sizes(monkeypatch):
+    """Unforced, an AMX CPU runs M ≤ 4 on VNNI (faster there: W is read once and unpacked in registers)
+    and larger M on AMX tiles; both give the exact product."""
+    monkeypatch.delenv("SYMKERNELS_INT4_ISA", raising=False)
+    if not _backend.backend_status("cpu") or _cpu_isa_now(16) != "amx":
+        pytest.skip("no AMX-INT8 path on this CPU/OS")
+    assert [_cpu_isa_now(m) for m in (1, 4, 5, 16)] == ["avx512", "avx512", "amx", "amx"]
+    _check_isa_exact(torch.Generator().manual_seed(13), ((1, 33, 130), (4, 17, 64), (5, 47, 62)))
 
 
 def test_amx_epilogue_bitwise_vs_reference(monkeypatch):
