@@ -73,6 +73,7 @@ constexpr int64_t kChunkBytes = 32;    // packed bytes per tile row = 64 codes
 constexpr int64_t kTileBytes = 1024;   // 16 rows × 64 bytes: W tiles, and activation tiles when M ≥ 16
 constexpr int64_t kStripRows = 32;     // W rows per strip: 2 tiles
 constexpr int64_t kActBlockBytes = 1 << 20;  // repacked activation rows kept in L2 while strips pass
+constexpr int64_t kRepackGrain = 256;         // activation tiles per repack task
 
 // Palette 1, 16 rows each: 0..3 accumulators, 4..5 W (64 bytes), 6..7 activations. Accumulator and
 // activation tiles are act_cols columns wide (4·act_cols bytes): 16, or M when a single group has M < 16
@@ -110,6 +111,31 @@ Buffer aligned_buffer(int64_t bytes) {
   auto* p = static_cast<int8_t*>(std::aligned_alloc(64, size));
   TORCH_CHECK(p != nullptr, "int4_matmul: out of memory allocating a ", size, "-byte AMX buffer");
   return Buffer(p);
+}
+
+// Per-thread scratch that grows and is kept between calls. A fresh allocation of ≥ 128 KiB is an mmap,
+// and its munmap makes the kernel shoot down the TLB of every core running this process (an IPI to the
+// other OpenMP threads); on a loaded VM that waits until those vCPUs are scheduled again. Measured on a
+// 2-vCPU Sapphire Rapids VM, M = 16, K = N = 4096, 2 threads: 28-32 ms per call with a malloc'd W strip
+// buffer, 1.3-1.5 ms with malloc kept off mmap. Slot 0: the caller's activation tiles, slot 1: a worker's
+// W strip (the caller is also a worker, hence two slots). Activation tiles above kKeepActBytes are not
+// kept (a product that large amortizes the munmap).
+constexpr int64_t kKeepActBytes = 16 << 20;
+
+int8_t* thread_scratch(int slot, int64_t bytes) {
+  struct Scratch {
+    Buffer buf;
+    int64_t size = 0;
+  };
+  thread_local Scratch scratch[2];
+  Scratch& s = scratch[slot];
+  if (s.size < bytes) {
+    s.buf.reset();  // free before allocating: peak memory of one buffer, not two
+    s.size = 0;
+    s.buf = aligned_buffer(bytes);
+    s.size = bytes;
+  }
+  return s.buf.get();
 }
 
 // 32 packed bytes (chunk `c` of a row with kb bytes; zeros past kb) → 64 sign-extended int8 codes,
@@ -268,10 +294,15 @@ SK_AMX_TARGET void gemm_amx(const uint8_t* a, const uint8_t* w, int64_t M, int64
   // tiles (M columns), which also makes the whole activation L1-sized at decode (M·K bytes).
   const int act_cols = static_cast<int>(std::min<int64_t>(M, 16));
   const int64_t act_ld = 4 * act_cols, act_tile = 16 * act_ld;
-  Buffer act = aligned_buffer(groups * chunks * act_tile);
-  at::parallel_for(0, groups * chunks, 16, [&](int64_t begin, int64_t end) {
+  const int64_t act_bytes = groups * chunks * act_tile;
+  Buffer act_large;
+  if (act_bytes > kKeepActBytes) act_large = aligned_buffer(act_bytes);
+  int8_t* act = act_large ? act_large.get() : thread_scratch(0, act_bytes);
+  // Serial below kRepackGrain tiles (256 KiB): at decode sizes the repack is microseconds, and waking the
+  // worker threads for it costs more than it does, a whole scheduler time slice on a loaded machine.
+  at::parallel_for(0, groups * chunks, kRepackGrain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t)
-      repack_activation_tile(a, M, kb, t / chunks, t % chunks, act_cols, act.get() + t * act_tile);
+      repack_activation_tile(a, M, kb, t / chunks, t % chunks, act_cols, act + t * act_tile);
   });
 
   // Row blocks of an even number of groups (the 2×2 blocking pairs them) whose tiles fit kActBlockBytes.
@@ -280,18 +311,18 @@ SK_AMX_TARGET void gemm_amx(const uint8_t* a, const uint8_t* w, int64_t M, int64
     const int64_t g1 = std::min(groups, g0 + block_groups);
     at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
       configure_tiles(act_cols);
-      Buffer wbuf = aligned_buffer(chunks * kStripRows * 64);
+      int8_t* wbuf = thread_scratch(1, chunks * kStripRows * 64);
       alignas(64) int32_t acc[4 * 256] = {};  // narrow tiles leave columns ≥ M unwritten (and unused)
       for (int64_t s = begin; s < end; ++s) {
         const int64_t n0 = s * kStripRows;
-        unpack_w_strip(w, N, kb, chunks, n0, wbuf.get());
+        unpack_w_strip(w, N, kb, chunks, n0, wbuf);
         for (int64_t g = g0; g < g1; g += 2) {
           const int mt = g + 1 < g1 ? 2 : 1;
-          const int8_t* act_g = act.get() + g * chunks * act_tile;
+          const int8_t* act_g = act + g * chunks * act_tile;
           if (mt == 2) {
-            strip_block<2>(wbuf.get(), act_g, act_ld, chunks, acc);
+            strip_block<2>(wbuf, act_g, act_ld, chunks, acc);
           } else {
-            strip_block<1>(wbuf.get(), act_g, act_ld, chunks, acc);
+            strip_block<1>(wbuf, act_g, act_ld, chunks, acc);
           }
           for (int t = 0; t < 2; ++t) {
             const int64_t nt = n0 + 16 * t;
