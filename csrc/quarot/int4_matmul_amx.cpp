@@ -27,6 +27,8 @@
 // once per process (arch_prctl); if that fails the dispatcher falls back to VNNI.
 #include "quarot/int4_matmul_amx.h"
 
+#include "quarot/cpu_scratch.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -99,44 +101,6 @@ SK_AMX_TARGET void configure_tiles(int act_cols) {
 }
 
 SK_AMX_TARGET void release_tiles() { _tile_release(); }
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<int8_t, FreeDeleter>;
-
-// 64-byte aligned (tile rows and zmm stores never split a cache line).
-Buffer aligned_buffer(int64_t bytes) {
-  const size_t size = static_cast<size_t>((std::max<int64_t>(bytes, 64) + 63) / 64 * 64);
-  auto* p = static_cast<int8_t*>(std::aligned_alloc(64, size));
-  TORCH_CHECK(p != nullptr, "int4_matmul: out of memory allocating a ", size, "-byte AMX buffer");
-  return Buffer(p);
-}
-
-// Per-thread scratch that grows and is kept between calls. A fresh allocation of ≥ 128 KiB is an mmap,
-// and its munmap makes the kernel shoot down the TLB of every core running this process (an IPI to the
-// other OpenMP threads); on a loaded VM that waits until those vCPUs are scheduled again. Measured on a
-// 2-vCPU Sapphire Rapids VM, M = 16, K = N = 4096, 2 threads: 28-32 ms per call with a malloc'd W strip
-// buffer, 1.3-1.5 ms with malloc kept off mmap. Slot 0: the caller's activation tiles, slot 1: a worker's
-// W strip (the caller is also a worker, hence two slots). Activation tiles above kKeepActBytes are not
-// kept (a product that large amortizes the munmap).
-constexpr int64_t kKeepActBytes = 16 << 20;
-
-int8_t* thread_scratch(int slot, int64_t bytes) {
-  struct Scratch {
-    Buffer buf;
-    int64_t size = 0;
-  };
-  thread_local Scratch scratch[2];
-  Scratch& s = scratch[slot];
-  if (s.size < bytes) {
-    s.buf.reset();  // free before allocating: peak memory of one buffer, not two
-    s.size = 0;
-    s.buf = aligned_buffer(bytes);
-    s.size = bytes;
-  }
-  return s.buf.get();
-}
 
 // 32 packed bytes (chunk `c` of a row with kb bytes; zeros past kb) → 64 sign-extended int8 codes,
 // [32 low nibbles | 32 high nibbles].
@@ -295,9 +259,8 @@ SK_AMX_TARGET void gemm_amx(const uint8_t* a, const uint8_t* w, int64_t M, int64
   const int act_cols = static_cast<int>(std::min<int64_t>(M, 16));
   const int64_t act_ld = 4 * act_cols, act_tile = 16 * act_ld;
   const int64_t act_bytes = groups * chunks * act_tile;
-  Buffer act_large;
-  if (act_bytes > kKeepActBytes) act_large = aligned_buffer(act_bytes);
-  int8_t* act = act_large ? act_large.get() : thread_scratch(0, act_bytes);
+  ScratchBuffer act_owner;
+  int8_t* act = scratch(ScratchSlot::kCaller, act_bytes, act_owner);
   // Serial below kRepackGrain tiles (256 KiB): at decode sizes the repack is microseconds, and waking the
   // worker threads for it costs more than it does, a whole scheduler time slice on a loaded machine.
   at::parallel_for(0, groups * chunks, kRepackGrain, [&](int64_t begin, int64_t end) {
@@ -311,7 +274,8 @@ SK_AMX_TARGET void gemm_amx(const uint8_t* a, const uint8_t* w, int64_t M, int64
     const int64_t g1 = std::min(groups, g0 + block_groups);
     at::parallel_for(0, strips, 1, [&](int64_t begin, int64_t end) {
       configure_tiles(act_cols);
-      int8_t* wbuf = thread_scratch(1, chunks * kStripRows * 64);
+      ScratchBuffer wbuf_owner;
+      int8_t* wbuf = scratch(ScratchSlot::kWorker, chunks * kStripRows * 64, wbuf_owner);
       alignas(64) int32_t acc[4 * 256] = {};  // narrow tiles leave columns ≥ M unwritten (and unused)
       for (int64_t s = begin; s < end; ++s) {
         const int64_t n0 = s * kStripRows;

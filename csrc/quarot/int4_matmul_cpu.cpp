@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "quarot/cpu_scratch.h"
 #include "quarot/int4_matmul_amx.h"
 #include "quarot/quarot.h"
 
@@ -291,12 +292,13 @@ void gemm(const Problem& p, Isa isa, int64_t M, int64_t N, const float* sa, cons
   }
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     const int64_t stride = 2 * p.kb_main;
-    std::vector<uint8_t> buf(static_cast<size_t>(kPanelN * stride));
+    ScratchBuffer owner;
+    uint8_t* buf = reinterpret_cast<uint8_t*>(scratch(ScratchSlot::kWorker, kPanelN * stride, owner));
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t n0 = panel * kPanelN, cols = std::min(N, n0 + kPanelN) - n0;
       for (int64_t c = 0; c < cols; ++c) {
         const uint8_t* wrow = p.w + (n0 + c) * p.kb;
-        uint8_t* dst = buf.data() + c * stride;
+        uint8_t* dst = buf + c * stride;
         for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
           for (int64_t t = 0; t < kBlockBytes; ++t) {
             const uint8_t b = wrow[blk + t];
@@ -306,7 +308,7 @@ void gemm(const Problem& p, Isa isa, int64_t M, int64_t N, const float* sa, cons
         }
       }
       Problem local = p;
-      local.w_unpacked = buf.data();
+      local.w_unpacked = buf;
       local.w_unpacked_n0 = n0;
       run_panel(local, isa, panel, 0, M, M, N, sa, sw, bias, out);
     }
@@ -357,12 +359,13 @@ at::Tensor int4_matmul_cpu(const at::Tensor& a_packed, const at::Tensor& a_scale
     return out;
   }
   const int64_t kb_main = kb - kb % kBlockBytes;
-  std::vector<int8_t> a_unpacked(static_cast<size_t>(M * 2 * kb_main));
+  ScratchBuffer a_owner;
+  int8_t* a_unpacked = scratch(ScratchSlot::kCaller, M * 2 * kb_main, a_owner);
   std::vector<int32_t> a_sum(M);
   at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) unpack_a(ap + m * kb, kb, kb_main, a_unpacked.data() + m * 2 * kb_main, &a_sum[m]);
+    for (int64_t m = begin; m < end; ++m) unpack_a(ap + m * kb, kb, kb_main, a_unpacked + m * 2 * kb_main, &a_sum[m]);
   });
-  const Problem p{a_unpacked.data(), a_sum.data(), ap, wp, kb, kb_main};
+  const Problem p{a_unpacked, a_sum.data(), ap, wp, kb, kb_main};
   with_out([&](auto* o) { gemm(p, isa, M, N, sap, swp, bp, o); });
   return out;
 }
