@@ -11,6 +11,9 @@
 //
 // Blocking: columns in panels of kPanelN (the panel's packed W, ≤ 64·K/2 bytes, stays in L2 while all
 // rows pass over it); inside, 4 rows × 4 columns per micro-kernel call (16 accumulators).
+//
+// On CPUs with AMX-INT8 (Sapphire Rapids and later) the whole product goes to the tile kernel in
+// int4_matmul_amx.cpp instead; this file's paths are the fallback elsewhere and can be forced (tests).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -23,9 +26,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "common/checks.h"
+#include "quarot/cpu_scratch.h"
+#include "quarot/int4_matmul_amx.h"
 #include "quarot/quarot.h"
 
 namespace symkernels::quarot {
@@ -170,20 +176,42 @@ void micro_scalar(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
   }
 }
 
-enum class Isa { kAvx512Vnni, kAvx2, kScalar };
+enum class Isa { kAmx, kAvx512Vnni, kAvx2, kScalar };
 
-// SYMKERNELS_INT4_ISA=avx2|scalar forces a narrower path (tests use it to cover every path on one CPU).
-Isa detect_isa() {
-  if (const char* forced = std::getenv("SYMKERNELS_INT4_ISA")) {
-    if (std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
-    if (std::strcmp(forced, "avx2") == 0 && __builtin_cpu_supports("avx2")) return Isa::kAvx2;
-  }
+// Rows up to which the automatic choice keeps VNNI on an AMX CPU: at decode sizes the GEMM reads W once
+// and the VNNI kernel unpacks it in registers, while the tile path stores the unpacked W and reloads it as
+// tiles (K=N=4096, one thread, Sapphire Rapids VM: VNNI 1.8 ms vs AMX 2.7 ms at M ≤ 2, even at M = 4,
+// AMX ahead from M = 8; see the amx branch's commit log).
+constexpr int64_t kVnniMaxRows = 4;
+
+// The path for an M-row product. SYMKERNELS_INT4_ISA=amx|avx512|avx2|scalar forces one (tests use it to
+// cover every path on one CPU); a path the CPU lacks falls back to the automatic choice, so a forced run
+// is never wrong, only slower.
+Isa detect_isa(int64_t rows) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw")) return Isa::kAvx512Vnni;
+  const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  const char* forced = std::getenv("SYMKERNELS_INT4_ISA");
+  const bool force_amx = forced && std::strcmp(forced, "amx") == 0;
+  if (forced) {
+    if (std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
+    if (std::strcmp(forced, "avx2") == 0 && __builtin_cpu_supports("avx2")) return Isa::kAvx2;
+    if (std::strcmp(forced, "avx512") == 0 && vnni) return Isa::kAvx512Vnni;
+  }
+  if (amx_int8_usable() && (force_amx || !vnni || rows > kVnniMaxRows)) return Isa::kAmx;
+  if (vnni) return Isa::kAvx512Vnni;
   if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAmx: return "amx";
+    case Isa::kAvx512Vnni: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
 }
 
 template <int MR, int NR>
@@ -248,8 +276,8 @@ void run_panel(const Problem& p, Isa isa, int64_t panel, int64_t m_begin, int64_
 }
 
 template <typename Out>
-void gemm(const Problem& p, int64_t M, int64_t N, const float* sa, const float* sw, const float* bias, Out* out) {
-  const Isa isa = detect_isa();  // a getenv and a cpuid per call: negligible next to a GEMM
+void gemm(const Problem& p, Isa isa, int64_t M, int64_t N, const float* sa, const float* sw, const float* bias,
+          Out* out) {
   const int64_t panels = (N + kPanelN - 1) / kPanelN;
   const int64_t m_blocks = (M + 3) / 4;
   if (M < kPreUnpackRows || isa == Isa::kScalar || p.kb_main == 0) {
@@ -264,12 +292,13 @@ void gemm(const Problem& p, int64_t M, int64_t N, const float* sa, const float* 
   }
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     const int64_t stride = 2 * p.kb_main;
-    std::vector<uint8_t> buf(static_cast<size_t>(kPanelN * stride));
+    ScratchBuffer owner;
+    uint8_t* buf = reinterpret_cast<uint8_t*>(scratch(ScratchSlot::kWorker, kPanelN * stride, owner));
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t n0 = panel * kPanelN, cols = std::min(N, n0 + kPanelN) - n0;
       for (int64_t c = 0; c < cols; ++c) {
         const uint8_t* wrow = p.w + (n0 + c) * p.kb;
-        uint8_t* dst = buf.data() + c * stride;
+        uint8_t* dst = buf + c * stride;
         for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
           for (int64_t t = 0; t < kBlockBytes; ++t) {
             const uint8_t b = wrow[blk + t];
@@ -279,7 +308,7 @@ void gemm(const Problem& p, int64_t M, int64_t N, const float* sa, const float* 
         }
       }
       Problem local = p;
-      local.w_unpacked = buf.data();
+      local.w_unpacked = buf;
       local.w_unpacked_n0 = n0;
       run_panel(local, isa, panel, 0, M, M, N, sa, sw, bias, out);
     }
@@ -312,25 +341,42 @@ at::Tensor int4_matmul_cpu(const at::Tensor& a_packed, const at::Tensor& a_scale
   if (M == 0 || N == 0) return out;
   const at::Tensor a = a_packed.contiguous(), w = w_packed.contiguous();
   const at::Tensor sa = a_scale.contiguous().view({M}), sw = w_scale.contiguous().view({N});
-  const int64_t kb_main = kb - kb % kBlockBytes;
-  std::vector<int8_t> a_unpacked(static_cast<size_t>(M * 2 * kb_main));
-  std::vector<int32_t> a_sum(M);
   const uint8_t* ap = a.const_data_ptr<uint8_t>();
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) unpack_a(ap + m * kb, kb, kb_main, a_unpacked.data() + m * 2 * kb_main, &a_sum[m]);
-  });
-  const Problem p{a_unpacked.data(), a_sum.data(), ap, w.const_data_ptr<uint8_t>(), kb, kb_main};
+  const uint8_t* wp = w.const_data_ptr<uint8_t>();
+  const float* sap = sa.const_data_ptr<float>();
+  const float* swp = sw.const_data_ptr<float>();
   const float* bp = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
-  switch (out_dtype) {
-    case at::kFloat: gemm(p, M, N, sa.const_data_ptr<float>(), sw.const_data_ptr<float>(), bp, out.mutable_data_ptr<float>()); break;
-    case at::kHalf: gemm(p, M, N, sa.const_data_ptr<float>(), sw.const_data_ptr<float>(), bp, out.mutable_data_ptr<c10::Half>()); break;
-    default: gemm(p, M, N, sa.const_data_ptr<float>(), sw.const_data_ptr<float>(), bp, out.mutable_data_ptr<c10::BFloat16>()); break;
+  const Isa isa = detect_isa(M);  // a getenv and a cpuid per call: negligible next to a GEMM
+  auto with_out = [&](auto&& f) {
+    switch (out_dtype) {
+      case at::kFloat: return f(out.mutable_data_ptr<float>());
+      case at::kHalf: return f(out.mutable_data_ptr<c10::Half>());
+      default: return f(out.mutable_data_ptr<c10::BFloat16>());
+    }
+  };
+  if (isa == Isa::kAmx) {
+    with_out([&](auto* o) { int4_matmul_amx(ap, wp, M, N, kb, sap, swp, bp, o); });
+    return out;
   }
+  const int64_t kb_main = kb - kb % kBlockBytes;
+  ScratchBuffer a_owner;
+  int8_t* a_unpacked = scratch(ScratchSlot::kCaller, M * 2 * kb_main, a_owner);
+  std::vector<int32_t> a_sum(M);
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) unpack_a(ap + m * kb, kb, kb_main, a_unpacked + m * 2 * kb_main, &a_sum[m]);
+  });
+  const Problem p{a_unpacked, a_sum.data(), ap, wp, kb, kb_main};
+  with_out([&](auto* o) { gemm(p, isa, M, N, sap, swp, bp, o); });
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("int4_matmul", &int4_matmul_cpu); }
+
+// No tensor arguments, so no backend key to dispatch on: one kernel for every caller.
+TORCH_LIBRARY_IMPL(symkernels, CompositeExplicitAutograd, m) {
+  m.impl("int4_matmul_cpu_isa", [](int64_t rows) -> std::string { return isa_name(detect_isa(rows)); });
+}
 
 }  // namespace symkernels::quarot

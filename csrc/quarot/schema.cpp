@@ -13,3 +13,9 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
   m.def("int4_matmul(Tensor a_packed, Tensor a_scale, Tensor w_packed, Tensor w_scale, Tensor? bias, "
         "ScalarType out_dtype) -> Tensor");
 }
+
+TORCH_LIBRARY_FRAGMENT(symkernels, m) {
+  // Which CPU kernel int4_matmul runs now for an m-row product: "amx", "avx512" (VNNI), "avx2" or
+  // "scalar", after the SYMKERNELS_INT4_ISA override and its fallback. Lets tests prove a forced path ran.
+  m.def("int4_matmul_cpu_isa(int m) -> str");
+}

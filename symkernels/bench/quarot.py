@@ -77,6 +77,14 @@ def _quantize_cases(device, quick) -> Iterable[Case]:
                    ours="symkernels", bytes_moved=x.nbytes + x.nbytes // 8 + 4 * rows)
 
 
+def _cpu_isa(m: int) -> str | None:
+    """The CPU kernel int4_matmul runs for m rows (amx / avx512 / avx2 / scalar), None without the build."""
+    try:
+        return torch.ops.symkernels.int4_matmul_cpu_isa(m)
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _gemm_cases(device, quick) -> Iterable[Case]:
     sizes = [4096] if quick else [4096, 11008]
     ms = [1, 16, 256] if quick else [1, 16, 256, 2048]
@@ -99,7 +107,9 @@ def _gemm_cases(device, quick) -> Iterable[Case]:
                 impls["torch bf16 matmul"] = lambda x=x_bf16, w=w_bf16: x @ w.T
             else:
                 impls["torch bf16 matmul"] = "skipped in --quick on CPU (slow, no AMX path in this torch build)"
-            yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}", dtype="int4→fp32", impls=impls,
+            isa = _cpu_isa(m) if device.type == "cpu" else None
+            yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}",
+                       dtype="int4→fp32" + (f" (cpu {isa})" if isa else ""), impls=impls,
                        ours="symkernels W4A4", flops=2 * m * kn * kn,
                        bytes_moved=m * kn // 2 + kn * kn // 2 + 4 * m * kn + 4 * (m + kn))
 

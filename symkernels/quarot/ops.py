@@ -163,6 +163,10 @@ def int4_matmul(a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.T
     The integer dot products are exact (int32 accumulation: |acc| ≤ 64·K), the dequantization is done
     in fp32 in the same kernel (no int32 → fp16 overflow). Equal to the reference
     ``(a.int() @ w.int().T) * sa * sw + bias``. Not differentiable (integer inputs).
+
+    CPU kernels: AMX-INT8 tiles where the CPU and OS provide them (Sapphire Rapids+), else AVX-512 VNNI,
+    AVX2 or scalar. ``SYMKERNELS_INT4_ISA=amx|avx512|avx2|scalar`` forces one (a path the CPU lacks falls
+    back to the best available); ``torch.ops.symkernels.int4_matmul_cpu_isa()`` names the one in use.
     """
     _check_matmul_args(a_packed, a_scale, w_packed, w_scale, bias, out_dtype)
     device = _backend.common_device("int4_matmul", a_packed=a_packed, a_scale=a_scale, w_packed=w_packed,

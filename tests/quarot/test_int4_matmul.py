@@ -1,4 +1,6 @@
 """int4_matmul: exact int32 accumulation, fused fp32 epilogue, every backend vs the reference."""
+import os
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -141,19 +143,119 @@ def test_opcheck_int4_matmul():
                               (a, torch.rand(m), w, torch.rand(n), bias, torch.float16))
 
 
-@pytest.mark.parametrize("isa", ["avx2", "scalar", ""])
-def test_every_cpu_isa_path_exact(monkeypatch, isa):
-    """The CPU kernel picks VNNI/AVX2/scalar at run time; force each path (if the CPU has it)."""
-    if not _backend.backend_status("cpu"):
-        pytest.skip("cpu backend unavailable")
-    monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
-    gen = torch.Generator().manual_seed(11)
-    # K/2 = 40: one SIMD block + an 8-byte tail; M ≥ 16 takes the pre-unpacked W panel path
-    for m, n, k in ((1, 9, 80), (6, 5, 512), (13, 17, 64), (21, 70, 80)):
+def _cpu_isa_now(m=16):
+    """The CPU path int4_matmul takes for m rows under the current SYMKERNELS_INT4_ISA (after its fallback)."""
+    return torch.ops.symkernels.int4_matmul_cpu_isa(m)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+# Every tail of the AMX kernel: M around the 16-row activation tile and the 2-tile row pairs (1, 15, 16, 17,
+# 33, 300 with a 2×2 block and a lone group), odd N (strips of 32 = 2 tiles of 16, zero rows), K/2 not a
+# multiple of 32 (zero-padded 64-code chunk), K < 64, K = 2; the VNNI path's 8-byte tail (K/2 = 40) and its
+# pre-unpacked panel (M ≥ 16).
+_ISA_SHAPES = ((1, 9, 80), (6, 5, 512), (13, 17, 64), (21, 70, 80), (15, 33, 130), (16, 31, 62), (17, 47, 2),
+               (33, 65, 192), (300, 37, 200))
+
+
+def _check_isa_exact(gen, shapes=_ISA_SHAPES):
+    for m, n, k in shapes:
         a_p, a = _random_packed(m, k, gen)
         w_p, w = _random_packed(n, k, gen)
         out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
-        torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
+        torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0,
+                                   msg=lambda s: f"m={m} n={n} k={k}: {s}")
+    # extreme codes: activations all −8, weights only −8 / 7, so |acc| reaches 64·K; exact in fp32 here
+    m, n, k = 19, 21, 1000
+    a = torch.full((m, k), -8, dtype=torch.int8)
+    w = torch.where(torch.rand(n, k, generator=gen) < 0.5, -8, 7).to(torch.int8)
+    out = symkernels.int4_matmul(reference.pack_int4(a), torch.ones(m, 1), reference.pack_int4(w), torch.ones(n, 1),
+                                 backend="cpu")
+    torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("isa", ["amx", "avx512", "avx2", "scalar", ""])
+def test_every_cpu_isa_path_exact(monkeypatch, isa):
+    """The CPU kernel picks AMX/VNNI/AVX2/scalar at run time; force each path the CPU has and prove it ran."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
+    ran = _cpu_isa_now()
+    if isa:  # a forced path does not depend on M
+        assert {_cpu_isa_now(m) for m in (1, 4, 5, 300)} == {ran}
+    if isa and ran != isa:
+        pytest.skip(f"this CPU/OS has no {isa} path for int4_matmul (it falls back to {ran}; cpu flags with "
+                    f"amx/vnni: {[f for f in _cpu_flags() if 'amx' in f or 'vnni' in f]})")
+    _check_isa_exact(torch.Generator().manual_seed(11))
+
+
+def test_forced_amx_falls_back_without_amx(monkeypatch):
+    """SYMKERNELS_INT4_ISA=amx on a CPU (or kernel) without AMX-INT8 silently takes the best other path."""
+    if not _backend.backend_status("cpu"):
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", "amx")
+    if _cpu_isa_now() == "amx":
+        pytest.skip("this CPU has AMX-INT8, so the forced path runs (test_every_cpu_isa_path_exact[amx]); "
+                    "the fallback is exercised on CPUs without it")
+    assert _cpu_isa_now() in ("avx512", "avx2", "scalar")
+    _check_isa_exact(torch.Generator().manual_seed(12), _ISA_SHAPES[:4])
+
+
+def test_auto_isa_keeps_vnni_at_decode_sizes(monkeypatch):
+    """Unforced, an AMX CPU runs M ≤ 4 on VNNI (faster there: W is read once and unpacked in registers)
+    and larger M on AMX tiles; both give the exact product."""
+    monkeypatch.delenv("SYMKERNELS_INT4_ISA", raising=False)
+    if not _backend.backend_status("cpu") or _cpu_isa_now(16) != "amx":
+        pytest.skip("no AMX-INT8 path on this CPU/OS")
+    assert [_cpu_isa_now(m) for m in (1, 4, 5, 16)] == ["avx512", "avx512", "amx", "amx"]
+    _check_isa_exact(torch.Generator().manual_seed(13), ((1, 33, 130), (4, 17, 64), (5, 47, 62)))
+
+
+def test_amx_epilogue_bitwise_vs_reference(monkeypatch):
+    """The AMX epilogue computes (fp32(acc)·sa)·sw + bias in the reference's order without FMA contraction
+    and rounds once to the out dtype (RNE, as torch does): bit-identical to the reference, every dtype."""
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", "amx")
+    if not _backend.backend_status("cpu") or _cpu_isa_now() != "amx":
+        pytest.skip("no AMX-INT8 path on this CPU/OS")
+    gen = torch.Generator().manual_seed(4)
+    m, n, k = 35, 49, 194
+    a_p, _ = _random_packed(m, k, gen)
+    w_p, _ = _random_packed(n, k, gen)
+    sa, sw = torch.rand(m, 1, generator=gen) * 0.1, torch.rand(n, 1, generator=gen) * 0.01
+    bias = torch.randn(n, generator=gen)
+    for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for b in (None, bias):
+            out = symkernels.int4_matmul(a_p, sa, w_p, sw, b, out_dtype=out_dtype, backend="cpu")
+            ref = reference.int4_matmul(a_p, sa.reshape(-1), w_p, sw.reshape(-1), b, out_dtype)
+            assert torch.equal(out, ref), (out_dtype, b is None, (out.float() - ref.float()).abs().max())
+
+
+@given(m=st.integers(0, 40), n=st.integers(0, 40), kb=st.integers(0, 70), seed=st.integers(0, 2**16),
+       isa=st.sampled_from(["amx", "avx512", "avx2", "scalar"]))
+def test_hypothesis_cpu_isa_exact(m, n, kb, seed, isa):
+    """Random shapes through every CPU path, exact integer result (a forced path the CPU lacks falls back)."""
+    if not _backend.backend_status("cpu"):
+        return
+    gen = torch.Generator().manual_seed(seed)
+    a_p, a = _random_packed(m, 2 * kb, gen)
+    w_p, w = _random_packed(n, 2 * kb, gen)
+    old = os.environ.get("SYMKERNELS_INT4_ISA")
+    os.environ["SYMKERNELS_INT4_ISA"] = isa
+    try:
+        out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
+    finally:
+        if old is None:
+            del os.environ["SYMKERNELS_INT4_ISA"]
+        else:
+            os.environ["SYMKERNELS_INT4_ISA"] = old
+    expected = (a.long() @ w.long().T).float() if kb else torch.zeros(m, n)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("kernel", ["mma", "dp4a"])
