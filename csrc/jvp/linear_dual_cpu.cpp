@@ -188,6 +188,16 @@ void tangent_chain_rule_(at::Tensor& y_t, const at::Tensor& primal, Activation a
   TORCH_CHECK(false, kOp, ": unknown activation");
 }
 
+// y_t (+)= term, broadcast over y_t's shape: the first contribution overwrites (y_t starts uninitialised).
+void accumulate_(at::Tensor& y_t, const at::Tensor& term, bool& written) {
+  if (written) {
+    y_t.add_(term);
+  } else {
+    y_t.copy_(term.expand_as(y_t));
+  }
+  written = true;
+}
+
 std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
                                                    const at::Tensor& weight, const std::optional<at::Tensor>& weight_t,
                                                    const std::optional<at::Tensor>& bias,
@@ -253,13 +263,7 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
     }
     written = true;
   } else if (Tw == 1) {  // one weight tangent shared by all T (vmap over x only): compute once, broadcast
-    const at::Tensor zw = at::mm(a.x, a.weight_t.select(0, 0).t()).unsqueeze(0).expand({T, M, N});
-    if (written) {
-      y_t.add_(zw);
-    } else {
-      y_t.copy_(zw);
-    }
-    written = true;
+    accumulate_(y_t, at::mm(a.x, a.weight_t.select(0, 0).t()).unsqueeze(0), written);
   }
   if (stacked) {
     // the x-tangent products came with the primal GEMM
@@ -272,23 +276,9 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cpu(const at::Tensor& x, const st
     }
     written = true;
   } else if (Tx == 1) {  // one x tangent shared by all T
-    const at::Tensor zx = at::mm(a.x_t.select(0, 0), wT).unsqueeze(0).expand({T, M, N});
-    if (written) {
-      y_t.add_(zx);
-    } else {
-      y_t.copy_(zx);
-    }
-    written = true;
+    accumulate_(y_t, at::mm(a.x_t.select(0, 0), wT).unsqueeze(0), written);
   }
-  if (Tb) {
-    const at::Tensor bt = a.bias_t.view({Tb, 1, N});
-    if (written) {
-      y_t.add_(bt);
-    } else {
-      y_t.copy_(bt.expand({T, M, N}));
-    }
-    written = true;
-  }
+  if (Tb) accumulate_(y_t, a.bias_t.view({Tb, 1, N}), written);
   if (!written) {
     y_t.zero_();
     activate_(y, a.act);
