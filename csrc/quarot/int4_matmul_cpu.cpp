@@ -178,11 +178,12 @@ void micro_scalar(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
 
 enum class Isa { kAmx, kAvx512Vnni, kAvx2, kScalar };
 
-// Rows up to which the automatic choice keeps VNNI on an AMX CPU: at decode sizes the GEMM reads W once
-// and the VNNI kernel unpacks it in registers, while the tile path stores the unpacked W and reloads it as
-// tiles (K=N=4096, one thread, Sapphire Rapids VM: VNNI 1.8 ms vs AMX 2.7 ms at M ≤ 2, even at M = 4,
-// AMX ahead from M = 8; see the amx branch's commit log).
-constexpr int64_t kVnniMaxRows = 4;
+// Rows up to which the automatic choice keeps VNNI on an AMX CPU. Both paths then stream W once at about
+// memory speed (the tile path unpacks each W chunk into an L1 ring right before its tile loads), and VNNI,
+// which unpacks in registers, is slightly ahead at one or two rows: idle 2-thread medians, Sapphire Rapids VM,
+// K=N=4096: M=1 VNNI 0.31–0.35 ms vs AMX 0.38–0.46 ms, M=2 0.34 vs 0.39, M=4 0.41 vs 0.39, M=5 0.61 vs 0.39;
+// K=N=11008: equal within noise at M ≤ 2, AMX ahead from M=4 (2.3 vs 2.6 ms).
+constexpr int64_t kVnniMaxRows = 2;
 
 // The path for an M-row product. SYMKERNELS_INT4_ISA=amx|avx512|avx2|scalar forces one (tests use it to
 // cover every path on one CPU); a path the CPU lacks falls back to the automatic choice, so a forced run

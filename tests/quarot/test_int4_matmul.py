@@ -208,13 +208,13 @@ def test_forced_amx_falls_back_without_amx(monkeypatch):
 
 
 def test_auto_isa_keeps_vnni_at_decode_sizes(monkeypatch):
-    """Unforced, an AMX CPU runs M ≤ 4 on VNNI (faster there: W is read once and unpacked in registers)
+    """Unforced, an AMX CPU runs M ≤ 2 on VNNI (faster there: W is read once and unpacked in registers)
     and larger M on AMX tiles; both give the exact product."""
     monkeypatch.delenv("SYMKERNELS_INT4_ISA", raising=False)
     if not _backend.backend_status("cpu") or _cpu_isa_now(16) != "amx":
         pytest.skip("no AMX-INT8 path on this CPU/OS")
-    assert [_cpu_isa_now(m) for m in (1, 4, 5, 16)] == ["avx512", "avx512", "amx", "amx"]
-    _check_isa_exact(torch.Generator().manual_seed(13), ((1, 33, 130), (4, 17, 64), (5, 47, 62)))
+    assert [_cpu_isa_now(m) for m in (1, 2, 3, 16)] == ["avx512", "avx512", "amx", "amx"]
+    _check_isa_exact(torch.Generator().manual_seed(13), ((1, 33, 130), (2, 17, 64), (3, 47, 62)))
 
 
 def test_amx_epilogue_bitwise_vs_reference(monkeypatch):
