@@ -39,22 +39,25 @@ def s8x4(reg):
     return np.stack([((reg >> (8 * b)) & 0xFF).astype(np.uint8).view(np.int8) for b in range(4)], -1).astype(np.int64)
 
 
-def mma_m16n8k32_s8(a_regs, b_regs):
-    """D = A·B for one warp, built from the PTX ISA fragment formulas (m16n8k32, .s8, row.col).
+def mma_m16n8(a_regs, b_regs, elements, per_reg):
+    """D = A·B for one warp from the PTX ISA fragment formulas of the integer m16n8kK MMAs (row.col).
 
-    a_regs [32, 4], b_regs [32, 2] uint32 per lane → d [32, 4] int64 per lane.
-    A: row = g for a_i with 0 ≤ i < 4 or 8 ≤ i < 12, else g + 8; col = 4t + (i & 3) (+ 16 for i ≥ 8).
-    B: row = 4t + (i & 3) (+ 16 for i ≥ 4); col = g.   C/D: row = g (+ 8 for c2, c3); col = 2t + (i & 1).
+    a_regs [32, 4], b_regs [32, 2] uint32 per lane, each register holding ``per_reg`` elements (``elements``
+    splits one register, lowest first); K = 8·per_reg. With e = per_reg:
+    A: row = g for a_i with 0 ≤ i < e or 2e ≤ i < 3e, else g + 8; col = e·t + (i mod e) (+ K/2 for i ≥ 2e).
+    B: row = e·t + (i mod e) (+ K/2 for i ≥ e); col = g.   C/D: row = g (+ 8 for c2, c3); col = 2t + (i & 1).
+    → d [32, 4] int64 per lane.
     """
-    a = np.zeros((16, 32), np.int64)
-    b = np.zeros((32, 8), np.int64)
-    a_el = np.concatenate([s8x4(a_regs[:, r]) for r in range(4)], -1)  # [32, 16]: a0..a15
-    b_el = np.concatenate([s8x4(b_regs[:, r]) for r in range(2)], -1)  # [32, 8]: b0..b7
-    for i in range(16):
-        row = np.where((i < 4) | ((i >= 8) & (i < 12)), G, G + 8)
-        a[row, 4 * T + (i & 3) + (16 if i >= 8 else 0)] = a_el[:, i]
-    for i in range(8):
-        b[4 * T + (i & 3) + (16 if i >= 4 else 0), G] = b_el[:, i]
+    e, k = per_reg, 8 * per_reg
+    a = np.zeros((16, k), np.int64)
+    b = np.zeros((k, 8), np.int64)
+    a_el = np.concatenate([elements(a_regs[:, r]) for r in range(4)], -1)  # [32, 4e]: a_0 .. a_(4e-1)
+    b_el = np.concatenate([elements(b_regs[:, r]) for r in range(2)], -1)  # [32, 2e]: b_0 .. b_(2e-1)
+    for i in range(4 * e):
+        row = np.where((i < e) | ((i >= 2 * e) & (i < 3 * e)), G, G + 8)
+        a[row, e * T + (i % e) + (k // 2 if i >= 2 * e else 0)] = a_el[:, i]
+    for i in range(2 * e):
+        b[e * T + (i % e) + (k // 2 if i >= e else 0), G] = b_el[:, i]
     c = a @ b
     return np.stack([c[G + 8 * (i // 2), 2 * T + (i % 2)] for i in range(4)], -1)
 
@@ -65,23 +68,14 @@ def s4x8(reg):
     return np.where(nib >= 8, nib - 16, nib)
 
 
-def mma_m16n8k64_s4(a_regs, b_regs):
-    """D = A·B for one warp from the PTX ISA fragment formulas (m16n8k64, .s4, row.col).
+def mma_m16n8k32_s8(a_regs, b_regs):
+    """m16n8k32 .s8: four int8 elements per register."""
+    return mma_m16n8(a_regs, b_regs, s8x4, 4)
 
-    A: row = g for a_i with 0 ≤ i < 8 or 16 ≤ i < 24, else g + 8; col = 8t + (i & 7) (+ 32 for i ≥ 16).
-    B: row = 8t + (i & 7) (+ 32 for i ≥ 8); col = g.   C/D as for m16n8k32.
-    """
-    a = np.zeros((16, 64), np.int64)
-    b = np.zeros((64, 8), np.int64)
-    a_el = np.concatenate([s4x8(a_regs[:, r]) for r in range(4)], -1)  # [32, 32]: a0..a31
-    b_el = np.concatenate([s4x8(b_regs[:, r]) for r in range(2)], -1)  # [32, 16]: b0..b15
-    for i in range(32):
-        row = np.where((i < 8) | ((i >= 16) & (i < 24)), G, G + 8)
-        a[row, 8 * T + (i & 7) + (32 if i >= 16 else 0)] = a_el[:, i]
-    for i in range(16):
-        b[8 * T + (i & 7) + (32 if i >= 8 else 0), G] = b_el[:, i]
-    c = a @ b
-    return np.stack([c[G + 8 * (i // 2), 2 * T + (i % 2)] for i in range(4)], -1)
+
+def mma_m16n8k64_s4(a_regs, b_regs):
+    """m16n8k64 .s4: eight signed nibbles per register."""
+    return mma_m16n8(a_regs, b_regs, s4x8, 8)
 
 
 def stage_tile(packed, r0, rows, k0):
