@@ -3,6 +3,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/cuda_dispatch.h"
 #include "gaunt/gaunt_args.h"
 #include "gaunt/gaunt_cuda.h"
 
@@ -30,13 +31,8 @@ at::Tensor gaunt_tensor_product_cuda(const at::Tensor& x1, const at::Tensor& x2,
   if (args.out.numel() == 0) return args.out;
   const bool f64 = x1.scalar_type() == at::kDouble;
   const at::Tensor c = coeffs.to(f64 ? at::kDouble : at::kFloat).contiguous();
-  switch (x1.scalar_type()) {
-    case at::kFloat: launch<float, float>(args, table, c); break;
-    case at::kDouble: launch<double, double>(args, table, c); break;
-    case at::kHalf: launch<__half, at::Half>(args, table, c); break;
-    case at::kBFloat16: launch<__nv_bfloat16, at::BFloat16>(args, table, c); break;
-    default: TORCH_CHECK_TYPE(false, "gaunt_tensor_product: unsupported dtype ", x1.scalar_type());
-  }
+  dispatch_cuda_floating(x1.scalar_type(), "gaunt_tensor_product",
+                         [&]<typename In, typename TorchIn>() { launch<In, TorchIn>(args, table, c); });
   return args.out;
 }
 

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/cuda_dispatch.h"
 #include "jvp/dual_args.h"
 #include "jvp/jvp_cuda.h"
 
@@ -45,13 +46,8 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cuda(const at::Tensor& x, const s
   at::Tensor y = at::empty({a.M, a.N}, x.options());
   at::Tensor y_t = at::empty({a.T, a.M, a.N}, x.options());
   if (a.M == 0 || a.N == 0) return {y, y_t};
-  switch (x.scalar_type()) {
-    case at::kFloat: launch<float, float>(a, y, y_t); break;
-    case at::kDouble: launch<double, double>(a, y, y_t); break;
-    case at::kHalf: launch<__half, at::Half>(a, y, y_t); break;
-    case at::kBFloat16: launch<__nv_bfloat16, at::BFloat16>(a, y, y_t); break;
-    default: TORCH_CHECK_TYPE(false, "linear_dual: unsupported dtype ", x.scalar_type());
-  }
+  dispatch_cuda_floating(x.scalar_type(), "linear_dual",
+                         [&]<typename In, typename TorchIn>() { launch<In, TorchIn>(a, y, y_t); });
   return {y, y_t};
 }
 
