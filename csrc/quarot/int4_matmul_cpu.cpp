@@ -12,8 +12,9 @@
 // Blocking: columns in panels of kPanelN (the panel's packed W, ≤ 64·K/2 bytes, stays in L2 while all
 // rows pass over it); inside, 4 rows × 4 columns per micro-kernel call (16 accumulators).
 //
-// On CPUs with AMX-INT8 (Sapphire Rapids and later) the whole product goes to the tile kernel in
-// int4_matmul_amx.cpp instead; this file's paths are the fallback elsewhere and can be forced (tests).
+// On CPUs with AMX-INT8 (Sapphire Rapids and later) products of more than kVnniMaxRows rows go to the tile
+// kernel in int4_matmul_amx.cpp instead; this file's paths serve decode sizes there, every size elsewhere,
+// and can be forced (tests).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -61,7 +61,7 @@ def _scale_of(w: torch.Tensor, clip_ratio: float, mse: bool = False) -> torch.Te
     rows_per_chunk = max(1, _MSE_CHUNK_ELEMS // (len(ratios) * cols))
     for r0 in range(0, wf.shape[0], rows_per_chunk):
         wc, sc = wf[r0:r0 + rows_per_chunk], cands[:, r0:r0 + rows_per_chunk]
-        e = torch.div(wc, sc).round_().clamp_(-8, 7).mul_(sc)  # Q(w) for every candidate
+        e = torch.div(wc, sc).round_().clamp_(-8, 7).mul_(sc)  # Q(w) = _round(w, s)·s, in place: one buffer
         err = torch.sub(wc, e, out=e).abs_().pow_(MSE_NORM).sum(dim=-1)  # [C, rows]
         best[r0:r0 + rows_per_chunk] = sc.gather(0, err.argmin(dim=0)[None, :, None])[0]  # argmin: first of ties
     return best.reshape(*w.shape[:-1], 1)
