@@ -255,6 +255,12 @@ def _kv_cache(layers):
     return QuaRotKVCache([h.cache_layer() for h in hooks])
 
 
+# The keyword under which transformers passes the KV cache down the decoder: ``cache`` from 5.24 on
+# (``past_key_values`` is still accepted from callers, with a deprecation warning), ``past_key_values``
+# before. A hook runs before the renaming decorator on ``forward``, so it must read both.
+_CACHE_KWARGS = ("cache", "past_key_values")
+
+
 def _install_kv_cache_hooks(model: nn.Module) -> None:
     """Make every forward of ``model.model`` run on a ``QuaRotKVCache`` (once per model).
 
@@ -273,30 +279,33 @@ def _install_kv_cache_hooks(model: nn.Module) -> None:
     if getattr(inner, "_quarot_kv_hooks", False):
         return
     params = list(inspect.signature(inner.forward).parameters)
-    pos = params.index("past_key_values") if "past_key_values" in params else None
+    cache_name = next((name for name in _CACHE_KWARGS if name in params), _CACHE_KWARGS[-1])
+    pos = params.index(cache_name) if cache_name in params else None
 
     # the hooks read the module they are called on, not this model: a deepcopy of the model shares
     # these functions but must build caches from its own (possibly re-quantized) settings
     def swap_cache(mod, args, kwargs):
         positional = pos is not None and len(args) > pos
-        past = args[pos] if positional else kwargs.get("past_key_values")
+        given_name = next((name for name in _CACHE_KWARGS if name in kwargs), cache_name)
+        past = args[pos] if positional else kwargs.get(given_name)
         if isinstance(past, QuaRotKVCache):
             return None
         if past is not None and past.get_seq_length() > 0:
-            raise ValueError(f"quantize_model(kv_bits=4): past_key_values is a {type(past).__name__} that already "
+            raise ValueError(f"quantize_model(kv_bits=4): {given_name} is a {type(past).__name__} that already "
                              f"holds {past.get_seq_length()} float tokens; pass a symkernels.quarot.modules."
                              f"kv_cache(model) (or none) instead")
         cache = _kv_cache(mod.layers)
         if positional:
             args = (*args[:pos], cache, *args[pos + 1:])
         else:
-            kwargs = {**kwargs, "past_key_values": cache}
+            kwargs = {**kwargs, given_name: cache}
         return args, kwargs
 
     def check_cache(mod, _args, kwargs):
-        if mod.quarot.kv_bits is not None and not isinstance(kwargs.get("past_key_values"), QuaRotKVCache):
+        given = next((kwargs[name] for name in _CACHE_KWARGS if name in kwargs), None)
+        if mod.quarot.kv_bits is not None and not isinstance(given, QuaRotKVCache):
             raise ValueError(f"{type(mod).__name__}: this layer has a 4-bit KV cache (kv_bits=4) but was called "
-                             f"with past_key_values={type(kwargs.get('past_key_values')).__name__}, not a "
+                             f"with {cache_name}={type(given).__name__}, not a "
                              f"QuaRotKVCache (symkernels.quarot.modules.kv_cache(model))")
 
     inner.register_forward_pre_hook(swap_cache, with_kwargs=True)

@@ -2,7 +2,9 @@
 rotation is exact in float, the 4-bit KV cache is far better with it on a model with outlier
 channels, and the fake-quant simulation gives the kernels' numbers."""
 import copy
+import inspect
 import platform
+import warnings
 
 import pytest
 import torch
@@ -13,6 +15,9 @@ from symkernels.quarot.modules import (HadamardThenLinear, OnlineHadamard, QuaRo
                                        rotate_model)
 
 transformers = pytest.importorskip("transformers")
+# transformers 5.24 renamed the KV-cache keyword and output field from ``past_key_values`` to ``cache``
+# (the old keyword still works, with a deprecation warning); the tests speak the installed version's name
+CACHE = "cache" if "cache" in inspect.signature(transformers.LlamaModel.forward).parameters else "past_key_values"
 
 
 def _tiny_llama(intermediate=192, hidden=64, heads=4, kv_heads=2, attn="sdpa", bias=False):
@@ -97,12 +102,12 @@ def _outlier_llama():
 def _prefill_decode(model, ids, prefill, cache=None):
     """Logits [batch, seq, vocab] of ``ids`` fed as a prefill of ``prefill`` tokens, then one token per
     step through the cache the model returns (the decode loop of ``generate``)."""
-    out = model(ids[:, :prefill], past_key_values=cache, use_cache=True)
-    logits, cache = [out.logits], out.past_key_values
+    out = model(ids[:, :prefill], **{CACHE: cache}, use_cache=True)
+    logits, cache = [out.logits], out[CACHE]
     for t in range(prefill, ids.shape[1]):
-        out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+        out = model(ids[:, t:t + 1], **{CACHE: cache}, use_cache=True)
         logits.append(out.logits)
-        cache = out.past_key_values
+        cache = out[CACHE]
     return torch.cat(logits, dim=1), cache
 
 
@@ -198,30 +203,33 @@ def test_kv4_generate_uses_the_packed_cache():
             m = quantize_model(copy.deepcopy(model), mode=mode, progress=False)
             g = m.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, return_dict_in_generate=True,
                            pad_token_id=0)
-            assert isinstance(g.past_key_values, kv.QuaRotKVCache) and g.past_key_values.get_seq_length() == 9
-            assert g.past_key_values.layers[0].mode == mode
+            assert isinstance(g[CACHE], kv.QuaRotKVCache) and g[CACHE].get_seq_length() == 9
+            assert g[CACHE].layers[0].mode == mode
             seqs[mode] = g.sequences
             # beam search expands (batch_repeat_interleave) and reorders the packed cache every step
             seqs[mode, "beam"] = m.generate(ids, attention_mask=mask, max_new_tokens=4, num_beams=3, do_sample=False,
                                             pad_token_id=0)
             # an explicit cache is used (and kept); a float cache that already holds tokens is refused
             cache = kv_cache(m)
-            m(ids, past_key_values=cache)
+            m(ids, **{CACHE: cache})
             assert cache.get_seq_length() == 6
             full = transformers.DynamicCache(config=m.config)
-            copy.deepcopy(model)(ids, past_key_values=full)
+            copy.deepcopy(model)(ids, **{CACHE: full})
             with pytest.raises(ValueError, match="already holds 6 float tokens"):
+                m(ids[:, :1], **{CACHE: full})
+            with warnings.catch_warnings(), pytest.raises(ValueError, match="already holds 6 float tokens"):
+                warnings.simplefilter("ignore", FutureWarning)  # the deprecated keyword is read too
                 m(ids[:, :1], past_key_values=full)
             with pytest.raises(ValueError, match="QuaRotKVCache"):  # a decoder layer called with a float cache
                 layer = m.model.layers[0]
                 h = torch.randn(2, 3, 64)
                 pos = m.model.rotary_emb(h, torch.arange(3)[None])
-                layer(h, position_embeddings=pos, past_key_values=transformers.DynamicCache(config=m.config))
+                layer(h, position_embeddings=pos, **{CACHE: transformers.DynamicCache(config=m.config)})
     assert torch.equal(seqs["fake"], seqs["real"]) and torch.equal(seqs["fake", "beam"], seqs["real", "beam"])
     # a copy of a KV4 model, re-set to the other mode, builds its own caches
     with torch.no_grad():
         m2 = quantize_model(copy.deepcopy(m), mode="fake", linears=False)
-        assert m2(ids).past_key_values.layers[0].mode == "fake" and m(ids).past_key_values.layers[0].mode == "real"
+        assert m2(ids)[CACHE].layers[0].mode == "fake" and m(ids)[CACHE].layers[0].mode == "real"
 
 
 def test_kv4_cache_layer_ops_and_errors():
