@@ -9,12 +9,16 @@ PIP         := $(PY) -m pip
 TORCH_PIN   ?= torch==2.13.0
 # What the tests and benchmarks import besides torch (see pyproject.toml's extras).
 EXTRAS      ?= triton,test,bench,e3nn,quarot-real,examples
+# The versions `make test` was last green with (`make lock` rewrites it). Every install goes through it, so
+# a fresh clone gets what was tested, not whatever was released since; `make test-latest` runs without it.
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL := $(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 PYTEST_ARGS ?=
 GPU_PYTHON  ?= python3
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test bench setup build check-cuda sanitize gpu-check clean
+.PHONY: demo test test-latest lock bench setup build check-cuda sanitize gpu-check clean
 
 # PyTorch backs large CPU allocations with huge pages under THP_MEM_ALLOC_ENABLE=1; without it every
 # out-of-place op (ours and the peers alike) spends most of its time in 4 KiB page faults of new outputs.
@@ -26,6 +30,21 @@ demo: build  ## correctness + speed table of every op on this device
 test: build  ## the full test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The suite against the newest release of every dependency (torch stays pinned: it is the one we build
+# against), in a venv made afresh, so drift is found by a command rather than by a user. Green here and in
+# `make test`: `make lock` (in that venv: VENV=.venv-latest) records the new versions.
+test-latest:
+	rm -rf .venv-latest
+	$(MAKE) test VENV=.venv-latest CONSTRAINTS=
+
+# Rewrite the lock from the current .venv (run after `make test` is green with it). torch is pinned by
+# TORCH_PIN instead (its local-version tag differs between the CPU and CUDA builds), pip by the venv.
+lock:
+	$(PIP) freeze --all --exclude-editable --exclude torch --exclude pip | LC_ALL=C sort -f >$(CONSTRAINTS).new
+	@{ echo "# Versions make test was green with (make lock; torch: TORCH_PIN in the Makefile)."; \
+	   cat $(CONSTRAINTS).new; } >$(CONSTRAINTS) && rm $(CONSTRAINTS).new
+	@echo "wrote $(CONSTRAINTS): $$(grep -vc '^#' $(CONSTRAINTS)) pinned packages"
+
 bench: build  ## the full benchmark sweeps; results under bench/results/<device>/
 	$(BENCH_ENV) $(PY) -m symkernels.bench
 
@@ -35,10 +54,10 @@ $(PY):
 # torch goes in first and pinned: left to pip's resolver (a bare `torch`, or an unpinned requirement of
 # another package) it takes the newest CUDA build, gigabytes of wheels, on a CPU-only machine. Once a
 # torch is present every `torch>=…` requirement below is already satisfied and nothing more is fetched.
-$(VENV)/.deps: pyproject.toml | $(PY)
+$(VENV)/.deps: pyproject.toml $(CONSTRAINTS) | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_PIN)"
-	$(PIP) install setuptools wheel pybind11 ninja cmake
-	$(PIP) install --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PIP_INSTALL) setuptools wheel pybind11 ninja cmake
+	$(PIP_INSTALL) --no-build-isolation -e ".[$(EXTRAS)]"
 	@touch $@
 
 setup: $(VENV)/.deps
