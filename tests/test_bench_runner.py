@@ -5,6 +5,7 @@ each closure would time the last iteration's tensors (this happened: every jvp l
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from symkernels.bench import __main__ as runner
@@ -23,7 +24,8 @@ def test_cases_are_timed_as_they_are_yielded(monkeypatch):
                                impls={"ours": lambda: seen.append(size), "peer": "not installed"})
 
     monkeypatch.setitem(harness.SWEEPS, "probe", sweep)
-    rows = runner.run_pillar("probe", torch.device("cpu"), True, copy_bw=1.0, clone_bw=1.0)
+    ceilings = harness.Ceilings(torch.device("cpu"), copy_bw=1.0, clone_bw=1.0, quick=True)
+    rows = runner.run_pillar("probe", torch.device("cpu"), True, ceilings)
     assert built == [1, 2, 3]
     # every timed call of a case saw that case's value: the runner consumed the generator lazily
     shapes = [r["shape"] for r in rows if r["impl"] == "ours"]
@@ -33,3 +35,55 @@ def test_cases_are_timed_as_they_are_yielded(monkeypatch):
     assert min(runs_per_case.values()) >= 3  # warm-up + ≥ 3 timed repeats each
     peer_rows = [r for r in rows if r["impl"] == "peer"]
     assert all(r["status"] == "not installed" for r in peer_rows)
+
+
+def test_roofline_share_is_the_binding_limit_over_the_time():
+    ceilings = harness.Ceilings(torch.device("cpu"), copy_bw=100e9, clone_bw=50e9, quick=True)
+    ceilings._compute["int8"] = 1e12  # as if measured: 1 TOP/s
+    ceilings._bandwidth[1 << 30] = 100e9
+    big = 1 << 30  # at or above the DRAM measurement's size: the DRAM rate applies, nothing is measured
+    memory_bound = harness.Case(op="m", shape="", dtype="", impls={}, ours="x", bytes_moved=big, flops=10,
+                                compute="int8")
+    share, limit = ceilings.roofline(memory_bound, 2 * big / 100e9)  # twice the least time
+    assert limit == "copy BW" and abs(share - 0.5) < 1e-12
+    compute_bound = harness.Case(op="c", shape="", dtype="", impls={}, ours="x", bytes_moved=0, flops=4 * 10 ** 12,
+                                 compute="int8")
+    share, limit = ceilings.roofline(compute_bound, 8.0)
+    assert limit == "int8 GEMM" and abs(share - 0.5) < 1e-12
+    assert ceilings.roofline(harness.Case(op="n", shape="", dtype="", impls={}, ours="x"), 1.0) is None
+    with pytest.raises(ValueError, match="Case.compute"):
+        ceilings.compute("int3")
+
+
+def test_side_by_side_timing_reports_a_failing_peer_and_keeps_timing_the_others():
+    calls = {"ours": 0, "broken": 0}
+
+    def ours():
+        calls["ours"] += 1
+
+    def broken():
+        calls["broken"] += 1
+        raise RuntimeError("no kernel for this shape")
+
+    timings = harness.time_side_by_side({"ours": ours, "broken": broken}, torch.device("cpu"), min_time_s=0.0,
+                                        rounds=3)
+    assert isinstance(timings["ours"], harness.Timing)
+    assert timings["broken"].startswith("failed: RuntimeError: no kernel")
+    assert calls["broken"] == 1  # left out of the later rounds
+    assert calls["ours"] >= 3 * (3 + 1)  # every round: warm-up + at least 3 repeats
+
+
+def test_markdown_table_names_the_fastest_peer_and_the_limit(monkeypatch):
+    def sweep(device, quick):
+        yield harness.Case(op="probe", shape="s", dtype="float32", ours="ours", bytes_moved=1 << 20,
+                           impls={"ours": lambda: None, "slow peer": lambda: sum(range(20000)),
+                                  "fast peer": lambda: sum(range(200)), "absent": "not installed"})
+
+    monkeypatch.setitem(harness.SWEEPS, "probe", sweep)
+    ceilings = harness.Ceilings(torch.device("cpu"), copy_bw=1e9, clone_bw=1e9, quick=True)
+    rows = runner.run_pillar("probe", torch.device("cpu"), True, ceilings)
+    table = runner.markdown_table(rows)
+    line = table.splitlines()[2]
+    assert "| fast peer |" in line and "% copy BW" in line
+    assert "slow peer" not in table  # per-peer ratios live in the CSV rows
+    assert {r["impl"] for r in rows if "ours_speedup" in r} == {"slow peer", "fast peer"}

@@ -1,10 +1,12 @@
 """``python -m symkernels.bench [pillar ...] [--quick] [--device cpu|cuda] [--out DIR]``
 
-Runs each named pillar's sweep (all registered pillars by default), prints one Markdown table per
-pillar — median time, speed-up of ours over each peer, GB/s and % of the same-run copy bandwidth
-(into allocated memory, and as clone(), which pays for the output allocation like any out-of-place op) —
-and writes CSV (one row per case × implementation, with date and versions) and a PNG plot per pillar
-under ``bench/results/<device-name>/`` (``--quick`` runs: its ``quick/`` subfolder, not committed).
+Runs each named pillar's sweep (all registered pillars by default) and prints one Markdown table per
+pillar, one line per case: our time, the best peer and our speed-up over it, and the share of the
+machine's limit for the case's work (the roofline of ``harness.Ceilings``: same-run copy bandwidth and
+GEMM rates) with the limit that binds. The CSV (one row per case × implementation, with date and
+versions) holds the rest: every peer's ratio, GB/s, % of copy and clone bandwidth, G(FL)OP/s. A PNG per
+pillar plots the times and the roofline shares. All land under ``bench/results/<device-name>/``
+(``--quick`` runs: its ``quick/`` subfolder, not committed).
 """
 from __future__ import annotations
 
@@ -57,24 +59,19 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e9:.3g} ns"
 
 
-def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float, clone_bw: float) -> list[dict]:
+def run_pillar(pillar: str, device: torch.device, quick: bool, ceilings: harness.Ceilings) -> list[dict]:
     rows = []
     # Cases are timed as the sweep yields them (never collected first): a case's tensors are freed before
     # the next is built, and a closure over a sweep's loop variable cannot silently time another case.
     for case in _progress(harness.SWEEPS[pillar](device, quick), pillar):
         if case.check is not None:
             case.check()
-        timings = {}
-        for name, impl in case.impls.items():
-            if isinstance(impl, str):
-                timings[name] = impl
-                continue
-            try:
-                timings[name] = harness.time_callable(impl, device, min_time_s=0.05 if quick else 0.3)
-            except Exception as exc:  # a peer that breaks is reported, not fatal
-                timings[name] = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+        timed = {name: impl for name, impl in case.impls.items() if not isinstance(impl, str)}
+        timings = {**{name: impl for name, impl in case.impls.items() if isinstance(impl, str)},
+                   **harness.time_side_by_side(timed, device, min_time_s=0.05 if quick else 0.3)}
         ours = timings.get(case.ours)
-        for name, t in timings.items():
+        for name in case.impls:
+            t = timings[name]
             row = {"pillar": pillar, "op": case.op, "shape": case.shape, "dtype": case.dtype, "impl": name,
                    "ours": name == case.ours}
             if isinstance(t, str):
@@ -83,10 +80,13 @@ def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float, c
                 row.update(median_s=t.median_s, q20_s=t.q20_s, q80_s=t.q80_s, status="ok")
                 if case.bytes_moved:
                     row["GB/s"] = case.bytes_moved / t.median_s / 1e9
-                    row["%copy_bw"] = 100 * case.bytes_moved / t.median_s / copy_bw
-                    row["%clone_bw"] = 100 * case.bytes_moved / t.median_s / clone_bw
+                    row["%copy_bw"] = 100 * case.bytes_moved / t.median_s / ceilings.copy_bw
+                    row["%clone_bw"] = 100 * case.bytes_moved / t.median_s / ceilings.clone_bw
                 if case.flops:
-                    row["GFLOP/s"] = case.flops / t.median_s / 1e9
+                    row["GOP/s"] = case.flops / t.median_s / 1e9
+                roofline = ceilings.roofline(case, t.median_s)
+                if roofline is not None:
+                    row["%roofline"], row["bound"] = 100 * roofline[0], roofline[1]
                 if isinstance(ours, harness.Timing) and name != case.ours:
                     row["ours_speedup"] = t.median_s / ours.median_s
             row.update({k: v for k, v in case.extra.items()})
@@ -94,41 +94,39 @@ def run_pillar(pillar: str, device: torch.device, quick: bool, copy_bw: float, c
     return rows
 
 
-def markdown_table(rows: list[dict], ours_label: str = "ours") -> str:
-    """One line per case: ours' time, its GB/s and % of copy bandwidth, then × speed-up over each peer."""
+# Columns the CSV has but the Markdown table folds into "best peer" and "% of limit".
+_CSV_ONLY = {"pillar", "op", "shape", "dtype", "impl", "ours", "median_s", "q20_s", "q80_s", "status", "GB/s",
+             "%copy_bw", "%clone_bw", "GOP/s", "%roofline", "bound", "ours_speedup"}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per case: ours' time, the fastest peer and ours' speed-up over it (the CSV has every
+    peer), and ours' share of the roofline with the limit that binds; then the sweep's own columns."""
     cases: dict[tuple, list[dict]] = {}
     for r in rows:
         cases.setdefault((r["op"], r["shape"], r["dtype"]), []).append(r)
-    peers = []
-    for r in rows:
-        if not r["ours"] and r["impl"] not in peers:
-            peers.append(r["impl"])
-    extras = sorted({k for r in rows for k in r} - {"pillar", "op", "shape", "dtype", "impl", "ours", "median_s",
-                                                     "q20_s", "q80_s", "status", "GB/s", "%copy_bw", "%clone_bw",
-                                                     "GFLOP/s", "ours_speedup"})
-    header = (["op", "shape", "dtype", "ours", "time", "GB/s", "% copy BW", "% clone BW", "GFLOP/s"]
-              + [f"vs {p}" for p in peers] + extras)
+    extras = sorted({k for r in rows for k in r} - _CSV_ONLY)
+    header = ["op", "shape", "dtype", "ours", "time", "best peer", "vs best peer", "% of limit"] + extras
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (op, shape, dtype), group in cases.items():
         mine = next((r for r in group if r["ours"]), None)
         if mine is None:
             continue
+        peers = [r for r in group if not r["ours"]]
+        timed = [r for r in peers if "ours_speedup" in r]
         cells = [op, shape, dtype, mine["impl"]]
-        if mine["status"] == "ok":
-            cells += [_fmt_time(mine["median_s"]), f"{mine['GB/s']:.1f}" if "GB/s" in mine else "",
-                      f"{mine['%copy_bw']:.0f}%" if "%copy_bw" in mine else "",
-                      f"{mine['%clone_bw']:.0f}%" if "%clone_bw" in mine else "",
-                      f"{mine['GFLOP/s']:.1f}" if "GFLOP/s" in mine else ""]
+        if mine["status"] != "ok":
+            cells += [mine["status"], "", "", ""]
         else:
-            cells += [mine["status"], "", "", "", ""]
-        for p in peers:
-            r = next((r for r in group if r["impl"] == p), None)
-            if r is None:
-                cells.append("")
-            elif "ours_speedup" in r:
-                cells.append(f"{r['ours_speedup']:.2f}×")
+            cells.append(_fmt_time(mine["median_s"]))
+            if timed:
+                best = min(timed, key=lambda r: r["median_s"])
+                cells += [best["impl"], f"{best['ours_speedup']:.2f}×"]
+            elif peers:  # no peer could be timed: say why (the first reason; the CSV has all)
+                cells += [f"{peers[0]['impl']}: {peers[0]['status']}", ""]
             else:
-                cells.append(r["status"] if r["status"] != "ok" else "")
+                cells += ["—", ""]
+            cells.append(f"{mine['%roofline']:.0f}% {mine['bound']}" if "%roofline" in mine else "")
         cells += [str(mine.get(k, "")) for k in extras]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -166,7 +164,8 @@ def write_results(out_dir: Path, pillar: str, rows: list[dict], meta: dict[str, 
     ok = [r for r in rows if r["status"] == "ok"]
     labels = list(dict.fromkeys(f"{r['op']} {r['shape']} {r['dtype']}" for r in ok))
     impls = list(dict.fromkeys(r["impl"] for r in ok))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels) + 3), 4.5))
+    fig, (ax, ax_share) = plt.subplots(2, 1, figsize=(max(6, 0.6 * len(labels) + 3), 8), sharex=True,
+                                       gridspec_kw={"height_ratios": [2, 1]})
     width = 0.8 / max(1, len(impls))
     for i, impl in enumerate(impls):
         xs, ys = [], []
@@ -178,10 +177,17 @@ def write_results(out_dir: Path, pillar: str, rows: list[dict], meta: dict[str, 
         ax.bar(xs, ys, width=width, label=impl)
     ax.set_yscale("log")
     ax.set_ylabel("median time (ms, log)")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     ax.set_title(f"symkernels {pillar} — {meta['device']} — {meta['date']}", fontsize=8)
     ax.legend(fontsize=7)
+    # ours' share of the machine's limit for the case's work (the roofline of harness.Ceilings)
+    for j, label in enumerate(labels):
+        r = next((r for r in ok if r["ours"] and f"{r['op']} {r['shape']} {r['dtype']}" == label), None)
+        if r is not None and "%roofline" in r:
+            ax_share.bar(j + 0.4 - width / 2, r["%roofline"], width=0.6, color="tab:green")
+    ax_share.axhline(100, color="grey", linewidth=0.8, linestyle="--")
+    ax_share.set_ylabel("ours: % of limit", fontsize=8)
+    ax_share.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
+    ax_share.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     fig.tight_layout()
     png_path = out_dir / f"{pillar}.png"
     fig.savefig(png_path, dpi=110)
@@ -214,19 +220,22 @@ def main(argv: list[str] | None = None) -> int:
                            meta["device"] / ("quick" if args.quick else ""))
     print(f"# symkernels benchmarks on {meta['device']}")
     print(f"{', '.join(f'{k} {v}' for k, v in meta.items() if k != 'device')}")
-    copy_bw, clone_bw = harness.copy_bandwidth(device, nbytes=(64 << 20) if args.quick else (256 << 20))
+    ceilings = harness.Ceilings.measure(device, quick=args.quick)
     meta["THP_MEM_ALLOC_ENABLE"] = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
-    print(f"same-run bandwidth (read + write): copy_ into allocated memory {copy_bw / 1e9:.1f} GB/s, "
-          f"clone (allocation included, THP_MEM_ALLOC_ENABLE={meta['THP_MEM_ALLOC_ENABLE']}) {clone_bw / 1e9:.1f} GB/s\n")
+    print(f"same-run bandwidth (read + write): copy_ into allocated memory {ceilings.copy_bw / 1e9:.1f} GB/s, "
+          f"clone (allocation included, THP_MEM_ALLOC_ENABLE={meta['THP_MEM_ALLOC_ENABLE']}) "
+          f"{ceilings.clone_bw / 1e9:.1f} GB/s\n")
     status = 0
     for pillar in wanted:
         if pillar not in harness.SWEEPS:
             print(f"## {pillar}\n\nnot run: {failed.get(pillar, 'no sweep registered')}\n")
             status = status or (1 if pillar in failed and failed[pillar].startswith("import failed") else 0)
             continue
-        rows = run_pillar(pillar, device, args.quick, copy_bw, clone_bw)
+        rows = run_pillar(pillar, device, args.quick, ceilings)
         print(f"## {pillar}\n")
         print(markdown_table(rows))
+        print(f"\n% of limit: the least time the case's work needs at the same-run limits ({ceilings.describe()}), "
+              f"over our time")
         paths = write_results(out_dir, pillar, rows, meta) if rows else []
         print("\n" + "".join(f"written: {os.path.relpath(p)}\n" for p in paths))
     return status

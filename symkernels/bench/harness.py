@@ -13,10 +13,19 @@ A pillar module (``symkernels/bench/<pillar>.py``) registers one sweep::
                           "fast-hadamard-transform": "not installed (GPU-only package)"},
                    ours="symkernels", bytes_moved=2 * x.nbytes)
 
-Each implementation is timed side by side in the same process (warm-up, then the median and the
-20th/80th percentiles over repeats; CUDA events on GPU), a peer given as a string is reported as
-missing with that reason, and the table gives, for ``ours``, the speed-up over every peer, plus GB/s and
-% of the same-run copy bandwidth when ``bytes_moved`` is known, or GFLOP/s when ``flops`` is.
+Each implementation is timed side by side in the same process, interleaved: a few rounds, each timing
+every implementation in turn (warm-up, then the median and the 20th/80th percentiles over repeats; CUDA
+events on GPU), and each keeps its best round, so a busy moment of a shared machine penalises nobody
+alone. A peer given as a string is reported as missing with that reason.
+
+Every case states the least work one call of ``ours`` must do: ``bytes_moved`` (the bytes it must read
+and write at least) and ``flops`` (the useful operations, counted against the ``compute`` ceiling:
+``"fp32"``/``"fp64"``/``"bf16"``/``"fp16"`` GEMM FLOP/s or ``"int8"`` GEMM OPS). ``Ceilings`` measures
+those limits on the same machine in the same run, and the roofline share of a timing is
+
+    share = max(bytes_moved / copy bandwidth, flops / GEMM rate) / time,
+
+the fraction of the machine's limit for that work: 100% is the fastest the work could possibly run.
 Cases are generated lazily so a sweep never holds every input in memory at once.
 """
 from __future__ import annotations
@@ -40,6 +49,7 @@ class Case:
     ours: str
     bytes_moved: int = 0  # bytes one call of `ours` must read + write at least (for GB/s, % of copy)
     flops: int = 0  # useful floating-point (or integer) operations of one call
+    compute: str = "fp32"  # the GEMM ceiling `flops` count against (a key of COMPUTE_CEILINGS)
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # more columns, e.g. iterations
     check: Callable[[], None] | None = None  # optional correctness check run once before timing
 
@@ -95,6 +105,31 @@ def time_callable(fn: Callable[[], object], device: torch.device, *, min_time_s:
     return Timing(statistics.median(samples), q(0.2), q(0.8), samples[0])
 
 
+def time_side_by_side(impls: dict[str, Callable[[], object]], device: torch.device, *, min_time_s: float = 0.2,
+                      rounds: int = 3) -> dict[str, Timing | str]:
+    """Time every implementation in ``rounds`` interleaved rounds; each keeps its best round (lowest median).
+
+    On a shared machine the load changes within seconds: timing ours fully and then the peer would hand
+    one of them the quiet moment. An implementation that raises is reported as ``"failed: …"`` and
+    left out of the later rounds."""
+    best: dict[str, Timing | str] = {}
+    for round_index in range(rounds):
+        for name, fn in impls.items():
+            if isinstance(best.get(name), str):
+                continue
+            try:
+                t = time_callable(fn, device, min_time_s=min_time_s / rounds, warmup=2 if round_index == 0 else 1)
+            except Exception as exc:  # a peer that breaks is reported, not fatal
+                best[name] = f"failed: {type(exc).__name__}: {str(exc)[:80]}"
+                continue
+            previous = best.get(name)
+            if previous is None or t.median_s < previous.median_s:
+                best[name] = dataclasses.replace(t, min_s=min(t.min_s, previous.min_s) if previous else t.min_s)
+            else:
+                best[name] = dataclasses.replace(previous, min_s=min(t.min_s, previous.min_s))
+    return best
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> tuple[float, float]:
     """Bytes/s (read + write counted) of two same-run copies: the practical memory-bandwidth limits.
 
@@ -109,6 +144,104 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> tuple[float
     copy = time_callable(lambda: dst.copy_(src), device, min_time_s=0.5, warmup=3)
     clone = time_callable(lambda: src.clone(), device, min_time_s=0.5, warmup=3)
     return 2 * nbytes / copy.min_s, 2 * nbytes / clone.min_s
+
+
+# The GEMM each compute ceiling is measured with: (operand dtype, square size on CPU, on CUDA). Large
+# enough to reach the library's steady rate, small enough to time in well under a second per repeat.
+COMPUTE_CEILINGS = {
+    "fp32": (torch.float32, 2048, 8192),
+    "fp64": (torch.float64, 1024, 4096),
+    "bf16": (torch.bfloat16, 2048, 8192),
+    "fp16": (torch.float16, 2048, 8192),
+    "int8": (torch.int8, 2048, 8192),  # torch._int_mm: int8 × int8 → int32, what a W4A4/W8A8 GEMM beats
+}
+
+
+class Ceilings:
+    """The machine's limits measured in this run: copy bandwidth, and a GEMM rate per ``Case.compute`` kind
+    (measured on first use, so a run pays only for the kinds its cases name).
+
+    These are the practical limits a kernel library reaches (``copy_``, ``torch.mm``, ``torch._int_mm``),
+    not datasheet peaks: a row at 100% runs as fast as the best library code for the same work, and a row
+    above 100% beats it (e.g. the W4A4 GEMM reading half the bytes of the int8 one).
+
+    The bandwidth a case is held to is that of a copy of the case's own size (``bandwidth(nbytes)``,
+    measured per power-of-two size): a 4 MB working set lives in cache and moves several times faster
+    than DRAM, so the DRAM rate (``copy_bw``, printed at the top) would let cached rows read far above
+    100%."""
+
+    def __init__(self, device: torch.device, copy_bw: float, clone_bw: float, quick: bool = False):
+        self.device, self.copy_bw, self.clone_bw, self.quick = device, copy_bw, clone_bw, quick
+        self._compute: dict[str, float | str] = {}
+        self._bandwidth: dict[int, float] = {}
+
+    def bandwidth(self, nbytes: int) -> float:
+        """Bytes/s (read + write) of ``copy_`` moving ``nbytes`` in all, at the power of two at or above it
+        (at least 64 KiB, at most the DRAM measurement's size, whose rate it then is)."""
+        total = max(64 << 10, 1 << max(0, int(nbytes) - 1).bit_length())
+        if total >= (64 << 20 if self.quick else 256 << 20):
+            return self.copy_bw
+        if total not in self._bandwidth:
+            src = torch.empty(total // 8, dtype=torch.float32, device=self.device).uniform_()
+            dst = torch.empty_like(src)
+            best = time_callable(lambda: dst.copy_(src), self.device, min_time_s=0.05 if self.quick else 0.2,
+                                 warmup=3).min_s
+            # never below the DRAM rate: a smaller copy that measures slower only saw a busy moment
+            self._bandwidth[total] = max(self.copy_bw, total / best)
+        return self._bandwidth[total]
+
+    @classmethod
+    def measure(cls, device: torch.device, quick: bool = False) -> "Ceilings":
+        copy_bw, clone_bw = copy_bandwidth(device, nbytes=(64 << 20) if quick else (256 << 20))
+        return cls(device, copy_bw, clone_bw, quick)
+
+    def compute(self, kind: str) -> float | str:
+        """Operations/s of a large GEMM of this kind, or the reason it could not be measured."""
+        if kind not in COMPUTE_CEILINGS:
+            raise ValueError(f"Case.compute must be one of {sorted(COMPUTE_CEILINGS)}, got {kind!r}")
+        if kind not in self._compute:
+            self._compute[kind] = self._measure_gemm(kind)
+        return self._compute[kind]
+
+    def _measure_gemm(self, kind: str) -> float | str:
+        dtype, n_cpu, n_cuda = COMPUTE_CEILINGS[kind]
+        n = n_cuda if self.device.type == "cuda" else n_cpu
+        n //= 2 if self.quick else 1
+        try:
+            if dtype == torch.int8:
+                a = torch.randint(-128, 128, (n, n), dtype=dtype, device=self.device)
+                b = torch.randint(-128, 128, (n, n), dtype=dtype, device=self.device)
+                gemm = lambda: torch._int_mm(a, b)  # noqa: E731
+            else:
+                a = torch.randn(n, n, device=self.device).to(dtype)
+                b = torch.randn(n, n, device=self.device).to(dtype)
+                gemm = lambda: torch.mm(a, b)  # noqa: E731
+            # the best repeat, as for the bandwidth: a limit is the fastest the machine showed
+            return 2 * n ** 3 / time_callable(gemm, self.device, min_time_s=0.3 if self.quick else 1.0).min_s
+        except Exception as exc:  # e.g. no fp16 GEMM kernel on this CPU build
+            return f"{type(exc).__name__}: {str(exc)[:60]}"
+
+    def roofline(self, case: Case, seconds: float) -> tuple[float, str] | None:
+        """(share of the limit, the limit that binds) for one call of ``case`` taking ``seconds``; None
+        when the case states no work."""
+        bounds = []
+        if case.bytes_moved:
+            bounds.append((case.bytes_moved / self.bandwidth(case.bytes_moved), "copy BW"))
+        if case.flops:
+            rate = self.compute(case.compute)
+            if not isinstance(rate, str):
+                bounds.append((case.flops / rate, f"{case.compute} GEMM"))
+        if not bounds:
+            return None
+        least_time, limit = max(bounds)
+        return least_time / seconds, limit
+
+    def describe(self) -> str:
+        rates = ", ".join(f"{k} GEMM {v / 1e9:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" if not isinstance(v, str)
+                          else f"{k} GEMM unavailable ({v})" for k, v in self._compute.items())
+        cached = ", ".join(f"{size >> 10} KiB {bw / 1e9:.0f}" for size, bw in sorted(self._bandwidth.items()))
+        return (f"copy_ into allocated memory {self.copy_bw / 1e9:.1f} GB/s (at smaller sizes, GB/s: {cached or 'none'}), "
+                f"clone {self.clone_bw / 1e9:.1f} GB/s" + (f"; {rates}" if rates else ""))
 
 
 def device_name(device: torch.device) -> str:

@@ -110,7 +110,7 @@ def _gemm_cases(device, quick) -> Iterable[Case]:
             isa = _cpu_isa(m) if device.type == "cpu" else None
             yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}",
                        dtype="int4→fp32" + (f" (cpu {isa})" if isa else ""), impls=impls,
-                       ours="symkernels W4A4", flops=2 * m * kn * kn,
+                       ours="symkernels W4A4", flops=2 * m * kn * kn, compute="int8",
                        bytes_moved=m * kn // 2 + kn * kn // 2 + 4 * m * kn + 4 * (m + kn))
 
 
