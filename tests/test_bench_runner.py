@@ -77,7 +77,8 @@ def test_markdown_table_names_the_fastest_peer_and_the_limit(monkeypatch):
     def sweep(device, quick):
         yield harness.Case(op="probe", shape="s", dtype="float32", ours="ours", bytes_moved=1 << 20,
                            impls={"ours": lambda: None, "slow peer": lambda: sum(range(20000)),
-                                  "fast peer": lambda: sum(range(200)), "absent": "not installed"})
+                                  "fast peer": lambda: sum(range(200)), "absent": "not installed",
+                                  "ours alone": lambda: None}, context=("ours alone",))
 
     monkeypatch.setitem(harness.SWEEPS, "probe", sweep)
     ceilings = harness.Ceilings(torch.device("cpu"), copy_bw=1e9, clone_bw=1e9, quick=True)
@@ -85,5 +86,5 @@ def test_markdown_table_names_the_fastest_peer_and_the_limit(monkeypatch):
     table = runner.markdown_table(rows)
     line = table.splitlines()[2]
     assert "| fast peer |" in line and "% copy BW" in line
-    assert "slow peer" not in table  # per-peer ratios live in the CSV rows
-    assert {r["impl"] for r in rows if "ours_speedup" in r} == {"slow peer", "fast peer"}
+    assert "slow peer" not in table and "ours alone" not in table  # per-peer ratios live in the CSV rows
+    assert {r["impl"] for r in rows if "ours_speedup" in r} == {"slow peer", "fast peer", "ours alone"}

@@ -73,7 +73,7 @@ def run_pillar(pillar: str, device: torch.device, quick: bool, ceilings: harness
         for name in case.impls:
             t = timings[name]
             row = {"pillar": pillar, "op": case.op, "shape": case.shape, "dtype": case.dtype, "impl": name,
-                   "ours": name == case.ours}
+                   "ours": name == case.ours, "context": name in case.context}
             if isinstance(t, str):
                 row.update(median_s="", q20_s="", q80_s="", status=t)
             else:
@@ -95,7 +95,7 @@ def run_pillar(pillar: str, device: torch.device, quick: bool, ceilings: harness
 
 
 # Columns the CSV has but the Markdown table folds into "best peer" and "% of limit".
-_CSV_ONLY = {"pillar", "op", "shape", "dtype", "impl", "ours", "median_s", "q20_s", "q80_s", "status", "GB/s",
+_CSV_ONLY = {"pillar", "op", "shape", "dtype", "impl", "ours", "context", "median_s", "q20_s", "q80_s", "status", "GB/s",
              "%copy_bw", "%clone_bw", "GOP/s", "%roofline", "bound", "ours_speedup"}
 
 
@@ -112,7 +112,7 @@ def markdown_table(rows: list[dict]) -> str:
         mine = next((r for r in group if r["ours"]), None)
         if mine is None:
             continue
-        peers = [r for r in group if not r["ours"]]
+        peers = [r for r in group if not r["ours"] and not r.get("context")]
         timed = [r for r in peers if "ours_speedup" in r]
         cells = [op, shape, dtype, mine["impl"]]
         if mine["status"] != "ok":

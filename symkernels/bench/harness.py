@@ -50,6 +50,9 @@ class Case:
     bytes_moved: int = 0  # bytes one call of `ours` must read + write at least (for GB/s, % of copy)
     flops: int = 0  # useful floating-point (or integer) operations of one call
     compute: str = "fp32"  # the GEMM ceiling `flops` count against (a key of COMPUTE_CEILINGS)
+    # Implementations timed beside ours for context, not as competitors (the primal alone, another variant
+    # of ours): the table's "best peer" leaves them out; the CSV has their ratios like any other.
+    context: tuple[str, ...] = ()
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # more columns, e.g. iterations
     check: Callable[[], None] | None = None  # optional correctness check run once before timing
 

@@ -92,7 +92,8 @@ def _linear_case(M: int, NK: int, T: int, g: torch.Generator, device: torch.devi
     itemsize = 4
     return Case(op="linear_gelu_dual", shape=f"M={M} N=K={NK} T={T}", dtype="float32", impls=impls, ours="ours",
                 bytes_moved=itemsize * ((1 + T) * (M * K + N * K + M * N) + N),
-                flops=2 * M * N * K * (1 + 2 * T), extra={"T": T}, check=check)
+                flops=2 * M * N * K * (1 + 2 * T), extra={"T": T}, check=check,
+                context=("ours seeded-W", "forward", "forward+backward"))
 
 
 # op name -> (our dual, the plain torch function it differentiates), both taking (x, weight-or-None).
@@ -129,4 +130,4 @@ def _row_cases(device: torch.device, quick: bool) -> Iterable[Case]:
                 torch.testing.assert_close(y_t, ref, atol=1e-4, rtol=1e-4)
 
             yield Case(op=name, shape=f"R={R} N={N} T={T}", dtype="float32", impls=impls, ours="ours",
-                       bytes_moved=4 * 2 * (1 + T) * R * N, extra={"T": T}, check=check)
+                       bytes_moved=4 * 2 * (1 + T) * R * N, extra={"T": T}, check=check, context=("forward",))

@@ -80,7 +80,7 @@ def _fg_cases(device: torch.device, quick: bool) -> Iterable[Case]:
         bp = peak_memory(bp_step, bp_params + [x, y], device).footprint_bytes
         n_params = sum(p.numel() for p in params)
         yield Case(op="forward_gradient_step", shape=f"MLP {'-'.join(map(str, sizes))} B={B} T={T}", dtype="float32",
-                   impls=impls, ours="fg step (seeded)",
+                   impls=impls, ours="fg step (seeded)", context=("fg step (materialised)", "inference"),
                    flops=2 * B * n_params * (1 + 2 * T),
                    extra={"T": T, "mem fg MiB": round(fg / MiB, 2), "mem fg-materialised MiB": round(mat / MiB, 2),
                           "mem backprop MiB": round(bp / MiB, 2), "mem inference MiB": round(inf / MiB, 2),
@@ -140,7 +140,8 @@ def _attention_cases(device: torch.device, quick: bool) -> Iterable[Case]:
 
         flops = 12 * B * H * L * L * 64 // (2 if causal else 1)  # fwd 4N²d + tangent 8N²d (fwdgrad.md §4)
         yield Case(op="attention_dual", shape=f"B={B} H={H} L={L} d=64{' causal' if causal else ''}", dtype="float32",
-                   impls=impls, ours="ours", flops=flops, bytes_moved=4 * 2 * 4 * B * H * L * 64, check=check)
+                   impls=impls, ours="ours", flops=flops, bytes_moved=4 * 2 * 4 * B * H * L * 64, check=check,
+                   context=("SDPA forward", "SDPA forward+backward"))
 
 
 def cases(device: torch.device, quick: bool) -> Iterable[Case]:
