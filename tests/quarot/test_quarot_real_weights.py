@@ -6,7 +6,8 @@ Measured (hidden-state relative error / mean-pooled embedding cosine, 3 sentence
 none 0.818 / 0.753, Hadamard 0.565 / 0.859, randomized Hadamard 0.467 / 0.900 (1.75× lower error).
 Per layer (each linear on its own float input, no compounding), none ÷ randomized Hadamard over the 36
 encoder linears: median 1.72×, worst 1.18× (attention output), best 2.64× (FFN output). All settings,
-with GPTQ and clip searches: ``python -m symkernels.bench.quarot_accuracy``."""
+with GPTQ and clip searches: ``python -m symkernels.bench.quarot_accuracy``. The model-level route
+(``rotate_model`` then ``quantize_model``, model_type "bert") is tested here on the same weights too."""
 import copy
 
 import pytest
