@@ -258,6 +258,22 @@ def test_fake_and_real_modes_agree(model_type):
     assert cos > 0.95, cos  # measured: qwen3 0.9988, phi3 0.980, bert 0.99994
 
 
+def test_bert_gptq_calibrates_in_the_rotated_basis():
+    """GPTQ + activation clip search after rotate_model on BERT: the calibration inputs are recorded
+    after each online (randomized) Hadamard, the basis the fused quantizer sees, and beat RTN. Measured
+    relative error of the last hidden state: RTN 0.0106, GPTQ + clip search 0.0077."""
+    model = _tiny("bert")
+    ids, calibration = _ids(5), _ids(7, 4, 16)
+    err = {}
+    with torch.no_grad():
+        ref = _out(model, ids)
+        for name, kw in (("rtn", {}), ("gptq", dict(weight_method="gptq", calibration_ids=calibration,
+                                                      clip_ratio="search"))):
+            m = rotate_model(copy.deepcopy(model), seed=4, quantize="real", progress=False, **kw)
+            err[name] = ((_out(m, ids) - ref).norm() / ref.norm()).item()
+    assert err["gptq"] * 1.2 < err["rtn"], err
+
+
 def _snapshot(model):
     return ({k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()],
             model.config._attn_implementation)
