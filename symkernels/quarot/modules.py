@@ -431,8 +431,8 @@ def _rotate_residual_stream(model: nn.Module, family: ModelFamily, q: torch.Tens
             for name in readers:
                 _rotate_input(block.get_submodule(name), q, norm.weight)
             norm.weight.fill_(1.0)
-        for name in (family.attention_out, family.mlp_out):
-            _rotate_output(block.get_submodule(name), q)
+        for name in (family.attention_out, family.mlp_out):  # unwrapped: learn_rotation runs after rotate_model
+            _rotate_output(_unwrap(block.get_submodule(name)), q)
     final = model.base_model.get_submodule(family.final_norm)
     _rotate_input(model.get_output_embeddings(), q, final.weight)
     final.weight.fill_(1.0)
