@@ -1,6 +1,8 @@
-"""QuaRotLinear (rotate → quantize → W4A4 GEMM) and rotate_model for Llama-architecture models."""
+"""QuaRotLinear (rotate → quantize → W4A4 GEMM), and rotate_model / quantize_model for the Hugging Face
+model families of ``quarot.families`` (Llama-style decoders, BERT encoders)."""
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -10,6 +12,7 @@ from torch import nn
 from symkernels.hadamard.hadamard_k import decompose, random_hadamard, random_signs
 from symkernels.hadamard.ops import hadamard_transform
 from symkernels.quarot import ops, reference
+from symkernels.quarot.families import ModelFamily, blocks, model_family
 from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, quantize_weight_gptq,
                                        quantize_weight_rtn, search_activation_clip)
 
@@ -73,11 +76,11 @@ class QuaRotLinear(nn.Module):
         """Quantize ``linear``'s weight (``"rtn"``, or ``"gptq"`` with ``calibration`` inputs [..., in]).
 
         ``calibration`` holds inputs of ``linear`` as it stands. ``weight_rotated``: the online
-        Hadamard's rotation is already folded into ``linear`` (``rotate_model``'s down_proj), so it is
-        not folded again. ``clip_ratio="search"`` picks the activation clip ratio on ``calibration``
-        (``search_activation_clip``); ``mse_clip`` searches the weight clip per output channel;
-        ``act_order`` is GPTQ's descending-Hessian-diagonal column order. ``sign_seed``: randomized
-        online Hadamard (see the class note).
+        Hadamard's rotation (with ``sign_seed``'s signs) is already folded into ``linear``
+        (``rotate_model``'s down_proj), so it is not folded again. ``clip_ratio="search"`` picks the
+        activation clip ratio on ``calibration`` (``search_activation_clip``); ``mse_clip`` searches the
+        weight clip per output channel; ``act_order`` is GPTQ's descending-Hessian-diagonal column order.
+        ``sign_seed``: randomized online Hadamard (see the class note).
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuaRotLinear.from_linear: expected nn.Linear, got {type(linear).__name__}")
@@ -94,8 +97,8 @@ class QuaRotLinear(nn.Module):
                              f"needs calibration inputs")
         if act_order and weight_method != "gptq":
             raise ValueError("QuaRotLinear.from_linear: act_order=True is a GPTQ option (weight_method='gptq')")
-        if sign_seed is not None and not (online_hadamard and not weight_rotated):
-            raise ValueError("QuaRotLinear.from_linear: sign_seed needs online_hadamard=True (and an unrotated weight)")
+        if sign_seed is not None and not online_hadamard:
+            raise ValueError("QuaRotLinear.from_linear: sign_seed needs online_hadamard=True")
         if not (clip_ratio == "search" or isinstance(clip_ratio, (int, float))):
             raise ValueError(f"QuaRotLinear.from_linear: clip_ratio must be a number in (0, 1] or 'search', "
                              f"got {clip_ratio!r}")
@@ -159,23 +162,29 @@ class QuaRotLinear(nn.Module):
 class OnlineHadamard(nn.Module):
     """x ↦ x·H_nᵀ/√n along the last dim (an un-foldable rotation: the one before down_proj).
 
-    With ``heads`` the last dim is [heads, n/heads] and the transform runs across the heads, i.e.
-    x ↦ x·(H_headsᵀ/√heads ⊗ I): QuaRot's online half of the o_proj rotation (the per-head half is
-    folded into W_v and W_o)."""
+    With ``sign_seed`` it is the randomized x ↦ x·diag(s)·H_nᵀ/√n (seeded signs s; see ``QuaRotLinear``
+    on why a GELU output wants them). With ``heads`` the last dim is [heads, n/heads] and the transform
+    runs across the heads, i.e. x ↦ x·(H_headsᵀ/√heads ⊗ I): QuaRot's online half of the o_proj
+    rotation (the per-head half is folded into W_v and W_o)."""
 
-    def __init__(self, n: int, heads: int | None = None):
+    def __init__(self, n: int, heads: int | None = None, sign_seed: int | None = None):
         super().__init__()
         if heads is not None and (heads < 1 or n % heads):
             raise ValueError(f"OnlineHadamard: heads must divide n={n}, got {heads}")
-        self.n, self.heads = n, heads
+        if heads is not None and sign_seed is not None:
+            raise ValueError("OnlineHadamard: sign_seed applies to the full transform, not the across-heads one")
+        self.n, self.heads, self.sign_seed = n, heads, sign_seed
+        self.register_buffer("signs", None if sign_seed is None else random_signs(n, sign_seed, dtype=torch.float32))
 
     def forward(self, x):
-        if self.heads is None:
-            return hadamard_transform(x, 1.0 / math.sqrt(self.n))
-        return _across_heads(x, self.heads)
+        if self.heads is not None:
+            return _across_heads(x, self.heads)
+        if self.signs is not None:
+            x = x * self.signs.to(x.dtype)  # exact: a sign flip
+        return hadamard_transform(x, 1.0 / math.sqrt(self.n))
 
     def extra_repr(self) -> str:
-        return f"n={self.n}, heads={self.heads}"
+        return f"n={self.n}, heads={self.heads}, sign_seed={self.sign_seed}"
 
 
 def _across_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -239,17 +248,21 @@ class AttentionQuaRot:
 
 
 def kv_cache(model: nn.Module):
-    """A fresh ``kv.QuaRotKVCache`` for a model quantized with ``kv_bits=4`` (its per-layer settings).
+    """A fresh ``kv.QuaRotKVCache`` for a decoder quantized with ``kv_bits=4`` (its per-layer settings).
 
     ``quantize_model`` makes the model create one by itself on every forward without a cache (and in
     place of ``generate``'s empty default cache); build one explicitly to keep it, e.g. to measure it."""
-    return _kv_cache(model.model.layers)
+    return _kv_cache(_attentions(model, model_family(model, "kv_cache")))
 
 
-def _kv_cache(layers):
+def _attentions(model: nn.Module, family: ModelFamily) -> list[nn.Module]:
+    return [block.get_submodule(family.attention) for block in blocks(model, family)]
+
+
+def _kv_cache(attentions):
     from symkernels.quarot.kv import QuaRotKVCache
 
-    hooks = [getattr(layer.self_attn, "quarot", None) for layer in layers]
+    hooks = [getattr(attn, "quarot", None) for attn in attentions]
     if not all(h is not None and h.kv_bits is not None for h in hooks):
         raise ValueError("kv_cache: the model has no 4-bit KV cache (quantize_model(..., kv_bits=4) first)")
     return QuaRotKVCache([h.cache_layer() for h in hooks])
@@ -261,8 +274,9 @@ def _kv_cache(layers):
 _CACHE_KWARGS = ("cache", "past_key_values")
 
 
-def _install_kv_cache_hooks(model: nn.Module) -> None:
-    """Make every forward of ``model.model`` run on a ``QuaRotKVCache`` (once per model).
+def _install_kv_cache_hooks(model: nn.Module, family: ModelFamily) -> None:
+    """Make every forward of the decoder stack (``model.base_model``) run on a ``QuaRotKVCache`` (once
+    per model).
 
     A pre-hook on the decoder stack swaps in a fresh KV4 cache where the call has none (a forward
     without a cache still quantizes K/V: its one "step" goes through the cache) or an empty one of
@@ -275,7 +289,7 @@ def _install_kv_cache_hooks(model: nn.Module) -> None:
 
     from symkernels.quarot.kv import QuaRotKVCache
 
-    inner = model.model
+    inner = model.base_model
     if getattr(inner, "_quarot_kv_hooks", False):
         return
     params = list(inspect.signature(inner.forward).parameters)
@@ -294,7 +308,7 @@ def _install_kv_cache_hooks(model: nn.Module) -> None:
             raise ValueError(f"quantize_model(kv_bits=4): {given_name} is a {type(past).__name__} that already "
                              f"holds {past.get_seq_length()} float tokens; pass a symkernels.quarot.modules."
                              f"kv_cache(model) (or none) instead")
-        cache = _kv_cache(mod.layers)
+        cache = _kv_cache(_attentions(mod, family))
         if positional:
             args = (*args[:pos], cache, *args[pos + 1:])
         else:
@@ -309,13 +323,19 @@ def _install_kv_cache_hooks(model: nn.Module) -> None:
                              f"QuaRotKVCache (symkernels.quarot.modules.kv_cache(model))")
 
     inner.register_forward_pre_hook(swap_cache, with_kwargs=True)
-    for layer in inner.layers:
-        layer.self_attn.register_forward_pre_hook(check_cache, with_kwargs=True)
+    for attn in _attentions(inner, family):
+        attn.register_forward_pre_hook(check_cache, with_kwargs=True)
     inner._quarot_kv_hooks = True
 
 
-def _install_attention_hook(model: nn.Module) -> list[AttentionQuaRot]:
-    """Route the model's attention through ``_quarot_attention`` (once) and return each layer's config.
+def _check_attention_implementation(model: nn.Module, op: str) -> None:
+    impl = model.config._attn_implementation
+    if not impl.startswith(_ATTN_PREFIX) and impl not in ("sdpa", "eager"):
+        raise ValueError(f"{op}: attention implementation {impl!r} is not supported (use 'sdpa' or 'eager')")
+
+
+def _install_attention_hook(model: nn.Module, family: ModelFamily) -> list[AttentionQuaRot]:
+    """Route a decoder's attention through ``_quarot_attention`` (once) and return each layer's config.
 
     Uses transformers' AttentionInterface: the registered function receives Q/K after RoPE and V, then
     calls the implementation the model had (sdpa/eager), with that implementation's mask format.
@@ -328,12 +348,10 @@ def _install_attention_hook(model: nn.Module) -> list[AttentionQuaRot]:
 
     config = model.config
     impl = config._attn_implementation
-    layers = model.model.layers
+    attentions = _attentions(model, family)
     if not impl.startswith(_ATTN_PREFIX):
-        if impl not in ("sdpa", "eager"):
-            raise ValueError(f"rotate_model: attention implementation {impl!r} is not supported "
-                             f"(use 'sdpa' or 'eager')")
-        eager = sys.modules[type(layers[0].self_attn).__module__].eager_attention_forward
+        _check_attention_implementation(model, "rotate_model")
+        eager = sys.modules[type(attentions[0]).__module__].eager_attention_forward
 
         def _quarot_attention(module, query, key, value, attention_mask, **kwargs):
             query, key, value = module.quarot(query, key, value)
@@ -344,102 +362,190 @@ def _install_attention_hook(model: nn.Module) -> list[AttentionQuaRot]:
         AttentionInterface.register(name, _quarot_attention)
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
         config._attn_implementation = name
-        for layer in layers:
-            attn = layer.self_attn
+        for attn in attentions:
             attn.quarot = AttentionQuaRot(attn.head_dim, impl)
-    return [layer.self_attn.quarot for layer in layers]
+    return [attn.quarot for attn in attentions]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Whole models
+# Whole models: one path for every family of ``families.FAMILIES``
+
+
+def _set(t: torch.Tensor, value: torch.Tensor) -> None:
+    t.copy_(value.to(t.dtype))
+
+
+def _rotate_input(linear: nn.Linear, q: torch.Tensor, gamma: torch.Tensor | None = None) -> None:
+    """The linear now reads x·Q instead of γ⊙x: W ← W·diag(γ)·Q (a bias is added after, unchanged)."""
+    w = linear.weight.double()
+    if gamma is not None:
+        w = w * gamma.double()[None, :]
+    _set(linear.weight, w @ q)
+
+
+def _rotate_output(linear: nn.Linear, q: torch.Tensor) -> None:
+    """The linear now writes y·Q: W ← Qᵀ·W, b ← b·Q."""
+    _set(linear.weight, q.T @ linear.weight.double())
+    if linear.bias is not None:
+        _set(linear.bias, linear.bias.double() @ q)
+
+
+def _per_head(t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """t [..., heads·d_h] ↦ each head's block of the last dim times M = H_{d_h}ᵀ/√d_h."""
+    return hadamard_transform(t.reshape(*t.shape[:-1], -1, head_dim), 1.0 / math.sqrt(head_dim)).reshape(t.shape)
+
+
+def _with_online_hadamard(linear: nn.Linear, sign_seed: int | None = None) -> HadamardThenLinear:
+    """An online rotation R = [diag(s)·]H_nᵀ/√n of the linear's input, undone in its weight (W ← W·R): the
+    same function, with Hadamard-rotated activations for the quantizer (which then applies R itself)."""
+    n = linear.in_features
+    w = linear.weight.double()
+    if sign_seed is not None:
+        w = w * random_signs(n, sign_seed)
+    _set(linear.weight, hadamard_transform(w, 1.0 / math.sqrt(n)))
+    return HadamardThenLinear(OnlineHadamard(n, sign_seed=sign_seed), linear)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module[1] if isinstance(module, HadamardThenLinear) else module
+
+
+def _attention_shape(model: nn.Module, family: ModelFamily) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) from the config and the first block's o_proj."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    out = _unwrap(blocks(model, family)[0].get_submodule(family.attention_out))
+    return heads, kv_heads, out.in_features // heads
+
+
+def _rotate_residual_stream(model: nn.Module, family: ModelFamily, q: torch.Tensor) -> None:
+    """Steps 1–2 of ``rotate_model`` (pre-norm only): fold every norm scale γ into the linears that read
+    the normalized stream and set γ = 1 (scale-free RMSNorm commutes with Q); rotate the embeddings, the
+    readers (W ← W·Q) and the writers (W ← Qᵀ·W), and undo Q in the LM head."""
+    emb = model.get_input_embeddings()
+    _set(emb.weight, emb.weight.double() @ q)
+    for block in blocks(model, family):
+        for norm_name, readers in ((family.attention_norm, family.attention_in), (family.mlp_norm, family.mlp_in)):
+            norm = block.get_submodule(norm_name)
+            for name in readers:
+                _rotate_input(block.get_submodule(name), q, norm.weight)
+            norm.weight.fill_(1.0)
+        for name in (family.attention_out, family.mlp_out):  # unwrapped: learn_rotation runs after rotate_model
+            _rotate_output(_unwrap(block.get_submodule(name)), q)
+    final = model.base_model.get_submodule(family.final_norm)
+    _rotate_input(model.get_output_embeddings(), q, final.weight)
+    final.weight.fill_(1.0)
+
+
+def _rotate_values(value: nn.Linear, out: nn.Linear, kv_heads: int, head_dim: int) -> None:
+    """Step 4's folded half: W_v,h ← Mᵀ·W_v,h on the V rows of ``value`` (its last kv_heads·d_h rows: all
+    of v_proj, the tail of a fused qkv_proj), W_o,h ← W_o,h·M on o_proj's columns."""
+    rows = slice(value.out_features - kv_heads * head_dim, None)
+    w = value.weight.double().clone()
+    w[rows] = _per_head(w[rows].T, head_dim).T
+    _set(value.weight, w)
+    if value.bias is not None:
+        b = value.bias.double().clone()
+        b[rows] = _per_head(b[rows], head_dim)
+        _set(value.bias, b)
+    _set(out.weight, _per_head(out.weight.double(), head_dim))
+
+
+def _check_not_quantized(model: nn.Module, op: str) -> None:
+    if any(isinstance(m, QuaRotLinear) for m in model.modules()):
+        raise ValueError(f"{op}: the model is already quantized (it holds QuaRotLinear modules); "
+                         f"rotate the float model first, then quantize it")
 
 
 @torch.no_grad()
 def rotate_model(model: nn.Module, *, seed: int = 0, quantize: str | None = None, **quantize_kwargs) -> nn.Module:
-    """QuaRot's rotation of a Llama-architecture HF model (``LlamaForCausalLM``), in place; returns it.
+    """QuaRot's rotation of a Hugging Face model, in place; returns it. The family comes from
+    ``config.model_type`` (``families.FAMILIES``: Llama, Mistral, Qwen2, Qwen3, Phi-3 decoders as
+    ``*ForCausalLM``; BERT encoders); anything else is a ``ValueError`` naming the supported types.
+
+    Pre-norm decoders (QuaRot §4):
 
     1. Fold every RMSNorm scale γ into the linears that read the normalized stream (q/k/v, gate/up,
-       lm_head) and set γ = 1: RMSNorm without γ commutes with any orthogonal Q.
+       lm_head; or the fused qkv_proj, gate_up_proj) and set γ = 1: RMSNorm without γ commutes with any
+       orthogonal Q.
     2. Rotate the residual stream by Q = diag(s)·Hᵀ/√d (``random_hadamard(d, seed)``): embeddings
-       E ← E·Q; readers W ← W·Q; writers (o_proj, down_proj) W ← Qᵀ·W.
+       E ← E·Q; readers W ← W·Q; writers (o_proj, down_proj) W ← Qᵀ·W (and b ← b·Q).
     3. down_proj: fold Q_ff = H_ffᵀ/√d_ff into its weight and run H_ff online on its input (the
        ``OnlineHadamard`` before it), so its activations are Hadamard-rotated for quantization.
     4. o_proj (QuaRot eq. 7–9): its input is rotated by H_{n_h} ⊗ H_{d_h}, split in two. The per-head
-       M = H_{d_h}ᵀ/√d_h is folded into W_v (each head's output rows: W_v,h ← Mᵀ·W_v,h, so the values,
-       and the 4-bit KV cache, are rotated too; attention mixes tokens, not channels, so each head's
-       output is rotated by M) and undone in W_o's columns. The across-heads H_{n_h} runs online before
-       o_proj (a strided transform over the heads, ``OnlineHadamard(heads=n_h)``), folded into W_o.
-       Skipped when n_h has no Hadamard matrix (e.g. 14 heads): then o_proj sees only the per-head part.
+       M = H_{d_h}ᵀ/√d_h is folded into the V rows (each head's output rows: W_v,h ← Mᵀ·W_v,h, and its
+       bias, so the values, and the 4-bit KV cache, are rotated too; attention mixes tokens, not
+       channels, so each head's output is rotated by M) and undone in W_o's columns. With a fused
+       qkv_proj only its V rows are rotated. The across-heads H_{n_h} runs online before o_proj (a
+       strided transform over the heads, ``OnlineHadamard(heads=n_h)``), folded into W_o. Skipped when
+       n_h has no Hadamard matrix (e.g. 14 heads): then o_proj sees only the per-head part.
     5. Q and K get an online per-head H_{d_h} after RoPE (``AttentionQuaRot.qk_hadamard``), for the
        KV cache quantization of the keys (with a 4-bit KV cache the keys' half runs in the cache, before
-       they are quantized and stored; see ``AttentionQuaRot``).
+       they are quantized and stored; see ``AttentionQuaRot``). Qwen3's per-head q_norm/k_norm act
+       before RoPE on the unrotated q and k, and stay as they are.
+
+    Post-norm encoders (BERT): each block computes LayerNorm(x + sublayer(x)), and LayerNorm (its mean
+    subtraction) does not commute with a rotation, so the residual stream cannot be rotated (steps 1–2
+    and 5, which only serves the KV cache, do not apply). What applies, all exact: step 4 (the per-head
+    V→O rotation folded, the across-heads Hadamard online), step 3 (H_{d_ff} online before the FFN
+    output projection), and an online H_d before each linear that reads the residual stream (query,
+    key, value, the FFN input projection), each undone in its linear's weight. These full online
+    rotations are randomized, diag(s)·Hᵀ/√n with seeded signs (``seed``, ``seed + 1``, … one per
+    linear): LayerNorm and GELU outputs have a large mean, which a plain H concentrates into one
+    coordinate, an outlier of its own (MiniLM W4A4 hidden-state error: 0.565 with plain online
+    Hadamards, 0.467 randomized, 0.818 without; ``bench.quarot_accuracy``). ``quantize_model`` fuses
+    each into its linear's quantization kernel (the signs are one elementwise multiply before it). A
+    decoder's down_proj keeps QuaRot's plain H_ff.
+
     The float model's outputs are unchanged up to rounding (computed in fp64, stored in the model dtype).
-    ``quantize="real"|"fake"`` then calls ``quantize_model(model, mode=quantize, **quantize_kwargs)``.
+    ``quantize="real"|"fake"`` then calls ``quantize_model(model, mode=quantize, **quantize_kwargs)``
+    (whose settings are checked before anything is rotated). An already rotated or quantized model,
+    tied input/output embeddings, or a decoder without its LM head raise a ``ValueError``; on every
+    error the model is left unchanged.
     """
-    inner = model.model
-    cfg = model.config
-    d = cfg.hidden_size
-    if getattr(cfg, "tie_word_embeddings", False):
-        raise ValueError("rotate_model: tied input/output embeddings are not supported (untie them first)")
-    if any(isinstance(layer.mlp.down_proj, HadamardThenLinear) for layer in inner.layers):
+    family = model_family(model, "rotate_model")
+    base = model.base_model
+    if getattr(base, "_quarot_rotated", False):
         raise ValueError("rotate_model: the model is already rotated")
-    q = random_hadamard(d, seed)  # fp64 [d, d], orthogonal
-    attn0 = inner.layers[0].self_attn
-    d_h = attn0.head_dim
-    n_h = attn0.o_proj.in_features // d_h
-    head_rot = _rotatable(d_h)
-    heads_rot = n_h > 1 and _rotatable(n_h)
+    _check_not_quantized(model, "rotate_model")
+    heads, kv_heads, head_dim = _attention_shape(model, family)
+    head_rot = _rotatable(head_dim)
+    heads_rot = heads > 1 and _rotatable(heads)
+    if family.decoder and head_rot:  # the Q/K Hadamard goes through the attention interface
+        _check_attention_implementation(model, "rotate_model")
+    if family.pre_norm:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise ValueError(f"rotate_model: a {family.name} model's residual rotation is undone in its LM head; "
+                             f"pass the *ForCausalLM model, not {type(model).__name__}")
+        if getattr(model.config, "tie_word_embeddings", False) or head.weight is model.get_input_embeddings().weight:
+            raise ValueError("rotate_model: tied input/output embeddings are not supported (untie them first)")
+    if quantize is not None:
+        _check_quantize_options(model, family, mode=quantize, **quantize_kwargs)
 
-    def set_(t: torch.Tensor, value: torch.Tensor):
-        t.copy_(value.to(t.dtype))
-
-    def read(lin: nn.Linear, gamma: torch.Tensor | None = None):
-        w = lin.weight.double()
-        if gamma is not None:
-            w = w * gamma.double()[None, :]
-        set_(lin.weight, w @ q)
-
-    def write(lin: nn.Linear):
-        set_(lin.weight, q.T @ lin.weight.double())
-        if lin.bias is not None:
-            set_(lin.bias, lin.bias.double() @ q)
-
-    def per_head(t: torch.Tensor) -> torch.Tensor:  # rows [..., heads·d_h] ↦ each head's row block · M
-        return hadamard_transform(t.reshape(*t.shape[:-1], -1, d_h), 1.0 / math.sqrt(d_h)).reshape(t.shape)
-
-    emb = inner.embed_tokens
-    set_(emb.weight, emb.weight.double() @ q)
-    for layer in inner.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        g1, g2 = layer.input_layernorm.weight.clone(), layer.post_attention_layernorm.weight.clone()
-        for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
-            read(lin, g1)
-        for lin in (mlp.gate_proj, mlp.up_proj):
-            read(lin, g2)
-        layer.input_layernorm.weight.fill_(1.0)
-        layer.post_attention_layernorm.weight.fill_(1.0)
-        o = attn.o_proj
-        write(o)
+    if family.pre_norm:
+        _rotate_residual_stream(model, family, random_hadamard(model.config.hidden_size, seed))
+    # an encoder's online rotations are randomized, each with its own signs (see the docstring)
+    sign_seeds = None if family.pre_norm else itertools.count(seed)
+    for block in blocks(model, family):
+        if not family.pre_norm:  # the residual stream is not rotated: rotate its readers' inputs online
+            for name in (*family.attention_in, *family.mlp_in):
+                if _rotatable(block.get_submodule(name).in_features):
+                    _replace(block, name, _with_online_hadamard(block.get_submodule(name), next(sign_seeds)))
+        out = block.get_submodule(family.attention_out)
         if head_rot:
-            v = attn.v_proj
-            set_(v.weight, per_head(v.weight.double().T).T)  # W_v,h ← Mᵀ·W_v,h
-            if v.bias is not None:
-                set_(v.bias, per_head(v.bias.double()))
-            set_(o.weight, per_head(o.weight.double()))  # W_o,h ← W_o,h·M
+            _rotate_values(_unwrap(block.get_submodule(family.value)), out, kv_heads, head_dim)
         if heads_rot:
-            set_(o.weight, _across_heads(o.weight.double(), n_h))
-            attn.o_proj = HadamardThenLinear(OnlineHadamard(o.in_features, heads=n_h), o)
-        down = mlp.down_proj
-        write(down)
-        d_ff = down.in_features
-        if _rotatable(d_ff):
-            set_(down.weight, hadamard_transform(down.weight.double(), 1.0 / math.sqrt(d_ff)))
-            mlp.down_proj = HadamardThenLinear(OnlineHadamard(d_ff), down)
-    read(model.lm_head, inner.norm.weight.clone())
-    inner.norm.weight.fill_(1.0)
-    if head_rot:
-        for hook in _install_attention_hook(model):
+            _set(out.weight, _across_heads(out.weight.double(), heads))
+            _replace(block, family.attention_out, HadamardThenLinear(OnlineHadamard(out.in_features, heads=heads), out))
+        down = block.get_submodule(family.mlp_out)
+        if _rotatable(down.in_features):
+            _replace(block, family.mlp_out, _with_online_hadamard(down, sign_seeds and next(sign_seeds)))
+    if family.decoder and head_rot:
+        for hook in _install_attention_hook(model, family):
             hook.qk_hadamard = True
+    base._quarot_rotated = True
     if quantize is not None:
         quantize_model(model, mode=quantize, **quantize_kwargs)
     return model
@@ -478,64 +584,109 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, name.rsplit(".", 1)[-1], module)
 
 
-@torch.no_grad()
-def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str = "rtn",
-                   clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
-                   kv_clip_ratio: float = 1.0, online_hadamard: bool = False,
-                   calibration_ids: torch.Tensor | None = None, linears: bool = True, progress: bool = True, **linear_kwargs) -> nn.Module:
-    """W4A4 (+ KV4) quantization of a Llama-architecture HF model, in place (after ``rotate_model`` for
-    QuaRot; on an unrotated model it is the no-rotation baseline). Returns the model.
+def _check_quantize_options(model: nn.Module, family: ModelFamily, *, mode: str = "real", weight_method: str = "rtn",
+                            clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
+                            calibration_ids: torch.Tensor | None = None, act_order: bool = False,
+                            **linear_kwargs) -> None:
+    """The checks ``quantize_model`` makes before it changes anything (``rotate_model(quantize=…)`` makes
+    them before rotating)."""
+    import inspect
 
-    Every linear of the decoder layers becomes a ``QuaRotLinear`` in ``mode`` ("real": the int4 kernels;
-    "fake": the simulation, same numbers, see ``QuaRotLinear``); lm_head and embeddings stay in float
-    (as in QuaRot). A rotated down_proj (online H_ff, then the linear) becomes one ``QuaRotLinear``
-    whose quantization kernel applies H_ff itself (fused), its weight already rotated. ``online_hadamard``
-    adds a Hadamard in front of the other linears (for the unrotated baseline; after ``rotate_model``
-    their inputs are already rotated). ``kv_bits=4`` quantizes keys and values in a ``kv.QuaRotKVCache``
-    that the model then uses on every forward and in ``generate`` ("real": packed 4-bit codes, "fake":
-    simulated), groups of ``kv_group_size`` channels (default: head_dim); ``None`` leaves the cache in float;
-    ``linears=False`` quantizes only the KV cache (to study its error alone).
-    ``weight_method="gptq"`` or ``clip_ratio="search"`` need ``calibration_ids`` [batch, seq]: every
-    layer's inputs are recorded in one float forward pass first (not layer-sequentially as GPTQ's
-    reference code does). ``linear_kwargs`` go to ``QuaRotLinear.from_linear`` (group_size, mse_clip,
-    act_order, weight_clip_ratio).
-    """
     if mode not in MODES:
         raise ValueError(f"quantize_model: mode must be one of {MODES}, got {mode!r}")
     if kv_bits not in (None, 4):
         raise ValueError(f"quantize_model: kv_bits must be 4 or None, got {kv_bits!r}")
-    targets = []
-    for i, layer in enumerate(model.model.layers if linears else ()):
-        for part, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-                            ("mlp", ("gate_proj", "up_proj", "down_proj"))):
-            for n in names:
-                name = f"model.layers.{i}.{part}.{n}"
-                mod = model.get_submodule(name)
-                targets.append((name, mod))
-    need_calib = weight_method == "gptq" or clip_ratio == "search"
-    if need_calib and calibration_ids is None:
+    if weight_method not in ("rtn", "gptq"):
+        raise ValueError(f"quantize_model: weight_method must be 'rtn' or 'gptq', got {weight_method!r}")
+    if act_order and weight_method != "gptq":
+        raise ValueError("quantize_model: act_order=True is a GPTQ option (weight_method='gptq')")
+    if not (clip_ratio == "search" or isinstance(clip_ratio, (int, float))):
+        raise ValueError(f"quantize_model: clip_ratio must be a number in (0, 1] or 'search', got {clip_ratio!r}")
+    if (weight_method == "gptq" or clip_ratio == "search") and calibration_ids is None:
         raise ValueError("quantize_model: weight_method='gptq' or clip_ratio='search' needs calibration_ids")
+    own = set(inspect.signature(quantize_model).parameters)
+    # the online rotations (and their signs) are rotate_model's business, or online_hadamard's
+    known = set(inspect.signature(QuaRotLinear.from_linear).parameters) - {"cls", "linear", "calibration",
+                                                                          "weight_rotated", "sign_seed"}
+    unknown = sorted(set(linear_kwargs) - own - known)
+    if unknown:
+        raise TypeError(f"quantize_model: unexpected keyword arguments {unknown}")
+    if family.decoder and kv_bits is not None:
+        _check_attention_implementation(model, "quantize_model")
+        head_dim = _attention_shape(model, family)[2]
+        g = head_dim if kv_group_size is None else kv_group_size
+        if not isinstance(g, int) or g < 2 or g % 2 or head_dim % g:
+            raise ValueError(f"quantize_model: kv_group_size must be an even divisor of head_dim={head_dim}, "
+                             f"got {g!r}")
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str = "rtn",
+                   clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
+                   kv_clip_ratio: float = 1.0, online_hadamard: bool = False,
+                   calibration_ids: torch.Tensor | None = None, linears: bool = True, progress: bool = True,
+                   **linear_kwargs) -> nn.Module:
+    """W4A4 (+ KV4 for decoders) quantization of a Hugging Face model of a supported family
+    (``rotate_model``), in place (after ``rotate_model`` for QuaRot; on an unrotated model it is the
+    no-rotation baseline). Returns the model.
+
+    Every linear of the transformer blocks becomes a ``QuaRotLinear`` in ``mode`` ("real": the int4
+    kernels; "fake": the simulation, same numbers, see ``QuaRotLinear``); embeddings and whatever
+    follows the blocks (lm_head, a BERT pooler or classifier) stay in float (as in QuaRot). A linear
+    after a full online Hadamard (``rotate_model``'s down_proj, and an encoder's residual readers)
+    becomes one ``QuaRotLinear`` whose quantization kernel applies H_n itself (fused), its weight
+    already rotated; the across-heads Hadamard before o_proj stays a module of its own.
+    ``online_hadamard`` adds a Hadamard in front of the other linears (for the unrotated baseline; after
+    ``rotate_model`` their inputs are already rotated).
+
+    ``kv_bits=4`` (decoders) quantizes keys and values in a ``kv.QuaRotKVCache`` that the model then
+    uses on every forward and in ``generate`` ("real": packed 4-bit codes, "fake": simulated), groups
+    of ``kv_group_size`` channels (default: head_dim); ``None`` leaves the cache in float. An encoder
+    keeps no KV cache, so ``kv_bits`` does not apply to it. ``linears=False`` quantizes only the KV
+    cache (to study its error alone, or to re-set the KV settings of a quantized model).
+    ``weight_method="gptq"`` or ``clip_ratio="search"`` need ``calibration_ids`` [batch, seq]: every
+    layer's inputs are recorded in one float forward pass first (not layer-sequentially as GPTQ's
+    reference code does). ``linear_kwargs`` go to ``QuaRotLinear.from_linear`` (group_size, mse_clip,
+    act_order, weight_clip_ratio).
+
+    An unsupported model type, a model whose linears are already quantized, or bad settings raise
+    before anything changes: every replacement is built before the first one is swapped in.
+    """
+    family = model_family(model, "quantize_model")
+    _check_quantize_options(model, family, mode=mode, weight_method=weight_method, clip_ratio=clip_ratio,
+                            kv_bits=kv_bits, kv_group_size=kv_group_size, calibration_ids=calibration_ids,
+                            **linear_kwargs)
+    layers = blocks(model, family)
+    prefix = next(name for name, mod in model.named_modules() if mod is layers)
+    targets = [(f"{prefix}.{i}.{name}", block.get_submodule(name))
+               for i, block in enumerate(layers if linears else ()) for name in family.linears]
+    if any(isinstance(_unwrap(mod), QuaRotLinear) for _, mod in targets):
+        raise ValueError("quantize_model: the model is already quantized (its linears are QuaRotLinear); "
+                         "quantize the float model (linears=False re-sets only the KV cache)")
     calib = {}
-    if need_calib:
+    if weight_method == "gptq" or clip_ratio == "search":
         inner_names = [n + ".1" if isinstance(m, HadamardThenLinear) else n for n, m in targets]
         calib = linear_inputs(model, lambda m: m(calibration_ids), inner_names)
+    replacements = []
     for name, mod in _progress(targets, f"quantize ({weight_method}, {mode})", progress):
         fused = isinstance(mod, HadamardThenLinear) and mod[0].heads is None
-        lin = mod[1] if isinstance(mod, HadamardThenLinear) else mod
+        lin = _unwrap(mod)
         x = calib.get(name + ".1" if isinstance(mod, HadamardThenLinear) else name)
         new = QuaRotLinear.from_linear(lin, weight_method=weight_method, clip_ratio=clip_ratio, calibration=x,
                                        online_hadamard=fused or (online_hadamard and _rotatable(lin.in_features)),
-                                       weight_rotated=fused, mode=mode, **linear_kwargs)
-        if isinstance(mod, HadamardThenLinear) and not fused:
+                                       weight_rotated=fused, sign_seed=mod[0].sign_seed if fused else None,
+                                       mode=mode, **linear_kwargs)
+        replacements.append((name, mod, new))
+    for name, mod, new in replacements:
+        if isinstance(mod, HadamardThenLinear) and mod[0].heads is not None:
             mod[1] = new  # the across-heads transform stays a module of its own in front of o_proj
         else:
             _replace(model, name, new)
-    if kv_bits is not None:
-        for hook in _install_attention_hook(model):
+    if family.decoder and kv_bits is not None:
+        for hook in _install_attention_hook(model, family):
             hook.kv_bits, hook.mode, hook.kv_clip_ratio = kv_bits, mode, kv_clip_ratio
             hook.kv_group_size = kv_group_size or hook.head_dim
-        kv_cache(model)  # validates the settings now rather than at the first forward
-        _install_kv_cache_hooks(model)
+        _install_kv_cache_hooks(model, family)
     return model
 
 
