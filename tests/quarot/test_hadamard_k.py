@@ -436,9 +436,10 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
 
 
-@pytest.mark.parametrize("n", [172 * 32, 108 * 64])
-def test_cpu_fused_quantize_equals_unfused_on_sign_class_route(n):
-    """The fused rotate+quantize shares the row code: bit-identical to quantize(hadamard_transform(x))."""
+@pytest.mark.parametrize("n", [172 * 32, 108 * 64, 924 * 32])
+def test_cpu_fused_quantize_equals_unfused(n):
+    """The fused rotate+quantize shares the row code: bit-identical to quantize(hadamard_transform(x)), on
+    the sign-class route (K < 256) and on the FMA route of larger orders (29568 = 924·2^5, Qwen2-72B)."""
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     x = torch.randn(5, n)
