@@ -379,8 +379,9 @@ def _cpu_op(x, hk, scale):
 @pytest.mark.parametrize("k", KERNEL_ORDERS)
 def test_cpu_orders_both_mix_routes(k):
     """Orders from 12 to 1020, forward and transposed, at P = 16 (FMA mix) and P = 32, 64 (the sign-class
-    mix for 56 ≤ K < 256, with 2 and 4 vector slabs per tile), vs the fp64 two-pass reference. 2·H_K is not
-    ±1, so with half the scale it takes the general FMA mix: both routes must give the same rows."""
+    mix for K ≥ 56, with 1-byte class lists below K = 256 and 2-byte ones above, and 1, 2 or 4 vector slabs
+    per tile), vs the fp64 two-pass reference. 2·H_K is not ±1, so with half the scale it takes the general
+    FMA mix: both routes must give the same rows."""
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     gen = torch.Generator().manual_seed(k)
@@ -420,10 +421,11 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     gen = torch.Generator().manual_seed(3)
-    k, p = 64, 32
-    hk = (torch.randint(0, 2, (k, k), generator=gen) * 2 - 1).float()
-    x = random_noncontiguous((2, 3, k * p), dtype=torch.float32, generator=gen)
-    assert_close(_cpu_op(x, hk, 0.3), hadamard_k.reference_two_pass(x.double(), hk.double(), 0.3).float())
+    for k, p in ((64, 32), (300, 32)):  # 1-byte and 2-byte class lists
+        hk = (torch.randint(0, 2, (k, k), generator=gen) * 2 - 1).float()
+        x = random_noncontiguous((2, 3, k * p), dtype=torch.float32, generator=gen)
+        assert_close(_cpu_op(x, hk, 0.3), hadamard_k.reference_two_pass(x.double(), hk.double(), 0.3).float(),
+                     msg=f"random ±1 K={k}")
     n = 108 * 64
     hk = hk_for(n, torch.float32, torch.device("cpu"))
     x = torch.randn(3, n, generator=gen)
