@@ -20,8 +20,8 @@ def _check_args(x: torch.Tensor, scale: float) -> None:
     if n < 2 or n > MAX_SIZE or n & (n - 1):
         lower = 1 << max(1, min(reference.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2
         upper = min(MAX_SIZE, max(2, lower * 2 if lower < n else lower))
-        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, or K·2^m for "
-                         f"K in {hadamard_k.ORDERS_SUMMARY}, got {n} (nearest supported sizes: "
+        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, or K·2^m ≤ "
+                         f"{hadamard_k.MAX_SIZE} for K in {hadamard_k.ORDERS_SUMMARY}, got {n} (nearest supported sizes: "
                          f"{sorted({lower, upper} | set(hadamard_k.nearest_supported(n)))})")
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{OP_NAME}: scale must be a finite Python number, got {scale!r}")

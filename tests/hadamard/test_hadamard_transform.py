@@ -223,8 +223,8 @@ def test_default_backend_uses_the_native_kernel_when_built():
 @pytest.mark.parametrize("n", [3, 1, 65536, 98, 13696])
 def test_unsupported_sizes_raise_value_error(backend, n):
     device = require_backend(backend)
-    with pytest.raises(ValueError, match=r"x\.shape\[-1\] must be a power of two between 2 and 32768, or K·2\^m "
-                                         r"for K in .*, got %d \(nearest supported sizes: \[" % n):
+    with pytest.raises(ValueError, match=r"x\.shape\[-1\] must be a power of two between 2 and 32768, or "
+                                         r"K·2\^m ≤ 65536 for K in .*, got %d \(nearest supported sizes: \[" % n):
         hadamard_transform(torch.randn(2, n, device=device), backend=backend)
 
 
