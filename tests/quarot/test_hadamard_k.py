@@ -438,10 +438,11 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
 
 
-@pytest.mark.parametrize("n", [172 * 32, 108 * 64, 924 * 32])
+@pytest.mark.parametrize("n", [172 * 32, 108 * 64, 924 * 32, 924 * 16])
 def test_cpu_fused_quantize_equals_unfused(n):
     """The fused rotate+quantize shares the row code: bit-identical to quantize(hadamard_transform(x)), on
-    the sign-class route (K < 256) and on the FMA route of larger orders (29568 = 924·2^5, Qwen2-72B)."""
+    the sign-class route with 1-byte (K < 256) and 2-byte lists (29568 = 924·2^5, Qwen2-72B) and on the
+    FMA route (P = 16: fewer than two fp32 vectors)."""
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     x = torch.randn(5, n)
