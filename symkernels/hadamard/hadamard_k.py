@@ -41,10 +41,11 @@ nor 232 is reachable). The K×K mix costs K multiply-adds per element, so the sm
 cheapest, and because doubling is rule 1 every larger candidate K·2^i is H_K ⊗ H_{2^i}: all orders
 that could serve n give the same H_n.
 
-Every matrix satisfies ``H Hᵀ = K·I`` (checked in the tests for every order, and here once per process
-before use). Paley I and Williamson matrices are not symmetric, so unlike the power-of-two transform
-H_n/√n is orthogonal but not its own inverse: the inverse (and the backward) is the transform by
-``H_nᵀ`` (``transpose=True``).
+Every matrix satisfies ``H Hᵀ = K·I``: the tests check every order; here each Paley and Williamson
+matrix is checked once per process before use (the other orders are Kronecker products of those).
+Paley I and Williamson matrices are not symmetric, so unlike the power-of-two transform H_n/√n is
+orthogonal but not its own inverse: the inverse (and the backward) is the transform by ``H_nᵀ``
+(``transpose=True``).
 """
 from __future__ import annotations
 
