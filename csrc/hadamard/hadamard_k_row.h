@@ -54,6 +54,12 @@ inline int64_t sign_class_min_order() {
 // L1 bytes the sign-class mix may fill with its K × tile panel (48 KiB L1d on Sapphire Rapids; the
 // lists and the output rows stream past it). Measured: the widest tile that fits is fastest.
 constexpr int64_t kPanelBytes = 45 * 1024;
+// Segment indices in the class lists: one byte below K = 256 (the lists share L1 with the panel, and
+// that is the size the route was measured with), two bytes up to K = 65535 (index K is the zero
+// segment). Orders past 255 (up to 1020 in symkernels.hadamard.hadamard_k, e.g. Qwen2-72B's 924) would
+// otherwise fall to the FMA mix, whose 16 accumulators spill in the AVX2 and baseline clones.
+constexpr int64_t kNarrowIndexMaxOrder = 255;
+constexpr int64_t kWideIndexMaxOrder = 65535;
 
 // A 64-byte aligned view of `buf` with room for `size` values: every 64-byte vector load of a segment
 // then touches one cache line (misaligned rows cost ~1.4× on the L1-bound mixes).
@@ -219,14 +225,14 @@ struct KroneckerPlan {
   std::vector<int32_t> group_rows; // groups × 3 output rows (the last group may overlap the one before)
   std::vector<int32_t> group_len;  // groups: padded class length L_g
   std::vector<uint8_t> lists;      // per group, 8 classes × L_g segment indices k' (K: the zero segment)
+  std::vector<uint16_t> wide_lists; // the same for K > kNarrowIndexMaxOrder (then `lists` is empty)
   int p_shift = 0;                 // log2 P: segment index → element offset
 
   KroneckerPlan(const A* h, int64_t k, int64_t p_) : hk_values(h, h + k * k), hk(hk_values.data()), k_order(k), p(p_) {
     constexpr int64_t W = simd::Vec<A>::width;
-    // uint8 segment indices (K ≤ 255) keep the lists small: they share L1 with the K×P panel.
     // P ≥ 2 vectors: with one slab per index byte the indexed adds do not beat the FMA mix (measured).
-    bool pm1 = k >= std::max<int64_t>(sign_class_min_order(), 1 + kGroupRows) && k < 256 && p >= 2 * W &&
-               p % W == 0;
+    bool pm1 = k >= std::max<int64_t>(sign_class_min_order(), 1 + kGroupRows) && k <= kWideIndexMaxOrder &&
+               p >= 2 * W && p % W == 0;
     for (int64_t i = 0; pm1 && i < k * k; ++i) pm1 = h[i] == A(1) || h[i] == A(-1);
     if (!pm1) return;
     sign_classes = true;
@@ -237,19 +243,24 @@ struct KroneckerPlan {
     for (int64_t r = 0; r < k; ++r) {
       for (int64_t c = 0; c < k; ++c) hn[r * k + c] = h[r * k + c] == h[c] ? 1 : -1;
     }
-    std::vector<uint8_t> members[kClasses];
+    const bool narrow = k <= kNarrowIndexMaxOrder;
+    std::vector<uint16_t> members[kClasses];
     for (const auto& rows : balanced_triples(hn, k)) {
       for (auto& m : members) m.clear();
       for (int64_t c = 0; c < k; ++c) {
         int cls = 0;
         for (int i = 0; i < kGroupRows; ++i) cls |= (hn[rows[i] * k + c] < 0) << i;
-        members[cls].push_back(static_cast<uint8_t>(c));
+        members[cls].push_back(static_cast<uint16_t>(c));
       }
       size_t len = 0;
       for (auto& m : members) len = std::max(len, m.size());
       for (auto& m : members) {
-        m.resize(len, static_cast<uint8_t>(k));  // pad with the zero segment
-        lists.insert(lists.end(), m.begin(), m.end());
+        m.resize(len, static_cast<uint16_t>(k));  // pad with the zero segment
+        if (narrow) {
+          lists.insert(lists.end(), m.begin(), m.end());  // every index ≤ K ≤ 255 fits a byte
+        } else {
+          wide_lists.insert(wide_lists.end(), m.begin(), m.end());
+        }
       }
       group_rows.insert(group_rows.end(), rows.begin(), rows.end());
       group_len.push_back(static_cast<int32_t>(len));
@@ -259,18 +270,19 @@ struct KroneckerPlan {
   // Rows 1 .. K−1 of the normalized H' in triples (a, b, c). Rows of H' are orthogonal to each other and
   // to the all-ones row 0, so the 8 class sizes of a triple are (K ± t)/8 with t = Σ_k' H'[a]·H'[b]·H'[c]:
   // greedily pick triples with the smallest |t| (K mod 8 for these K, i.e. 0 or 4) so that padding to
-  // the longest class wastes little. With the −1 entries as bits (K < 256: 4 words per row),
+  // the longest class wastes little. With the −1 entries as bits (⌈K/64⌉ words per row),
   // t = K − 2·popcount(a ^ b ^ c), and the search stops at the first triple reaching the bound: ~10 µs
   // for K = 172 (the int8 dot-product version took 350 µs, more than a one-row transform). Rows left
   // over (K−1 not a multiple of 3) are completed with already-placed rows: recomputing a row is harmless.
   static std::vector<std::array<int32_t, kGroupRows>> balanced_triples(const std::vector<int8_t>& hn, int64_t k) {
-    using Bits = std::array<uint64_t, 4>;
-    std::vector<Bits> neg(k, Bits{});
+    const int64_t words = (k + 63) / 64;
+    std::vector<uint64_t> neg(k * words, 0);  // row r: words r·words .. (r+1)·words
     for (int64_t r = 0; r < k; ++r) {
       for (int64_t c = 0; c < k; ++c) {
-        if (hn[r * k + c] < 0) neg[r][c / 64] |= uint64_t{1} << (c % 64);
+        if (hn[r * k + c] < 0) neg[r * words + c / 64] |= uint64_t{1} << (c % 64);
       }
     }
+    std::vector<uint64_t> ab(words);
     const int64_t bound = std::min<int64_t>(k % 8, 8 - k % 8);
     std::vector<char> used(k, 0);
     std::vector<std::array<int32_t, kGroupRows>> out;
@@ -281,12 +293,11 @@ struct KroneckerPlan {
       int64_t best_t = k + 1;
       for (int64_t b = a + 1; b < k && best_t > bound; ++b) {
         if (used[b]) continue;
-        Bits ab;
-        for (int w = 0; w < 4; ++w) ab[w] = neg[a][w] ^ neg[b][w];
+        for (int64_t w = 0; w < words; ++w) ab[w] = neg[a * words + w] ^ neg[b * words + w];
         for (int64_t c = b + 1; c < k && best_t > bound; ++c) {
           if (used[c]) continue;
           int64_t odd = 0;
-          for (int w = 0; w < 4; ++w) odd += __builtin_popcountll(ab[w] ^ neg[c][w]);
+          for (int64_t w = 0; w < words; ++w) odd += __builtin_popcountll(ab[w] ^ neg[c * words + w]);
           const int64_t t = k - 2 * odd;
           if ((t < 0 ? -t : t) < best_t) {
             best_t = t < 0 ? -t : t;
@@ -315,8 +326,8 @@ struct KroneckerPlan {
 };
 
 // The plan for (H_K, P), from a small process-wide cache: models apply the same one or two sizes over
-// and over, and building a plan costs up to ~0.2–0.6 ms at K = 172 (the balanced-triple search), more
-// than transforming a few rows. Matrices are compared bit for bit; the last kPlanCacheSize are kept.
+// and over, and building a plan costs up to ~0.2–0.6 ms at K = 172 and ~15 ms at K = 924 (the
+// balanced-triple search), more than transforming a few rows. Matrices are compared bit for bit; the last kPlanCacheSize are kept.
 template <typename A>
 std::shared_ptr<const KroneckerPlan<A>> cached_kronecker_plan(const A* hk, int64_t k, int64_t p) {
   constexpr size_t kPlanCacheSize = 8;
@@ -340,13 +351,13 @@ std::shared_ptr<const KroneckerPlan<A>> cached_kronecker_plan(const A* hk, int64
 
 // Sign-class mix of NV vector slabs (columns j .. j + NV·W of every segment) for all output rows.
 // NV·W columns × K segments stay in L1 across the K/3 groups; see the header comment for the math.
-template <typename A, int NV>
-SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const KroneckerPlan<A>& plan, A scale, int64_t j) {
+template <typename A, int NV, typename Index>
+SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const KroneckerPlan<A>& plan, const Index* list,
+                                           A scale, int64_t j) {
   using V = typename simd::Vec<A>::type;
   constexpr int64_t W = simd::Vec<A>::width;
   constexpr int C = KroneckerPlan<A>::kClasses, G = KroneckerPlan<A>::kGroupRows;
   const int64_t p = plan.p;
-  const uint8_t* list = plan.lists.data();
   const int shift = plan.p_shift;
   const A* base = seg + j;
   for (int64_t g = 0; g < plan.groups(); ++g) {
@@ -388,18 +399,19 @@ SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const Kronecker
   }
 }
 
-template <typename A>
-SYMKERNELS_INLINE void sign_class_mix(const A* seg, A* out, const KroneckerPlan<A>& plan, A scale) {
+template <typename A, typename Index>
+SYMKERNELS_INLINE void sign_class_mix(const A* seg, A* out, const KroneckerPlan<A>& plan, const Index* lists,
+                                      A scale) {
   constexpr int64_t W = simd::Vec<A>::width;
   // Widest tile (in slabs) whose K-segment panel fits kPanelBytes and that divides P.
   const int64_t panel_slabs = kPanelBytes / (plan.k_order * W * static_cast<int64_t>(sizeof(A)));
   const int64_t slabs = plan.p / W;
   if (slabs % 4 == 0 && panel_slabs >= 4) {
-    for (int64_t j = 0; j < plan.p; j += 4 * W) sign_class_mix_tile<A, 4>(seg, out, plan, scale, j);
+    for (int64_t j = 0; j < plan.p; j += 4 * W) sign_class_mix_tile<A, 4>(seg, out, plan, lists, scale, j);
   } else if (slabs % 2 == 0 && panel_slabs >= 2) {
-    for (int64_t j = 0; j < plan.p; j += 2 * W) sign_class_mix_tile<A, 2>(seg, out, plan, scale, j);
+    for (int64_t j = 0; j < plan.p; j += 2 * W) sign_class_mix_tile<A, 2>(seg, out, plan, lists, scale, j);
   } else {
-    for (int64_t j = 0; j < plan.p; j += W) sign_class_mix_tile<A, 1>(seg, out, plan, scale, j);
+    for (int64_t j = 0; j < plan.p; j += W) sign_class_mix_tile<A, 1>(seg, out, plan, lists, scale, j);
   }
 }
 
@@ -415,7 +427,11 @@ SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, const Kroneck
       for (int64_t i = k * p; i < (k + 1) * p; ++i) scratch[i] = s * static_cast<A>(in[i]);
       fwht_inplace(scratch + k * p, p);
     }
-    sign_class_mix(scratch, out, plan, scale);
+    if (plan.wide_lists.empty()) {
+      sign_class_mix(scratch, out, plan, plan.lists.data(), scale);
+    } else {
+      sign_class_mix(scratch, out, plan, plan.wide_lists.data(), scale);
+    }
     return;
   }
   for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<A>(in[i]);

@@ -44,7 +44,10 @@ def _unfused_rotate_quantize(x: torch.Tensor, hk: torch.Tensor | None) -> tuple[
 
 
 def _hadamard_cases(device, quick) -> Iterable[Case]:
-    shapes = [(64, 3584), (64, 11008), (64, 14336)] if quick else [(256, 3584), (256, 11008), (256, 14336), (64, 28672)]
+    # Qwen2's 4864 = 76·2^6, 18944 = 148·2^7 and 29568 = 924·2^5: orders past the old table, up to the
+    # largest K an LLM width needs (the mix costs K multiply-adds per element).
+    shapes = [(64, 3584), (64, 11008), (64, 14336)] if quick else [(256, 3584), (256, 11008), (256, 14336), (64, 28672),
+                                                                   (256, 4864), (256, 18944), (64, 29568)]
     for rows, n in shapes:
         k, p = hadamard_k.decompose(n)
         x = torch.randn(rows, n, device=device)

@@ -5,19 +5,44 @@ j < 2^m) is mixed with the others as
 
     y[k·2^m + j] = scale · Σ_{k', j'} H_K[k, k'] · H_{2^m}[j, j'] · x[k'·2^m + j'],
 
-with the Sylvester H_{2^m} of ``symkernels.hadamard.reference``. Each K is the smallest order 4·o for
-the odd part o of n, so every n has exactly one decomposition (n = 5120 = 20·2^8; the order-40 matrix
-is H_20 ⊗ H_2, which gives the same H_n). Orders, and how each ±1 matrix is built here:
+with the Sylvester H_{2^m} of ``symkernels.hadamard.reference``.
 
-* Paley I (q ≡ 3 mod 4 a prime power, order q + 1): 12 (q=11), 20 (19), 44 (43), 60 (59), 108 (107),
-  140 (139);
-* Paley II (q ≡ 1 mod 4 a prime power, order 2(q + 1)): 28 (q=13), 36 (17), 52 (q=25, GF(25)
-  arithmetic);
-* Williamson array over four circulant ±1 blocks whose first rows are published Williamson-type
-  quadruples (order 43: Baumert–Hall, tabulated in M. Hall, *Combinatorial Theory*, 2nd ed., 1983;
-  order 39: a 2013 computer-search table, the one SageMath cites as [Lon2013]): 156, 172.
+**Orders.** ``ORDERS`` holds every order K ≤ ``MAX_ORDER`` = 1024 (K ≡ 0 mod 4, not a power of two) that
+the rules below reach: 191 of the 247 candidates. ``construction(K)`` names the rule used for K; the
+first that applies wins:
 
-Every matrix satisfies ``H Hᵀ = K·I`` (checked in the tests, and once per process here before use).
+1. doubling, ``H_K = H_{K/2} ⊗ H_2`` (Sylvester's [[H, H], [H, −H]] up to a row/column permutation),
+   whenever K/2 is itself reachable (40 = 20·2, 24 = 12·2, 1008 = 252·4, …);
+2. Paley I, order q + 1 for a prime power q ≡ 3 (mod 4): ``H = I + S`` with the skew conference matrix
+   S = [[0, 1ᵀ], [−1, Q]] (12: q = 11, 84: q = 83, 464: q = 463, 684: q = 683);
+3. Paley II, order 2(q + 1) for a prime power q ≡ 1 (mod 4): ``C ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1],
+   [−1, −1]]`` with the symmetric conference matrix C = [[0, 1ᵀ], [1, Q]] (28: q = 13, 52: q = 5^2,
+   76: q = 37, 148: q = 73, 244: q = 11^2, 924: q = 461);
+   Q is the Jacobsthal matrix Q[a, b] = χ(a − b) of GF(q) (χ the quadratic character). Where both
+   Paley rules serve a K, prime fields come before prime powers, then Paley I before Paley II: that
+   keeps the earlier table's choices (28 from GF(13), not GF(3^3); 60 from Paley I over GF(59));
+4. Williamson arrays over four circulant ±1 blocks whose first rows are published Williamson-type
+   quadruples (order 43: Baumert–Hall, tabulated in M. Hall, *Combinatorial Theory*, 2nd ed., 1983;
+   order 39: a 2013 computer-search table, the one SageMath cites as [Lon2013]): 156, 172;
+5. Kronecker products ``H_a ⊗ H_b`` of two reachable orders that are not powers of two (smallest a
+   first). Up to MAX_ORDER every such product is also reached by rules 1–3; the first order that needs
+   this rule is 1904 = 28·68.
+
+The 56 multiples of 4 up to 1024 that no rule reaches are 92, 116, 184, 188, 232, 236, … (the tests
+list them all). Hadamard matrices of all but three of them are known (668, 716 and 892 are open
+problems), but from constructions not implemented here (more Williamson quadruples, Turyn,
+Goethals–Seidel, …). The order table of the earlier
+version (12, 20, 28, 36, 40, 44, 52, 60, 108, 140, 156, 172) is the rule list's choice for those
+orders too, so their matrices are unchanged bit for bit.
+
+**Sizes.** n = K·2^m uses the smallest K ∈ ``ORDERS`` that divides n with n/K a power of two, trying
+K = 4·o, 8·o, 16·o, … for the odd part o of n (29568 = 924·2^5; 59392 = 464·2^7, since neither 116
+nor 232 is reachable). The K×K mix costs K multiply-adds per element, so the smallest K is the
+cheapest, and because doubling is rule 1 every larger candidate K·2^i is H_K ⊗ H_{2^i}: all orders
+that could serve n give the same H_n.
+
+Every matrix satisfies ``H Hᵀ = K·I``: the tests check every order; here each Paley and Williamson
+matrix is checked once per process before use (the other orders are Kronecker products of those).
 Paley I and Williamson matrices are not symmetric, so unlike the power-of-two transform H_n/√n is
 orthogonal but not its own inverse: the inverse (and the backward) is the transform by ``H_nᵀ``
 (``transpose=True``).
@@ -31,8 +56,11 @@ import math
 import torch
 
 # Largest supported n for the K·2^m transforms (all backends). 65536 covers every LLM width in the
-# design note (the largest, 29568 = 924·2^5, needs an order not tabulated here anyway).
+# design note (the largest, 29568 = 924·2^5) and Llama-3-405B's 53248 = 52·2^10.
 MAX_SIZE = 1 << 16
+# Largest order K tabulated. The K×K mix costs K multiply-adds per element against log2(n/K) for the
+# FWHT, so beyond ~1000 it is all the kernels do; 1024 still admits Qwen2-72B's 924.
+MAX_ORDER = 1024
 
 # Williamson-type quadruples (first rows of four circulant ±1 matrices A, B, C, D of order t with
 # AAᵀ + BBᵀ + CCᵀ + DDᵀ = 4t·I, pairwise amicable). Published sequences; the array below turns them
@@ -44,93 +72,114 @@ _WILLIAMSON = {
          "++-++++++----+-+--++-++-++--+-+----++++++-+", "+---++--++++-+-+++-++--++-+++-+-++++--++---"),
 }
 
-# order K -> (construction, parameter)
-_CONSTRUCTIONS = {
-    12: ("paley1", 11), 20: ("paley1", 19), 28: ("paley2", 13), 36: ("paley2", 17), 44: ("paley1", 43),
-    52: ("paley2", 25), 60: ("paley1", 59), 108: ("paley1", 107), 140: ("paley1", 139),
-    156: ("williamson", 39), 172: ("williamson", 43),
-}
-# The orders a user may name (40 = 20·2 is included for completeness: H_40 := H_20 ⊗ H_2).
-ORDERS = tuple(sorted(set(_CONSTRUCTIONS) | {40}))
+_H2 = ((1, 1), (1, -1))
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
 
 
 # ---------------------------------------------------------------------------------------------------
-# Finite fields GF(p^e), e ≤ 3: elements are coefficient tuples mod p of polynomials modulo a monic
-# irreducible of degree e (for e ≤ 3, irreducible ⇔ no root in GF(p)).
+# Finite fields GF(p^e): elements are coefficient tuples (c_0, …, c_{e-1}) mod p of polynomials modulo a
+# monic irreducible of degree e, listed in the order of itertools.product (c_0 the most significant).
 
-def _prime_power(q: int) -> tuple[int, int]:
-    for p in range(2, q + 1):
+def _prime_power(q: int) -> tuple[int, int] | None:
+    """(p, e) with q = p^e for a prime p, or None."""
+    for p in range(2, math.isqrt(q) + 1):
         if q % p == 0:
-            e, r = 0, q
-            while r % p == 0:
-                r //= p
+            e = 0
+            while q % p == 0:
+                q //= p
                 e += 1
-            if r != 1:
-                raise ValueError(f"{q} is not a prime power")
-            return p, e
-    raise ValueError(f"{q} is not a prime power")
+            return (p, e) if q == 1 else None
+    return (q, 1) if q >= 2 else None
 
 
-def _field_elements(q: int) -> tuple[list[tuple[int, ...]], callable, callable]:
-    """The q elements of GF(q), and its subtraction and multiplication."""
-    p, e = _prime_power(q)
-    if e == 1:
-        elems = [(a,) for a in range(p)]
-        return elems, (lambda a, b: ((a[0] - b[0]) % p,)), (lambda a, b: ((a[0] * b[0]) % p,))
-    if e > 3:
-        raise ValueError(f"GF({q}) with exponent {e} > 3 is not supported")
-    # modulus t^e + c_{e-1} t^{e-1} + … + c_0, the first without a root in GF(p)
+def _poly_remainder(num: list[int], den: list[int], p: int) -> list[int]:
+    """num mod den over GF(p); coefficient lists, index = degree, den monic."""
+    rem = list(num)
+    for top in range(len(rem) - 1, len(den) - 2, -1):
+        c = rem[top]
+        if c:
+            for i, d in enumerate(den):
+                rem[top - len(den) + 1 + i] = (rem[top - len(den) + 1 + i] - c * d) % p
+    return rem[:len(den) - 1]
+
+
+def _is_irreducible(poly: list[int], p: int) -> bool:
+    """A monic polynomial of degree e is reducible ⇔ a monic factor of degree ≤ e/2 divides it.
+
+    Trial division by all of them (at most 3 + 9 + 27 for GF(3^6)); for e ≤ 3 this is "has no root in
+    GF(p)", the test of the earlier version, so GF(25) keeps its modulus t² + t + 1.
+    """
+    e = len(poly) - 1
+    for degree in range(1, e // 2 + 1):
+        for low in itertools.product(range(p), repeat=degree):
+            if not any(_poly_remainder(poly, list(low) + [1], p)):
+                return False
+    return True
+
+
+def _first_irreducible(p: int, e: int) -> list[int]:
+    """The first monic irreducible t^e + c_{e-1} t^{e-1} + … + c_0, in itertools.product order of (c_0, …)."""
     for tail in itertools.product(range(p), repeat=e):
-        poly = list(tail) + [1]  # poly[i] = coefficient of t^i
-        if all(sum(c * pow(x, i, p) for i, c in enumerate(poly)) % p for x in range(p)):
-            break
+        if _is_irreducible(list(tail) + [1], p):
+            return list(tail) + [1]
+    raise AssertionError(f"no irreducible polynomial of degree {e} over GF({p})")  # one always exists
 
-    def mul(a, b):
-        prod = [0] * (2 * e - 1)
+
+class _GaloisField:
+    """GF(q), q = p^e: the element list, multiplication, and a table of differences."""
+
+    def __init__(self, q: int):
+        pe = _prime_power(q)
+        if pe is None:
+            raise ValueError(f"{q} is not a prime power")
+        self.p, self.e = pe
+        self.modulus = _first_irreducible(self.p, self.e) if self.e > 1 else [0, 1]
+        self.elements = list(itertools.product(range(self.p), repeat=self.e))
+
+    def mul(self, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+        prod = [0] * (2 * self.e - 1)
         for i, ai in enumerate(a):
             for j, bj in enumerate(b):
-                prod[i + j] = (prod[i + j] + ai * bj) % p
-        for d in range(2 * e - 2, e - 1, -1):  # reduce t^d using t^e = −(c_0 + … + c_{e-1} t^{e-1})
-            c = prod[d]
-            if c:
-                prod[d] = 0
-                for i in range(e):
-                    prod[d - e + i] = (prod[d - e + i] - c * poly[i]) % p
-        return tuple(prod[:e])
+                prod[i + j] = (prod[i + j] + ai * bj) % self.p
+        return tuple(_poly_remainder(prod, self.modulus, self.p)) if self.e > 1 else tuple(prod)
 
-    elems = list(itertools.product(range(p), repeat=e))
-    return elems, (lambda a, b: tuple((x - y) % p for x, y in zip(a, b))), mul
+    def index_of_difference(self) -> torch.Tensor:
+        """[q, q] int64: the position in ``elements`` of elements[a] − elements[b] (digit-wise mod p)."""
+        digits = torch.tensor(self.elements, dtype=torch.int64)  # [q, e]
+        place = self.p ** torch.arange(self.e - 1, -1, -1)       # c_0 is the most significant digit
+        return (((digits[:, None, :] - digits[None, :, :]) % self.p) * place).sum(-1)
 
 
 def _jacobsthal(q: int) -> torch.Tensor:
-    """Q[i, j] = χ(x_i − x_j) with χ the quadratic character of GF(q) (0 on the diagonal)."""
-    elems, sub, mul = _field_elements(q)
-    zero = elems[0]
-    squares = {mul(a, a) for a in elems if a != zero}
-    chi = {a: (0 if a == zero else (1 if a in squares else -1)) for a in elems}
-    return torch.tensor([[chi[sub(a, b)] for b in elems] for a in elems], dtype=torch.float64)
+    """Q[a, b] = χ(x_a − x_b) with χ the quadratic character of GF(q) (0 on the diagonal)."""
+    field = _GaloisField(q)
+    zero, *nonzero = field.elements
+    squares = {field.mul(a, a) for a in nonzero}
+    chi = torch.tensor([0] + [1 if a in squares else -1 for a in nonzero], dtype=torch.float64)
+    return chi[field.index_of_difference()]
 
 
 def _paley1(q: int) -> torch.Tensor:
     """Order q + 1 for q ≡ 3 (mod 4): H = I + S with S the skew conference matrix [[0, 1ᵀ], [−1, Q]]."""
     assert q % 4 == 3
-    qm = _jacobsthal(q)
     s = torch.zeros(q + 1, q + 1, dtype=torch.float64)
     s[0, 1:] = 1
     s[1:, 0] = -1
-    s[1:, 1:] = qm
+    s[1:, 1:] = _jacobsthal(q)
     return s + torch.eye(q + 1, dtype=torch.float64)
 
 
 def _paley2(q: int) -> torch.Tensor:
     """Order 2(q + 1) for q ≡ 1 (mod 4): C ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]], C symmetric conference."""
     assert q % 4 == 1
-    qm = _jacobsthal(q)
     c = torch.zeros(q + 1, q + 1, dtype=torch.float64)
     c[0, 1:] = 1
     c[1:, 0] = 1
-    c[1:, 1:] = qm
-    a = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    c[1:, 1:] = _jacobsthal(q)
+    a = torch.tensor(_H2, dtype=torch.float64)
     b = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
     return torch.kron(c, a) + torch.kron(torch.eye(q + 1, dtype=torch.float64), b)
 
@@ -148,25 +197,84 @@ def _williamson(t: int) -> torch.Tensor:
         (a, b, c, d), (-b, a, -d, c), (-c, d, a, -b), (-d, -c, b, a))], dim=0)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Which rule builds which order
+
 @functools.lru_cache(maxsize=None)
-def _hadamard_k_cached(k: int) -> torch.Tensor:
-    if k == 40:
-        h = torch.kron(_hadamard_k_cached(20), torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64))
-    else:
-        kind, param = _CONSTRUCTIONS[k]
-        h = {"paley1": _paley1, "paley2": _paley2, "williamson": _williamson}[kind](param)
-    # Never hand out a wrong matrix: the defining identity is cheap to check once.
-    if h.shape != (k, k) or not torch.equal(h @ h.T, k * torch.eye(k, dtype=torch.float64)):
-        raise AssertionError(f"internal error: the order-{k} construction is not a Hadamard matrix")
-    return h
+def construction(k: int) -> tuple | None:
+    """How H_k is built here: ``("sylvester", k)`` for powers of two, ``("double", k/2)``,
+    ``("paley1", q)``, ``("paley2", q)``, ``("williamson", t)``, ``("kronecker", a, b)``; None if no rule
+    reaches k. The rules are tried in the order of the module docstring (any k, not only k ≤ MAX_ORDER)."""
+    if k < 1:
+        return None
+    if _is_power_of_two(k):
+        return ("sylvester", k)
+    if k % 4:
+        return None  # a Hadamard matrix of order k > 2 needs 4 | k
+    if construction(k // 2) is not None:
+        return ("double", k // 2)
+    paley = []  # (field exponent, rule rank, rule, q): prime fields first, then Paley I before Paley II
+    for rank, (rule, q, residue) in enumerate((("paley1", k - 1, 3), ("paley2", k // 2 - 1, 1))):
+        pe = _prime_power(q)
+        if pe is not None and q % 4 == residue:
+            paley.append((pe[1], rank, rule, q))
+    if paley:
+        _, _, rule, q = min(paley)
+        return (rule, q)
+    if k // 4 in _WILLIAMSON:
+        return ("williamson", k // 4)
+    for a in range(12, math.isqrt(k) + 1, 4):
+        b = k // a
+        if k % a == 0 and not _is_power_of_two(a) and not _is_power_of_two(b) and construction(a) and construction(b):
+            return ("kronecker", a, b)
+    return None
+
+
+# The orders a user may name, and the ones decompose() picks from.
+ORDERS = tuple(k for k in range(12, MAX_ORDER + 1, 4) if not _is_power_of_two(k) and construction(k) is not None)
+_ORDER_SET = frozenset(ORDERS)
+# For error messages: the table is too long to print.
+ORDERS_SUMMARY = f"hadamard_k.ORDERS ({len(ORDERS)} orders from {ORDERS[0]} to {ORDERS[-1]})"
+
+
+def _build(rule: tuple) -> torch.Tensor:
+    """The float64 ±1 matrix a ``construction()`` result describes."""
+    from symkernels.hadamard.reference import hadamard_matrix
+
+    kind, *params = rule
+    if kind == "sylvester":
+        return hadamard_matrix(params[0])
+    if kind == "double":
+        return torch.kron(_hadamard_k_pm1(params[0]).double(), torch.tensor(_H2, dtype=torch.float64))
+    if kind == "kronecker":
+        return torch.kron(_hadamard_k_pm1(params[0]).double(), _hadamard_k_pm1(params[1]).double())
+    return {"paley1": _paley1, "paley2": _paley2, "williamson": _williamson}[kind](params[0])
+
+
+# int8 (±1 is exact) keeps a few large orders cheap to hold; a process uses one or two orders.
+@functools.lru_cache(maxsize=32)
+def _hadamard_k_pm1(k: int) -> torch.Tensor:
+    rule = construction(k)
+    h = _build(rule)
+    if h.shape != (k, k):
+        raise AssertionError(f"internal error: the order-{k} construction {rule} has shape {tuple(h.shape)}")
+    # Never hand out a wrong matrix: the defining identity is cheap to check once (fp32 is exact: every
+    # partial sum is an integer of magnitude ≤ k < 2^24). Kronecker products (doubling included) of
+    # checked factors need no check: (A ⊗ B)(A ⊗ B)ᵀ = AAᵀ ⊗ BBᵀ.
+    if rule[0] not in ("double", "kronecker", "sylvester"):
+        hf = h.float()
+        if not torch.equal(hf @ hf.T, k * torch.eye(k)):
+            raise AssertionError(f"internal error: the order-{k} construction {rule} is not a Hadamard matrix")
+    return h.to(torch.int8)
 
 
 def hadamard_k_matrix(k: int, *, dtype: torch.dtype = torch.float64,
                       device: torch.device | str | None = None) -> torch.Tensor:
     """The ±1 Hadamard matrix H_K of order ``k`` ∈ ``ORDERS`` (H Hᵀ = k·I), built in code."""
-    if k not in ORDERS:
-        raise ValueError(f"no tabulated Hadamard matrix of order {k}; available orders: {ORDERS}")
-    return _hadamard_k_cached(k).to(dtype=dtype, device=device)
+    if k not in _ORDER_SET:
+        raise ValueError(f"no Hadamard matrix of order {k} here; available: {ORDERS_SUMMARY}, "
+                         f"nearest: {[o for o in ORDERS if o < k][-2:] + [o for o in ORDERS if o > k][:2]}")
+    return _hadamard_k_pm1(k).to(dtype=dtype, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,23 +283,23 @@ def hadamard_k_matrix(k: int, *, dtype: torch.dtype = torch.float64,
 def decompose(n: int) -> tuple[int, int] | None:
     """(K, 2^m) with n = K·2^m for a non-power-of-two n this module supports, else None.
 
-    K = 4·(odd part of n), the smallest order for that odd part; 40 is never chosen (20·2 covers it).
+    K is the smallest order in ``ORDERS`` of the form 4·o·2^j (o the odd part of n, j = 0, 1, …) that
+    divides n; every larger one gives the same H_n (module docstring).
     """
-    if not isinstance(n, int) or n < 1 or n > MAX_SIZE or n & (n - 1) == 0:
+    if not isinstance(n, int) or n < 1 or n > MAX_SIZE or _is_power_of_two(n):
         return None
-    odd = n
-    while odd % 2 == 0:
-        odd //= 2
-    k = 4 * odd
-    if k not in _CONSTRUCTIONS or n % k:
-        return None
-    return k, n // k
+    k = 4 * (n // (n & -n))  # 4 × the odd part
+    while k <= min(n, MAX_ORDER):
+        if k in _ORDER_SET:
+            return k, n // k
+        k *= 2
+    return None
 
 
 def supported_sizes(limit: int = MAX_SIZE) -> list[int]:
-    """Every n ≤ limit with a transform: powers of two 2..2^15 and K·2^m for the tabulated K."""
+    """Every n ≤ limit with a transform: powers of two 2..2^15 and K·2^m for K in ``ORDERS``."""
     sizes = {1 << e for e in range(1, 16) if (1 << e) <= limit}
-    for k in _CONSTRUCTIONS:
+    for k in ORDERS:
         p = 1
         while k * p <= min(limit, MAX_SIZE):
             sizes.add(k * p)
@@ -216,7 +324,7 @@ def hadamard_matrix_any(n: int, *, dtype: torch.dtype = torch.float64,
     """Dense ±1 H_n for any supported n (power of two: Sylvester; else H_K ⊗ H_{2^m})."""
     from symkernels.hadamard.reference import hadamard_matrix
 
-    if n >= 1 and n & (n - 1) == 0:
+    if _is_power_of_two(n):
         return hadamard_matrix(n, dtype=dtype, device=device)
     kp = decompose(n)
     if kp is None:
@@ -233,7 +341,8 @@ def reference_dense(x: torch.Tensor, scale: float = 1.0, transpose: bool = False
 
     Dense matrices only, no butterflies. Up to n = 4096 the n×n matrix is built; above, the Kronecker
     identity (A ⊗ B) vec(X) = vec(A X Bᵀ) applies the dense H_K and H_P factors (an n×n fp64 matrix at
-    n = 28672 would take 6.6 GB).
+    n = 28672 would take 6.6 GB). A power of two n is split the same way, as H_64 ⊗ H_{n/64} (Sylvester
+    matrices are Kronecker powers of H_2).
     """
     from symkernels.hadamard.reference import hadamard_matrix
 
@@ -241,8 +350,12 @@ def reference_dense(x: torch.Tensor, scale: float = 1.0, transpose: bool = False
     if n <= 4096:
         h = hadamard_matrix_any(n, device=x.device)
         return x.double() @ (h if transpose else h.T) * scale
-    k, p = decompose(n)
-    hk = hadamard_k_matrix(k, device=x.device)
+    if _is_power_of_two(n):
+        k, p = 64, n // 64
+        hk = hadamard_matrix(k, device=x.device)
+    else:
+        k, p = decompose(n)
+        hk = hadamard_k_matrix(k, device=x.device)
     hp = hadamard_matrix(p, device=x.device)
     if transpose:
         hk = hk.T

@@ -35,8 +35,8 @@ def check_args(x: torch.Tensor, scale: float, op: str = "hadamard_transform") ->
     kp = hadamard_k.decompose(n)
     if kp is None:
         raise ValueError(f"{op}: x.shape[-1] = {n} is not a supported size (a power of two 2..32768, or K·2^m "
-                         f"≤ {hadamard_k.MAX_SIZE} for K in {hadamard_k.ORDERS}); nearest supported sizes: "
-                         f"{hadamard_k.nearest_supported(n)}")
+                         f"≤ {hadamard_k.MAX_SIZE} for K in {hadamard_k.ORDERS_SUMMARY}); nearest supported "
+                         f"sizes: {hadamard_k.nearest_supported(n)}")
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{op}: scale must be a finite Python number, got {scale!r}")
     return kp

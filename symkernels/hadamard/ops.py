@@ -20,8 +20,8 @@ def _check_args(x: torch.Tensor, scale: float) -> None:
     if n < 2 or n > MAX_SIZE or n & (n - 1):
         lower = 1 << max(1, min(reference.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2
         upper = min(MAX_SIZE, max(2, lower * 2 if lower < n else lower))
-        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, or K·2^m for "
-                         f"K in {hadamard_k.ORDERS}, got {n} (nearest supported sizes: "
+        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, or K·2^m ≤ "
+                         f"{hadamard_k.MAX_SIZE} for K in {hadamard_k.ORDERS_SUMMARY}, got {n} (nearest supported sizes: "
                          f"{sorted({lower, upper} | set(hadamard_k.nearest_supported(n)))})")
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{OP_NAME}: scale must be a finite Python number, got {scale!r}")
@@ -43,7 +43,7 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool =
         (fp64 for fp64 inputs) and rounded once. Differentiable to any order (backward is the same
         transform of the gradient, since H_n is symmetric), also in forward mode.
 
-    Non-power-of-two sizes n = K·2^m (K in ``hadamard_k.ORDERS``, e.g. 11008 = 172·2^6) use
+    Non-power-of-two sizes n = K·2^m (K in ``hadamard_k.ORDERS``, e.g. 11008 = 172·2^6, 4864 = 76·2^6) use
     H_n = H_K ⊗ H_{2^m}, element index k·2^m + j, in one pass (``hadamard_k_ops``). H_K need not be
     symmetric, so there ``transpose=True`` gives ``x @ H_n * scale`` (the inverse, with scale 1/n);
     for powers of two it changes nothing.

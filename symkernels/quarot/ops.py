@@ -35,7 +35,7 @@ def _check_quantize_args(x, clip_ratio, hadamard, op="quantize_int4") -> None:
         pow2 = n >= 2 and n & (n - 1) == 0 and n <= 1 << 15
         if not pow2 and hadamard_k.decompose(n) is None:
             raise ValueError(f"{op}: hadamard=True needs x.shape[-1] to be a power of two or K·2^m for K in "
-                             f"{hadamard_k.ORDERS}, got {n}; nearest supported sizes: "
+                             f"{hadamard_k.ORDERS_SUMMARY}, got {n}; nearest supported sizes: "
                              f"{hadamard_k.nearest_supported(n)}")
 
 

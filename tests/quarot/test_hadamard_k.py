@@ -1,4 +1,5 @@
 """Non-power-of-two (n = K·2^m) Hadamard transforms: matrices, references, kernels, autograd, errors."""
+import hashlib
 import math
 
 import pytest
@@ -11,19 +12,145 @@ from symkernels._testing import assert_close, assert_within_torch_error, random_
 from symkernels.hadamard import hadamard_k
 from symkernels.hadamard.hadamard_k_ops import hk_for
 
-# Widths of real models (design note table) that have a tabulated order, and ones that do not.
-MODEL_WIDTHS = [11008, 13824, 14336, 28672, 3584, 5120, 1536, 8960, 896]
-UNSUPPORTED_WIDTHS = [18944, 4864, 29568, 10, 6 * 7]
+# Widths of real models: hidden sizes, MLP widths and head dims from the models' config.json.
+LLM_WIDTHS = {
+    64: "head dim: Qwen2.5-0.5B",
+    96: "head dim: Phi-3-mini",
+    128: "head dim: Llama 2/3, Mistral, Qwen2/2.5 ≥ 1.5B",
+    896: "hidden: Qwen2.5-0.5B",
+    1536: "hidden: Qwen2.5-1.5B",
+    2048: "hidden: Llama-3.2-1B, Qwen2.5-3B",
+    3072: "hidden: Phi-3-mini, Llama-3.2-3B",
+    3584: "hidden: Qwen2-7B, Qwen2.5-7B",
+    4096: "hidden: Llama-2-7B, Llama-3-8B, Mistral-7B",
+    4864: "MLP: Qwen2.5-0.5B",
+    5120: "hidden: Llama-2-13B, Phi-3-medium, Qwen2.5-14B/32B",
+    8192: "hidden: Llama-2/3-70B, Qwen2-72B; MLP: Phi-3-mini, Llama-3.2-1B/3B",
+    8960: "MLP: Qwen2.5-1.5B",
+    11008: "MLP: Llama-2-7B, Qwen2.5-3B",
+    13824: "MLP: Llama-2-13B, Qwen2.5-14B",
+    14336: "MLP: Llama-3-8B, Mistral-7B",
+    17920: "MLP: Phi-3-medium",
+    18944: "MLP: Qwen2-7B, Qwen2.5-7B",
+    27648: "MLP: Qwen2.5-32B",
+    28672: "MLP: Llama-2/3-70B",
+    29568: "MLP: Qwen2-72B, Qwen2.5-72B",
+}
+MODEL_WIDTHS = [n for n in LLM_WIDTHS if n & (n - 1)]  # the ones that need an order K
+# No order serves these: 10, 42 (odd parts 5, 21 need K = 20, 84 > n), 184 = 8·23 (92, 184 unreachable,
+# 368 > n), 13696 = 428·2^5 (a QuaRot issue's width: 428, 856 unreachable, 1712 > MAX_ORDER), and
+# 98304 = 12·2^13 > MAX_SIZE.
+UNSUPPORTED_WIDTHS = [10, 6 * 7, 184, 13696, 98304]
 SMALL_ORDERS = [12, 20, 28, 36, 44, 52]
+# Orders the kernels are checked at: the earlier table's, the new ones of LLM widths (76, 148, 924), the
+# largest on the CPU kernel's sign-class route (252 < 256) and the largest order (1020).
+KERNEL_ORDERS = [12, 20, 28, 36, 44, 52, 60, 76, 108, 140, 148, 156, 172, 252, 684, 924, 1020]
+# Multiples of 4 up to MAX_ORDER no construction here reaches (module docstring).
+UNREACHABLE_ORDERS = [92, 116, 184, 188, 232, 236, 260, 268, 292, 324, 356, 372, 376, 404, 412, 428, 436, 452, 472,
+                      476, 508, 520, 532, 536, 584, 596, 604, 612, 652, 668, 712, 716, 732, 756, 764, 772, 808, 836,
+                      852, 856, 872, 876, 892, 904, 932, 940, 944, 952, 956, 964, 980, 988, 996, 1004, 1012, 1016]
+# sha256 (first 16 hex digits) of the int8 matrices of the earlier hand table (commit d5df3dd): the orders
+# it had must keep their matrices, so that today's sizes transform bit for bit as before.
+EARLIER_TABLE_SHA256 = {
+    12: "db7478025ce74776", 20: "d04b560308676ee7", 28: "a24c9c5912c711a9", 36: "1a7aed2f42a8c71d",
+    40: "64b7ff1603aae0dc", 44: "7608149d896734a0", 52: "e2278b13940b11ea", 60: "91a505ae266d3871",
+    108: "7deb180ca8331131", 140: "902eb66771c67a6b", 156: "1aac7fad336c39a5", 172: "1473e433b76ae27d",
+}
+
+
+def _is_hadamard(h: torch.Tensor) -> bool:
+    """±1 entries and H Hᵀ = K·I, in exact integer arithmetic."""
+    k = h.shape[0]
+    hi = h.to(torch.int32)
+    return (h.shape == (k, k) and bool((hi.abs() == 1).all())
+            and torch.equal(hi @ hi.T, k * torch.eye(k, dtype=torch.int32)))
 
 
 @pytest.mark.parametrize("k", hadamard_k.ORDERS)
 def test_matrix_is_hadamard(k):
     h = hadamard_k.hadamard_k_matrix(k)
-    assert h.shape == (k, k)
-    assert bool((h.abs() == 1).all()), "entries must be ±1"
-    torch.testing.assert_close(h @ h.T, k * torch.eye(k, dtype=torch.float64), atol=0, rtol=0)
-    torch.testing.assert_close(h.T @ h, k * torch.eye(k, dtype=torch.float64), atol=0, rtol=0)
+    assert h.dtype == torch.float64 and h.shape == (k, k)
+    assert _is_hadamard(h), f"order {k} ({hadamard_k.construction(k)})"
+
+
+def test_order_table():
+    assert len(hadamard_k.ORDERS) == 191
+    candidates = [k for k in range(4, hadamard_k.MAX_ORDER + 1, 4) if k & (k - 1)]
+    assert [k for k in candidates if k not in hadamard_k.ORDERS] == UNREACHABLE_ORDERS
+    assert all(hadamard_k.construction(k) is None for k in UNREACHABLE_ORDERS)
+    # no Hadamard matrix of order ≡ 2 (mod 4), or odd and > 1, exists: the rules must not claim one
+    assert all(hadamard_k.construction(k) is None for k in (3, 6, 10, 14, 22, 78, 1022))
+    with pytest.raises(ValueError, match=r"no Hadamard matrix of order 92 here.*nearest: \[84, 88, 96, 100\]"):
+        hadamard_k.hadamard_k_matrix(92)
+
+
+def test_earlier_orders_keep_their_matrices():
+    for k, digest in EARLIER_TABLE_SHA256.items():
+        h = hadamard_k.hadamard_k_matrix(k).to(torch.int8)
+        assert hashlib.sha256(h.numpy().tobytes()).hexdigest()[:16] == digest, f"order {k} changed"
+
+
+def test_construction_rules():
+    c = hadamard_k.construction
+    assert c(12) == ("paley1", 11)      # Paley II over GF(5) serves too: Paley I first
+    assert c(28) == ("paley2", 13)      # a prime field before Paley I over GF(3³)
+    assert c(244) == ("paley2", 121)    # both over prime powers: GF(11²) before GF(3⁵)
+    assert c(40) == ("double", 20) and c(1008) == ("double", 504)
+    assert c(76) == ("paley2", 37) and c(148) == ("paley2", 73) and c(924) == ("paley2", 461)
+    assert c(464) == ("paley1", 463) and c(684) == ("paley1", 683)
+    assert c(156) == ("williamson", 39) and c(172) == ("williamson", 43)
+    assert c(1904) == ("kronecker", 28, 68)  # the first order only a Kronecker product reaches
+    assert c(64) == ("sylvester", 64) and torch.equal(hadamard_k._build(c(64)), symkernels.hadamard.hadamard_matrix(64))
+    h = hadamard_k._build(("kronecker", 12, 20))
+    assert _is_hadamard(h)
+    assert torch.equal(h, torch.kron(hadamard_k.hadamard_k_matrix(12), hadamard_k.hadamard_k_matrix(20)))
+    assert torch.equal(hadamard_k.hadamard_k_matrix(24),
+                       torch.kron(hadamard_k.hadamard_k_matrix(12), symkernels.hadamard.hadamard_matrix(2)))
+
+
+@pytest.mark.parametrize("q", [27, 81, 243])
+def test_paley_over_prime_power_fields(q):
+    """Fields the order table does not use (Paley I over GF(3³), GF(3⁵); Paley II over GF(3⁴)): moduli of
+    degree 4 and 5 need the trial division by quadratics, not only the root test."""
+    h = hadamard_k._build(("paley1", q) if q % 4 == 3 else ("paley2", q))
+    assert h.shape[0] == (q + 1 if q % 4 == 3 else 2 * (q + 1)) and _is_hadamard(h)
+
+
+@pytest.mark.parametrize("q", [25, 81, 125])
+def test_prime_power_field_is_a_field(q):
+    field = hadamard_k._GaloisField(q)
+    zero, one = field.elements[0], (1,) + (0,) * (field.e - 1)
+    assert len(set(field.elements)) == q and zero == (0,) * field.e
+
+    def power(a, e):
+        r = one
+        while e:
+            if e & 1:
+                r = field.mul(r, a)
+            a, e = field.mul(a, a), e >> 1
+        return r
+
+    # a^(q−1) = 1 for every a ≠ 0 ⇔ every nonzero element is a unit ⇔ the modulus is irreducible
+    assert all(power(a, q - 1) == one for a in field.elements[1:])
+    assert len({field.mul(a, a) for a in field.elements[1:]}) == (q - 1) // 2
+    if q == 25:
+        assert field.modulus == [1, 1, 1]  # t² + t + 1, as in the earlier version (keeps H_52)
+
+
+@pytest.mark.parametrize("n,expected", [(4864, (76, 64)), (18944, (148, 128)), (29568, (924, 32)), (5120, (20, 256)),
+                                        (11008, (172, 64)), (59392, (464, 128)), (368, (368, 1)), (96, (12, 8))])
+def test_decompose_picks_the_smallest_order(n, expected):
+    assert hadamard_k.decompose(n) == expected
+
+
+@pytest.mark.parametrize("n", [240, 96 * 8, 464 * 4, 76 * 64])
+def test_every_order_serving_n_gives_the_same_matrix(n):
+    """Doubling is the first rule, so H_K ⊗ H_{n/K} is the same H_n for every K that divides n."""
+    h = hadamard_k.hadamard_matrix_any(n)
+    serving = [k for k in hadamard_k.ORDERS if n % k == 0 and (n // k) & (n // k - 1) == 0]
+    assert len(serving) >= 2
+    for k in serving:
+        assert torch.equal(torch.kron(hadamard_k.hadamard_k_matrix(k), symkernels.hadamard.hadamard_matrix(n // k)), h)
 
 
 def test_constructions_differ_from_trivial_permutations():
@@ -34,17 +161,6 @@ def test_constructions_differ_from_trivial_permutations():
     torch.testing.assert_close(s, -s.T)
     h28 = hadamard_k.hadamard_k_matrix(28)  # Paley II is symmetric
     torch.testing.assert_close(h28, h28.T)
-
-
-def test_gf25_field_is_a_field():
-    elems, sub, mul = hadamard_k._field_elements(25)
-    zero, one = (0, 0), (1, 0)
-    assert len(set(elems)) == 25
-    for a in elems:
-        if a != zero:  # every nonzero element has an inverse: no zero divisors, so the modulus is irreducible
-            assert any(mul(a, b) == one for b in elems)
-    squares = {mul(a, a) for a in elems if a != zero}
-    assert len(squares) == 12
 
 
 @pytest.mark.parametrize("n", MODEL_WIDTHS)
@@ -99,7 +215,7 @@ def test_dense_matrix_definition_by_index():
             assert h[a, b] == hk[a // p, b // p] * hp[a % p, b % p]
 
 
-@pytest.mark.parametrize("n", [12, 20 * 8, 28 * 2, 36, 44 * 4, 52, 60 * 2, 108, 140, 156, 172])
+@pytest.mark.parametrize("n", [12, 20 * 8, 28 * 2, 36, 44 * 4, 52, 60 * 2, 76 * 4, 108, 140, 148, 156, 172, 924])
 def test_kernels_match_truth_small(kernel_backend, n):
     device = torch.device("cpu") if kernel_backend != "cuda" else torch.device("cuda")
     if kernel_backend == "triton" and n > 64 and not torch.cuda.is_available():
@@ -109,15 +225,22 @@ def test_kernels_match_truth_small(kernel_backend, n):
     assert_close(out, hadamard_k.reference_dense(x, 1 / math.sqrt(n)).float(), msg=f"{kernel_backend} n={n}")
 
 
-@pytest.mark.parametrize("n", MODEL_WIDTHS)
-def test_cpu_model_widths_match_truth(n):
-    if not _backend.backend_status("cpu"):
-        pytest.skip("cpu backend unavailable")
-    x = torch.randn(2, n)
+# The Triton interpreter is slow: one old order (12) and one new (76) stand for the rest there.
+INTERPRETER_WIDTHS = (96, 4864)
+
+
+@pytest.mark.parametrize("n", list(LLM_WIDTHS))
+def test_llm_widths_match_truth(backend, n):
+    """One row of every width in LLM_WIDTHS through each backend, vs the fp64 dense truth."""
+    if backend == "triton" and not torch.cuda.is_available() and n not in INTERPRETER_WIDTHS:
+        pytest.skip(f"Triton interpreter: INTERPRETER_WIDTHS {INTERPRETER_WIDTHS} cover it")
+    device = torch.device("cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu")
+    x = torch.randn(1, n, device=device)
     scale = 1 / math.sqrt(n)
-    for transpose in (False, True):
-        out = symkernels.hadamard_transform(x, scale, transpose=transpose, backend="cpu")
-        assert_close(out, hadamard_k.reference_dense(x, scale, transpose=transpose).float(), msg=f"n={n}")
+    for transpose in (False, True) if n & (n - 1) else (False,):
+        out = symkernels.hadamard_transform(x, scale, transpose=transpose, backend=backend)
+        truth = hadamard_k.reference_dense(x, scale, transpose=transpose).float()
+        assert_close(out, truth, msg=f"{backend} n={n} ({LLM_WIDTHS[n]}) transpose={transpose}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -253,16 +376,18 @@ def _cpu_op(x, hk, scale):
     return torch.ops.symkernels.hadamard_transform_k(x, hk, scale)
 
 
-@pytest.mark.parametrize("k", hadamard_k.ORDERS)
-def test_cpu_every_order_both_mix_routes(k):
-    """Every tabulated order, forward and transposed, at P = 16 (FMA mix) and P = 32, 64 (the sign-class
-    mix for K ≥ 56, with 2 and 4 vector slabs per tile), vs the fp64 two-pass reference. 2·H_K is not ±1,
-    so with half the scale it takes the general FMA mix: both routes must give the same rows."""
+@pytest.mark.parametrize("k", KERNEL_ORDERS)
+def test_cpu_orders_both_mix_routes(k):
+    """Orders from 12 to 1020, forward and transposed, at P = 16 (FMA mix) and P = 32, 64 (the sign-class
+    mix for K ≥ 56, with 1-byte class lists below K = 256 and 2-byte ones above, and 1, 2 or 4 vector slabs
+    per tile), vs the fp64 two-pass reference. 2·H_K is not ±1, so with half the scale it takes the general
+    FMA mix: both routes must give the same rows."""
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     gen = torch.Generator().manual_seed(k)
     for p in (16, 32, 64):
         n = k * p
+        assert hadamard_k.decompose(n) == (k, p)
         x = torch.randn(2, n, generator=gen)
         for transpose in (False, True):
             hk = hk_for(n, torch.float32, x.device, transpose)
@@ -296,10 +421,11 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     gen = torch.Generator().manual_seed(3)
-    k, p = 64, 32
-    hk = (torch.randint(0, 2, (k, k), generator=gen) * 2 - 1).float()
-    x = random_noncontiguous((2, 3, k * p), dtype=torch.float32, generator=gen)
-    assert_close(_cpu_op(x, hk, 0.3), hadamard_k.reference_two_pass(x.double(), hk.double(), 0.3).float())
+    for k, p in ((64, 32), (300, 32)):  # 1-byte and 2-byte class lists
+        hk = (torch.randint(0, 2, (k, k), generator=gen) * 2 - 1).float()
+        x = random_noncontiguous((2, 3, k * p), dtype=torch.float32, generator=gen)
+        assert_close(_cpu_op(x, hk, 0.3), hadamard_k.reference_two_pass(x.double(), hk.double(), 0.3).float(),
+                     msg=f"random ±1 K={k}")
     n = 108 * 64
     hk = hk_for(n, torch.float32, torch.device("cpu"))
     x = torch.randn(3, n, generator=gen)
@@ -312,9 +438,11 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
 
 
-@pytest.mark.parametrize("n", [172 * 32, 108 * 64])
-def test_cpu_fused_quantize_equals_unfused_on_sign_class_route(n):
-    """The fused rotate+quantize shares the row code: bit-identical to quantize(hadamard_transform(x))."""
+@pytest.mark.parametrize("n", [172 * 32, 108 * 64, 924 * 32, 924 * 16])
+def test_cpu_fused_quantize_equals_unfused(n):
+    """The fused rotate+quantize shares the row code: bit-identical to quantize(hadamard_transform(x)), on
+    the sign-class route with 1-byte (K < 256) and 2-byte lists (29568 = 924·2^5, Qwen2-72B) and on the
+    FMA route (P = 16: fewer than two fp32 vectors)."""
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     x = torch.randn(5, n)
