@@ -18,7 +18,7 @@ GPU_PYTHON  ?= python3
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test test-latest lock bench setup build check-cuda sanitize gpu-check clean
+.PHONY: demo test test-latest lock bench setup build check-cuda cuda-arches sanitize gpu-check clean
 
 # PyTorch backs large CPU allocations with huge pages under THP_MEM_ALLOC_ENABLE=1; without it every
 # out-of-place op (ours and the peers alike) spends most of its time in 4 KiB page faults of new outputs.
@@ -71,6 +71,13 @@ build: setup
 
 check-cuda: setup  ## nvcc -c every .cu, syntax-check every CUDA glue .cpp (no GPU needed)
 	tools/check_cuda_sources.sh $(PY)
+
+# The arches a CUDA build here would compile for (TORCH_CUDA_ARCH_LIST, else the visible GPUs, else the
+# default list) and the nvcc flags torch's CMake makes of them; no GPU needed. Try
+# `make cuda-arches CUDA_ARCHES_ARGS="--capability 9.0"` or TORCH_CUDA_ARCH_LIST="8.0;9.0a" make cuda-arches.
+CUDA_ARCHES_ARGS ?=
+cuda-arches: setup
+	$(PY) tools/cuda_arches.py $(CUDA_ARCHES_ARGS)
 
 # The CPU tests under AddressSanitizer + UndefinedBehaviorSanitizer. The interpreter itself is not
 # instrumented, so ASan's runtime is preloaded; CPython's own arena allocations are not leaks of ours.

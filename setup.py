@@ -7,7 +7,8 @@ torch.cuda.is_available(), which is False on GPU-less builders. Environment swit
     SYMKERNELS_FORCE_CPU=1     build without CUDA even where it could be built
     SYMKERNELS_FORCE_CUDA=1    build CUDA (fails loudly if it cannot)
     SYMKERNELS_SANITIZE=1      ASan + UBSan build (used by `make sanitize`)
-    TORCH_CUDA_ARCH_LIST       e.g. "8.0;9.0a" (default: 8.0 8.6 8.9 9.0a)
+    TORCH_CUDA_ARCH_LIST       e.g. "8.0;9.0a" (default: the visible GPUs' arches, else 8.0 8.6 8.9 9.0a;
+                               resolved by tools/cuda_arches.py, which CMakeLists.txt calls)
     MAX_JOBS                   parallel compile jobs
 """
 from __future__ import annotations
@@ -52,15 +53,6 @@ def _cuda_decision() -> tuple[bool, str]:
     return True, f"torch CUDA {torch.version.cuda}, nvcc at {nvcc}"
 
 
-def _cuda_architectures() -> str:
-    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0 8.6 8.9 9.0a")
-    arches = []
-    for item in arch_list.replace(";", " ").split():
-        item = item.replace("+PTX", "")
-        arches.append(item.replace(".", ""))
-    return ";".join(arches)
-
-
 class CMakeExtension(Extension):
     def __init__(self, name: str):
         super().__init__(name, sources=[])
@@ -86,7 +78,7 @@ class CMakeBuild(build_ext):
             f"-DSYMKERNELS_SANITIZE={'ON' if sanitize else 'OFF'}",
         ]
         if with_cuda:
-            args += [f"-DCMAKE_CUDA_ARCHITECTURES={_cuda_architectures()}", f"-DCMAKE_CUDA_COMPILER={_find_nvcc()}"]
+            args.append(f"-DCMAKE_CUDA_COMPILER={_find_nvcc()}")
         subprocess.run(args, check=True)
         jobs = os.environ.get("MAX_JOBS")
         subprocess.run(["cmake", "--build", str(build_dir)] + (["-j", jobs] if jobs else []), check=True)

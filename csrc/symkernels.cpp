@@ -10,6 +10,9 @@
 #include <torch/library.h>
 
 #include "common/simd.h"
+#ifdef SYMKERNELS_WITH_CUDA
+#include "common/cuda_build_info.h"
+#endif
 
 #ifndef SYMKERNELS_CUDA_ARCHES
 #define SYMKERNELS_CUDA_ARCHES ""
@@ -26,10 +29,12 @@ PYBIND11_MODULE(_C, m) {
     py::dict info;
 #ifdef SYMKERNELS_WITH_CUDA
     info["cuda"] = true;
-    info["cuda_arches"] = SYMKERNELS_CUDA_ARCHES;
+    info["cuda_arches"] = SYMKERNELS_CUDA_ARCHES;  // what torch's CMake was asked for: "sm_80 sm_90a"
+    info["cuda_arches_compiled"] = symkernels::compiled_cuda_arches();  // what nvcc built: "800,900"
 #else
     info["cuda"] = false;
     info["cuda_arches"] = "";
+    info["cuda_arches_compiled"] = "";
 #endif
     info["simd"] = symkernels::simd::runtime_simd_level();
 #if defined(__x86_64__) && !defined(SYMKERNELS_NO_SIMD_CLONES)

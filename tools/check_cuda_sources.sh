@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-check every CUDA source without a GPU or a CUDA build of torch:
-#   * each csrc/**/*.cu with `nvcc -c` (they include no torch headers, by design);
+#   * each csrc/**/*.cu with `nvcc -c` (they include no torch headers, by design), with the build's own nvcc
+#     flags from csrc/cuda_flags.txt (also read by CMakeLists.txt) plus -Werror;
 #   * each csrc/**/*_cuda.cpp (torch glue) with `g++ -fsyntax-only` against torch's headers and the CUDA
 #     runtime headers. A CPU-only torch lacks one CMake-generated header of c10/cuda, which holds only
 #     build-time macros; an empty stand-in is supplied from a temporary folder for this check alone.
@@ -21,11 +22,13 @@ TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join(c.in
 STUB=$(mktemp -d)
 trap 'rm -rf "$STUB"' EXIT
 mkdir -p "$STUB/c10/cuda/impl" && echo '#pragma once' >"$STUB/c10/cuda/impl/cuda_cmake_macros.h"
+# The flags CMakeLists.txt compiles with: one per line, '#' lines are comments.
+mapfile -t NVCC_FLAGS < <(grep -E '^-' csrc/cuda_flags.txt)
 OBJ=$(mktemp -d)
 status=0
 for cu in $(find csrc -name '*.cu' | sort); do
   echo "nvcc -c $cu ($ARCH)"
-  "$NVCC" -c -std=c++17 -O3 -arch="$ARCH" --expt-relaxed-constexpr -Werror all-warnings -I csrc "$cu" \
+  "$NVCC" -c "${NVCC_FLAGS[@]}" -arch="$ARCH" -Werror all-warnings -I csrc "$cu" \
     -o "$OBJ/$(basename "$cu").o" || status=1
 done
 for glue in $(find csrc -name '*_cuda.cpp' | sort); do
