@@ -37,6 +37,28 @@ def backend_device(backend: str) -> torch.device:
     return torch.device("cpu")
 
 
+def to_backend(backend: str, tensors):
+    """``tensors`` (a tensor, or a dict/tuple/list of them and None) on ``backend``'s test device.
+
+    Tests build their data on CPU, most from seeded CPU generators, so every device sees the same numbers;
+    this moves it where the backend computes (the identity on CPU).
+    """
+    return to_device(tensors, backend_device(backend))
+
+
+def to_device(tensors, device: torch.device):
+    """``tensors`` on ``device``; strided views stay strided (same strides, not a contiguous copy), so a
+    test of non-contiguous input tests that on every device."""
+    def move(t):
+        if not isinstance(t, torch.Tensor) or t.device == device:
+            return t
+        if t.is_contiguous():
+            return t.to(device)
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device).copy_(t)
+
+    return torch.utils._pytree.tree_map(move, tensors)
+
+
 def require_backend(backend: str) -> torch.device:
     """Skip (with the registry's reason) when the backend is unavailable here; return its test device."""
     status = _backend.backend_status(backend)

@@ -8,18 +8,12 @@ from hypothesis import given, strategies as st
 from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from symkernels import _backend
 from symkernels._testing import assert_close
 from symkernels.jvp import attention_dual
+from tests.conftest import require_backend, to_backend
 
 D = torch.float64
 BACKENDS = ["reference", "triton"]
-
-
-def _need(backend):
-    status = _backend.backend_status(backend)
-    if not status:
-        pytest.skip(f"backend {backend!r} unavailable: {status.reason}")
 
 
 def _qkv(shape_q, Lk, dv, dtype=D, seed=0):
@@ -39,9 +33,8 @@ def _sdpa(causal):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_backward_through_primal_matches_sdpa(backend, causal):
-    _need(backend)
-    q, k, v = _qkv((2, 3, 5, 4), 7 if not causal else 5, 6)
-    g = torch.randn(2, 3, 5, 6, dtype=D)
+    require_backend(backend)
+    q, k, v, g = to_backend(backend, (*_qkv((2, 3, 5, 4), 7 if not causal else 5, 6), torch.randn(2, 3, 5, 6, dtype=D)))
     ours = torch.autograd.grad(attention_dual(*(t.requires_grad_() for t in (q, k, v)), causal=causal,
                                               backend=backend)[0], (q, k, v), g)
     want = torch.autograd.grad(_sdpa(causal)(q, k, v), (q, k, v), g)
@@ -52,8 +45,8 @@ def test_backward_through_primal_matches_sdpa(backend, causal):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_gradcheck_forward_and_backward(backend, causal):
-    _need(backend)
-    q, k, v = (t.requires_grad_() for t in _qkv((2, 3, 3), 3, 2))
+    require_backend(backend)
+    q, k, v = (t.requires_grad_() for t in to_backend(backend, _qkv((2, 3, 3), 3, 2)))
 
     def f(q, k, v):
         return attention_dual(q, k, v, causal=causal, backend=backend)[0]

@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 from symkernels import _backend
 from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
 from symkernels.jvp import linear_dual, reference
+from tests.conftest import to_backend
 
 ACTS = reference.ACTIVATIONS
 
@@ -80,7 +81,7 @@ def test_reference_mixed_broadcast_tangents():
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference(kernel_backend, act, dtype):
-    d = make((3, 7), 19, 18, dtype, T=3)
+    d = to_backend(kernel_backend, make((3, 7), 19, 18, dtype, T=3))
     d["w_t"] = d["w_t"][1]  # one shared weight tangent, T-carrying x_t and b_t
     y, y_t = call(d, act, kernel_backend)
     ry, ry_t = call(d, act, "reference")
@@ -90,7 +91,7 @@ def test_kernel_matches_reference(kernel_backend, act, dtype):
 
 @pytest.mark.parametrize("case", ["x_only", "w_only", "b_only", "none"])
 def test_kernel_partial_tangents(kernel_backend, case):
-    d = make((5,), 17, 16, torch.float32)
+    d = to_backend(kernel_backend, make((5,), 17, 16, torch.float32))
     keep = {"x_only": "x_t", "w_only": "w_t", "b_only": "b_t", "none": None}[case]
     for k in ("x_t", "w_t", "b_t"):
         if k != keep:
@@ -104,7 +105,7 @@ def test_kernel_partial_tangents(kernel_backend, case):
 
 
 def test_kernel_noncontiguous_and_no_bias(kernel_backend):
-    d = make((2, 5), 18, 17, torch.float32, T=2, noncontig=True)
+    d = to_backend(kernel_backend, make((2, 5), 18, 17, torch.float32, T=2, noncontig=True))
     d["b"] = d["b_t"] = None
     y, y_t = call(d, "tanh", kernel_backend)
     ty, ty_t = truth("tanh", d["x"].double(), d["x_t"].double(), d["w"].double(), d["w_t"].double(), None, None)
@@ -168,7 +169,7 @@ def test_cpu_random_shapes(M, K, N, T, act, seed):
 def test_triton_random_shapes(M, K, N, T, act, seed):
     if not _backend.backend_status("triton"):
         pytest.skip("triton backend unavailable")
-    d = make((M,), K, N, torch.float32, T=T, seed=seed)
+    d = to_backend("triton", make((M,), K, N, torch.float32, T=T, seed=seed))
     y, y_t = call(d, act, "triton")
     ry, ry_t = call(d, act, "reference")
     assert_close(y, ry)
@@ -192,7 +193,7 @@ def test_cpu_half_types_within_torch_error(dtype):
 def test_nan_propagates(backend):
     d = make((3,), 16, 16, torch.float32)
     d["x"][1, 2] = float("nan")
-    y, y_t = call(d, "gelu", backend)
+    y, y_t = call(to_backend(backend, d), "gelu", backend)
     assert y[1].isnan().all() and y_t[1].isnan().all()
     assert y[[0, 2]].isfinite().all() and y_t[[0, 2]].isfinite().all()
 
@@ -202,7 +203,7 @@ def test_nan_propagates(backend):
 def test_gradcheck_primal(backend, act):
     if backend == "triton" and act != "gelu":
         pytest.skip("interpreter is slow; backward is backend-independent torch code, one activation suffices")
-    d = make((3,), 4, 5, torch.float64)
+    d = to_backend(backend, make((3,), 4, 5, torch.float64))
     x, w, b = (d[k].clone().requires_grad_() for k in ("x", "w", "b"))
     f = lambda x, w, b: linear_dual(x, d["x_t"], w, d["w_t"], b, d["b_t"], act, backend=backend)[0]  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
@@ -210,7 +211,7 @@ def test_gradcheck_primal(backend, act):
 
 
 def test_backward_matches_plain_autograd(kernel_backend):
-    d = make((2, 3), 17, 16, torch.float32)
+    d = to_backend(kernel_backend, make((2, 3), 17, 16, torch.float32))
     x, w, b = (d[k].clone().requires_grad_() for k in ("x", "w", "b"))
     y, y_t = linear_dual(x, d["x_t"], w, d["w_t"], b, d["b_t"], "gelu_tanh", backend=kernel_backend)
     assert not y_t.requires_grad  # the tangent output is non-differentiable by contract

@@ -8,14 +8,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from symkernels import _backend
 from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
 from symkernels.jvp import attention_dual, layer_norm_dual, rms_norm_dual, softmax_dual
+from tests.conftest import require_backend, to_backend
 
 ROW_BACKENDS = ["reference", "cpu", "triton"]
-
-
-def _need(backend):
-    status = _backend.backend_status(backend)
-    if not status:
-        pytest.skip(f"backend {backend!r} unavailable: {status.reason}")
 
 
 def _data(shape, T, dtype, seed=0, noncontig=False):
@@ -48,9 +43,9 @@ CASES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("T", [None, 3])
 def test_row_dual_matches_func_jvp(kind, backend, dtype, T):
-    _need(backend)
+    require_backend(backend)
     ours, plain, n_args = CASES[kind]
-    x, xt, w, wt, b, bt = _data((2, 3, 19), T, dtype, noncontig=(T is None))
+    x, xt, w, wt, b, bt = to_backend(backend, _data((2, 3, 19), T, dtype, noncontig=(T is None)))
     y, y_t = ours(x, xt, w, wt, b, bt, backend)
     primals, tangents = (x, w, b)[:n_args], (xt, wt, bt)[:n_args]
     ty, ty_t = _loop_truth(plain(19), tuple(p.double() for p in primals), tuple(t.double() for t in tangents), T)
@@ -61,9 +56,9 @@ def test_row_dual_matches_func_jvp(kind, backend, dtype, T):
 @given(R=st.integers(0, 6), N=st.integers(1, 40), T=st.sampled_from([None, 2]), kind=st.sampled_from(list(CASES)),
        seed=st.integers(0, 999))
 def test_row_dual_random_shapes_triton(R, N, T, kind, seed):
-    _need("triton")
+    require_backend("triton")
     ours, _, _ = CASES[kind]
-    x, xt, w, wt, b, bt = _data((R, N), T, torch.float32, seed=seed)
+    x, xt, w, wt, b, bt = to_backend("triton", _data((R, N), T, torch.float32, seed=seed))
     got = ours(x, xt, w, wt, b, bt, "triton")
     want = ours(x, xt, w, wt, b, bt, "reference")
     for a, e in zip(got, want):
@@ -125,12 +120,13 @@ def test_attention_dual_bad_inputs():
 @pytest.mark.parametrize("shapes", [((2, 3), 5, 21, 4, 6), ((1,), 19, 7, 3, 5), ((0,), 4, 4, 4, 4), ((2,), 3, 0, 4, 4)],
                          ids=["Lq<Lk", "Lq>Lk", "empty-batch", "no-keys"])
 def test_attention_dual_triton_matches_reference(causal, dtype, shapes):
-    _need("triton")
+    require_backend("triton")
     lead, Lq, Lk, d, dv = shapes
     g = torch.Generator().manual_seed(2)
     r = lambda *s: torch.randn(*s, dtype=dtype, generator=g)  # noqa: E731
     q, k, v = r(*lead, Lq, d), r(*lead, Lk, d), r(*lead, Lk, dv)
     qt, kt, vt = r(2, *q.shape), r(2, *k.shape), r(*v.shape)  # T = 2, v's tangent shared
+    q, k, v, qt, kt, vt = to_backend("triton", (q, k, v, qt, kt, vt))
     got = attention_dual(q, k, v, qt, kt, vt, causal=causal, backend="triton")
     want = attention_dual(q, k, v, qt, kt, vt, causal=causal, backend="reference")
     for a, e in zip(got, want):
@@ -161,7 +157,7 @@ ROW_OPS = {
        dtype=st.sampled_from([torch.float32, torch.float64]), noncontig=st.booleans(), seed=st.integers(0, 999))
 def test_row_dual_cpu_random_shapes(R, N, T, kind, dtype, noncontig, seed):
     """Odd row lengths (SIMD tails), T broadcast and not, non-contiguous inputs: C++ == the reference."""
-    _need("cpu")
+    require_backend("cpu")
     ours, _, _ = CASES[kind]
     x, xt, w, wt, b, bt = _data((R, N), T, dtype, seed=seed, noncontig=noncontig)
     got = ours(x, xt, w, wt, b, bt, "cpu")
@@ -172,7 +168,7 @@ def test_row_dual_cpu_random_shapes(R, N, T, kind, dtype, noncontig, seed):
 
 @pytest.mark.parametrize("kind", CASES)
 def test_row_dual_cpu_t_tangents_equal_a_loop_and_broadcast(kind):
-    _need("cpu")
+    require_backend("cpu")
     ours, _, n_args = CASES[kind]
     x, xt, w, wt, b, bt = _data((4, 33), 5, torch.float64, seed=3)
     y, y_t = ours(x, xt, w, wt, b, bt, "cpu")
@@ -191,7 +187,7 @@ def test_row_dual_cpu_t_tangents_equal_a_loop_and_broadcast(kind):
 @pytest.mark.parametrize("kind", CASES)
 def test_row_dual_cpu_low_precision_within_torch_error(kind, dtype):
     """fp16/bf16 accumulate in fp32: at most twice PyTorch's own error in that dtype."""
-    _need("cpu")
+    require_backend("cpu")
     ours, _, _ = CASES[kind]
     d = _data((6, 300), 2, torch.float64, seed=5)
     y, y_t = ours(*(t.to(dtype) for t in d), "cpu")
@@ -202,7 +198,7 @@ def test_row_dual_cpu_low_precision_within_torch_error(kind, dtype):
 
 
 def test_row_dual_cpu_empty_and_nan():
-    _need("cpu")
+    require_backend("cpu")
     x = torch.randn(0, 5)
     y, y_t = layer_norm_dual(x, torch.randn(2, 0, 5), torch.randn(5), None, torch.randn(5), backend="cpu")
     assert y.shape == (0, 5) and y_t.shape == (2, 0, 5)
@@ -295,7 +291,7 @@ def test_row_op_bad_inputs():
 def test_softmax_dual_cpu_exp_range(dtype):
     """The C++ softmax's own vectorised exp: wide logit ranges (underflow to 0), -inf masks, all -inf rows
     (NaN, as torch.softmax), every tail length, against torch.softmax and its func.jvp."""
-    _need("cpu")
+    require_backend("cpu")
     g = torch.Generator().manual_seed(4)
     for N in (1, 7, 16, 17, 40):
         x = torch.randn(5, N, dtype=dtype, generator=g) * torch.tensor([1.0, 30.0, 300.0, 1.0, 1.0],

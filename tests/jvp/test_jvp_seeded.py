@@ -7,6 +7,7 @@ import torch
 
 from symkernels._testing import assert_close
 from symkernels.jvp import linear_dual, reference
+from tests.conftest import to_backend
 
 N_SAMPLES = 1 << 18
 # Every statistic below is a mean of N_SAMPLES i.i.d. terms, so its standard error is sqrt(Var(term)/n);
@@ -66,10 +67,9 @@ def test_known_values():
 
 def _generated_weight_tangent(backend, T, N, K, seed, dist, dtype):
     """W_t as the kernel generates it: with x = I_K and no activation, y_t[t] = W_t[t]ᵀ exactly."""
-    x = torch.eye(K, dtype=dtype)
-    w = torch.zeros(N, K, dtype=dtype)
+    x, w = to_backend(backend, (torch.eye(K, dtype=dtype), torch.zeros(N, K, dtype=dtype)))
     _, y_t = linear_dual(x, None, w, weight_seed=seed, distribution=dist, num_tangents=T, backend=backend)
-    return y_t.transpose(-1, -2)
+    return y_t.transpose(-1, -2).cpu()
 
 
 @pytest.mark.parametrize("dist", reference.DISTRIBUTIONS)
@@ -90,6 +90,7 @@ def test_seeded_linear_dual_matches_materialised(kernel_backend, dist):
     x, x_t = torch.randn(5, 20, generator=g), torch.randn(5, 20, generator=g)
     w, b = torch.randn(19, 20, generator=g) / 5, torch.randn(19, generator=g)
     w_t = reference.seeded_tangent((3, 19, 20), 5, dist)
+    x, x_t, w, b, w_t = to_backend(kernel_backend, (x, x_t, w, b, w_t))
     y, y_t = linear_dual(x, x_t, w, None, b, None, "gelu", weight_seed=5, distribution=dist, num_tangents=3,
                          backend=kernel_backend)
     ry, ry_t = linear_dual(x, x_t, w, w_t, b, None, "gelu", backend="reference")

@@ -7,18 +7,12 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
-from symkernels import _backend
 from symkernels._testing import assert_close
 from symkernels.jvp import MLP, Attention, LayerNorm, Linear, RMSNorm, functional as SF, reference
 from symkernels.jvp.functional import _FUSED_CALLS
+from tests.conftest import require_backend, to_backend
 
 D = torch.float64
-
-
-def _need(backend):
-    status = _backend.backend_status(backend)
-    if not status:
-        pytest.skip(f"backend {backend!r} unavailable: {status.reason}")
 
 
 def _manual_layer_norm(x, w, b):
@@ -54,9 +48,9 @@ def _args(shapes, seed=0, scale=1.0):
 
 @pytest.mark.parametrize("op,backend", PARAMS)
 def test_func_jvp_fused_and_equal(op, backend):
-    _need(backend)
+    require_backend(backend)
     name, ours, plain, shapes, counter, _ = op
-    primals, tangents = _args(shapes, 0), _args(shapes, 1)
+    primals, tangents = to_backend(backend, (_args(shapes, 0), _args(shapes, 1)))
     before = _FUSED_CALLS[counter]
     y, y_t = jvp(ours(backend), primals, tangents)
     assert _FUSED_CALLS[counter] == before + 1, "the fused dual kernel was not used"
@@ -69,17 +63,16 @@ def test_func_jvp_fused_and_equal(op, backend):
 
 @pytest.mark.parametrize("op,backend", PARAMS)
 def test_vmap_jvp_and_duals(op, backend):
-    _need(backend)
+    require_backend(backend)
     name, ours, plain, shapes, counter, _ = op
-    primals = _args(shapes, 0)
-    batched = _args([(3, *s) for s in shapes], 2)
+    primals, batched = to_backend(backend, (_args(shapes, 0), _args([(3, *s) for s in shapes], 2)))
     f = lambda *ts: jvp(ours(backend), primals, ts)[1]  # noqa: E731
     g = lambda *ts: jvp(plain, primals, ts)[1]  # noqa: E731
     before = _FUSED_CALLS[counter]
     got = vmap(f)(*batched)
     assert _FUSED_CALLS[counter] == before + 1, "vmap(jvp) should be ONE fused call with T = 3"
     assert_close(got, vmap(g)(*batched))
-    tangents = _args(shapes, 3)
+    tangents = to_backend(backend, _args(shapes, 3))
     with fwAD.dual_level():
         duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
         y_t = fwAD.unpack_dual(ours(backend)(*duals)).tangent
@@ -118,7 +111,7 @@ def test_nested_jvp_against_finite_differences():
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_gradcheck_forward_ad(backend):
-    _need(backend)
+    require_backend(backend)
     for name, ours, plain, shapes, counter, backends in OPS:
         if backend not in backends:
             continue
@@ -131,7 +124,7 @@ def test_gradcheck_forward_ad(backend):
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_modules_equal_plain_pytorch(backend):
-    _need(backend)
+    require_backend(backend)
     torch.manual_seed(0)
     mlp = MLP([6, 8, 8, 3], activation="silu", backend=backend).double()
     plain_mlp = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.SiLU(), torch.nn.Linear(8, 8), torch.nn.SiLU(),
@@ -185,7 +178,7 @@ def test_silent_zero_guard_catches_a_bare_custom_op():
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_vmap_over_batched_primals(backend):
-    _need(backend)
+    require_backend(backend)
     x, w, b = _args([(4, 3, 6), (5, 6), (5,)])
     xt = _args([(4, 3, 6)], 1)[0]
     f = lambda x: SF.linear(x, w, b, "gelu", backend=backend)  # noqa: E731
@@ -215,9 +208,9 @@ def test_explicit_dual_ops_primal_tangent_under_jvp():
 def test_attention_dual_triton_is_differentiable_through_the_primal():
     # The Triton kernel is opaque to autograd, but attention_dual is a dispatcher op with registered backward
     # and jvp: no silent zero tangent, no missing gradient.
-    _need("triton")
+    require_backend("triton")
     from symkernels.jvp import attention_dual
-    q, qd = torch.randn(1, 4, 4, dtype=D), torch.randn(1, 4, 4, dtype=D)
+    q, qd = to_backend("triton", (torch.randn(1, 4, 4, dtype=D), torch.randn(1, 4, 4, dtype=D)))
     got = jvp(lambda q: attention_dual(q, q, q, backend="triton")[0], (q,), (qd,))[1]
     want = jvp(lambda q: reference.attention(q, q, q, False, 0.5), (q,), (qd,))[1]
     assert got.abs().max() > 1e-3

@@ -11,6 +11,7 @@ from symkernels import _backend
 from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
 from symkernels.hadamard import hadamard_k
 from symkernels.hadamard.hadamard_k_ops import hk_for
+from tests.conftest import backend_device
 
 # Widths of real models: hidden sizes, MLP widths and head dims from the models' config.json.
 LLM_WIDTHS = {
@@ -217,7 +218,7 @@ def test_dense_matrix_definition_by_index():
 
 @pytest.mark.parametrize("n", [12, 20 * 8, 28 * 2, 36, 44 * 4, 52, 60 * 2, 76 * 4, 108, 140, 148, 156, 172, 924])
 def test_kernels_match_truth_small(kernel_backend, n):
-    device = torch.device("cpu") if kernel_backend != "cuda" else torch.device("cuda")
+    device = backend_device(kernel_backend)
     if kernel_backend == "triton" and n > 64 and not torch.cuda.is_available():
         n = 12 * 4 if n < 100 else n  # the interpreter is slow: big orders only with P = 1
     x = torch.randn(3, n, dtype=torch.float32, device=device)
@@ -247,7 +248,7 @@ def test_llm_widths_match_truth(backend, n):
 def test_dtypes_within_torch_error(kernel_backend, dtype):
     if kernel_backend == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
         pytest.skip("no bf16 in the Triton interpreter")
-    device = torch.device("cuda" if kernel_backend == "cuda" else "cpu")
+    device = backend_device(kernel_backend)
     n = 20 * 4
     x = torch.randn(4, n, device=device).to(dtype)
     truth = hadamard_k.reference_dense(x, 0.25)
@@ -261,7 +262,7 @@ def test_dtypes_within_torch_error(kernel_backend, dtype):
 
 
 def test_inverse_round_trip(backend):
-    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    device = backend_device(backend)
     n = 12 * 8
     x = torch.randn(5, n, device=device)
     y = symkernels.hadamard_transform(x, 1 / math.sqrt(n), backend=backend)
@@ -270,7 +271,7 @@ def test_inverse_round_trip(backend):
 
 
 def test_nan_and_inf_propagate(kernel_backend):
-    device = torch.device("cuda" if kernel_backend == "cuda" else "cpu")
+    device = backend_device(kernel_backend)
     x = torch.randn(2, 24, device=device)
     x[0, 3] = float("nan")
     x[1, 5] = float("inf")
@@ -286,7 +287,7 @@ def test_gradcheck_and_forward_ad(backend, k):
         pytest.skip("the reference is plain torch autograd; one size is enough")
     if backend == "triton" and not torch.cuda.is_available():
         pytest.skip("~100 interpreted launches per gradcheck; test_triton_backward_matches_reference covers it")
-    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    device = backend_device(backend)
     x = torch.randn(1, k * 2, dtype=torch.float64, device=device, requires_grad=True)
     fn = lambda t: symkernels.hadamard_transform(t, 0.3, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,), check_forward_ad=True)
@@ -297,7 +298,7 @@ def test_triton_backward_matches_reference():
     """Backward and double backward of the Triton path vs the reference's autograd, a few launches."""
     if not _backend.backend_status("triton"):
         pytest.skip("triton unavailable")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = backend_device("triton")
     x = torch.randn(2, 28, dtype=torch.float64, device=device, requires_grad=True)
     g, v = torch.randn_like(x), torch.randn_like(x)
     grads = {}
@@ -313,7 +314,7 @@ def test_triton_backward_matches_reference():
 
 
 def test_jvp_matches_reference(kernel_backend):
-    device = torch.device("cuda" if kernel_backend == "cuda" else "cpu")
+    device = backend_device(kernel_backend)
     x, t = torch.randn(2, 40, device=device), torch.randn(2, 40, device=device)
     _, tangent = torch.func.jvp(lambda a: symkernels.hadamard_transform(a, 0.5, backend=kernel_backend), (x,), (t,))
     assert_close(tangent, hadamard_k.reference_dense(t, 0.5).float())
@@ -360,7 +361,7 @@ def test_hypothesis_shapes(k, log_p, batch, noncontig, seed):
 
 
 def test_random_hadamard_orthogonal_and_matches_transform(backend):
-    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    device = backend_device(backend)
     for n in (64, 12 * 4):
         q = symkernels.random_hadamard(n, seed=7)
         torch.testing.assert_close(q @ q.T, torch.eye(n, dtype=torch.float64), atol=1e-12, rtol=0)

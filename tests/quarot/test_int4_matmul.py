@@ -9,6 +9,7 @@ import symkernels
 from symkernels import _backend
 from symkernels._testing import assert_close
 from symkernels.quarot import reference
+from tests.conftest import backend_device
 
 
 def _random_packed(rows, k, gen=None, extreme=False):
@@ -17,10 +18,6 @@ def _random_packed(rows, k, gen=None, extreme=False):
     else:
         q = torch.randint(-8, 8, (rows, k), generator=gen, dtype=torch.int8)
     return reference.pack_int4(q), q
-
-
-def _device(b):
-    return torch.device("cuda" if b == "cuda" or (b == "triton" and torch.cuda.is_available()) else "cpu")
 
 
 def test_reference_vs_plain_int_math():
@@ -38,7 +35,7 @@ def test_exact_integer_accumulation(kernel_backend, m, n, k):
     """Unit scales, no bias: the output is the integer dot product itself, exactly."""
     if kernel_backend == "triton" and (m * n * k > 4096 * 8) and not torch.cuda.is_available():
         m, n = min(m, 16), min(n, 16)
-    dev = _device(kernel_backend)
+    dev = backend_device(kernel_backend)
     gen = torch.Generator().manual_seed(m * 1000 + n)
     a_p, a = _random_packed(m, k, gen)
     w_p, w = _random_packed(n, k, gen)
@@ -48,7 +45,7 @@ def test_exact_integer_accumulation(kernel_backend, m, n, k):
 
 
 def test_extreme_codes_no_overflow(kernel_backend):
-    dev = _device(kernel_backend)
+    dev = backend_device(kernel_backend)
     k = 4096 if kernel_backend != "triton" or torch.cuda.is_available() else 256
     a_p, _ = _random_packed(2, k, extreme=True)
     w_p, _ = _random_packed(3, k, extreme=True)
@@ -62,7 +59,7 @@ def test_extreme_codes_no_overflow(kernel_backend):
 def test_epilogue_vs_reference(kernel_backend, out_dtype, with_bias):
     if kernel_backend == "triton" and out_dtype == torch.bfloat16 and not torch.cuda.is_available():
         pytest.skip("no bf16 in the Triton interpreter")
-    dev = _device(kernel_backend)
+    dev = backend_device(kernel_backend)
     gen = torch.Generator().manual_seed(3)
     m, n, k = 9, 20, 128
     a_p, _ = _random_packed(m, k, gen)

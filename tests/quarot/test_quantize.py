@@ -10,6 +10,7 @@ from symkernels import _backend
 from symkernels.hadamard import hadamard_k
 from symkernels.quarot import reference
 from symkernels.quarot.ops import _rotation
+from tests.conftest import backend_device
 
 QUANT_BACKENDS = [b for b in ("cpu", "triton")]
 
@@ -59,9 +60,9 @@ def test_reference_matches_independent_loop():
 
 
 def test_round_half_to_even_ties(backend):
-    device = torch.device("cuda" if backend == "cuda" else "cpu")
     if backend == "cuda":
         pytest.skip("quantize_int4 has no CUDA C++ kernel (Triton serves CUDA tensors)")
+    device = backend_device(backend)
     # amax 7 → scale 1: x/scale = k + 0.5 exactly; half-to-even gives 0, 2, 2, −2, −2, 4 ...
     x = torch.tensor([[7.0, 0.5, 1.5, 2.5, -1.5, -2.5, 3.5, -7.0]], device=device)
     packed, scale = symkernels.quantize_int4(x, backend=backend)
@@ -76,7 +77,7 @@ def test_kernels_bit_exact_without_rotation(b, dtype, clip):
     _require(b)
     if b == "triton" and dtype == torch.bfloat16 and not torch.cuda.is_available():
         pytest.skip("no bf16 in the Triton interpreter")
-    device = torch.device("cuda" if b == "triton" and torch.cuda.is_available() else "cpu")
+    device = backend_device(b)
     x = (torch.randn(5, 2, 96) * torch.logspace(-3, 3, 96)).to(dtype).to(device)
     packed, scale = symkernels.quantize_int4(x, clip_ratio=clip, backend=b)
     rp, rs = reference.quantize_int4(x, clip)
@@ -91,7 +92,7 @@ def test_kernels_bit_exact_without_rotation(b, dtype, clip):
 def test_fused_rotation_equals_unfused_same_backend(b, n):
     """Fused rotate+quantize = quantize(rotation by the same backend's Kronecker kernel), bit for bit."""
     _require(b)
-    device = torch.device("cuda" if b == "triton" and torch.cuda.is_available() else "cpu")
+    device = backend_device(b)
     if b == "triton" and n in (76 * 2, 172) and device.type == "cpu":
         n = 44  # K = 172 takes ~30 s in the interpreter; the Kronecker kernel tests cover it
     x = torch.randn(4, n, device=device)
