@@ -67,6 +67,15 @@ def require_backend(backend: str) -> torch.device:
     return backend_device(backend)
 
 
+def require_implemented(backend: str, implemented: tuple[str, ...]) -> str:
+    """Skip when the op under test has no ``backend`` by that name (its module's IMPLEMENTED tuple), e.g.
+    linear_dual, whose CUDA tensors run the Triton kernel. A test module overrides a backend fixture with
+    it: ``def kernel_backend(kernel_backend): return require_implemented(kernel_backend, IMPLEMENTED)``."""
+    if backend not in implemented:
+        pytest.skip(f"the op has no {backend!r} backend (it has {', '.join(implemented)})")
+    return backend
+
+
 @pytest.fixture(params=symkernels.BACKENDS)
 def backend(request) -> str:
     """Every backend; unavailable ones skip with their reason (reference always runs)."""

@@ -8,9 +8,21 @@ from hypothesis import given, strategies as st
 from symkernels import _backend
 from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
 from symkernels.jvp import linear_dual, reference
-from tests.conftest import to_backend
+from symkernels.jvp.ops import IMPLEMENTED
+from tests.conftest import require_implemented, to_backend
 
 ACTS = reference.ACTIVATIONS
+
+
+# linear_dual has no "cuda" backend by name (CUDA tensors run Triton; see symkernels/jvp/ops.py).
+@pytest.fixture
+def kernel_backend(kernel_backend):
+    return require_implemented(kernel_backend, IMPLEMENTED)
+
+
+@pytest.fixture
+def backend(backend):
+    return require_implemented(backend, IMPLEMENTED)
 
 
 def plain(act):
