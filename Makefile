@@ -90,16 +90,13 @@ sanitize: setup
 	  $(PY) -m pytest -q -x -k "not triton and not compile" $(PYTEST_ARGS)'; status=$$?; \
 	rm -f symkernels/_C*.so; $(PY) setup.py -q build_ext --inplace; exit $$status
 
-# On a GPU machine, with its own torch (a CUDA build; no venv, offline): build with CUDA, run the whole
-# suite on CUDA, then the benchmarks; logs and results land under bench/results/<gpu>/.
+# On a GPU machine, with its own torch (a CUDA build; no venv, offline): tools/gpu_check.sh builds for the
+# visible GPU, runs the GPU smoke suite, compute-sanitizer and the quick benchmarks in stages with their own
+# time budgets (under 9 minutes in all); a second call continues after a timeout. Results and logs:
+# bench/results/<gpu>/gpu-check/. GPU_CHECK_ARGS="--dry-run" prints the plan; "--reset" starts over.
+GPU_CHECK_ARGS ?=
 gpu-check:
-	$(GPU_PYTHON) -m pip install --no-build-isolation --no-deps -e .
-	$(GPU_PYTHON) -c "import symkernels, json; print(json.dumps(symkernels.build_info(), indent=1)); \
-	  assert symkernels.backends()['cuda'].available, symkernels.backends()['cuda'].reason"
-	@dev=$$($(GPU_PYTHON) -c "from symkernels.bench.harness import device_name; import torch; print(device_name(torch.device('cuda')))"); \
-	mkdir -p bench/results/$$dev; \
-	$(GPU_PYTHON) -m pytest -q -rs $(PYTEST_ARGS) 2>&1 | tee bench/results/$$dev/tests.log; \
-	$(BENCH_ENV) $(GPU_PYTHON) -m symkernels.bench --device cuda 2>&1 | tee bench/results/$$dev/bench.md
+	GPU_PYTHON=$(GPU_PYTHON) tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build symkernels/_C*.so *.egg-info
