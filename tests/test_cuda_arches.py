@@ -1,5 +1,6 @@
-"""tools/cuda_arches.py: which arches a CUDA build compiles for, checked without a GPU, and against torch's own
-CMake (the function that turns the list into nvcc flags), so the list we resolve is the list nvcc receives."""
+"""The CUDA build's configuration, checked without a GPU: tools/cuda_arches.py (which arches a CUDA build compiles
+for, also against torch's own CMake function that turns the list into nvcc flags, so the list we resolve is the
+list nvcc receives) and csrc/cuda_flags.txt (the one list of nvcc flags)."""
 import importlib.util
 import shutil
 import subprocess
@@ -17,6 +18,20 @@ cuda_arches = sys.modules["cuda_arches"] = importlib.util.module_from_spec(_spec
 _spec.loader.exec_module(cuda_arches)
 
 H200, A100, L4 = (9, 0), (8, 0), (8, 9)
+ROOT = TOOL.parents[1]
+
+
+def test_nvcc_flags_have_one_source_and_no_fast_math():
+    flags = [line for line in (ROOT / "csrc" / "cuda_flags.txt").read_text().splitlines() if line.startswith("-")]
+    assert "-O3" in flags and "-std=c++17" in flags
+    # fast-math swaps tanhf/logf/cosf for approximations the fp32 tolerances do not allow (see the file)
+    assert not any("fast_math" in f or "fast-math" in f or f.startswith(("-ftz", "-prec-")) for f in flags)
+    # The build and the CI compile check read the file; neither spells nvcc flags of its own.
+    cmake, check = (ROOT / "CMakeLists.txt").read_text(), (ROOT / "tools" / "check_cuda_sources.sh").read_text()
+    assert "csrc/cuda_flags.txt" in cmake and "csrc/cuda_flags.txt" in check
+    assert "$<$<COMPILE_LANGUAGE:CUDA>:${SYMKERNELS_NVCC_FLAGS}>" in cmake
+    assert '"$NVCC" -c "${NVCC_FLAGS[@]}" -arch="$ARCH" -Werror all-warnings -I csrc' in check
+    assert "fast_math" not in cmake and "fast_math" not in check
 
 
 @pytest.mark.parametrize("text, expected", [

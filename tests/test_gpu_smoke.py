@@ -72,9 +72,11 @@ def _make_int4_matmul(shape, dtype, gen):
 
 
 def _row_inputs(shape, dtype, gen):
-    *lead, N = shape
-    return (_randn(gen, *shape, dtype=dtype), _randn(gen, 2, *shape, dtype=dtype), 1 + 0.1 * _randn(gen, N, dtype=dtype),
-            _randn(gen, 2, N, dtype=dtype), _randn(gen, N, dtype=dtype), _randn(gen, 2, N, dtype=dtype))
+    """x, x_t, weight, weight_t, bias, bias_t with T = 2 tangents (row duals take a prefix of them)."""
+    N = shape[-1]
+    return (_randn(gen, *shape, dtype=dtype), _randn(gen, 2, *shape, dtype=dtype),
+            1 + 0.1 * _randn(gen, N, dtype=dtype), _randn(gen, 2, N, dtype=dtype),
+            _randn(gen, N, dtype=dtype), _randn(gen, 2, N, dtype=dtype))
 
 
 OPS = [
