@@ -14,7 +14,7 @@ from symkernels.gaunt import coefficients as C
 from symkernels.gaunt import gaunt_tensor_product as gtp
 from symkernels.gaunt import ops as gaunt_ops
 from symkernels.gaunt import reference
-from tests.conftest import require_backend
+from tests.conftest import require_backend, to_backend
 
 F64 = torch.float64
 
@@ -239,7 +239,7 @@ def test_triton_broadcast_noncontiguous_and_empty():
     device = require_backend("triton")
     from symkernels.gaunt import triton as triton_impl
 
-    a = random_noncontiguous((3, 4, 9), dtype=F64).to(device)
+    a = to_backend("triton", random_noncontiguous((3, 4, 9), dtype=F64))  # strides kept on a GPU too
     b = _rand(3, 1, 4).to(device)
     assert_close(gtp(a, b, 3, backend="triton"), reference.gaunt_tensor_product(a, b, 3))
     # the broadcast operand is read in place through stride 0 (no expanded copy), as are strided rows
@@ -249,7 +249,7 @@ def test_triton_broadcast_noncontiguous_and_empty():
     view, _ = triton_impl._row_layout(a, lead)
     assert view.data_ptr() == a.data_ptr()
     # three leading dims that do not coalesce into two fall back to a contiguous copy, still correct
-    c = random_noncontiguous((2, 3, 2, 4), dtype=F64).to(device)
+    c = to_backend("triton", random_noncontiguous((2, 3, 2, 4), dtype=F64))
     d = _rand(2, 1, 2, 1, seed=4).to(device)
     assert_close(gtp(c, d, 1, backend="triton"), reference.gaunt_tensor_product(c, d, 1))
     empty = gtp(torch.zeros(0, 9, dtype=F64, device=device), b[0], backend="triton")
