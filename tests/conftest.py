@@ -3,6 +3,10 @@
 Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when its module is imported, so the
 variable is set here, before any test module imports symkernels' Triton code. Without a CUDA device the
 Triton kernels then run in the NumPy interpreter on CPU tensors (slow: keep their shapes tiny).
+
+Where a backend's tensors live is decided here only: ``require_backend``/``backend_device`` give the device
+(CUDA for "cuda", and for "triton" when a GPU exists), ``to_backend`` moves CPU-built test data there. A test
+never builds CPU tensors for a GPU backend itself.
 """
 import os
 import sys
