@@ -38,6 +38,9 @@ def test_budgets_and_stage_selection_follow_the_arguments():
     assert done.returncode == 0, done.stderr
     assert re.search(r"^  smoke\s+budget\s+77s", done.stdout, re.M)
     assert "build" not in re.findall(r"^  (\w+)", done.stdout, re.M)
+    # the whole suite's GPU tests: only when asked for, as a command of its own
+    suite = _run("--dry-run", "--stages", "suite")
+    assert re.search(r"^  suite\s+budget\s+540s", suite.stdout, re.M) and "-k 'cuda or triton'" in suite.stdout
 
 
 @pytest.mark.parametrize("args", [("--stages", "smoke,bogus"), ("--frobnicate",)])

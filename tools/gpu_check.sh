@@ -11,11 +11,14 @@
 #             of the visible GPU only (tools/cuda_arches.py); prints build_info(); lists the fatbin's
 #             arches with cuobjdump where present
 #   smoke     tests/test_gpu_smoke.py: every op x {cuda, triton, default route} x dtype x 2 shapes vs
-#             its reference (without a GPU it runs the cpu/interpreter half of the table)
+#             its reference (without a GPU it runs the cpu/interpreter half of the table), and
+#             tests/test_cuda_arches.py (build_info()'s arches = what nvcc compiled, incl. this GPU's)
 #   sanitize  compute-sanitizer memcheck on one small float32 case per CUDA kernel (incl. the opt-in
 #             native jvp kernels and the dp4a int4 GEMM); skipped where compute-sanitizer is absent
 #   bench     python -m symkernels.bench --quick --device cuda, peers that are installed side by side
 #   report    always: summary.md + stages.csv (versions, driver, each stage's status and wall time)
+#   suite     not in the default list (it does not fit beside the others): a second command,
+#             `--stages suite`, runs every test of the suite that names cuda or triton, on the GPU
 #
 # Results: bench/results/<gpu>/gpu-check/ (logs, build_info.json, bench CSV/PNG, summary.md, stages.csv).
 # Budgets (seconds, env GPU_CHECK_<STAGE>_S) add up to under 9 minutes on one H200 with 16 cores.
@@ -45,9 +48,10 @@ declare -A BUDGET=(
   [smoke]=${GPU_CHECK_SMOKE_S:-120}
   [sanitize]=${GPU_CHECK_SANITIZE_S:-75}
   [bench]=${GPU_CHECK_BENCH_S:-110}
+  [suite]=${GPU_CHECK_SUITE_S:-540}
 )
 for stage in $STAGES; do
-  [ -n "${BUDGET[$stage]+set}" ] || { echo "gpu_check: unknown stage '$stage' (stages: build smoke sanitize bench)" >&2; exit 2; }
+  [ -n "${BUDGET[$stage]+set}" ] || { echo "gpu_check: unknown stage '$stage' (stages: ${!BUDGET[*]})" >&2; exit 2; }
 done
 JOBS=$(nproc)
 
@@ -73,15 +77,16 @@ SANITIZE_NATIVE="SYMKERNELS_JVP_NATIVE_CUDA=1 SYMKERNELS_INT4_MATMUL_KERNEL=dp4a
 declare -A COMMAND=(
   [build]="MAX_JOBS=$JOBS PIP_BREAK_SYSTEM_PACKAGES=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e . && \
 $PY -c 'import json, symkernels; print(json.dumps(symkernels.build_info(), indent=1))' > $OUT/build_info.json"
-  [smoke]="$SMOKE"
+  [smoke]="$SMOKE tests/test_cuda_arches.py"
   [sanitize]="$SANITIZE_DEFAULT && $SANITIZE_NATIVE"
   [bench]="$PY -m symkernels.bench --quick --device cuda --out $OUT/bench"
+  [suite]="$PY -m pytest -q -rs -p no:cacheprovider -k 'cuda or triton' --ignore=tests/test_gpu_smoke.py"
 )
 
 # Why a stage does not apply here (empty: it runs).
 not_applicable() {
   case $1 in
-    build|bench) [ "$HAS_GPU" = 1 ] || echo "no CUDA device visible to torch" ;;
+    build|bench|suite) [ "$HAS_GPU" = 1 ] || echo "no CUDA device visible to torch" ;;
     sanitize) if [ "$HAS_GPU" != 1 ]; then echo "no CUDA device visible to torch"
               elif [ -z "$SANITIZER" ]; then echo "compute-sanitizer not installed"; fi ;;
     smoke) ;;
