@@ -235,7 +235,7 @@ def test_llm_widths_match_truth(backend, n):
     """One row of every width in LLM_WIDTHS through each backend, vs the fp64 dense truth."""
     if backend == "triton" and not torch.cuda.is_available() and n not in INTERPRETER_WIDTHS:
         pytest.skip(f"Triton interpreter: INTERPRETER_WIDTHS {INTERPRETER_WIDTHS} cover it")
-    device = torch.device("cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu")
+    device = backend_device(backend)
     x = torch.randn(1, n, device=device)
     scale = 1 / math.sqrt(n)
     for transpose in (False, True) if n & (n - 1) else (False,):
