@@ -18,12 +18,13 @@ _ELEMENTS_PER_PROGRAM = 4096
 def fwht_tile(x, ROWS: tl.constexpr, N: tl.constexpr, LOG_N: tl.constexpr):
     """Butterflies along the last dim of a [ROWS, N] register tile: each row becomes row @ H_N.T (unscaled).
 
-    Stage h views the tile as [ROWS, N / 2h, 2, h], splits the size-2 axis into the pair (a, b) and joins
+    Stage s views the tile as [ROWS, N / 2h, 2, h] with h = 2^s, splits the size-2 axis into the pair (a, b) and joins
     (a + b, a − b) back. Shared by every Triton Hadamard kernel (power-of-two and Kronecker sizes).
     """
     for stage in tl.static_range(LOG_N):
-        h: tl.constexpr = 1 << stage
-        x = tl.reshape(x, (ROWS, N // (2 * h), 2, h))
+        # The half-width 2^stage is written inline: naming it would reassign a constexpr every unrolled
+        # stage, which the interpreter allows and the compiler rejects.
+        x = tl.reshape(x, (ROWS, N >> (stage + 1), 2, 1 << stage))
         a, b = tl.split(tl.permute(x, (0, 1, 3, 2)))
         x = tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2))
         x = tl.reshape(x, (ROWS, N))

@@ -22,7 +22,8 @@ from symkernels.hadamard.hadamard_k_triton import kron_rotate_tile, launch_param
 
 # 1.5·2^23: adding and subtracting it rounds an fp32 |v| < 2^22 to the nearest integer, ties to even
 # (the FPU's rounding of the intermediate sum), with no libdevice call; LLVM keeps it without fast-math.
-_ROUND_MAGIC = 12582912.0
+# A tl.constexpr: the compiler refuses plain module-level globals inside a kernel (the interpreter does not).
+_ROUND_MAGIC = tl.constexpr(12582912.0)
 
 
 @triton.jit
