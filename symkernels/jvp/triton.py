@@ -83,7 +83,8 @@ def _activation(z, ACT: tl.constexpr):
 def _tangent_update(acc_t, x, w, t, rm, rn, kk, M, N, K, xt_ptr, s_xt_t, s_xt_m, s_xt_k, wt_ptr, s_wt_t, s_wt_n,
                     s_wt_k, key0, key1, HAS_XT: tl.constexpr, HAS_WT: tl.constexpr, SEEDED: tl.constexpr,
                     GAUSSIAN: tl.constexpr, PREC: tl.constexpr):
-    """acc_t += x_t[t]·Wᵀ + x·W_t[t]ᵀ over one K tile."""
+    """acc_t += x_t[t]·Wᵀ + x·W_t[t]ᵀ over one K tile (rm, rn, kk int64)."""
+    t = tl.cast(t, tl.int64)  # t·s_xt_t passes 2^31 for T·M·K > 2^31 elements
     mask_x = (rm[:, None] < M) & (kk[None, :] < K)
     mask_w = (rn[:, None] < N) & (kk[None, :] < K)
     if HAS_XT:
@@ -105,9 +106,11 @@ def _linear_dual_kernel(x_ptr, w_ptr, b_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, yt_p
                         GAUSSIAN: tl.constexpr, HAS_BT: tl.constexpr, ACT: tl.constexpr, ACC_F64: tl.constexpr,
                         PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     acc_dtype = tl.float64 if ACC_F64 else tl.float32
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+    # int64 indices: rm·s_x_m, rn·s_w_n, rk·s_x_k (a transposed x) and t·M·N pass 2^31 on large operands.
+    # (The seeded tile's uint32 counter keeps the low 32 bits, the same as int32 arithmetic would.)
+    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K).to(tl.int64)
     HAS_T: tl.constexpr = HAS_XT or HAS_WT or SEEDED
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
     acc_t = tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_dtype)
@@ -145,7 +148,8 @@ def _linear_dual_kernel(x_ptr, w_ptr, b_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, yt_p
         z_t = acc_t
         if HAS_BT:
             z_t += tl.load(bt_ptr + t * s_bt_t + rn, mask=rn < N, other=0.0).to(acc_dtype)[None, :]
-        tl.store(yt_ptr + t * M * N + out, (d * z_t).to(yt_ptr.dtype.element_ty), mask=mask_y)
+        y_t_ptr = yt_ptr + tl.cast(t, tl.int64) * M * N
+        tl.store(y_t_ptr + out, (d * z_t).to(yt_ptr.dtype.element_ty), mask=mask_y)
 
 
 def _t_strides(t: torch.Tensor | None) -> tuple[int, ...]:
@@ -230,9 +234,10 @@ def _row_dual_kernel(x_ptr, xt_ptr, w_ptr, wt_ptr, b_ptr, bt_ptr, y_ptr, yt_ptr,
             y = y + tl.load(b_ptr + cols, mask=mask, other=0.0).to(acc_dtype)
     tl.store(y_ptr + row * N + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     for t in range(0, T):
+        t64 = tl.cast(t, tl.int64)  # t·R·N passes 2^31 before R·N does
         y_t = tl.zeros((BLOCK_N,), dtype=acc_dtype)
         if HAS_XT:
-            xt = tl.load(xt_ptr + t * s_xt_t + row * N + cols, mask=mask, other=0.0).to(acc_dtype)
+            xt = tl.load(xt_ptr + t64 * s_xt_t + row * N + cols, mask=mask, other=0.0).to(acc_dtype)
             if KIND == 2:
                 y_t = xh * (xt - tl.sum(xh * xt, axis=0))
             else:
@@ -245,10 +250,10 @@ def _row_dual_kernel(x_ptr, xt_ptr, w_ptr, wt_ptr, b_ptr, bt_ptr, y_ptr, yt_ptr,
                     xh_t = xh_t * w
                 y_t = xh_t
         if HAS_WT:
-            y_t += xh * tl.load(wt_ptr + t * s_wt_t + cols, mask=mask, other=0.0).to(acc_dtype)
+            y_t += xh * tl.load(wt_ptr + t64 * s_wt_t + cols, mask=mask, other=0.0).to(acc_dtype)
         if HAS_BT:
-            y_t += tl.load(bt_ptr + t * s_bt_t + cols, mask=mask, other=0.0).to(acc_dtype)
-        tl.store(yt_ptr + (t * R + row) * N + cols, y_t.to(yt_ptr.dtype.element_ty), mask=mask)
+            y_t += tl.load(bt_ptr + t64 * s_bt_t + cols, mask=mask, other=0.0).to(acc_dtype)
+        tl.store(yt_ptr + (t64 * R + row) * N + cols, y_t.to(yt_ptr.dtype.element_ty), mask=mask)
 
 
 def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
@@ -343,7 +348,8 @@ def _attention_dual_kernel(q_ptr, k_ptr, v_ptr, qt_ptr, kt_ptr, vt_ptr, o_ptr, o
     mask_o = (rm[:, None] < Lq) & (rdv[None, :] < DV)
     if t == 0:
         tl.store(o_ptr + o_off, o.to(o_ptr.dtype.element_ty), mask=mask_o)
-    tl.store(ot_ptr + t * (tl.num_programs(1) * Lq * DV) + o_off, o_t.to(ot_ptr.dtype.element_ty), mask=mask_o)
+    ot_off = t * (tl.num_programs(1).to(tl.int64) * Lq * DV) + o_off  # T·BH·Lq·DV passes 2^31 before BH·Lq·DV
+    tl.store(ot_ptr + ot_off, o_t.to(ot_ptr.dtype.element_ty), mask=mask_o)
 
 
 def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
