@@ -162,6 +162,24 @@ def _t_strides(t: torch.Tensor | None) -> tuple[int, ...]:
     return tuple(s) + (0,) * (3 - len(s))
 
 
+def _dot_kind(dtype: torch.dtype, prec: str) -> str:
+    """How this dtype's tl.dot runs on a GPU: tensor cores (16-bit, tf32), DMMA (fp64) or FMA (fp32 ieee).
+    The last holds its operands in registers, so it takes smaller tiles."""
+    if dtype in (torch.float16, torch.bfloat16) or prec == "tf32":
+        return "tensor_core"
+    return "fp64" if dtype == torch.float64 else "fp32_ieee"
+
+
+# Two accumulators (primal and tangent) plus, for seeded tangents, a generated W_t tile. At 64×64×32 the
+# FMA (fp32 "ieee") and fp64 dots spill 0.4-26 KB per thread (the Gaussian tile's log/cos the most);
+# 32×32×16 over 8 warps does not, on sm_80 or sm_90 (sized with tools/gpu_compile_gate.py).
+_LINEAR_TILES = {
+    "tensor_core": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32),
+    "fp32_ieee": dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=8, num_stages=2),
+    "fp64": dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=8, num_stages=2),
+}
+
+
 def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int, seed: int | None,
                 distribution: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher on canonical shapes (validated by symkernels.jvp.ops). Returns (y [M, N], y_t [T, M, N])."""
@@ -176,12 +194,13 @@ def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int,
         seed = None
     key0, key1 = reference.seed_keys(seed) if seed is not None else (0, 0)
     interpreted = x.device.type != "cuda"
-    block = 16 if interpreted else 64  # tl.dot needs >= 16; the interpreter is slow, so tiny tiles there
     # fp32 follows torch's own matmul precision setting so the kernel matches torch.matmul's numerics.
     prec = "tf32" if (x.dtype == torch.float32 and not interpreted and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    # tl.dot needs >= 16; the interpreter is slow, so tiny tiles there
+    tiles = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16) if interpreted else dict(_LINEAR_TILES[_dot_kind(x.dtype, prec)])
     xts, wts, bts = _t_strides(x_t), _t_strides(weight_t), _t_strides(bias_t)
     dummy = x  # unused pointer arguments (their loads are compiled out)
-    grid = (triton.cdiv(M, block), triton.cdiv(N, block))
+    grid = (triton.cdiv(M, tiles["BLOCK_M"]), triton.cdiv(N, tiles["BLOCK_N"]))
     _linear_dual_kernel[grid](
         x, weight, bias if bias is not None else dummy, x_t if x_t is not None else dummy,
         weight_t if weight_t is not None else dummy, bias_t if bias_t is not None else dummy, y, y_t,
@@ -189,7 +208,7 @@ def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int,
         xts[0], xts[1], xts[2], wts[0], wts[1], wts[2], bts[0],
         HAS_B=bias is not None, HAS_XT=x_t is not None, HAS_WT=weight_t is not None, SEEDED=seed is not None,
         GAUSSIAN=distribution == "gaussian", HAS_BT=bias_t is not None, ACT=_ACT_CODES[activation],
-        ACC_F64=x.dtype == torch.float64, PREC=prec, BLOCK_M=block, BLOCK_N=block, BLOCK_K=block if interpreted else 32)
+        ACC_F64=x.dtype == torch.float64, PREC=prec, **tiles)
     return y, y_t
 
 
@@ -352,6 +371,22 @@ def _attention_dual_kernel(q_ptr, k_ptr, v_ptr, qt_ptr, kt_ptr, vt_ptr, o_ptr, o
     tl.store(ot_ptr + ot_off, o_t.to(ot_ptr.dtype.element_ty), mask=mask_o)
 
 
+def _attention_tiles(dtype: torch.dtype, prec: str) -> dict:
+    """Tiles, warps and pipeline depth on a GPU (sized with tools/gpu_compile_gate.py)."""
+    return dict(_ATTENTION_TILES[_dot_kind(dtype, prec)])
+
+
+# Each program keeps ~10 [BLOCK_M, BLOCK_N]/[BLOCK_*, 64] tiles live (q, q̇, s, ṡ, p, pṡ, o and ȯ
+# accumulators, k/k̇/v/v̇ loads). Without tensor cores (fp32 "ieee", FMA dots hold their operands in
+# registers) 64×64 tiles spill ~40 KB per thread and their 3-stage pipeline needs 192 KB of shared memory,
+# over an A100's 163 KB; these sizes compile without spills on sm_80 and sm_90 at head dim 64.
+_ATTENTION_TILES = {
+    "tensor_core": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
+    "fp32_ieee": dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
+    "fp64": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2),
+}
+
+
 def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
     """Launcher: q [BH, Lq, D], k [BH, Lk, D], v [BH, Lk, DV], tangents [Tk, ...] (Tk in {1, T}) or None.
     Returns (o [BH, Lq, DV], o_t [T, BH, Lq, DV])."""
@@ -367,13 +402,13 @@ def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
     q_t, k_t, v_t = (None if t is None else t.contiguous() for t in (q_t, k_t, v_t))
     stride = lambda t, x: 0 if t is None or t.shape[0] == 1 else x.numel()  # noqa: E731  shared tangent
     interpreted = q.device.type != "cuda"
-    block = 16 if interpreted else 64
     prec = "tf32" if (q.dtype == torch.float32 and not interpreted and torch.backends.cuda.matmul.allow_tf32) else "ieee"
-    grid = (triton.cdiv(Lq, block), BH, T)
+    tiles = dict(BLOCK_M=16, BLOCK_N=16) if interpreted else _attention_tiles(q.dtype, prec)
+    grid = (triton.cdiv(Lq, tiles["BLOCK_M"]), BH, T)
     _attention_dual_kernel[grid](
         q, k, v, q_t if q_t is not None else q, k_t if k_t is not None else k, v_t if v_t is not None else v, o, o_t,
         Lq, Lk, D, DV, float(scale), stride(q_t, q), stride(k_t, k), stride(v_t, v),
         HAS_QT=q_t is not None, HAS_KT=k_t is not None, HAS_VT=v_t is not None, CAUSAL=bool(causal),
-        ACC_F64=q.dtype == torch.float64, PREC=prec, BLOCK_M=block, BLOCK_N=block,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)))
+        ACC_F64=q.dtype == torch.float64, PREC=prec, BLOCK_D=max(16, triton.next_power_of_2(D)),
+        BLOCK_DV=max(16, triton.next_power_of_2(DV)), **tiles)
     return o, o_t
