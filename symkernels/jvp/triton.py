@@ -275,6 +275,110 @@ def _row_dual_kernel(x_ptr, xt_ptr, w_ptr, wt_ptr, b_ptr, bt_ptr, y_ptr, yt_ptr,
         tl.store(yt_ptr + (t64 * R + row) * N + cols, y_t.to(yt_ptr.dtype.element_ty), mask=mask)
 
 
+# A row stays in registers up to this many accumulator bytes per array (fp32 4096, fp64 2048: spill-free
+# with x, x̂, w and ẋ live, see tools/gpu_compile_gate.py); longer rows (to MAX_ROW) are streamed in
+# chunks of that size by _row_dual_streamed_kernel, a few more passes over a row that sits in L2.
+_RESIDENT_ROW_BYTES = 16 << 10
+
+
+@triton.jit
+def _row_chunk(ptr, c0, cols, N, acc_dtype: tl.constexpr):
+    """Elements c0 + cols of a row at ptr (0 past N), in the accumulation dtype, and their mask."""
+    c = c0 + cols
+    mask = c < N
+    return tl.load(ptr + c, mask=mask, other=0.0).to(acc_dtype), mask
+
+
+@triton.jit
+def _row_hat(x, mask, shift, inv, KIND: tl.constexpr):
+    """x̂ of a chunk from the row statistics: exp(x − max)/Σ for softmax, (x − mean)·(1/σ) for the norms."""
+    if KIND == 2:
+        return tl.where(mask, tl.exp(x - shift), 0.0) * inv
+    else:
+        return tl.where(mask, x - shift, 0.0) * inv
+
+
+@triton.jit
+def _row_dual_streamed_kernel(x_ptr, xt_ptr, w_ptr, wt_ptr, b_ptr, bt_ptr, y_ptr, yt_ptr, R, N, T, eps,
+                              s_xt_t, s_wt_t, s_bt_t, KIND: tl.constexpr, HAS_XT: tl.constexpr, HAS_W: tl.constexpr,
+                              HAS_WT: tl.constexpr, HAS_B: tl.constexpr, HAS_BT: tl.constexpr,
+                              ACC_F64: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_row_dual_kernel for rows longer than the register file holds: the same formulas, each row reduction
+    a loop over BLOCK_N chunks (elementwise partial sums, reduced once)."""
+    acc_dtype: tl.constexpr = tl.float64 if ACC_F64 else tl.float32
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * N
+    cols = tl.arange(0, BLOCK_N)
+    # Statistics: softmax's max and 1/Σexp, or the norms' mean (layer norm) and 1/σ.
+    if KIND == 2:
+        run_max = tl.full((BLOCK_N,), float("-inf"), acc_dtype)
+        for c0 in range(0, N, BLOCK_N):
+            x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+            run_max = tl.maximum(run_max, tl.where(mask, x, float("-inf")))
+        shift = tl.max(run_max, axis=0)
+        total = tl.zeros((BLOCK_N,), acc_dtype)
+        for c0 in range(0, N, BLOCK_N):
+            x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+            total += tl.where(mask, tl.exp(x - shift), 0.0)
+        inv = 1.0 / tl.sum(total, axis=0)
+    else:
+        shift = 0.0
+        if KIND == 0:
+            total = tl.zeros((BLOCK_N,), acc_dtype)
+            for c0 in range(0, N, BLOCK_N):
+                x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+                total += x
+            shift = tl.sum(total, axis=0) / N
+        squares = tl.zeros((BLOCK_N,), acc_dtype)
+        for c0 in range(0, N, BLOCK_N):
+            x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+            xc = tl.where(mask, x - shift, 0.0)
+            squares += xc * xc
+        inv = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / N + eps)
+    for c0 in range(0, N, BLOCK_N):
+        x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+        y = _row_hat(x, mask, shift, inv, KIND)
+        if HAS_W:
+            y = y * _row_chunk(w_ptr, c0, cols, N, acc_dtype)[0]
+        if HAS_B:
+            y = y + _row_chunk(b_ptr, c0, cols, N, acc_dtype)[0]
+        tl.store(y_ptr + row * N + c0 + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+    for t in range(0, T):
+        t64 = tl.cast(t, tl.int64)
+        xt_row = xt_ptr + t64 * s_xt_t + row * N
+        mean_xt = 0.0
+        dot_hxt = 0.0
+        if HAS_XT:  # the tangent's two row reductions: mean ẋ (layer norm) and ⟨x̂, ẋ⟩
+            sum_xt = tl.zeros((BLOCK_N,), acc_dtype)
+            sum_hxt = tl.zeros((BLOCK_N,), acc_dtype)
+            for c0 in range(0, N, BLOCK_N):
+                x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+                xt = _row_chunk(xt_row, c0, cols, N, acc_dtype)[0]
+                sum_xt += xt
+                sum_hxt += _row_hat(x, mask, shift, inv, KIND) * xt
+            mean_xt = tl.sum(sum_xt, axis=0) / N
+            dot_hxt = tl.sum(sum_hxt, axis=0)
+        for c0 in range(0, N, BLOCK_N):
+            x, mask = _row_chunk(x_row, c0, cols, N, acc_dtype)
+            xh = _row_hat(x, mask, shift, inv, KIND)
+            y_t = tl.zeros((BLOCK_N,), acc_dtype)
+            if HAS_XT:
+                xt = _row_chunk(xt_row, c0, cols, N, acc_dtype)[0]
+                if KIND == 2:
+                    y_t = xh * (xt - dot_hxt)
+                else:
+                    if KIND == 0:
+                        xt = tl.where(mask, xt - mean_xt, 0.0)
+                    y_t = (xt - xh * (dot_hxt / N)) * inv
+                    if HAS_W:
+                        y_t = y_t * _row_chunk(w_ptr, c0, cols, N, acc_dtype)[0]
+            if HAS_WT:
+                y_t += xh * _row_chunk(wt_ptr + t64 * s_wt_t, c0, cols, N, acc_dtype)[0]
+            if HAS_BT:
+                y_t += _row_chunk(bt_ptr + t64 * s_bt_t, c0, cols, N, acc_dtype)[0]
+            tl.store(yt_ptr + (t64 * R + row) * N + c0 + cols, y_t.to(yt_ptr.dtype.element_ty), mask=mask)
+
+
 def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
     """Launcher on canonical shapes (see reference.row_dual)."""
     R, N = x.shape
@@ -286,9 +390,11 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
     x_t, weight, weight_t, bias, bias_t = (None if t is None else t.contiguous()
                                            for t in (x_t, weight, weight_t, bias, bias_t))
     t_stride = lambda t, n: 0 if t is None or t.shape[0] == 1 else n  # noqa: E731  shared tangent: stride 0
-    block = triton.next_power_of_2(N)
+    resident = N * (8 if x.dtype == torch.float64 else 4) <= _RESIDENT_ROW_BYTES
+    block = triton.next_power_of_2(N) if resident else _RESIDENT_ROW_BYTES // (8 if x.dtype == torch.float64 else 4)
+    kernel = _row_dual_kernel if resident else _row_dual_streamed_kernel
     dummy = x
-    _row_dual_kernel[(R,)](
+    kernel[(R,)](
         x, x_t if x_t is not None else dummy, weight if weight is not None else dummy,
         weight_t if weight_t is not None else dummy, bias if bias is not None else dummy,
         bias_t if bias_t is not None else dummy, y, y_t, R, N, T, float(eps),
