@@ -53,8 +53,10 @@ def _fwht_kernel(x_ptr, out_ptr, vectors, inner, outer_stride, elem_stride, scal
     tl.store(out_ptr + offsets, (x * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _transform_vectors(x, out, vectors: int, inner: int, outer_stride: int, elem_stride: int, n: int,
-                       scale: float, acc_f64: bool) -> None:
+def transform_vectors(x, out, vectors: int, inner: int, outer_stride: int, elem_stride: int, n: int,
+                      scale: float, acc_f64: bool) -> None:
+    """Launches _fwht_kernel over ``vectors`` length-n vectors in that layout (also the Kronecker
+    transform's first pass, symkernels/hadamard/hadamard_k_triton.py)."""
     block_m = max(1, _ELEMENTS_PER_PROGRAM // n)
     num_warps = max(1, min(32, block_m * n // 512))
     _fwht_kernel[(triton.cdiv(vectors, block_m),)](x, out, vectors, inner, outer_stride, elem_stride, float(scale),
@@ -72,13 +74,13 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return out.view(x.shape)
     acc_f64 = x.dtype == torch.float64
     if n * (8 if acc_f64 else 4) <= _MAX_ROW_BYTES:
-        _transform_vectors(x2, out, rows, 1, n, 1, n, scale, acc_f64)
+        transform_vectors(x2, out, rows, 1, n, 1, n, scale, acc_f64)
     else:
         # H_n = H_a ⊗ H_b with b = one program's worth: the length-b transforms of each row's a segments,
         # then, in place, the length-a transforms across them (stride b). The intermediate is stored in
         # the input dtype, which only fp64 reaches here, so nothing is rounded in between.
         b = _ELEMENTS_PER_PROGRAM
         a = n // b
-        _transform_vectors(x2, out, rows * a, 1, b, 1, b, 1.0, acc_f64)
-        _transform_vectors(out, out, rows * b, b, n, b, a, scale, acc_f64)
+        transform_vectors(x2, out, rows * a, 1, b, 1, b, 1.0, acc_f64)
+        transform_vectors(out, out, rows * b, b, n, b, a, scale, acc_f64)
     return out.view(x.shape)
