@@ -24,12 +24,13 @@ _MIN_DOT = 16
 # stages [BLOCK_M, BLOCK_C] input and [BLOCK_C, BLOCK_G] / [BLOCK_G, BLOCK_O] table tiles. Whole padded
 # coefficient vectors (the kernel before these caps) needed 228-420 KB of shared memory from L = 8 on and
 # spilled; fp32 runs its dots on FMA units ("ieee"), which keep the operands in registers: narrow K chunks,
-# a 2-deep pipeline and 8 warps keep every supported degree (to MAX_L = 32) free of spills on sm_80/sm_90.
+# 16-row blocks and a 2-deep pipeline keep every supported degree (to MAX_L = 32) within 20 KB of shared
+# memory and 128 registers on sm_80/sm_90.
 _MAX_BLOCK_C = 16
 _MAX_BLOCK_O = 64
 _BLOCK_G = 32
 _NUM_STAGES = 2
-_NUM_WARPS_FP32 = 8
+_BLOCK_M = 16
 
 
 @triton.jit
@@ -121,15 +122,13 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, to_grid1: torch.Ten
     out = torch.empty(rows, no, dtype=x1.dtype, device=x1.device)
     if rows == 0:
         return out.view(*lead, no)
-    block_m = 16 if x1.dtype == torch.float64 else 32
-    num_warps = _NUM_WARPS_FP32 if x1.dtype == torch.float32 else 4
     # Output degrees beyond one BLOCK_O tile go to a second grid axis: each tile re-evaluates the inputs on
     # the grid (cheap next to the projection at those degrees) instead of holding every output in registers.
     block_o = min(_pad(no), _MAX_BLOCK_O)
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(no, block_o))
+    grid = (triton.cdiv(rows, _BLOCK_M), triton.cdiv(no, block_o))
     _gaunt_grid_kernel[grid](a, b, to_grid1.contiguous(), to_grid2.contiguous(), from_grid.contiguous(), out, rows,
                              n1, n2, no, n_grid, *layout1, *layout2, ACC_F64=x1.dtype == torch.float64,
-                             BLOCK_M=block_m, BLOCK_G=_BLOCK_G, BLOCK_C1=min(_pad(n1), _MAX_BLOCK_C),
-                             BLOCK_C2=min(_pad(n2), _MAX_BLOCK_C), BLOCK_O=block_o, num_warps=num_warps,
+                             BLOCK_M=_BLOCK_M, BLOCK_G=_BLOCK_G, BLOCK_C1=min(_pad(n1), _MAX_BLOCK_C),
+                             BLOCK_C2=min(_pad(n2), _MAX_BLOCK_C), BLOCK_O=block_o, num_warps=4,
                              num_stages=_NUM_STAGES)
     return out.view(*lead, no)

@@ -489,7 +489,7 @@ def _attention_tiles(dtype: torch.dtype, prec: str) -> dict:
 _ATTENTION_TILES = {
     "tensor_core": dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
     "fp32_ieee": dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
-    "fp64": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2),
+    "fp64": dict(BLOCK_M=16, BLOCK_N=32, num_warps=8, num_stages=2),
 }
 
 
