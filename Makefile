@@ -18,7 +18,7 @@ GPU_PYTHON  ?= python3
 
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: demo test test-latest lock bench setup build check-cuda cuda-arches sanitize gpu-check clean
+.PHONY: demo test test-latest lock bench setup build check-cuda check-gpu-compile cuda-arches sanitize gpu-check clean
 
 # PyTorch backs large CPU allocations with huge pages under THP_MEM_ALLOC_ENABLE=1; without it every
 # out-of-place op (ours and the peers alike) spends most of its time in 4 KiB page faults of new outputs.
@@ -71,6 +71,12 @@ build: setup
 
 check-cuda: setup  ## nvcc -c every .cu, syntax-check every CUDA glue .cpp (no GPU needed)
 	tools/check_cuda_sources.sh $(PY)
+
+# Every Triton kernel as the launchers specialise it at benchmark and largest shapes, compiled ahead of time
+# for sm_90 and sm_80 (no GPU needed): fails on a compile error, shared memory over the limit or a spill.
+# Table: bench/results/gpu-compile/; compiled kernels are kept in build/triton-cache between runs.
+check-gpu-compile: setup
+	$(PY) tools/gpu_compile_gate.py
 
 # The arches a CUDA build here would compile for (TORCH_CUDA_ARCH_LIST, else the visible GPUs, else the
 # default list) and the nvcc flags torch's CMake makes of them; no GPU needed. Try

@@ -18,11 +18,15 @@ import torch
 import triton
 import triton.language as tl
 
-from symkernels.hadamard.hadamard_k_triton import kron_rotate_tile, launch_params
+from symkernels.hadamard.hadamard_k_triton import MAX_TILE, hadamard_transform_k, kron_rotate_tile, launch_params
 
 # 1.5·2^23: adding and subtracting it rounds an fp32 |v| < 2^22 to the nearest integer, ties to even
 # (the FPU's rounding of the intermediate sum), with no libdevice call; LLVM keeps it without fast-math.
-_ROUND_MAGIC = 12582912.0
+# A tl.constexpr: the compiler refuses plain module-level globals inside a kernel (the interpreter does not).
+_ROUND_MAGIC = tl.constexpr(12582912.0)
+# Rows (or rotation tiles) past hadamard_k_triton.MAX_TILE elements do not fit one program's registers
+# (a 2^16 row spills ~200 B per thread): they are quantized in chunks of this many.
+_STREAM_BLOCK = 4096
 
 
 @triton.jit
@@ -43,15 +47,45 @@ def _quantize_int4_kernel(x_ptr, hk_ptr, packed_ptr, scale_ptr, n, clip, rot_sca
     scale = (clip * amax) / 7.0
     scale = tl.where(has_nan, float("nan"), scale)
     tl.store(scale_ptr + row, scale)
+    b_idx = tl.arange(0, N_PAD // 2)
+    tl.store(packed_ptr + row * (n // 2) + b_idx, _quantize_pack(v, scale, N_PAD), mask=b_idx < n // 2)
+
+
+@triton.jit
+def _quantize_pack(v, scale, WIDTH: tl.constexpr):
+    """[WIDTH] fp32 values → [WIDTH / 2] bytes of two int4 codes, clamp(round_half_even(v / scale), −8, 7)."""
     q = v / scale
     bad = q != q  # NaN (scale 0 / NaN / inf) → code 0, as the reference; test before the clamp, whose
     q = tl.minimum(tl.maximum(q, -8.0), 7.0)  # min/max may return the non-NaN operand
     q = (q + _ROUND_MAGIC) - _ROUND_MAGIC
     q = tl.where(bad, 0.0, q).to(tl.int32)
-    lo, hi = tl.split(tl.reshape(q, (N_PAD // 2, 2)))
-    byte = ((lo & 15) | ((hi & 15) << 4)).to(tl.uint8)
-    b_idx = tl.arange(0, N_PAD // 2)
-    tl.store(packed_ptr + row * (n // 2) + b_idx, byte, mask=b_idx < n // 2)
+    lo, hi = tl.split(tl.reshape(q, (WIDTH // 2, 2)))
+    return ((lo & 15) | ((hi & 15) << 4)).to(tl.uint8)
+
+
+@triton.jit
+def _quantize_int4_streamed_kernel(x_ptr, packed_ptr, scale_ptr, n, clip, BLOCK: tl.constexpr):
+    """_quantize_int4_kernel without rotation for rows longer than one program's registers: max|x| (and
+    any NaN) over BLOCK chunks, then each chunk quantized and packed. Two reads of x instead of one."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * n
+    idx = tl.arange(0, BLOCK)
+    run_max = tl.zeros((BLOCK,), dtype=tl.float32)
+    nans = tl.zeros((BLOCK,), dtype=tl.int32)
+    for c0 in range(0, n, BLOCK):
+        valid = c0 + idx < n
+        v = tl.load(x_row + c0 + idx, mask=valid, other=0.0).to(tl.float32)
+        nans += ((v != v) & valid).to(tl.int32)
+        run_max = tl.maximum(run_max, tl.abs(v))
+    scale = (clip * tl.max(run_max, axis=0)) / 7.0
+    scale = tl.where(tl.sum(nans, axis=0) > 0, float("nan"), scale)
+    tl.store(scale_ptr + row, scale)
+    b_idx = tl.arange(0, BLOCK // 2)
+    for c0 in range(0, n, BLOCK):
+        valid = c0 + idx < n
+        v = tl.load(x_row + c0 + idx, mask=valid, other=0.0).to(tl.float32)
+        byte_idx = c0 // 2 + b_idx
+        tl.store(packed_ptr + row * (n // 2) + byte_idx, _quantize_pack(v, scale, BLOCK), mask=byte_idx < n // 2)
 
 
 def quantize_int4(x: torch.Tensor, clip_ratio: float, hk: torch.Tensor | None, rot_scale: float
@@ -63,17 +97,26 @@ def quantize_int4(x: torch.Tensor, clip_ratio: float, hk: torch.Tensor | None, r
     packed = torch.empty(rows, n // 2, dtype=torch.uint8, device=x.device)
     scale = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
     if rows and n:
-        if hk is not None:
-            params = launch_params(hk.shape[0], n)
+        params = launch_params(hk.shape[0], n) if hk is not None else None
+        if params is not None and params["K_PAD"] * params["P"] > MAX_TILE:
+            # Too large a rotation tile for one program's registers: rotate first (the two-pass Kronecker
+            # transform, into fp32), then quantize the rotated rows (streamed, below).
+            x2 = hadamard_transform_k(x2.float(), hk, float(rot_scale))
+            params, hk, rot_scale = None, None, 1.0
+        if params is not None:
             h = hk.to(device=x.device, dtype=torch.float32).contiguous()
             n_pad = params["K_PAD"] * params["P"]
         else:
             params = dict(K=1, K_PAD=1, P=1, LOG_P=0)
             h = x2  # unused
             n_pad = triton.next_power_of_2(n)
-        _quantize_int4_kernel[(rows,)](x2, h, packed, scale, n, float(clip_ratio), float(rot_scale),
-                                       ROTATE=hk is not None, N_PAD=n_pad, **params,
-                                       num_warps=max(1, min(16, n_pad // 256)))
+        if n_pad <= MAX_TILE:
+            _quantize_int4_kernel[(rows,)](x2, h, packed, scale, n, float(clip_ratio), float(rot_scale),
+                                           ROTATE=hk is not None, N_PAD=n_pad, **params,
+                                           num_warps=max(1, min(16, n_pad // 256)))
+        else:
+            _quantize_int4_streamed_kernel[(rows,)](x2, packed, scale, n, float(clip_ratio), BLOCK=_STREAM_BLOCK,
+                                                    num_warps=16)
     elif rows:
         scale.zero_()
     return packed.view(*x.shape[:-1], n // 2), scale.view(*x.shape[:-1], 1)

@@ -74,6 +74,19 @@ def test_matches_reference(backend, log2_n, dtype):
     assert_close(out.double(), _truth(x.cpu(), scale).to(device), dtype=dtype, msg=f"{backend} n={n} vs scipy")
 
 
+def test_triton_two_pass_fp64_rows():
+    """An fp64 row of 2^15 does not fit one SM's registers: the Triton launcher splits it into two passes
+    (H_n = H_a ⊗ H_b). Interpreted here at its one size (the rows-in-one-program path is tested above)."""
+    device = require_backend("triton")
+    from symkernels.hadamard import triton as triton_impl
+
+    n = 1 << 15
+    assert n * 8 > triton_impl._MAX_ROW_BYTES  # the two-pass path, not the single-program one
+    x = torch.randn(2, n, dtype=torch.float64, device=device)
+    out = hadamard_transform(x, 1 / math.sqrt(n), backend="triton")
+    assert_close(out.double().cpu(), _truth(x.cpu(), 1 / math.sqrt(n)), dtype=torch.float64)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("log2_n", [1, 4, 7, 10, 12, 15])
 def test_half_precision_within_twice_torch_error(backend, dtype, log2_n):

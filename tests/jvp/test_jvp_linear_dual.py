@@ -362,3 +362,24 @@ def test_bare_op_gradcheck_forward_ad():
     # Reverse over forward: the tangent the op's jvp returns is itself differentiable.
     f = lambda x, w, b: torch.func.jvp(_bare("silu"), (x, w, b), (d["x_t"], d["w_t"], d["b_t"]))[1]  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, w, b), fast_mode=True)
+
+
+def test_triton_offsets_past_2_31_elements():
+    """A weight whose rows sit 1.5e8 elements apart (a strided view into a 4.5 GB fp16 buffer, of which
+    only the 16 rows are ever touched): row 15 starts past 2^31 elements, where int32 offsets wrap."""
+    if not _backend.backend_status("triton"):
+        pytest.skip("triton backend unavailable")
+    N = K = 16
+    row_stride = 150_000_000
+    assert (N - 1) * row_stride > 2 ** 31
+    try:
+        buffer = torch.empty((N - 1) * row_stride + K, dtype=torch.float16)
+    except RuntimeError as e:  # address space refused (strict overcommit): not this test's subject
+        pytest.skip(f"cannot reserve a 4.5 GB buffer: {e}")
+    w = buffer.as_strided((N, K), (row_stride, 1))
+    w.copy_(torch.randn(N, K, dtype=torch.float16))
+    x, x_t = torch.randn(4, K, dtype=torch.float16), torch.randn(4, K, dtype=torch.float16)
+    y, y_t = linear_dual(x, x_t, w, None, None, None, "tanh", backend="triton")
+    ry, ry_t = linear_dual(x, x_t, w.contiguous(), None, None, None, "tanh", backend="reference")
+    assert_close(y, ry)
+    assert_close(y_t, ry_t)

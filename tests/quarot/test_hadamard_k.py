@@ -466,3 +466,23 @@ def test_cpu_plan_cache_keys_on_matrix_contents():
         for _ in range(2):
             assert_close(_cpu_op(x, hk, 1.0), hadamard_k.reference_two_pass(x.double(), hk.double(), 1.0).float())
             hk[:, 7] *= -1  # same tensor, same storage, new contents (still ±1: still the sign-class route)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_triton_two_pass_kronecker(dtype, monkeypatch):
+    """Tiles K_pad·P above hadamard_k_triton.MAX_TILE (n = 28·2048 on a GPU) run as the FWHT of every
+    segment, then the K-mix over column blocks. Forced here at n = 12·64 by shrinking the limit (4 column
+    blocks), against the dense truth; fp16 checks the fp32 intermediate within torch's own error."""
+    if not _backend.backend_status("triton"):
+        pytest.skip("triton backend unavailable")
+    from symkernels.hadamard import hadamard_k_triton
+
+    monkeypatch.setattr(hadamard_k_triton, "MAX_TILE", 256)
+    n = 12 * 64
+    x = torch.randn(3, n, dtype=torch.float64)
+    truth = hadamard_k.reference_dense(x, 1 / math.sqrt(n))
+    out = symkernels.hadamard_transform(x.to(dtype), 1 / math.sqrt(n), backend="triton")
+    if dtype == torch.float16:
+        assert_within_torch_error(out, truth, hadamard_k.reference_dense(x.to(dtype), 1 / math.sqrt(n)))
+    else:
+        assert_close(out, truth.to(dtype))

@@ -208,3 +208,45 @@ def test_fake_quantize_ste_gradient(b):
     (gr,) = torch.autograd.grad(yr, x, g)
     torch.testing.assert_close(gr.double(), g.double() @ hadamard_k.hadamard_matrix_any(16) / 4.0, atol=1e-6,
                                rtol=1e-6)
+
+
+def test_triton_large_rotation_tile_rotates_then_quantizes(monkeypatch):
+    """A rotation tile past hadamard_k_triton.MAX_TILE (n = 28·2048 on a GPU) is rotated by the two-pass
+    Kronecker transform first, then quantized: forced at n = 12·64 here. Equal, bit for bit, to quantizing
+    that rotation; codes within one step of the float64 rotation's."""
+    _require("triton")
+    from symkernels.hadamard import hadamard_k_triton
+    from symkernels.quarot import triton as quarot_triton
+
+    monkeypatch.setattr(hadamard_k_triton, "MAX_TILE", 256)
+    monkeypatch.setattr(quarot_triton, "MAX_TILE", 256)
+    n = 12 * 64
+    x = torch.randn(4, n)
+    x[:, 3] *= 50
+    hk, rot_scale = _rotation(n, x.device)
+    packed, scale = symkernels.quantize_int4(x, hadamard=True, clip_ratio=0.9, backend="triton")
+    up, us = symkernels.quantize_int4(hadamard_k_triton.hadamard_transform_k(x, hk, rot_scale), clip_ratio=0.9,
+                                      backend="triton")
+    assert torch.equal(packed, up)
+    torch.testing.assert_close(scale, us, atol=0, rtol=0)
+    truth = hadamard_k.reference_dense(x, 1 / math.sqrt(n))
+    q_truth = torch.clamp(torch.round(truth / scale.double()), -8, 7)
+    assert (reference.unpack_int4(packed).double() - q_truth).abs().max() <= 1
+
+
+@pytest.mark.parametrize("n", [2 * 96 + 2, 1024])
+def test_triton_streamed_rows_bit_exact(n, monkeypatch):
+    """Rows past MAX_TILE are quantized in chunks (max|x|, then quantize and pack): forced here with
+    chunks of 64 (n = 194: a partial last chunk), bit-exact against the reference, NaN rows included."""
+    _require("triton")
+    from symkernels.quarot import triton as quarot_triton
+
+    monkeypatch.setattr(quarot_triton, "MAX_TILE", 64)
+    monkeypatch.setattr(quarot_triton, "_STREAM_BLOCK", 64)
+    x = torch.randn(5, n)
+    x[1, n - 1] = 40.0  # the row max in the last chunk
+    x[2, 7] = float("nan")
+    packed, scale = symkernels.quantize_int4(x, clip_ratio=0.9, backend="triton")
+    rp, rs = reference.quantize_int4(x, 0.9, False)
+    assert torch.equal(packed, rp)
+    torch.testing.assert_close(scale, rs, atol=0, rtol=0, equal_nan=True)
