@@ -313,7 +313,7 @@ def test_softmax_dual_cpu_exp_range(dtype):
 def test_row_dual_triton_streamed_rows(kind, dtype, monkeypatch):
     """Rows longer than the register file holds go through the chunked kernel: forced here at N = 77 (three
     chunks of 32, the last partial) by shrinking the resident-row limit."""
-    _need("triton")
+    require_backend("triton")
     from symkernels.jvp import triton as triton_impl
 
     monkeypatch.setattr(triton_impl, "_RESIDENT_ROW_BYTES", 32 * dtype.itemsize)
@@ -321,7 +321,7 @@ def test_row_dual_triton_streamed_rows(kind, dtype, monkeypatch):
     monkeypatch.setattr(triton_impl, "_row_dual_streamed_kernel",
                         _Spy(triton_impl._row_dual_streamed_kernel, calls))
     ours, _, _ = CASES[kind]
-    x, xt, w, wt, b, bt = _data((3, 77), 2, dtype, seed=5)
+    x, xt, w, wt, b, bt = to_backend("triton", _data((3, 77), 2, dtype, seed=5))
     got = ours(x, xt, w, wt, b, bt, "triton")
     want = ours(x, xt, w, wt, b, bt, "reference")
     assert calls, "the streamed kernel did not run"
