@@ -6,9 +6,10 @@ loads into these modules and back; the same ``forward(input, hx=None)`` returnin
 ``(output, (h_n, c_n))``. Added: the solve (``method``, ``tol``, ``max_iters``, ``backend``) and variable
 lengths through a ``PackedSequence`` or ``lengths=``.
 
-**Stacking.** Layer l at time t reads layer l−1 at t and itself at t−1. The layers are solved one after
-another, each one a whole-sequence ``jacobi.rnn`` (its input projection a single GEMM over all timesteps);
-solving the (layers × time) grid as one fixed point instead is not done here.
+**Stacking.** Layer l at time t reads layer l−1 at t and itself at t−1. The modules solve the layers one
+after another, each one a whole-sequence ``jacobi.rnn`` (its input projection a single GEMM over all
+timesteps). :func:`solve_layer_grid` instead solves the whole (layers × time) grid as one fixed point, along
+its anti-diagonals (a measurement tool: forward only, reference arithmetic; see its docstring).
 
 **Variable lengths.** Timestep t of sequence b never influences an earlier one, so every sequence is run to
 the longest length and the steps past its own end are cut off afterwards: h_n is the state at step
@@ -282,6 +283,73 @@ class JacobiRNNBase(nn.Module):
             last = lambda seq: seq[lengths - 1, batch]  # noqa: E731
         final = (last(out[0]), last(out[1])) if self.cell == "lstm" else last(out)
         return h, final
+
+
+def solve_layer_grid(module: JacobiRNNBase, input: torch.Tensor, hx=None, *, tol: float = 0.0,
+                     max_iters: int | None = None):
+    """The stacked layers as *one* Jacobi system over the (layers × time) grid: ``(output, final, info)``.
+
+    Cell (l, t) reads (l−1, t) and (l, t−1), both on anti-diagonal d − 1 for d = t + l. So the states along
+    one anti-diagonal, Z_d = [s^0_d, s^1_{d−1}, …, s^{L−1}_{d−L+1}], form an ordinary recurrence
+    Z_d = F_d(Z_{d−1}) of length T + L − 1 (a layer off the grid at d holds h0 before its start and its final
+    state after its end), which :func:`symkernels.jacobi.solve` iterates: every iteration evaluates all L·(T+L−1)
+    cells at once, against L separate solves of T rows each, one after another, layer by layer. The frozen
+    prefix advances along the diagonals, so the exact bound is T + L − 1 iterations instead of L·T.
+
+    Forward only (no autograd), unidirectional, full-length input ``[T, B, I]``; reference arithmetic (a
+    GEMM per layer and iteration), equal to the layer-by-layer result within rounding.
+
+    Measured (float32, tol 1e-6, default init, shared 2-core CPU, both through the reference backend):
+    LSTM T=1024 B=1 H=64, L=2: 33 grid iterations vs 60 layer by layer, 3.4 s vs 3.3 s; L=3: 35 vs 88, 16.1 s
+    vs 6.7 s; GRU T=1024 B=8 H=64 L=2: 37 vs 66, 23.5 s vs 22.7 s. The grid cuts the dependent iterations
+    ~L-fold (K + L instead of L·K), but each of its iterations evaluates every unfrozen cell of every layer,
+    including an input projection per upper layer that layer by layer is one GEMM up front: more work, so on
+    a CPU, where work sets the time, layer by layer is as fast or faster, and the modules use it. On a GPU,
+    where a small iteration is latency-bound, the ~L-fold fewer iterations should win; not yet measured.
+    """
+    from symkernels.jacobi.solver import solve
+
+    if module.bidirectional:
+        raise NotImplementedError("solve_layer_grid: bidirectional=True is not a wavefront (the backward "
+                                  "direction of layer l − 1 at t depends on every later timestep)")
+    if module.batch_first:
+        input = input.transpose(0, 1)
+    module._check_input(input)
+    if input.dim() != 3:
+        raise ValueError(f"solve_layer_grid: input must be [T, B, input_size], got shape {tuple(input.shape)}")
+    cell, L, H = module.cell, module.num_layers, module.hidden_size
+    T, B = input.shape[0], input.shape[1]
+    states = module._initial_states(hx, B, input, batched=True)
+    s0 = torch.stack([reference.pack_state(cell, *s) if cell == "lstm" else s for s in states])  # [L, B, S]
+    weights = []
+    for layer in range(L):
+        suffix = f"_l{layer}"
+        b_ih, b_hh = reference.split_bias(module._combined_bias(suffix, input), cell)
+        weights.append((getattr(module, f"weight_ih{suffix}"), getattr(module, f"weight_hh{suffix}"), b_ih, b_hh))
+
+    def step(hist, pos):  # hist[p] = Z_{p−1}; position p holds anti-diagonal d = p − 1
+        prev = hist[pos - 1]  # [n, L, B, S]: Z_{d−1}
+        out = []
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            t = (pos - 1 - layer)[:, None, None]
+            below = input[(t[:, 0, 0]).clamp(0, max(T - 1, 0))] if layer == 0 else prev[:, layer - 1, :, :H]
+            u = reference.input_projection(below, w_ih, b_ih)
+            new = reference.cell_step(prev[:, layer], u, w_hh, b_hh, cell, module.nonlinearity)
+            new = torch.where(t < 0, s0[layer], torch.where(t >= T, prev[:, layer], new))
+            out.append(new)
+        return torch.stack(out, 1)
+
+    with torch.no_grad():
+        Z, info = solve(step, s0, T + L - 1, tol=tol, max_iters=max_iters)
+    layers = torch.arange(L, device=input.device)
+    top = Z[L - 1:L - 1 + T, L - 1]  # layer L − 1 at t = d − (L − 1)
+    final = Z[T - 1 + layers, layers]  # layer l's state at t = T − 1, diagonal T − 1 + l
+    output = reference.unpack_state(cell, top)
+    output = output[0] if cell == "lstm" else output
+    final = reference.unpack_state(cell, final)
+    if module.batch_first:
+        output = output.transpose(0, 1)
+    return output, final, info
 
 
 def _reverse_within_lengths(lengths: torch.Tensor, T: int) -> torch.Tensor:

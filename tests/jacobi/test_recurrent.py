@@ -6,7 +6,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from symkernels._testing import assert_close
 from symkernels.jacobi import GRU, LSTM, RNN, JacobiRNNBase
-from symkernels.jacobi.recurrent import auto_method
+from symkernels.jacobi.recurrent import auto_method, solve_layer_grid
 from tests.conftest import require_backend
 
 OURS = {"rnn_tanh": RNN, "rnn_relu": RNN, "gru": GRU, "lstm": LSTM}
@@ -261,3 +261,23 @@ def test_bad_constructor_arguments():
         LSTM(3, 4, method="deer")
     with pytest.raises(ValueError, match="dropout must be a number in"):
         GRU(3, 4, dropout=1.5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_layer_grid_solve_equals_layer_by_layer(kind, batch_first):
+    T, B, L = 20, 2, 3
+    ref, ours = pair(kind, 3, 4, num_layers=L, batch_first=batch_first)
+    x = torch.randn((B, T, 3) if batch_first else (T, B, 3), generator=torch.Generator().manual_seed(6),
+                    dtype=torch.float64)
+    hx = hidden_state(kind, L, B, 4)
+    output, final, info = solve_layer_grid(ours, x, hx)
+    assert_same_results((output, final), ref(x, hx), f"{kind} grid")
+    # The exact front moves along the anti-diagonals: at most T + L − 1 iterations (+1 to see nothing move).
+    assert info.exact and info.iterations <= T + L, info.iterations
+
+
+def test_layer_grid_rejects_bidirectional():
+    _, ours = pair("lstm", 3, 4, num_layers=2, bidirectional=True)
+    with pytest.raises(NotImplementedError, match="bidirectional=True is not a wavefront"):
+        solve_layer_grid(ours, torch.zeros(5, 1, 3, dtype=torch.float64))
