@@ -42,8 +42,9 @@ SYMKERNELS_HD void lstm_unit(const T* u, const T* gh, T c_prev, int64_t j, int64
   h = o * tanh_(c);
 }
 
-// One hidden unit j of the new state (Elman, GRU; the LSTM's two-part unit is lstm_unit), given gh = b_hh + W_hh h_prev (all G gate values of the row) and
-// the row's input projection u. GRU gate order r, z, n as in torch.nn.GRU:
+// One hidden unit j of the new state (Elman, GRU; the LSTM's two-part unit is lstm_unit), given
+// gh = b_hh + W_hh h_prev (all G gate values of the row) and the row's input projection u. GRU gate order
+// r, z, n as in torch.nn.GRU:
 //   r = σ(u_r + gh_r), z = σ(u_z + gh_z), n = tanh(u_n + r·gh_n), h = (1 − z)·n + z·h_prev.
 template <typename T>
 SYMKERNELS_HD T cell_unit(int cell, const T* u, const T* gh, const T* h_prev, int64_t j, int64_t H) {

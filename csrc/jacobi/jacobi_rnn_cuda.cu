@@ -1,5 +1,5 @@
-// CUDA Jacobi iteration for the RNN op (Elman, GRU, LSTM). Three small kernels per iteration, all reading the frozen pointer
-// from device memory, so the host queues `iters` iterations without a synchronization:
+// CUDA Jacobi iteration for the RNN op (Elman, GRU, LSTM). Three small kernels per iteration, all reading the
+// frozen pointer from device memory, so the host queues `iters` iterations without a synchronization:
 //   rows    one block per row: gh = b_hh + W_hh h_prev with a fixed k order (thread j owns gate value j, so a
 //           row's bits never depend on how many rows run — the Jacobi fixed point is bitwise the sequential
 //           sweep of this same kernel), the cell, the row residual and changed flag;

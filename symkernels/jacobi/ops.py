@@ -116,12 +116,13 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
         backend: ``None``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
-        h ``[T, B, H]``, or ``(h, c)`` for the LSTM (``(result, info)`` with ``return_info``). With ``tol=0`` and ``backend="cpu"`` the result
-        is bitwise the sequential loop of the same kernel (``method="gauss_seidel"``); the reference backend
-        uses a GEMM per iteration and matches the sequential loop within rounding. Differentiable in reverse
-        mode (twice: double backward) and forward mode: the backward solves the adjoint linear recurrence
-        λ_t = ∂L/∂h_t + J_{t+1}ᵀ λ_{t+1}, the JVP the linearised recurrence ḣ_t = ṙ_t + J_t ḣ_{t−1}, both by
-        Jacobi iteration as well (never unrolling the forward iterations).
+        h ``[T, B, H]``, or ``(h, c)`` for the LSTM (``(result, info)`` with ``return_info``). With ``tol=0``
+        and ``backend="cpu"`` the result is bitwise the sequential loop of the same kernel
+        (``method="gauss_seidel"``); the reference backend uses a GEMM per iteration and matches the
+        sequential loop within rounding. Differentiable in reverse mode (twice: double backward) and forward
+        mode: the backward solves the adjoint linear recurrence λ_t = ∂L/∂s_t + J_{t+1}ᵀ λ_{t+1}, the JVP the
+        linearised recurrence ṡ_t = ṙ_t + J_t ṡ_{t−1} over the state s_t (h_t, or [h_t, c_t] for the LSTM),
+        both by Jacobi iteration as well (never unrolling the forward iterations).
     """
     h0, c0 = _split_initial_state(h0, cell)
     _check_args(x, h0, c0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every)

@@ -156,8 +156,8 @@ def test_packed_sequence(kind, bidirectional, solver_backend):
     assert torch.equal(out.batch_sizes, out_ref.batch_sizes)
     assert torch.equal(out.sorted_indices, out_ref.sorted_indices)
     assert_same_results((out.data, final), (out_ref.data, final_ref), f"{kind} packed")
-    assert_same_gradients(ours, ref, [x], [x], weighted_loss((out.data, final)), weighted_loss((out_ref.data, final_ref)),
-                          f"{kind} packed")
+    assert_same_gradients(ours, ref, [x], [x], weighted_loss((out.data, final)),
+                          weighted_loss((out_ref.data, final_ref)), f"{kind} packed")
     # lengths= on the padded tensor: the padded form of the same result (zeros past each end).
     padded_ref, _ = pad_packed_sequence(out_ref, total_length=9)
     assert_same_results(ours(x, hx, lengths=lengths), (padded_ref, final_ref), f"{kind} lengths=")

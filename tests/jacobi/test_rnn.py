@@ -86,7 +86,8 @@ def test_reference_loop_matches_torch_nn(cell, nonlinearity):
         assert_close(h, out)
         assert_close(c[-1], c_n)
         return
-    assert_close(flat_sequential(*args, nonlinearity=nonlinearity, cell=cell), torch_nn_truth(*args, nonlinearity, cell))
+    assert_close(flat_sequential(*args, nonlinearity=nonlinearity, cell=cell),
+                 torch_nn_truth(*args, nonlinearity, cell))
 
 
 def _shape_for(backend):
@@ -183,7 +184,8 @@ def test_gradients_vs_autograd_through_loop(backend, cell, nonlinearity):
 def test_gradcheck_float64(cell, nonlinearity):
     backend = "cpu" if _backend.backend_status("cpu") else "reference"
     args = tuple(a.requires_grad_() for a in make(7, 2, 2, 3, cell))
-    assert torch.autograd.gradcheck(lambda *a: flat_rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend), args)
+    assert torch.autograd.gradcheck(lambda *a: flat_rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend),
+                                    args)
 
 
 def test_adjoint_vs_dense_jacobian():
