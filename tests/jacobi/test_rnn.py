@@ -457,3 +457,24 @@ def test_newton_stall_below_rounding_floor_stops_early():
     assert info.fallback is not None and "stalled" in info.fallback, info.fallback
     assert info.iterations < reference.NEWTON_MAX_ITERS // 2, info.iterations
     assert info.exact and torch.equal(h, rnn_sequential(*args))
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu", "triton"])
+def test_lstm_fixed_point_is_over_h_and_c(backend_name):
+    # A closed output gate (bias −1e4: σ = 0 exactly in float64) makes h ≡ 0 from the first iteration on while
+    # c still carries the recurrence. A solver that tested only h for convergence would stop at once with the
+    # guess's c; the joint state [h, c] makes it iterate until c is the sequential result.
+    device = require_backend(backend_name)
+    T = 8 if backend_name == "triton" else 40
+    x, h0, c0, w_ih, w_hh, b = make(T, 2, 3, 4, "lstm")
+    b = b.clone()
+    b[12:16] = -1e4  # the o gate's rows (gates i, f, g, o)
+    args = tuple(a.to(device) for a in (x, h0, c0, w_ih, w_hh, b))
+    truth = flat_sequential(*args, cell="lstm")
+    state, info = flat_rnn(*args, cell="lstm", backend=backend_name, return_info=True)
+    assert torch.equal(state[..., :4], torch.zeros_like(state[..., :4]))
+    assert info.iterations > 2 and info.exact, info
+    assert truth[..., 4:].abs().max() > 0.1, "degenerate test: c is ~0"
+    assert_close(state, truth, msg="state [h, c]")
+    if backend_name != "reference":
+        assert torch.equal(state, flat_rnn(*args, cell="lstm", backend=backend_name, method="gauss_seidel"))
