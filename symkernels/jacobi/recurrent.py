@@ -245,9 +245,9 @@ class JacobiRNNBase(nn.Module):
             final = final if batched else tuple(f.squeeze(1) for f in final)
         else:
             final = torch.stack(h_n) if batched else torch.stack(h_n).squeeze(1)
-        if packed:
-            data = pack_padded_sequence(output[:, input.sorted_indices], lengths[input.sorted_indices].cpu(),
-                                        enforce_sorted=True).data
+        if packed:  # re-pack in the input's order (sorted_indices is None for a pack made with enforce_sorted)
+            order = input.sorted_indices if input.sorted_indices is not None else torch.arange(B, device=x.device)
+            data = pack_padded_sequence(output[:, order], lengths[order].cpu(), enforce_sorted=True).data
             return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), final
         if not batched:
             output = output.squeeze(1)

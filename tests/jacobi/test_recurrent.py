@@ -163,6 +163,17 @@ def test_packed_sequence(kind, bidirectional, solver_backend):
     assert_same_results(ours(x, hx, lengths=lengths), (padded_ref, final_ref), f"{kind} lengths=")
 
 
+def test_packed_sequence_presorted():
+    # A pack made with enforce_sorted=True carries no sorted_indices.
+    ref, ours = pair("lstm", 3, 4, num_layers=2, method="jacobi", backend="reference")
+    x = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor([6, 4, 2]))
+    assert packed.sorted_indices is None
+    (out, final), (out_ref, final_ref) = ours(packed), ref(packed)
+    assert out.sorted_indices is None
+    assert_same_results((out.data, final), (out_ref.data, final_ref), "presorted pack")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_round_trip(kind):
     ref, ours = pair(kind, 3, 4, num_layers=2, bidirectional=True, bias=True)
