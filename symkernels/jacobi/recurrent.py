@@ -16,6 +16,12 @@ the longest length and the steps past its own end are cut off afterwards: h_n is
 ``length − 1``, the output there is zero (as ``pad_packed_sequence`` gives). The backward direction runs each
 sequence reversed *within its length*, so it too starts at the sequence's last real step.
 
+**proj_size (LSTM).** torch.nn's projected LSTM outputs h_t = W_hr m_t with m_t = o_t ⊙ tanh(c_t), and its
+gates read W_hh h_{t−1} = (W_hh W_hr) m_{t−1}. So (m, c) is the state of an ordinary LSTM with recurrent
+weight W_hh W_hr [4H, H], which every backend of ``jacobi.rnn`` solves unchanged; h0 (which W_hr need not
+reach from any m) enters as an extra input seen at t = 0 only, through W_hh, with m_{−1} = 0; the outputs
+are one GEMM afterwards. Autograd differentiates through the product and the GEMMs.
+
 **method="auto".** The Jacobi solve pays for its parallelism with work: K iterations cost K·T cell
 evaluations against T for the sequential sweep. An exact solve (``tol=0``) needs K ≈ T on anything but a
 strongly contracting net (ulp differences travel one step per iteration), so ``auto`` uses the sequential
@@ -63,10 +69,10 @@ class JacobiRNNBase(nn.Module):
                 raise ValueError(f"{name}: {arg} must be an int >= 1, got {value!r}")
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
-        if proj_size:
-            raise NotImplementedError(f"{name}: proj_size={proj_size} is not implemented (the projected LSTM's "
-                                      f"state pairs h of size proj_size with c of size hidden_size); use "
-                                      f"proj_size=0")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+            raise ValueError(f"{name}: proj_size must be an int in [0, hidden_size={hidden_size}), got {proj_size!r}")
+        if proj_size and cell != "lstm":
+            raise ValueError(f"{name}: proj_size is an LSTM argument, got proj_size={proj_size} for cell={cell!r}")
         if cell == "elman" and nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"{name}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         if method not in MODULE_METHODS:
@@ -74,25 +80,34 @@ class JacobiRNNBase(nn.Module):
         self.cell, self.nonlinearity = cell, nonlinearity
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = bidirectional, 0
+        self.bidirectional, self.proj_size = bidirectional, proj_size
         self.method, self.tol, self.max_iters, self.backend = method, tol, max_iters, backend
         # The SolveInfo of every (layer, direction) solve of the last forward, in hx's order.
         self.last_solve_info: list = []
         factory = dict(device=device, dtype=dtype)
         G = reference.gates(cell) * hidden_size
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
-            for suffix in self._suffixes(layer):
+            layer_input = input_size if layer == 0 else self.output_size * self.num_directions
+            for suffix in self._suffixes(layer):  # torch.nn's names, shapes and order
                 self.register_parameter(f"weight_ih{suffix}", nn.Parameter(torch.empty(G, layer_input, **factory)))
-                self.register_parameter(f"weight_hh{suffix}", nn.Parameter(torch.empty(G, hidden_size, **factory)))
+                self.register_parameter(f"weight_hh{suffix}",
+                                        nn.Parameter(torch.empty(G, self.output_size, **factory)))
                 if bias:
                     self.register_parameter(f"bias_ih{suffix}", nn.Parameter(torch.empty(G, **factory)))
                     self.register_parameter(f"bias_hh{suffix}", nn.Parameter(torch.empty(G, **factory)))
+                if proj_size:
+                    self.register_parameter(f"weight_hr{suffix}",
+                                            nn.Parameter(torch.empty(proj_size, hidden_size, **factory)))
         self.reset_parameters()
 
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Width of h (the output, h_n, and the recurrent input): proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
 
     def _suffixes(self, layer: int) -> list[str]:
         return [f"_l{layer}"] + ([f"_l{layer}_reverse"] if self.bidirectional else [])
@@ -107,7 +122,8 @@ class JacobiRNNBase(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
         if self.cell == "elman" and self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
-        for arg, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        for arg, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                             ("proj_size", 0)):
             if getattr(self, arg) != default:
                 s += f", {arg}={getattr(self, arg)}"
         return s + f", method={self.method!r}, tol={self.tol}"
@@ -138,6 +154,8 @@ class JacobiRNNBase(nn.Module):
                       dropout=self.dropout, bidirectional=self.bidirectional)
         if self.cell == "elman":
             kwargs["nonlinearity"] = self.nonlinearity
+        if self.cell == "lstm":
+            kwargs["proj_size"] = self.proj_size
         ref = next(self.parameters())
         out = self._TORCH_CLASS[self.cell](self.input_size, self.hidden_size, **kwargs, device=ref.device,
                                            dtype=ref.dtype)
@@ -164,23 +182,24 @@ class JacobiRNNBase(nn.Module):
         """Per (layer, direction): h0 ``[B, H]``, or the pair (h0, c0) for the LSTM."""
         name = type(self).__name__
         n = self.num_layers * self.num_directions
-        expected = (n, B, self.hidden_size) if batched else (n, self.hidden_size)
         names = ("h0", "c0") if self.cell == "lstm" else ("hx",)
+        widths = (self.output_size, self.hidden_size)  # h0 is proj_size wide in a projected LSTM, c0 never
         if hx is None:
-            parts = [x.new_zeros(n, B, self.hidden_size) for _ in names]
+            parts = [x.new_zeros(n, B, width) for _, width in zip(names, widths)]
         else:
             if self.cell == "lstm" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(f"{name}: hx must be the pair (h_0, c_0), got {type(hx).__name__}")
             parts = list(hx) if self.cell == "lstm" else [hx]
-            for part_name, t in zip(names, parts):
+            for part_name, t, width in zip(names, parts, widths):
+                expected = (n, B, width) if batched else (n, width)
                 if not isinstance(t, torch.Tensor):
                     raise TypeError(f"{name}: {part_name} must be a torch.Tensor, got {type(t).__name__}")
                 if t.dtype != x.dtype:
                     raise TypeError(f"{name}: {part_name} must have the input's dtype {x.dtype}, got {t.dtype}")
                 if tuple(t.shape) != expected:
+                    size = "proj_size" if width != self.hidden_size else "hidden_size"
                     raise ValueError(f"{name}: {part_name} must be [num_layers*num_directions, "
-                                     f"{'batch, ' if batched else ''}hidden_size] = {expected}, got "
-                                     f"{tuple(t.shape)}")
+                                     f"{'batch, ' if batched else ''}{size}] = {expected}, got {tuple(t.shape)}")
             if not batched:
                 parts = [t.unsqueeze(1) for t in parts]
         per_layer = [tuple(p[k] for p in parts) for k in range(n)]
@@ -268,14 +287,25 @@ class JacobiRNNBase(nn.Module):
     def _run_direction(self, x, state, suffix: str, lengths):
         """One layer in one direction over the whole sequence: (output [T, B, H], final state)."""
         method = self.method if self.method != "auto" else auto_method(x.device, self.tol)
-        out, info = rnn(x, state, getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}"),
-                        self._combined_bias(suffix, x), cell=self.cell, nonlinearity=self.nonlinearity,
-                        method=_RNN_METHOD[method], tol=self.tol, max_iters=self.max_iters, backend=self.backend,
-                        return_info=True)
+        w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
+        w_hr = getattr(self, f"weight_hr{suffix}", None)
+        initial = state
+        if w_hr is not None:  # the projected LSTM as an LSTM over (m, c): see the module docstring
+            h0, c0 = state
+            at_start = (torch.arange(x.shape[0], device=x.device) == 0).to(x.dtype)[:, None, None]
+            x = torch.cat([x, at_start * h0], -1)  # h0 as an input seen at t = 0 only ...
+            w_ih = torch.cat([w_ih, w_hh], 1)  # ... through W_hh
+            w_hh = w_hh @ w_hr
+            state = (h0.new_zeros(h0.shape[0], self.hidden_size), c0)
+        out, info = rnn(x, state, w_ih, w_hh, self._combined_bias(suffix, x), cell=self.cell,
+                        nonlinearity=self.nonlinearity, method=_RNN_METHOD[method], tol=self.tol,
+                        max_iters=self.max_iters, backend=self.backend, return_info=True)
         self.last_solve_info.append(info)
+        if w_hr is not None:
+            out = (out[0] @ w_hr.t(), out[1])
         h = out[0] if self.cell == "lstm" else out
         if x.shape[0] == 0:
-            return h, state
+            return h, initial
         if lengths is None:
             last = lambda seq: seq[-1]  # noqa: E731
         else:
@@ -312,6 +342,8 @@ def solve_layer_grid(module: JacobiRNNBase, input: torch.Tensor, hx=None, *, tol
     if module.bidirectional:
         raise NotImplementedError("solve_layer_grid: bidirectional=True is not a wavefront (the backward "
                                   "direction of layer l − 1 at t depends on every later timestep)")
+    if module.proj_size:
+        raise NotImplementedError("solve_layer_grid: proj_size > 0 is not implemented")
     if module.batch_first:
         input = input.transpose(0, 1)
     module._check_input(input)
@@ -386,7 +418,7 @@ class GRU(JacobiRNNBase):
 
 
 class LSTM(JacobiRNNBase):
-    """``torch.nn.LSTM`` evaluated by Jacobi iteration over the joint state (h, c); ``proj_size`` must be 0."""
+    """``torch.nn.LSTM`` evaluated by Jacobi iteration over the joint state (h, c), with ``proj_size``."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,

@@ -95,6 +95,41 @@ def test_matches_torch_nn_float64(kind, layers, bidirectional, batch_first, bias
                           f"{kind} {method}")
 
 
+@pytest.mark.parametrize("solver_backend", SOLVER_BACKENDS)
+@pytest.mark.parametrize("method", ["jacobi", "sequential"])
+@pytest.mark.parametrize("layers, bidirectional, batch_first, bias", [(1, False, False, True), (2, True, True, True),
+                                                                      (3, False, False, False)])
+def test_projected_lstm_float64(layers, bidirectional, batch_first, bias, method, solver_backend):
+    require_backend(solver_backend)
+    T, B, I, H, P = 11, 3, 4, 6, 3
+    ref, ours = pair("lstm", I, H, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                     bias=bias, proj_size=P, method=method, backend=solver_backend)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), generator=g, dtype=torch.float64, requires_grad=True)
+    n = layers * (2 if bidirectional else 1)
+    h0 = torch.randn(n, B, P, generator=g, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(n, B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    for hx, leaves in ((None, [x]), ((h0, c0), [x, h0, c0])):
+        result, truth = ours(x, hx), ref(x, hx)
+        assert_same_results(result, truth, f"proj {method}")
+        assert_same_gradients(ours, ref, leaves, leaves, weighted_loss(result), weighted_loss(truth), f"proj {method}")
+    assert type(ours.to_torch()) is torch.nn.LSTM and ours.to_torch().proj_size == P
+
+
+def test_projected_lstm_packed_and_errors():
+    ref, ours = pair("lstm", 3, 5, num_layers=2, bidirectional=True, proj_size=2, method="jacobi",
+                     backend="reference")
+    x = torch.randn(7, 3, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor([3, 7, 5]), enforce_sorted=False)
+    (out, final), (out_ref, final_ref) = ours(packed), ref(packed)
+    assert_same_results((out.data, final), (out_ref.data, final_ref), "proj packed")
+    with pytest.raises(ValueError, match=r"h0 must be \[num_layers\*num_directions, batch, proj_size\]"):
+        ours(x, (torch.zeros(4, 3, 5, dtype=torch.float64), torch.zeros(4, 3, 5, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="proj_size is an LSTM argument"):
+        JacobiRNNBase("gru", 3, 5, proj_size=2)
+
+
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_triton_solver_in_module(kind):
     # The Triton kernel under the modules (NumPy interpreter here: tiny shapes), both directions, 2 layers.
@@ -273,8 +308,8 @@ def test_bad_hx(kind):
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(NotImplementedError, match="proj_size=2 is not implemented"):
-        LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match=r"proj_size must be an int in \[0, hidden_size=4\)"):
+        LSTM(3, 4, proj_size=4)
     with pytest.raises(ValueError, match="hidden_size must be an int >= 1"):
         GRU(3, 0)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
