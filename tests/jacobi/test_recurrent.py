@@ -133,9 +133,11 @@ def test_projected_lstm_packed_and_errors():
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_triton_solver_in_module(kind):
     # The Triton kernel under the modules (NumPy interpreter here: tiny shapes), both directions, 2 layers.
-    require_backend("triton")
+    device = require_backend("triton")
     ref, ours = pair(kind, 3, 4, num_layers=2, bidirectional=True, method="jacobi", backend="triton")
-    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64, requires_grad=True)
+    ref, ours = ref.to(device), ours.to(device)
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64).to(device)
+    x.requires_grad_()
     result, truth = ours(x), ref(x)
     assert_same_results(result, truth, f"{kind} triton")
     assert_same_gradients(ours, ref, [x], [x], weighted_loss(result), weighted_loss(truth), f"{kind} triton")
