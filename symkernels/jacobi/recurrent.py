@@ -285,7 +285,7 @@ class JacobiRNNBase(nn.Module):
         return lengths.long()
 
     def _run_direction(self, x, state, suffix: str, lengths):
-        """One layer in one direction over the whole sequence: (output [T, B, H], final state)."""
+        """One layer in one direction over the whole sequence: (output [T, B, output_size], final state)."""
         method = self.method if self.method != "auto" else auto_method(x.device, self.tol)
         w_ih, w_hh = getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")
         w_hr = getattr(self, f"weight_hr{suffix}", None)
