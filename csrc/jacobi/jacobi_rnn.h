@@ -8,10 +8,15 @@
 
 namespace symkernels::jacobi {
 
-enum Cell : int { kElmanTanh = 0, kElmanRelu = 1, kGru = 2 };
+enum Cell : int { kElmanTanh = 0, kElmanRelu = 1, kGru = 2, kLstm = 3 };
 
 // Gates per hidden unit: u and w_hh have G = gates(cell) * H rows.
-SYMKERNELS_HD int gates(int cell) { return cell == kGru ? 3 : 1; }
+SYMKERNELS_HD int gates(int cell) { return cell == kGru ? 3 : (cell == kLstm ? 4 : 1); }
+
+// Parts of the state per hidden unit: the LSTM's state is the pair (h, c), stored as one row [h | c] of
+// width 2H (the fixed point is over both: c_t depends on c_{t−1} directly); the other cells' state is h.
+// Only the h part enters the recurrent mat-vec.
+SYMKERNELS_HD int state_parts(int cell) { return cell == kLstm ? 2 : 1; }
 
 // Explicit float/double overloads: an unqualified tanh(float) may resolve to the double C function on the
 // host, which would round differently from torch's float tanh; tanhf/expf exist on host and device.
@@ -25,8 +30,21 @@ SYMKERNELS_HD T sigmoid(T x) {
   return T(1) / (T(1) + exp_(-x));
 }
 
-// One hidden unit j of the new state, given gh = b_hh + W_hh h_prev (all G gate values of the row) and
-// the row's input projection u. GRU gate order r, z, n as in torch.nn.GRU:
+// LSTM unit j (gates i, f, g, o as in torch.nn.LSTM), given a = u + gh over the 4H gate values:
+//   c = σ(a_f)·c_prev + σ(a_i)·tanh(a_g),  h = σ(a_o)·tanh(c).
+template <typename T>
+SYMKERNELS_HD void lstm_unit(const T* u, const T* gh, T c_prev, int64_t j, int64_t H, T& h, T& c) {
+  const T i = sigmoid(u[j] + gh[j]);
+  const T f = sigmoid(u[H + j] + gh[H + j]);
+  const T g = tanh_(u[2 * H + j] + gh[2 * H + j]);
+  const T o = sigmoid(u[3 * H + j] + gh[3 * H + j]);
+  c = f * c_prev + i * g;
+  h = o * tanh_(c);
+}
+
+// One hidden unit j of the new state (Elman, GRU; the LSTM's two-part unit is lstm_unit), given
+// gh = b_hh + W_hh h_prev (all G gate values of the row) and the row's input projection u. GRU gate order
+// r, z, n as in torch.nn.GRU:
 //   r = σ(u_r + gh_r), z = σ(u_z + gh_z), n = tanh(u_n + r·gh_n), h = (1 − z)·n + z·h_prev.
 template <typename T>
 SYMKERNELS_HD T cell_unit(int cell, const T* u, const T* gh, const T* h_prev, int64_t j, int64_t H) {

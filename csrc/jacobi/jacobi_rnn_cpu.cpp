@@ -1,4 +1,4 @@
-// CPU Jacobi iteration for Elman (tanh/ReLU) and GRU recurrences.
+// CPU Jacobi iteration for Elman (tanh/ReLU), GRU and LSTM recurrences.
 //
 // Exactness rests on one rule: every row (timestep t, batch b) is computed by the same code (`eval_rows`)
 // with the same operation order, whether the call evaluates one timestep (sequential sweep) or all of them
@@ -42,14 +42,16 @@ constexpr int kRowBlock = 4;
 constexpr int kColVecs = 2;
 
 // Internal layout (all row-major, padded with zeros so that every loop runs over whole vectors):
-//   state S  [(T+1)·B, Hp]: rows 0..B−1 hold h0 and row B + (t·B + b) holds h_t[b], so the previous state of
-//            row r is simply row r of S (no t = 0 branch);
+//   state S  [(T+1)·B, Sp]: rows 0..B−1 hold s0 and row B + (t·B + b) holds s_t[b], so the previous state of
+//            row r is simply row r of S (no t = 0 branch). A state row is h (Sp = Hp), or [h | c] for the
+//            LSTM (Sp = 2·Hp, c at offset Hp); the mat-vec reads the first H values, h;
 //   u        [T·B, Gp] and W_hh^T [H, Gp], b_hh [Gp], with Gp = gates·Hp: gate g's values of hidden unit j
 //            sit at g·Hp + j, so the cell reads gate g of a vector of units at a vector-aligned offset.
 // Hp = H rounded up to whole vectors. The padding lanes stay zero through every cell (tanh(0) = relu(0) = 0,
-// GRU: ½·tanh(0) + ½·0 = 0), so they never register as changed and never add to a residual.
+// GRU: ½·tanh(0) + ½·0 = 0; LSTM: c = ½·0 + ½·tanh(0) = 0, h = ½·tanh(0) = 0), so they never register as
+// changed and never add to a residual.
 struct Problem {
-  int64_t T, B, H, Hp, Gp;
+  int64_t T, B, H, Hp, Gp, Sp;
   int cell;
 };
 
@@ -151,32 +153,17 @@ SYMKERNELS_INLINE void gate_rows(const Problem& p, const T* wt, const T* b_hh, c
   for (; j0 < p.Gp; j0 += W) gate_tile<T, Rows, 1>(p, wt, b_hh, hp, gh, j0);
 }
 
-// The cell on one row (whole vectors), fused with the row's convergence test against `old`: writes the new
-// state to `out` (which may alias `old`), returns max|out − old| over the lanes whose bits changed (+inf if
-// such a lane is non-finite: NaN must not look converged) and sets `changed` if any bit changed.
+// Convergence test of one vector of new state values against the old ones, fused into the cell: accumulates
+// max|o − prev| over the lanes whose bits changed (+inf if such a lane is non-finite: NaN must not look
+// converged) and which lanes changed at all.
 template <typename T>
-SYMKERNELS_INLINE double cell_row(const Problem& p, const T* u, const T* gh, const T* h_prev, const T* old, T* out,
-                                  bool& changed) {
+struct RowChange {
   using V = VecT<T>;
   using I = IVecT<T>;
-  constexpr int64_t W = simd::Vec<T>::width;
-  const int64_t Hp = p.Hp;
   V rmax{};
   I diff_any{};
-  for (int64_t j = 0; j < Hp; j += W) {
-    V o;
-    if (p.cell == kElmanTanh) {
-      o = act_tanh(simd::load<V>(u + j) + simd::load<V>(gh + j));
-    } else if (p.cell == kElmanRelu) {
-      const V a = simd::load<V>(u + j) + simd::load<V>(gh + j);
-      o = a > T(0) ? a : (a != a ? a : V{});  // NaN propagates, like torch.relu
-    } else {  // GRU, gates r, z, n as in torch.nn.GRU
-      const V r = act_sigmoid(simd::load<V>(u + j) + simd::load<V>(gh + j));
-      const V z = act_sigmoid(simd::load<V>(u + Hp + j) + simd::load<V>(gh + Hp + j));
-      const V n = act_tanh(simd::load<V>(u + 2 * Hp + j) + r * simd::load<V>(gh + 2 * Hp + j));
-      o = (T(1) - z) * n + z * simd::load<V>(h_prev + j);
-    }
-    const V prev = simd::load<V>(old + j);
+
+  SYMKERNELS_INLINE void track(V o, V prev) {
     const I differ = __builtin_bit_cast(I, o) != __builtin_bit_cast(I, prev);
     V d = o - prev;
     d = d < T(0) ? -d : d;
@@ -184,16 +171,55 @@ SYMKERNELS_INLINE double cell_row(const Problem& p, const T* u, const T* gh, con
     d = differ ? d : V{};
     rmax = d > rmax ? d : rmax;
     diff_any |= differ;
+  }
+
+  SYMKERNELS_INLINE double finish(bool& changed) const {
+    T r = 0;
+    bool any = false;
+    for (int i = 0; i < simd::Vec<T>::width; ++i) {
+      r = std::max(r, rmax[i]);
+      any |= diff_any[i] != 0;
+    }
+    changed = any;
+    return double(r);
+  }
+};
+
+// The cell on one row (whole vectors), fused with the row's convergence test against `old`: writes the new
+// state row to `out` (which may alias `old`), returns the row's residual and sets `changed` (RowChange).
+template <typename T>
+SYMKERNELS_INLINE double cell_row(const Problem& p, const T* u, const T* gh, const T* h_prev, const T* old, T* out,
+                                  bool& changed) {
+  using V = VecT<T>;
+  constexpr int64_t W = simd::Vec<T>::width;
+  const int64_t Hp = p.Hp;
+  RowChange<T> change;
+  for (int64_t j = 0; j < Hp; j += W) {
+    V o;
+    if (p.cell == kElmanTanh) {
+      o = act_tanh(simd::load<V>(u + j) + simd::load<V>(gh + j));
+    } else if (p.cell == kElmanRelu) {
+      const V a = simd::load<V>(u + j) + simd::load<V>(gh + j);
+      o = a > T(0) ? a : (a != a ? a : V{});  // NaN propagates, like torch.relu
+    } else if (p.cell == kGru) {  // gates r, z, n as in torch.nn.GRU
+      const V r = act_sigmoid(simd::load<V>(u + j) + simd::load<V>(gh + j));
+      const V z = act_sigmoid(simd::load<V>(u + Hp + j) + simd::load<V>(gh + Hp + j));
+      const V n = act_tanh(simd::load<V>(u + 2 * Hp + j) + r * simd::load<V>(gh + 2 * Hp + j));
+      o = (T(1) - z) * n + z * simd::load<V>(h_prev + j);
+    } else {  // LSTM, gates i, f, g, o as in torch.nn.LSTM; the cell state c sits at offset Hp of the row
+      const V i = act_sigmoid(simd::load<V>(u + j) + simd::load<V>(gh + j));
+      const V f = act_sigmoid(simd::load<V>(u + Hp + j) + simd::load<V>(gh + Hp + j));
+      const V g = act_tanh(simd::load<V>(u + 2 * Hp + j) + simd::load<V>(gh + 2 * Hp + j));
+      const V og = act_sigmoid(simd::load<V>(u + 3 * Hp + j) + simd::load<V>(gh + 3 * Hp + j));
+      const V c = f * simd::load<V>(h_prev + Hp + j) + i * g;
+      o = og * act_tanh(c);
+      change.track(c, simd::load<V>(old + Hp + j));
+      simd::store(out + Hp + j, c);
+    }
+    change.track(o, simd::load<V>(old + j));
     simd::store(out + j, o);
   }
-  T r = 0;
-  bool any = false;
-  for (int i = 0; i < W; ++i) {
-    r = std::max(r, rmax[i]);
-    any |= diff_any[i] != 0;
-  }
-  changed = any;
-  return double(r);
+  return change.finish(changed);
 }
 
 // Rows [row_begin, row_end) (row = t·B + b) from the state `prev_state` (layout above) into `out_state`,
@@ -202,12 +228,12 @@ template <typename T>
 SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* wt, const T* b_hh, const T* prev_state,
                                  const T* old_state, T* out_state, double* resid, uint8_t* changed,
                                  int64_t row_begin, int64_t row_end, T* gh) {
-  const int64_t Hp = p.Hp;
+  const int64_t Sp = p.Sp;
   int64_t row = row_begin;
   while (row < row_end) {
     const int rows = row + kRowBlock <= row_end ? kRowBlock : 1;
     const T* hp[kRowBlock];
-    for (int i = 0; i < rows; ++i) hp[i] = prev_state + (row + i) * Hp;
+    for (int i = 0; i < rows; ++i) hp[i] = prev_state + (row + i) * Sp;
     if (rows == kRowBlock) {
       gate_rows<T, kRowBlock>(p, wt, b_hh, hp, gh);
     } else {
@@ -216,7 +242,7 @@ SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* wt, cons
     for (int i = 0; i < rows; ++i) {
       const int64_t r = row + i, s = r + p.B;  // state row of timestep row r
       bool moved;
-      resid[r] = cell_row(p, u + r * p.Gp, gh + i * p.Gp, hp[i], old_state + s * Hp, out_state + s * Hp, moved);
+      resid[r] = cell_row(p, u + r * p.Gp, gh + i * p.Gp, hp[i], old_state + s * Sp, out_state + s * Sp, moved);
       changed[r] = moved;
     }
     row += rows;
@@ -250,20 +276,22 @@ void eval_range(const Problem& p, const T* u, const T* wt, const T* b_hh, const 
 }
 
 int parse_cell(const std::string& cell, const std::string& nonlinearity) {
-  TORCH_CHECK_VALUE(cell == "elman" || cell == "gru", kOp, ": cell must be 'elman' or 'gru', got '", cell, "'");
+  TORCH_CHECK_VALUE(cell == "elman" || cell == "gru" || cell == "lstm", kOp,
+                    ": cell must be 'elman', 'gru' or 'lstm', got '", cell, "'");
   TORCH_CHECK_VALUE(nonlinearity == "tanh" || nonlinearity == "relu", kOp,
                     ": nonlinearity must be 'tanh' or 'relu', got '", nonlinearity, "'");
-  TORCH_CHECK_VALUE(cell == "elman" || nonlinearity == "tanh", kOp, ": the GRU cell has no nonlinearity choice "
-                    "(its candidate uses tanh), got nonlinearity='", nonlinearity, "'");
+  TORCH_CHECK_VALUE(cell == "elman" || nonlinearity == "tanh", kOp, ": the ", cell, " cell has no nonlinearity "
+                    "choice (tanh), got nonlinearity='", nonlinearity, "'");
   if (cell == "gru") return kGru;
+  if (cell == "lstm") return kLstm;
   return nonlinearity == "tanh" ? kElmanTanh : kElmanRelu;
 }
 
-// `state` [(T+1)·B, Hp] is updated in place; `stats` receives one (residual, pointer) pair per iteration.
+// `state` [(T+1)·B, Sp] is updated in place; `stats` receives one (residual, pointer) pair per iteration.
 template <typename T>
 void run(const Problem& p, const T* u, const T* wt, const T* b_hh, at::Tensor& state, double* st, int64_t start,
          int64_t iters, double tol, bool sequential) {
-  const int64_t R = p.T * p.B, Hp = p.Hp;
+  const int64_t R = p.T * p.B, Sp = p.Sp;
   std::vector<double> resid(R);
   std::vector<uint8_t> changed(R);
   T* cur = state.mutable_data_ptr<T>();
@@ -298,7 +326,7 @@ void run(const Problem& p, const T* u, const T* wt, const T* b_hh, at::Tensor& s
     const int64_t q = first_changed_row / p.B;
     const int64_t new_ptr = std::min(p.T, std::max(ptr + 1, q + 1));
     std::swap(cur, nxt);
-    std::memcpy(nxt + (rb + p.B) * Hp, cur + (rb + p.B) * Hp, sizeof(T) * (new_ptr - ptr) * p.B * Hp);
+    std::memcpy(nxt + (rb + p.B) * Sp, cur + (rb + p.B) * Sp, sizeof(T) * (new_ptr - ptr) * p.B * Sp);
     ptr = new_ptr;
     st[2 * it] = r;
     st[2 * it + 1] = double(ptr);
@@ -321,12 +349,17 @@ std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, c
     TORCH_CHECK_TYPE(t.scalar_type() == u.scalar_type(), kOp, ": ", name, " must have u's dtype ",
                      u.scalar_type(), ", got ", t.scalar_type());
   }
-  TORCH_CHECK_VALUE(h.dim() == 3, kOp, ": h must be [T, B, H], got shape ", h.sizes());
-  const int64_t T = h.size(0), B = h.size(1), H = h.size(2), G = gates(cell) * H;
+  TORCH_CHECK_VALUE(h.dim() == 3, kOp, ": h must be [T, B, S], got shape ", h.sizes());
+  TORCH_CHECK_VALUE(w_hh.dim() == 2, kOp, ": w_hh must be [G, H], got shape ", w_hh.sizes());
+  // S: the state width, H for Elman/GRU and 2H for the LSTM's [h | c].
+  const int64_t T = h.size(0), B = h.size(1), S = h.size(2), H = w_hh.size(1), G = gates(cell) * H;
+  const int64_t parts = state_parts(cell);
+  TORCH_CHECK_VALUE(S == parts * H, kOp, ": h must be [T, B, ", parts == 2 ? "2*" : "", "H] with H = w_hh.size(1) = ",
+                    H, ", got ", h.sizes());
   TORCH_CHECK_VALUE(u.dim() == 3 && u.size(0) == T && u.size(1) == B && u.size(2) == G, kOp, ": u must be [T, B, ",
                     gates(cell), "*H] = [", T, ", ", B, ", ", G, "], got ", u.sizes());
-  TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == H, kOp, ": h0 must be [B, H] = [", B, ", ",
-                    H, "], got ", h0.sizes());
+  TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(0) == B && h0.size(1) == S, kOp, ": h0 must be [B, S] = [", B, ", ",
+                    S, "], got ", h0.sizes());
   TORCH_CHECK_VALUE(w_hh.dim() == 2 && w_hh.size(0) == G && w_hh.size(1) == H, kOp, ": w_hh must be [", G, ", ",
                     H, "], got ", w_hh.sizes());
   TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.size(0) == G, kOp, ": b_hh must be [", G, "], got ", b_hh.sizes());
@@ -346,10 +379,10 @@ std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, c
   // The padded internal layout (see Problem): one copy in and out per call, none per iteration.
   const int64_t width = u.scalar_type() == at::kFloat ? simd::Vec<float>::width : simd::Vec<double>::width;
   const int64_t gc = gates(cell), Hp = (H + width - 1) / width * width, R = T * B;
-  const Problem p{T, B, H, Hp, gc * Hp, cell};
-  at::Tensor state = at::zeros({T + 1, B, Hp}, u.options());
-  state.select(0, 0).narrow(1, 0, H).copy_(h0);
-  state.narrow(0, 1, T).narrow(2, 0, H).copy_(h);
+  const Problem p{T, B, H, Hp, gc * Hp, parts * Hp, cell};
+  at::Tensor state = at::zeros({T + 1, B, parts, Hp}, u.options());
+  state.select(0, 0).narrow(2, 0, H).copy_(h0.reshape({B, parts, H}));
+  state.narrow(0, 1, T).narrow(3, 0, H).copy_(h.reshape({T, B, parts, H}));
   at::Tensor up = at::zeros({R, gc, Hp}, u.options());
   up.narrow(2, 0, H).copy_(u.reshape({R, gc, H}));
   at::Tensor wt = at::zeros({H, gc, Hp}, u.options());  // wt[k, g, j] = w_hh[g·H + j, k]
@@ -360,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor> jacobi_rnn_iterate_cpu(const at::Tensor& u, c
     run<scalar_t>(p, up.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(), bp.const_data_ptr<scalar_t>(),
                   state, stats.mutable_data_ptr<double>(), start, iters, tol, sequential);
   });
-  return {state.narrow(0, 1, T).narrow(2, 0, H).contiguous(), stats};
+  return {state.narrow(0, 1, T).narrow(3, 0, H).reshape({T, B, S}).contiguous(), stats};
 }
 
 }  // namespace

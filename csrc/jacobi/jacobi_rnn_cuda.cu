@@ -1,5 +1,5 @@
-// CUDA Jacobi iteration for the RNN op. Three small kernels per iteration, all reading the frozen pointer
-// from device memory, so the host queues `iters` iterations without a synchronization:
+// CUDA Jacobi iteration for the RNN op (Elman, GRU, LSTM). Three small kernels per iteration, all reading the
+// frozen pointer from device memory, so the host queues `iters` iterations without a synchronization:
 //   rows    one block per row: gh = b_hh + W_hh h_prev with a fixed k order (thread j owns gate value j, so a
 //           row's bits never depend on how many rows run — the Jacobi fixed point is bitwise the sequential
 //           sweep of this same kernel), the cell, the row residual and changed flag;
@@ -62,11 +62,22 @@ struct Bits<double> {
   }
 };
 
+// Folds one new state value into the thread's residual max and changed flag.
+template <typename T>
+__device__ __forceinline__ void track_change(T v, T old, double& d_max, int& moved_any) {
+  if (Bits<T>::of(v) != Bits<T>::of(old)) {
+    moved_any = 1;
+    const double d = fabs(double(v) - double(old));
+    d_max = fmax(d_max, isfinite(d) ? d : INFINITY);  // non-finite and moved: infinite residual
+  }
+}
+
+// State rows are S wide: h (S = H), or [h | c] for the LSTM (S = 2H); only h enters the mat-vec.
 template <typename T>
 __global__ void rnn_rows_kernel(const T* __restrict__ u, const T* __restrict__ h0, const T* __restrict__ wt,
                                 const T* __restrict__ b_hh, const T* __restrict__ cur, T* __restrict__ nxt,
                                 double* __restrict__ resid, int* __restrict__ changed, const int64_t* first_t,
-                                int64_t row_end, int64_t B, int64_t H, int64_t G, int cell) {
+                                int64_t row_end, int64_t B, int64_t H, int64_t G, int64_t S, int cell) {
   const int64_t row = *first_t * B + blockIdx.x;
   if (row >= row_end) return;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -76,7 +87,7 @@ __global__ void rnn_rows_kernel(const T* __restrict__ u, const T* __restrict__ h
   __shared__ int red_c[kRowThreads];
 
   const int64_t t = row / B, b = row % B;
-  const T* h_prev = t == 0 ? h0 + b * H : cur + (row - B) * H;
+  const T* h_prev = t == 0 ? h0 + b * S : cur + (row - B) * S;
   for (int64_t k = threadIdx.x; k < H; k += blockDim.x) prev[k] = h_prev[k];
   __syncthreads();
   for (int64_t j = threadIdx.x; j < G; j += blockDim.x) {
@@ -89,14 +100,17 @@ __global__ void rnn_rows_kernel(const T* __restrict__ u, const T* __restrict__ h
   int moved_any = 0;
   const T* u_row = u + row * G;
   for (int64_t j = threadIdx.x; j < H; j += blockDim.x) {
-    const T v = cell_unit<T>(cell, u_row, gh, prev, j, H);
-    const T old = cur[row * H + j];
-    nxt[row * H + j] = v;
-    if (Bits<T>::of(v) != Bits<T>::of(old)) {
-      moved_any = 1;
-      const double d = fabs(double(v) - double(old));
-      d_max = fmax(d_max, isfinite(d) ? d : INFINITY);  // non-finite and moved: infinite residual
+    T v;
+    if (cell == kLstm) {
+      T c;
+      lstm_unit<T>(u_row, gh, h_prev[H + j], j, H, v, c);
+      track_change(c, cur[row * S + H + j], d_max, moved_any);
+      nxt[row * S + H + j] = c;
+    } else {
+      v = cell_unit<T>(cell, u_row, gh, prev, j, H);
     }
+    track_change(v, cur[row * S + j], d_max, moved_any);
+    nxt[row * S + j] = v;
   }
   block_reduce_pair(d_max, moved_any, red_d, red_c, MaxOp{}, OrOp{});
   if (threadIdx.x == 0) {
@@ -107,8 +121,8 @@ __global__ void rnn_rows_kernel(const T* __restrict__ u, const T* __restrict__ h
 
 template <typename T>
 __global__ void commit_rows_kernel(T* __restrict__ cur, const T* __restrict__ nxt, const int64_t* first_t,
-                                   int64_t row_end, int64_t B, int64_t H) {
-  const int64_t begin = *first_t * B * H, end = row_end * H;
+                                   int64_t row_end, int64_t B, int64_t S) {
+  const int64_t begin = *first_t * B * S, end = row_end * S;
   for (int64_t i = begin + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < end;
        i += int64_t(gridDim.x) * blockDim.x) {
     cur[i] = nxt[i];
@@ -152,23 +166,23 @@ __global__ void advance_kernel(const double* __restrict__ resid, const int* __re
 template <typename T>
 cudaError_t launch_rnn_rows(const T* u, const T* h0, const T* wt, const T* b_hh, const T* cur, T* nxt,
                             double* resid, int* changed, const int64_t* first_t, int64_t row_end, int64_t max_rows,
-                            int64_t B, int64_t H, int64_t G, int cell, cudaStream_t stream) {
+                            int64_t B, int64_t H, int64_t G, int64_t S, int cell, cudaStream_t stream) {
   if (max_rows <= 0) return cudaSuccess;
   const size_t smem = sizeof(T) * size_t(H + G);
   rnn_rows_kernel<T><<<unsigned(max_rows), kRowThreads, smem, stream>>>(u, h0, wt, b_hh, cur, nxt, resid, changed,
-                                                                          first_t, row_end, B, H, G, cell);
+                                                                          first_t, row_end, B, H, G, S, cell);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_commit_rows(T* cur, const T* nxt, const int64_t* first_t, int64_t row_end, int64_t B, int64_t H,
+cudaError_t launch_commit_rows(T* cur, const T* nxt, const int64_t* first_t, int64_t row_end, int64_t B, int64_t S,
                                cudaStream_t stream) {
-  const int64_t n = row_end * H;
+  const int64_t n = row_end * S;
   if (n <= 0) return cudaSuccess;
   const int threads = 256;
   const int64_t blocks = (n + threads - 1) / threads;
   commit_rows_kernel<T><<<unsigned(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(cur, nxt, first_t,
-                                                                                          row_end, B, H);
+                                                                                          row_end, B, S);
   return cudaGetLastError();
 }
 
@@ -180,10 +194,10 @@ cudaError_t launch_advance(const double* resid, const int* changed, int64_t* ptr
 
 template cudaError_t launch_rnn_rows<float>(const float*, const float*, const float*, const float*, const float*,
                                             float*, double*, int*, const int64_t*, int64_t, int64_t, int64_t,
-                                            int64_t, int64_t, int, cudaStream_t);
+                                            int64_t, int64_t, int64_t, int, cudaStream_t);
 template cudaError_t launch_rnn_rows<double>(const double*, const double*, const double*, const double*,
                                              const double*, double*, double*, int*, const int64_t*, int64_t, int64_t,
-                                             int64_t, int64_t, int64_t, int, cudaStream_t);
+                                             int64_t, int64_t, int64_t, int64_t, int, cudaStream_t);
 template cudaError_t launch_commit_rows<float>(float*, const float*, const int64_t*, int64_t, int64_t, int64_t,
                                                cudaStream_t);
 template cudaError_t launch_commit_rows<double>(double*, const double*, const int64_t*, int64_t, int64_t, int64_t,

@@ -5,6 +5,11 @@ Iteration counts are device-independent and reported beside wall-clock ratios (`
 sequential loop's T dependent steps. Peers: a Python loop of the same cell (torch ops per step), our CPU
 kernel's own sequential sweep (a fused sequential kernel), ``torch.nn.RNN``/``GRU`` (oneDNN on CPU), and the
 reference DEER Newton method (pure torch, iterations in ``newton_iters``).
+
+Module rows (``rnn_module_*``): ``symkernels.jacobi.RNN``/``GRU``/``LSTM`` (torch.nn's default initialisation,
+stacked layers) against ``torch.nn.RNN``/``GRU``/``LSTM`` with the same weights and our module's own sequential
+sweep (``method="sequential"``); ``iters`` sums the Jacobi iterations over the layers, ``T/iters`` is
+layers·T over that sum.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import torch
 
 from symkernels import _backend
 from symkernels.bench.harness import Case, sweep
-from symkernels.jacobi import MADE, made_sample, rnn, rnn_sequential
+from symkernels import jacobi
+from symkernels.jacobi import MADE, made_sample, reference, rnn, rnn_sequential
 
 TOL = 1e-6
 # Work caps that keep the full sweep (T up to 16384, H up to 256, gain 1.2) to minutes: ~1 s per solve on CPU.
@@ -115,6 +121,51 @@ def rnn_cases(device, quick) -> Iterable[Case]:
                    flops=flops, extra=extra)
 
 
+_MODULES = {"elman": ("RNN", jacobi.RNN), "gru": ("GRU", jacobi.GRU), "lstm": ("LSTM", jacobi.LSTM)}
+
+
+def module_cases(device, quick) -> Iterable[Case]:
+    """Stacked torch.nn-compatible modules, Jacobi to tol 1e-6 vs torch.nn and our sequential sweep."""
+    if quick:
+        grid = [(256, 64, 1, 1, "lstm"), (256, 64, 8, 2, "gru"), (1024, 64, 1, 1, "lstm")]
+    else:
+        grid = [(T, H, B, L, cell) for cell in ("lstm", "gru", "elman") for T, H, B, L in
+                itertools.product((256, 1024, 4096, 16384), (64, 256), (1, 8), (1, 2))]
+    fma_budget = FMA_BUDGET_CPU if device.type == "cpu" else FMA_BUDGET_GPU
+    for T, H, B, layers, cell in grid:
+        torch_name, cls = _MODULES[cell]
+        G = reference.gates(cell) * H
+        cap = min(T, max(4, int(fma_budget // (layers * T * B * H * G))))
+        peer = getattr(torch.nn, torch_name)(H, H, num_layers=layers).to(device)
+        ours = cls.from_torch(peer, method="jacobi", tol=TOL, max_iters=cap)
+        sweep_mod = cls.from_torch(peer, method="sequential")
+        x = torch.randn(T, B, H, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            out = ours(x)[0]
+            truth = peer(x)[0]
+        infos = ours.last_solve_info
+        capped = any(i.fallback is not None and "max_iters" in i.fallback for i in infos) and cap < T
+        iters = sum(i.iterations for i in infos)
+        extra = {"layers": layers, "iters": f">{cap}" if capped else iters,
+                 "T/iters": f"<{T / cap:.1f}" if capped else round(layers * T / max(1, iters), 1),
+                 "max_err": f"{(out - truth).abs().max().item():.1e}",
+                 "fallback": any(i.fallback is not None for i in infos) and not capped}
+
+        def timed(mod):
+            def run():
+                with torch.no_grad():
+                    return mod(x)
+            return run
+
+        impls = {"jacobi (tol 1e-6)": (f"not timed: needs more than {cap} iterations, over the bench's budget of "
+                                       f"{fma_budget:.0e} multiply-adds per solve") if capped else timed(ours),
+                 "our module, sequential sweep": timed(sweep_mod),
+                 f"torch.nn.{torch_name}": timed(peer)}
+        flops = 2 * T * B * H * G * (layers * cap if capped else max(1, iters))
+        yield Case(op=f"rnn_module_{cell}", shape=f"T={T} B={B} H={H} layers={layers}", dtype="float32",
+                   impls=impls, ours="jacobi (tol 1e-6)", flops=flops, extra=extra)
+
+
 def made_cases(device, quick) -> Iterable[Case]:
     # An untrained MADE barely conditions on the past (near-constant outputs converge in ~2 passes); scaling
     # the random weights ×3 gives conditionals that depend on the past as a trained model's do. The trained
@@ -138,4 +189,5 @@ def made_cases(device, quick) -> Iterable[Case]:
 @sweep("jacobi")
 def cases(device: torch.device, quick: bool) -> Iterable[Case]:
     yield from rnn_cases(device, quick)
+    yield from module_cases(device, quick)
     yield from made_cases(device, quick)

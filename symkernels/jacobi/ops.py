@@ -14,7 +14,7 @@ OP_NAME = "jacobi_rnn_iterate"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
-CELLS = ("elman", "gru")
+CELLS = ("elman", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")
 # Residual growth over its best value that counts as divergence (see symkernels/jacobi/solver.py).
 DIVERGENCE_FACTOR = 1e8
@@ -32,21 +32,33 @@ class _Config:
     info: list  # receives the forward's SolveInfo (a list so the frozen config can carry it out)
 
 
-def _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every):
+def _split_initial_state(h0, cell):
+    """(h0, c0): the LSTM takes the pair, the other cells one tensor (c0 None)."""
+    if cell != "lstm":
+        return h0, None
+    if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
+        raise TypeError(f"rnn: cell='lstm' takes h0 as the pair (h0, c0) of [B, H] tensors, got "
+                        f"{type(h0).__name__}")
+    return h0[0], h0[1]
+
+
+def _check_args(x, h0, c0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every):
     op = "rnn"
-    for name, t in (("x", x), ("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("b", b)):
+    if cell not in CELLS:
+        raise ValueError(f"{op}: cell must be one of {CELLS}, got {cell!r}")
+    states = (("h0", h0),) + ((("c0", c0),) if cell == "lstm" else ())
+    for name, t in (("x", x),) + states + (("w_ih", w_ih), ("w_hh", w_hh), ("b", b)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
         if t.dtype != x.dtype:
             raise TypeError(f"{op}: {name} must have x's dtype {x.dtype}, got {t.dtype}")
-    if cell not in CELLS:
-        raise ValueError(f"{op}: cell must be one of {CELLS}, got {cell!r}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"{op}: nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-    if cell == "gru" and nonlinearity != "tanh":
-        raise ValueError(f"{op}: the GRU cell has no nonlinearity choice (tanh), got nonlinearity={nonlinearity!r}")
+    if cell != "elman" and nonlinearity != "tanh":
+        raise ValueError(f"{op}: the {cell.upper()} cell has no nonlinearity choice (tanh), "
+                         f"got nonlinearity={nonlinearity!r}")
     if method not in RNN_METHODS:
         raise ValueError(f"{op}: method must be one of {RNN_METHODS}, got {method!r}")
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol) or tol < 0:
@@ -64,28 +76,33 @@ def _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters
     if h0.dim() != 2 or h0.shape[0] != B:
         raise ValueError(f"{op}: h0 must be [B, H] with B = x.shape[1] = {B}, got shape {tuple(h0.shape)}")
     H = h0.shape[1]
+    if c0 is not None and tuple(c0.shape) != (B, H):
+        raise ValueError(f"{op}: c0 must be [B, H] = {(B, H)} like h0, got shape {tuple(c0.shape)}")
     G = reference.gates(cell) * H
     if tuple(w_ih.shape) != (G, I):
         raise ValueError(f"{op}: w_ih must be [{reference.gates(cell)}*H, input_size] = {(G, I)}, "
                          f"got {tuple(w_ih.shape)}")
     if tuple(w_hh.shape) != (G, H):
         raise ValueError(f"{op}: w_hh must be [{reference.gates(cell)}*H, H] = {(G, H)}, got {tuple(w_hh.shape)}")
-    expected_b = (2, G) if cell == "gru" else (H,)
+    expected_b = (2, G) if cell == "gru" else (G,)
     if tuple(b.shape) != expected_b:
         raise ValueError(f"{op}: b must be {expected_b} for cell={cell!r} "
                          f"({'rows b_ih, b_hh' if cell == 'gru' else 'b_ih + b_hh'}), got {tuple(b.shape)}")
 
 
-def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor, *,
+def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor, *,
         nonlinearity: str = "tanh", cell: str = "elman", method: str = "jacobi", tol: float = 0.0,
         max_iters: int | None = None, check_every: int = 16, return_info: bool = False,
         backend: str | None = None):
-    """Evaluate an Elman or GRU RNN over all timesteps by Jacobi iteration.
+    """Evaluate an Elman, GRU or LSTM RNN over all timesteps by Jacobi iteration.
 
     Args:
-        x: ``[T, B, I]``; h0: ``[B, H]``; w_ih: ``[G, I]``; w_hh: ``[G, H]`` (G = H, or 3H for the GRU with
-            gates r, z, n as in ``torch.nn.GRU``); b: ``[H]`` (Elman: b_ih + b_hh) or ``[2, 3H]`` (GRU: rows
+        x: ``[T, B, I]``; h0: ``[B, H]``, or the pair ``(h0, c0)`` for the LSTM; w_ih: ``[G, I]``; w_hh:
+            ``[G, H]`` (G = H; 3H for the GRU, gates r, z, n as in ``torch.nn.GRU``; 4H for the LSTM, gates
+            i, f, g, o as in ``torch.nn.LSTM``); b: ``[G]`` (Elman, LSTM: b_ih + b_hh) or ``[2, 3H]`` (GRU: rows
             b_ih, b_hh). float32 or float64, one device, any strides.
+        cell: ``"elman"``, ``"gru"`` or ``"lstm"``. The LSTM's fixed point is over the pair (h_t, c_t) jointly
+            (residual, frozen prefix and exact stop over both).
         nonlinearity: ``"tanh"`` or ``"relu"`` (Elman only).
         method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel) or
             ``"newton"`` (DEER: linearise and solve by a parallel associative scan; reference backend only,
@@ -99,15 +116,17 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
         backend: ``None``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
 
     Returns:
-        h ``[T, B, H]`` (``(h, info)`` with ``return_info``). With ``tol=0`` and ``backend="cpu"`` the result
-        is bitwise the sequential loop of the same kernel (``method="gauss_seidel"``); the reference backend
-        uses a GEMM per iteration and matches the sequential loop within rounding. Differentiable in reverse
-        mode (twice: double backward) and forward mode: the backward solves the adjoint linear recurrence
-        λ_t = ∂L/∂h_t + J_{t+1}ᵀ λ_{t+1}, the JVP the linearised recurrence ḣ_t = ṙ_t + J_t ḣ_{t−1}, both by
-        Jacobi iteration as well (never unrolling the forward iterations).
+        h ``[T, B, H]``, or ``(h, c)`` for the LSTM (``(result, info)`` with ``return_info``). With ``tol=0``
+        and ``backend="cpu"`` the result is bitwise the sequential loop of the same kernel
+        (``method="gauss_seidel"``); the reference backend uses a GEMM per iteration and matches the
+        sequential loop within rounding. Differentiable in reverse mode (twice: double backward) and forward
+        mode: the backward solves the adjoint linear recurrence λ_t = ∂L/∂s_t + J_{t+1}ᵀ λ_{t+1}, the JVP the
+        linearised recurrence ṡ_t = ṙ_t + J_t ṡ_{t−1} over the state s_t (h_t, or [h_t, c_t] for the LSTM),
+        both by Jacobi iteration as well (never unrolling the forward iterations).
     """
-    _check_args(x, h0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every)
-    device = _backend.common_device("rnn", x=x, h0=h0, w_ih=w_ih, w_hh=w_hh, b=b)
+    h0, c0 = _split_initial_state(h0, cell)
+    _check_args(x, h0, c0, w_ih, w_hh, b, nonlinearity, cell, method, tol, max_iters, check_every)
+    device = _backend.common_device("rnn", x=x, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b=b)
     if method == "newton":
         if backend not in (None, "reference"):
             raise NotImplementedError(f"rnn: method='newton' is implemented by the reference backend only, "
@@ -119,8 +138,8 @@ def rnn(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tenso
     u = reference.input_projection(x, w_ih, b_ih)
     info: list = []
     config = _Config(cell, nonlinearity, method, float(tol), max_iters, check_every, impl, info)
-    h = _JacobiRNN.apply(u, h0, w_hh, b_hh, config)
-    return (h, info[0]) if return_info else h
+    s = reference.unpack_state(cell, _JacobiRNN.apply(u, reference.pack_state(cell, h0, c0), w_hh, b_hh, config))
+    return (s, info[0]) if return_info else s
 
 
 def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
@@ -134,10 +153,12 @@ def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinear
 
 
 def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, SolveInfo]:
-    """Drive the iteration kernel: ``check_every`` iterations per call, one host read of its record per call."""
-    T, B, H = u.shape[0], u.shape[1], h0.shape[1]
+    """Drive the iteration kernel: ``check_every`` iterations per call, one host read of its record per call.
+
+    ``h0`` and the iterate are packed states (width S: H, or 2H for the LSTM's [h, c])."""
+    T, B, S = u.shape[0], u.shape[1], h0.shape[1]
     info = SolveInfo(method=cfg.method)
-    h = h0.unsqueeze(0).expand(T, B, H).contiguous()
+    h = h0.unsqueeze(0).expand(T, B, S).contiguous()
     args = (u, h0, w_hh, b_hh)
     if cfg.method == "gauss_seidel" or T == 0:
         h, _ = _iterate(cfg.impl, *args, h, 0, 1, 0.0, cfg.cell, cfg.nonlinearity, True)

@@ -1,10 +1,17 @@
 """Pure-PyTorch truth for the Jacobi pillar's RNN op: the cells, the textbook sequential loop, and the
 reference Jacobi solve (through the general solver).
 
-Conventions (those of ``torch.nn.RNN``/``GRU`` with ``batch_first=False``):
-x ``[T, B, I]``, h0 ``[B, H]``, w_ih ``[G, I]``, w_hh ``[G, H]`` with G = H (Elman) or 3H (GRU, gates
-r, z, n). Bias ``b``: ``[H]`` for Elman (b_ih + b_hh, they only ever appear summed), ``[2, 3H]`` for the
-GRU (rows b_ih, b_hh: b_hn sits inside the reset gate's product, so the two cannot be merged).
+Conventions (those of ``torch.nn.RNN``/``GRU``/``LSTM`` with ``batch_first=False``):
+x ``[T, B, I]``, w_ih ``[G, I]``, w_hh ``[G, H]`` with G = H (Elman), 3H (GRU, gates r, z, n) or 4H (LSTM,
+gates i, f, g, o). Bias ``b``: ``[G]`` for Elman and LSTM (b_ih + b_hh, they only ever appear summed),
+``[2, 3H]`` for the GRU (rows b_ih, b_hh: b_hn sits inside the reset gate's product, so the two cannot be
+merged).
+
+**The state.** The recurrence is a fixed point over the whole state s_t, which is h_t for Elman and GRU and
+the pair (h_t, c_t) for the LSTM: c_t depends on c_{t−1} directly, so h alone is not a state. The LSTM state
+is stored as one tensor ``s = [h, c]`` of width 2H (``pack_state``/``unpack_state``), so the solver, the
+adjoint and the tangent solves, the frozen prefix and the residual all run unchanged over ``[T, B, S]``
+(S = state_width(cell, H)). Only ``h`` enters the recurrent mat-vec.
 """
 from __future__ import annotations
 
@@ -15,8 +22,30 @@ import torch
 from symkernels.jacobi.solver import SolveInfo, solve
 
 
+GATES = {"elman": 1, "gru": 3, "lstm": 4}
+
+
 def gates(cell: str) -> int:
-    return 3 if cell == "gru" else 1
+    """Gate blocks of H rows in w_ih, w_hh and the input projection u."""
+    return GATES[cell]
+
+
+def state_width(cell: str, hidden: int) -> int:
+    """S: the width of one state row (h, or [h, c] for the LSTM)."""
+    return 2 * hidden if cell == "lstm" else hidden
+
+
+def pack_state(cell: str, h: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """The solver's state from the cell's parts: h, or [h, c] along the last axis for the LSTM."""
+    return torch.cat([h, c], -1) if cell == "lstm" else h
+
+
+def unpack_state(cell: str, s: torch.Tensor):
+    """h, or (h, c) for the LSTM: the inverse of :func:`pack_state` (views, no copy)."""
+    if cell != "lstm":
+        return s
+    H = s.shape[-1] // 2
+    return s[..., :H], s[..., H:]
 
 
 def split_bias(b: torch.Tensor, cell: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,10 +62,19 @@ def input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) ->
 
 def cell_step(h_prev: torch.Tensor, u: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, cell: str,
               nonlinearity: str) -> torch.Tensor:
-    """New state from the previous one and the input projection, for any leading shape."""
-    gh = torch.matmul(h_prev, w_hh.t()) + b_hh
+    """New state from the previous one and the input projection, for any leading shape.
+
+    LSTM (gates i, f, g, o as in ``torch.nn.LSTM``): c = σ(a_f)·c_prev + σ(a_i)·tanh(a_g), h = σ(a_o)·tanh(c)
+    with a = u + b_hh + W_hh h_prev; ``h_prev`` and the result are the packed state [h, c].
+    """
+    H = w_hh.shape[1]
+    gh = torch.matmul(h_prev[..., :H], w_hh.t()) + b_hh
+    if cell == "lstm":
+        a = u + gh
+        i, f, o = torch.sigmoid(a[..., :H]), torch.sigmoid(a[..., H:2 * H]), torch.sigmoid(a[..., 3 * H:])
+        c = f * h_prev[..., H:] + i * torch.tanh(a[..., 2 * H:3 * H])
+        return torch.cat([o * torch.tanh(c), c], -1)
     if cell == "gru":
-        H = h_prev.shape[-1]
         r = torch.sigmoid(u[..., :H] + gh[..., :H])
         z = torch.sigmoid(u[..., H:2 * H] + gh[..., H:2 * H])
         n = torch.tanh(u[..., 2 * H:] + r * gh[..., 2 * H:])
@@ -53,17 +91,31 @@ def cell_jvp(h_prev: torch.Tensor, u: torch.Tensor, w_hh: torch.Tensor, b_hh: to
     Written out rather than taken from ``torch.func.jvp``, because the RNN's forward-mode rule runs inside an
     outer forward-AD level (``autograd.Function.jvp``), where a nested ``torch.func.jvp`` is not supported.
     """
+    H = w_hh.shape[1]
+    h_part = h_prev[..., :H]
     dgh = None
-    for term in (None if dh_prev is None else torch.matmul(dh_prev, w_hh.t()),
-                 None if dw_hh is None else torch.matmul(h_prev, dw_hh.t()), db_hh):
+    for term in (None if dh_prev is None else torch.matmul(dh_prev[..., :H], w_hh.t()),
+                 None if dw_hh is None else torch.matmul(h_part, dw_hh.t()), db_hh):
         if term is not None:
             dgh = term if dgh is None else dgh + term
-    gh = torch.matmul(h_prev, w_hh.t()) + b_hh
+    gh = torch.matmul(h_part, w_hh.t()) + b_hh
     zero = torch.zeros_like(gh)
     dgh = zero if dgh is None else dgh + zero  # broadcast to gh's shape
     du = torch.zeros_like(u) if du is None else du
+    if cell == "lstm":
+        a, da = u + gh, du + dgh
+        i, f, o = torch.sigmoid(a[..., :H]), torch.sigmoid(a[..., H:2 * H]), torch.sigmoid(a[..., 3 * H:])
+        g = torch.tanh(a[..., 2 * H:3 * H])
+        c_prev = h_prev[..., H:]
+        c = f * c_prev + i * g
+        dc = (f * (1 - f) * da[..., H:2 * H] * c_prev + i * (1 - i) * da[..., :H] * g
+              + i * (1 - g * g) * da[..., 2 * H:3 * H])
+        if dh_prev is not None:
+            dc = dc + f * dh_prev[..., H:]
+        tc = torch.tanh(c)
+        dh = o * (1 - o) * da[..., 3 * H:] * tc + o * (1 - tc * tc) * dc
+        return torch.cat([dh, dc], -1)
     if cell == "gru":
-        H = h_prev.shape[-1]
         r = torch.sigmoid(u[..., :H] + gh[..., :H])
         z = torch.sigmoid(u[..., H:2 * H] + gh[..., H:2 * H])
         n = torch.tanh(u[..., 2 * H:] + r * gh[..., 2 * H:])
@@ -80,18 +132,16 @@ def cell_jvp(h_prev: torch.Tensor, u: torch.Tensor, w_hh: torch.Tensor, b_hh: to
     return (a > 0).to(a.dtype) * da
 
 
-def rnn_sequential(x: torch.Tensor, h0: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor,
-                   nonlinearity: str = "tanh", cell: str = "elman") -> torch.Tensor:
-    """The textbook loop, differentiable by autograd: the truth every backend is tested against."""
+def rnn_sequential(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Tensor,
+                   nonlinearity: str = "tanh", cell: str = "elman"):
+    """The textbook loop, differentiable by autograd: the truth every backend is tested against.
+
+    ``h0`` is ``[B, H]``, or the pair ``(h0, c0)`` for the LSTM; returns h ``[T, B, H]``, or ``(h, c)``.
+    """
     b_ih, b_hh = split_bias(b, cell)
     u = input_projection(x, w_ih, b_ih)
-    h, out = h0, []
-    for t in range(x.shape[0]):
-        h = cell_step(h, u[t], w_hh, b_hh, cell, nonlinearity)
-        out.append(h)
-    if not out:
-        return x.new_empty((0,) + tuple(h0.shape))
-    return torch.stack(out)
+    s0 = pack_state(cell, *h0) if cell == "lstm" else h0
+    return unpack_state(cell, rnn_sequential_from_u(u, s0, w_hh, b_hh, cell, nonlinearity))
 
 
 def rnn_jacobi(u: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, cell: str,
@@ -210,6 +260,7 @@ def rnn_newton(u: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hh: torc
 
 
 def rnn_sequential_from_u(u, h0, w_hh, b_hh, cell, nonlinearity):
+    """The loop over the packed state from the input projection (the body of :func:`rnn_sequential`)."""
     h, out = h0, []
     for t in range(u.shape[0]):
         h = cell_step(h, u[t], w_hh, b_hh, cell, nonlinearity)

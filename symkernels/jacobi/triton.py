@@ -10,6 +10,9 @@ Batch invariance (hence bitwise Jacobi == sequential): the recurrent mat-vec is 
 and a ``tl.sum`` over k per row — the same reduction for a row wherever it sits in a block, unlike a
 ``tl.dot`` whose tiling could depend on the block. That costs BLOCK_R·HP² registers, so hidden sizes are
 capped at MAX_HIDDEN here (the C++/CUDA kernels have no such cap).
+
+State rows have width S: H, or 2H for the LSTM, whose state row is [h | c] (the fixed point, residual and
+changed flag are over both parts; only h enters the mat-vec).
 """
 from __future__ import annotations
 
@@ -18,12 +21,35 @@ import triton
 import triton.language as tl
 
 MAX_HIDDEN = 64
-_CELLS = {("elman", "tanh"): 0, ("elman", "relu"): 1, ("gru", "tanh"): 2}
+_CELLS = {("elman", "tanh"): 0, ("elman", "relu"): 1, ("gru", "tanh"): 2, ("lstm", "tanh"): 3}
 
 
 @triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * _sigmoid(2.0 * x) - 1.0  # without relying on a libdevice binding
+
+
+@triton.jit
+def _change(new, old, mask, INT_T: tl.constexpr):
+    """(|new − old| where the bits changed, +inf for a changed non-finite value, else 0; the changed mask)."""
+    moved = (new.to(INT_T, bitcast=True) != old.to(INT_T, bitcast=True)) & mask
+    d = tl.abs(new - old)
+    d = tl.where((d != d) | (d == float("inf")), float("inf"), d)
+    return tl.where(moved, d, 0.0), moved
+
+
+@triton.jit
+def _load_prev(h0_ptr, cur_ptr, prev_rows, b, from_h0, S, offset, cols, m2):
+    """Columns offset + cols of each row's previous state: h0's row b at t = 0, else the iterate's row
+    prev_rows = row − B (timestep t − 1)."""
+    at_h0 = tl.load(h0_ptr + b[:, None] * S + offset + cols[None, :], mask=m2 & from_h0, other=0.0)
+    at_it = tl.load(cur_ptr + prev_rows[:, None] * S + offset + cols[None, :], mask=m2 & ~from_h0, other=0.0)
+    return tl.where(from_h0, at_h0, at_it)
 
 
 @triton.jit
@@ -37,7 +63,7 @@ def _gate(prev, w_ptr, b_ptr, gate, H, cols, cmask):
 
 @triton.jit
 def _rnn_rows_kernel(u_ptr, h0_ptr, w_ptr, b_ptr, cur_ptr, nxt_ptr, resid_ptr, changed_ptr, ptr_ptr, row_end,
-                     B, H, G, HP: tl.constexpr, CELL: tl.constexpr, BLOCK_R: tl.constexpr,
+                     B, H, G, S, HP: tl.constexpr, CELL: tl.constexpr, BLOCK_R: tl.constexpr,
                      INT_T: tl.constexpr):
     first_row = tl.load(ptr_ptr) * B
     rows = first_row + tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -48,30 +74,38 @@ def _rnn_rows_kernel(u_ptr, h0_ptr, w_ptr, b_ptr, cur_ptr, nxt_ptr, resid_ptr, c
     t = rows // B
     b = rows % B
     from_h0 = (t == 0)[:, None]
-    prev_h0 = tl.load(h0_ptr + b[:, None] * H + cols[None, :], mask=m2 & from_h0, other=0.0)
-    prev_it = tl.load(cur_ptr + (rows[:, None] - B) * H + cols[None, :], mask=m2 & ~from_h0, other=0.0)
-    prev = tl.where(from_h0, prev_h0, prev_it)
+    prev = _load_prev(h0_ptr, cur_ptr, rows - B, b, from_h0, S, 0, cols, m2)
     u_row = u_ptr + rows[:, None] * G + cols[None, :]
-    if CELL == 2:
+    offs = rows[:, None] * S + cols[None, :]
+    if CELL == 3:  # LSTM, gates i, f, g, o as in torch.nn.LSTM; c at offset H of the state row
+        i = _sigmoid(tl.load(u_row, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 0, H, cols, cmask))
+        f = _sigmoid(tl.load(u_row + H, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 1, H, cols, cmask))
+        g = _tanh(tl.load(u_row + 2 * H, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 2, H, cols, cmask))
+        o = _sigmoid(tl.load(u_row + 3 * H, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 3, H, cols, cmask))
+        c_prev = _load_prev(h0_ptr, cur_ptr, rows - B, b, from_h0, S, H, cols, m2)
+        c = (f * c_prev + i * g).to(nxt_ptr.dtype.element_ty)
+        new = o * _tanh(c)
+        c_old = tl.load(cur_ptr + offs + H, mask=m2, other=0.0)
+        tl.store(nxt_ptr + offs + H, c, mask=m2)
+        d_c, moved_c = _change(c, c_old, m2, INT_T)
+    elif CELL == 2:
         r = _sigmoid(tl.load(u_row, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 0, H, cols, cmask))
         z = _sigmoid(tl.load(u_row + H, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 1, H, cols, cmask))
         n_in = tl.load(u_row + 2 * H, mask=m2, other=0.0) + r * _gate(prev, w_ptr, b_ptr, 2, H, cols, cmask)
-        n = 2.0 * _sigmoid(2.0 * n_in) - 1.0  # tanh, without relying on a libdevice binding
-        new = (1.0 - z) * n + z * prev
+        new = (1.0 - z) * _tanh(n_in) + z * prev
     else:
         a = tl.load(u_row, mask=m2, other=0.0) + _gate(prev, w_ptr, b_ptr, 0, H, cols, cmask)
         if CELL == 0:
-            new = 2.0 * _sigmoid(2.0 * a) - 1.0
+            new = _tanh(a)
         else:
             new = tl.where(a > 0, a, tl.where(a != a, a, 0.0))  # NaN propagates like torch.relu
     new = new.to(nxt_ptr.dtype.element_ty)
-    offs = rows[:, None] * H + cols[None, :]
     old = tl.load(cur_ptr + offs, mask=m2, other=0.0)
     tl.store(nxt_ptr + offs, new, mask=m2)
-    moved = (new.to(INT_T, bitcast=True) != old.to(INT_T, bitcast=True)) & m2
-    d = tl.abs(new - old)
-    d = tl.where((d != d) | (d == float("inf")), float("inf"), d)  # non-finite and moved: infinite residual
-    d = tl.where(moved, d, 0.0)
+    d, moved = _change(new, old, m2, INT_T)
+    if CELL == 3:
+        d = tl.maximum(d, d_c)
+        moved = moved | moved_c
     tl.store(resid_ptr + rows, tl.max(d, axis=1), mask=rmask)
     tl.store(changed_ptr + rows, tl.max(moved.to(tl.int32), axis=1), mask=rmask)
 
@@ -79,7 +113,8 @@ def _rnn_rows_kernel(u_ptr, h0_ptr, w_ptr, b_ptr, cur_ptr, nxt_ptr, resid_ptr, c
 def jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start: int, iters: int, tol: float, cell: str, nonlinearity: str,
                        sequential: bool):
     """Launcher with the contract of ``torch.ops.symkernels.jacobi_rnn_iterate`` (inputs validated by ops.py)."""
-    T, B, H = h.shape
+    T, B, S = h.shape
+    H = w_hh.shape[1]
     if H > MAX_HIDDEN:
         raise ValueError(f"rnn: backend='triton' supports hidden size H <= {MAX_HIDDEN} (register-resident "
                          f"batch-invariant mat-vec), got H={H}; use backend='cuda' or 'cpu'")
@@ -103,9 +138,9 @@ def jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start: int, iters: int, tol: float,
 
     def launch(ptr_t: torch.Tensor, row_end: int, n_rows: int):
         grid = (triton.cdiv(n_rows, block_r),)
-        _rnn_rows_kernel[grid](u, h0, w_hh, b_hh, cur, nxt, resid, changed, ptr_t, row_end, B, H, G, **meta)
+        _rnn_rows_kernel[grid](u, h0, w_hh, b_hh, cur, nxt, resid, changed, ptr_t, row_end, B, H, G, S, **meta)
 
-    flat_cur, flat_nxt = cur.view(R, H), nxt.view(R, H)
+    flat_cur, flat_nxt = cur.view(R, S), nxt.view(R, S)
     if sequential:
         for t in range(start, T):
             launch(torch.tensor([t], dtype=torch.int64, device=dev), (t + 1) * B, B)

@@ -11,25 +11,55 @@ from symkernels._testing import assert_close, random_noncontiguous
 from symkernels.jacobi import reference, rnn, rnn_sequential
 from tests.conftest import require_backend
 
-CELLS = [("elman", "tanh"), ("elman", "relu"), ("gru", "tanh")]
+CELLS = [("elman", "tanh"), ("elman", "relu"), ("gru", "tanh"), ("lstm", "tanh")]
 
 
 def make(T, B, I, H, cell, gain=0.8, dtype=torch.float64, seed=0, requires_grad=False):
+    """(x, h0, w_ih, w_hh, b), or (x, h0, c0, w_ih, w_hh, b) for the LSTM: flat, so gradcheck sees tensors."""
     g = torch.Generator().manual_seed(seed)
-    G = 3 * H if cell == "gru" else H
+    G = reference.gates(cell) * H
     x = torch.randn(T, B, I, generator=g, dtype=dtype)
     h0 = 0.5 * torch.randn(B, H, generator=g, dtype=dtype)
+    c0 = (0.5 * torch.randn(B, H, generator=g, dtype=dtype),) if cell == "lstm" else ()
     w_ih = torch.randn(G, I, generator=g, dtype=dtype) / math.sqrt(max(I, 1))
     w_hh = gain * torch.randn(G, H, generator=g, dtype=dtype) / math.sqrt(H)
-    b = 0.1 * torch.randn(*((2, G) if cell == "gru" else (H,)), generator=g, dtype=dtype)
-    args = (x, h0, w_ih, w_hh, b)
+    b = 0.1 * torch.randn(*((2, G) if cell == "gru" else (G,)), generator=g, dtype=dtype)
+    args = (x, h0, *c0, w_ih, w_hh, b)
     return tuple(a.requires_grad_(requires_grad) for a in args)
 
 
-def torch_nn_truth(x, h0, w_ih, w_hh, b, nonlinearity, cell):
-    """Independent truth: torch.nn.RNN / torch.nn.GRU with the same weights."""
+def arg_names(cell):
+    return ("x", "h0", "c0", "w_ih", "w_hh", "b") if cell == "lstm" else ("x", "h0", "w_ih", "w_hh", "b")
+
+
+def _regroup(args, cell):
+    """make()'s flat args → rnn's (the LSTM's initial state as the pair (h0, c0))."""
+    return (args[0], (args[1], args[2]), *args[3:]) if cell == "lstm" else args
+
+
+def flat_rnn(*args, cell="elman", **kwargs):
+    """rnn on make()'s flat args; the LSTM's (h, c) comes back as one [T, B, 2H] tensor (the whole state), so
+    every test below compares and differentiates c as well as h."""
+    out = rnn(*_regroup(args, cell), cell=cell, **kwargs)
+    if cell != "lstm":
+        return out
+    if kwargs.get("return_info"):
+        return torch.cat(out[0], -1), out[1]
+    return torch.cat(out, -1)
+
+
+def flat_sequential(*args, nonlinearity="tanh", cell="elman"):
+    out = rnn_sequential(*_regroup(args, cell), nonlinearity=nonlinearity, cell=cell)
+    return torch.cat(out, -1) if cell == "lstm" else out
+
+
+def torch_nn_truth(x, h0, w_ih, w_hh, b, nonlinearity, cell, c0=None):
+    """Independent truth: torch.nn.RNN / GRU / LSTM with the same weights (the LSTM: (output, c_n))."""
     H = h0.shape[1]
-    if cell == "gru":
+    if cell == "lstm":
+        mod = torch.nn.LSTM(x.shape[2], H, dtype=x.dtype)
+        b_ih, b_hh = b, torch.zeros_like(b)
+    elif cell == "gru":
         mod = torch.nn.GRU(x.shape[2], H, dtype=x.dtype)
         b_ih, b_hh = b[0], b[1]
     else:
@@ -40,13 +70,24 @@ def torch_nn_truth(x, h0, w_ih, w_hh, b, nonlinearity, cell):
         mod.weight_hh_l0.copy_(w_hh)
         mod.bias_ih_l0.copy_(b_ih)
         mod.bias_hh_l0.copy_(b_hh)
+        if cell == "lstm":
+            out, (_, c_n) = mod(x, (h0.unsqueeze(0), c0.unsqueeze(0)))
+            return out, c_n[0]
         return mod(x, h0.unsqueeze(0))[0]
 
 
 @pytest.mark.parametrize("cell, nonlinearity", CELLS)
 def test_reference_loop_matches_torch_nn(cell, nonlinearity):
     args = make(50, 3, 4, 6, cell)
-    assert_close(rnn_sequential(*args, nonlinearity, cell), torch_nn_truth(*args, nonlinearity, cell))
+    if cell == "lstm":
+        x, h0, c0, w_ih, w_hh, b = args
+        (h, c), (out, c_n) = rnn_sequential(x, (h0, c0), w_ih, w_hh, b, cell="lstm"), \
+            torch_nn_truth(x, h0, w_ih, w_hh, b, nonlinearity, cell, c0=c0)
+        assert_close(h, out)
+        assert_close(c[-1], c_n)
+        return
+    assert_close(flat_sequential(*args, nonlinearity=nonlinearity, cell=cell),
+                 torch_nn_truth(*args, nonlinearity, cell))
 
 
 def _shape_for(backend):
@@ -57,18 +98,18 @@ def _shape_for(backend):
 @pytest.mark.parametrize("cell, nonlinearity", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_vs_sequential(backend, cell, nonlinearity, dtype):
-    if backend == "triton" and dtype == torch.float32 and cell != "gru":
-        pytest.skip("interpreter time budget: float32 Triton covered by the GRU case")
+    if backend == "triton" and dtype == torch.float32 and cell not in ("gru", "lstm"):
+        pytest.skip("interpreter time budget: float32 Triton covered by the GRU and LSTM cases")
     device = require_backend(backend)
     args = tuple(a.to(device) for a in make(**_shape_for(backend), cell=cell, dtype=dtype))
-    truth = rnn_sequential(*args, nonlinearity, cell)
-    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend, return_info=True, check_every=4)
+    truth = flat_sequential(*args, nonlinearity=nonlinearity, cell=cell)
+    h, info = flat_rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend, return_info=True, check_every=4)
     assert info.exact and info.fallback is None
     assert info.iterations <= args[0].shape[0]
     assert_close(h, truth, msg=f"{backend} jacobi vs sequential loop")
     # Exact stop: the kernels' own sequential sweep is bitwise the Jacobi fixed point (batch-invariant rows).
     if backend != "reference":
-        h_seq = rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend, method="gauss_seidel")
+        h_seq = flat_rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend, method="gauss_seidel")
         assert torch.equal(h, h_seq), f"max diff {(h - h_seq).abs().max()}"
 
 
@@ -76,8 +117,8 @@ def test_forward_vs_sequential(backend, cell, nonlinearity, dtype):
 def test_tolerance_mode(cell, nonlinearity):
     require_backend("cpu")
     args = make(400, 2, 4, 8, cell, gain=0.6, dtype=torch.float32)
-    truth = rnn_sequential(*args, nonlinearity, cell)
-    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, tol=1e-6, return_info=True, backend="cpu")
+    truth = flat_sequential(*args, nonlinearity=nonlinearity, cell=cell)
+    h, info = flat_rnn(*args, cell=cell, nonlinearity=nonlinearity, tol=1e-6, return_info=True, backend="cpu")
     assert info.converged and info.iterations < 100, info.iterations
     assert info.residuals[-1] <= 1e-6
     assert (h - truth).abs().max() < 1e-4
@@ -86,8 +127,8 @@ def test_tolerance_mode(cell, nonlinearity):
 def test_cpu_long_sequence_T4096_bitwise():
     require_backend("cpu")
     args = make(4096, 1, 3, 8, "elman", gain=0.5, dtype=torch.float32)
-    h, info = rnn(*args, backend="cpu", return_info=True)
-    h_seq = rnn(*args, backend="cpu", method="gauss_seidel")
+    h, info = flat_rnn(*args, backend="cpu", return_info=True)
+    h_seq = flat_rnn(*args, backend="cpu", method="gauss_seidel")
     assert torch.equal(h, h_seq)
     assert info.iterations < 200  # contraction: the bitwise fixed point long before T
     assert_close(h, rnn_sequential(*args), msg="vs torch loop")
@@ -96,7 +137,7 @@ def test_cpu_long_sequence_T4096_bitwise():
 def test_cpu_frozen_prefix_record():
     require_backend("cpu")
     args = make(200, 2, 3, 6, "gru", gain=1.5)
-    _, info = rnn(*args, cell="gru", backend="cpu", return_info=True, check_every=7)
+    _, info = flat_rnn(*args, cell="gru", backend="cpu", return_info=True, check_every=7)
     assert info.prefix == sorted(info.prefix) and info.prefix[-1] == 200
     assert all(b >= a + 1 for a, b in zip([0] + info.prefix, info.prefix))
     assert len(info.residuals) == info.iterations
@@ -111,7 +152,7 @@ def test_relu_divergence_falls_back_exactly(backend_name):
     x = x.abs() + 1
     args = tuple(a.to(device) for a in (x, h0.abs(), w_ih.abs(), w_hh, b.abs()))
     truth = rnn_sequential(*args, "relu", "elman")
-    h, info = rnn(*args, nonlinearity="relu", backend=backend_name, tol=1e-6, return_info=True)
+    h, info = flat_rnn(*args, nonlinearity="relu", backend=backend_name, tol=1e-6, return_info=True)
     assert info.exact
     if backend_name != "triton":
         assert info.fallback is not None, "growth/non-finite divergence should have been reported"
@@ -121,9 +162,9 @@ def test_relu_divergence_falls_back_exactly(backend_name):
 def test_max_iters_fallback():
     require_backend("cpu")
     args = make(100, 2, 3, 4, "elman", gain=1.5)
-    h, info = rnn(*args, backend="cpu", max_iters=3, return_info=True)
+    h, info = flat_rnn(*args, backend="cpu", max_iters=3, return_info=True)
     assert "max_iters=3" in info.fallback and info.exact
-    assert torch.equal(h, rnn(*args, backend="cpu", method="gauss_seidel"))
+    assert torch.equal(h, flat_rnn(*args, backend="cpu", method="gauss_seidel"))
 
 
 @pytest.mark.parametrize("cell, nonlinearity", CELLS)
@@ -131,11 +172,11 @@ def test_gradients_vs_autograd_through_loop(backend, cell, nonlinearity):
     device = require_backend(backend)
     shape = dict(T=6, B=2, I=2, H=3) if backend == "triton" else dict(T=40, B=2, I=3, H=5)
     args = tuple(a.detach().to(device).requires_grad_() for a in make(**shape, cell=cell))
-    out = rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend)
+    out = flat_rnn(*args, cell=cell, nonlinearity=nonlinearity, backend=backend)
     g = torch.randn_like(out)
     ours = torch.autograd.grad(out, args, g)
-    truth = torch.autograd.grad(rnn_sequential(*args, nonlinearity, cell), args, g)
-    for name, a, t in zip(("x", "h0", "w_ih", "w_hh", "b"), ours, truth):
+    truth = torch.autograd.grad(flat_sequential(*args, nonlinearity=nonlinearity, cell=cell), args, g)
+    for name, a, t in zip(arg_names(cell), ours, truth, strict=True):
         assert_close(a, t, msg=f"grad {name}")
 
 
@@ -143,7 +184,8 @@ def test_gradients_vs_autograd_through_loop(backend, cell, nonlinearity):
 def test_gradcheck_float64(cell, nonlinearity):
     backend = "cpu" if _backend.backend_status("cpu") else "reference"
     args = tuple(a.requires_grad_() for a in make(7, 2, 2, 3, cell))
-    assert torch.autograd.gradcheck(lambda *a: rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend), args)
+    assert torch.autograd.gradcheck(lambda *a: flat_rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend),
+                                    args)
 
 
 def test_adjoint_vs_dense_jacobian():
@@ -167,15 +209,17 @@ def test_adjoint_vs_dense_jacobian():
     assert_close(lam.reshape(n), lam_dense)
 
 
-def test_opcheck_dispatcher_op():
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_opcheck_dispatcher_op(cell):
     require_backend("cpu")
-    x, h0, w_ih, w_hh, b = make(6, 2, 3, 4, "gru", dtype=torch.float32)
-    b_ih, b_hh = reference.split_bias(b, "gru")
+    x, h0, *c0, w_ih, w_hh, b = make(6, 2, 3, 4, cell, dtype=torch.float32)
+    b_ih, b_hh = reference.split_bias(b, cell)
     u = reference.input_projection(x, w_ih, b_ih).detach()
-    h = h0.unsqueeze(0).expand(6, 2, 4).contiguous()
+    s0 = reference.pack_state(cell, h0, *c0)
+    h = s0.unsqueeze(0).expand(6, 2, s0.shape[1]).contiguous()
     for sequential in (False, True):
         torch.library.opcheck(torch.ops.symkernels.jacobi_rnn_iterate,
-                              (u, h0, w_hh, b_hh[...], h, 0, 3, 0.0, "gru", "tanh", sequential),
+                              (u, s0, w_hh, b_hh[...], h, 0, 3, 0.0, cell, "tanh", sequential),
                               test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
@@ -183,15 +227,15 @@ def test_opcheck_dispatcher_op():
        cell=st.sampled_from(CELLS), gain=st.floats(0.2, 2.0), noncontig=st.booleans(), seed=st.integers(0, 999))
 def test_random_shapes_cpu(T, B, I, H, cell, gain, noncontig, seed):
     require_backend("cpu")
-    x, h0, w_ih, w_hh, b = make(T, B, I, H, cell[0], gain=gain, seed=seed)
+    x, *states, w_ih, w_hh, b = make(T, B, I, H, cell[0], gain=gain, seed=seed)
     if noncontig:
         x = random_noncontiguous((T, B, I), dtype=x.dtype)
         w_hh = random_noncontiguous(tuple(w_hh.shape), dtype=x.dtype) * gain / math.sqrt(H)
-    args = (x, h0, w_ih, w_hh, b)
-    h = rnn(*args, cell=cell[0], nonlinearity=cell[1], backend="cpu")
-    assert h.shape == (T, B, H)
-    assert torch.equal(h, rnn(*args, cell=cell[0], nonlinearity=cell[1], backend="cpu", method="gauss_seidel"))
-    assert_close(h, rnn_sequential(*args, cell[1], cell[0]))
+    args = (x, *states, w_ih, w_hh, b)
+    h = flat_rnn(*args, cell=cell[0], nonlinearity=cell[1], backend="cpu")
+    assert h.shape == (T, B, reference.state_width(cell[0], H))
+    assert torch.equal(h, flat_rnn(*args, cell=cell[0], nonlinearity=cell[1], backend="cpu", method="gauss_seidel"))
+    assert_close(h, flat_sequential(*args, nonlinearity=cell[1], cell=cell[0]))
 
 
 def test_nan_input_propagates_like_reference():
@@ -213,7 +257,11 @@ def test_nan_input_propagates_like_reference():
     (dict(x=torch.zeros(5, 2, 3, dtype=torch.int64)), TypeError, "x must be float32 or float64"),
     (dict(h0=torch.zeros(2, 4, dtype=torch.float64)), TypeError, "h0 must have x's dtype"),
     (dict(tol=-1.0), ValueError, "tol must be a finite number >= 0"),
-    (dict(cell="lstm"), ValueError, "cell must be one of"),
+    (dict(cell="bogus"), ValueError, "cell must be one of"),
+    (dict(cell="lstm"), TypeError, r"cell='lstm' takes h0 as the pair \(h0, c0\)"),
+    (dict(cell="lstm", h0=(torch.zeros(2, 4), torch.zeros(2, 3))), ValueError, r"c0 must be \[B, H\]"),
+    (dict(cell="lstm", h0=(torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64))), TypeError,
+     "c0 must have x's dtype"),
     (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be one of"),
     (dict(method="deer"), ValueError, "method must be one of"),
     (dict(max_iters=0), ValueError, "max_iters"),
@@ -246,7 +294,7 @@ def test_cpp_kernel_bad_inputs():
     with pytest.raises(TypeError, match="must have u's dtype"):
         op(u, h0.double(), w, bb, h, 0, 1, 0.0, "elman", "tanh", False)
     with pytest.raises(ValueError, match="cell must be"):
-        op(u, h0, w, bb, h, 0, 1, 0.0, "lstm", "tanh", False)
+        op(u, h0, w, bb, h, 0, 1, 0.0, "bogus", "tanh", False)
 
 
 @pytest.mark.parametrize("T", [0, 1, 2, 13, 16, 50])
@@ -266,15 +314,15 @@ def test_affine_scan_vs_loop(T):
 @pytest.mark.parametrize("cell, nonlinearity", CELLS)
 def test_newton_method(cell, nonlinearity):
     args = make(60, 2, 3, 4, cell, gain=0.7)
-    truth = rnn_sequential(*args, nonlinearity, cell)
-    h, info = rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-10, return_info=True)
+    truth = flat_sequential(*args, nonlinearity=nonlinearity, cell=cell)
+    h, info = flat_rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-10, return_info=True)
     assert info.converged and info.fallback is None and info.iterations <= 12, info
     assert_close(h, truth)
     # Gradients: the same adjoint at the solution.
     args = tuple(a.detach().requires_grad_() for a in args)
-    out = rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-12)
+    out = flat_rnn(*args, cell=cell, nonlinearity=nonlinearity, method="newton", tol=1e-12)
     ours = torch.autograd.grad(out.sum(), args)
-    ref = torch.autograd.grad(rnn_sequential(*args, nonlinearity, cell).sum(), args)
+    ref = torch.autograd.grad(flat_sequential(*args, nonlinearity=nonlinearity, cell=cell).sum(), args)
     for a, t in zip(ours, ref):
         assert_close(a, t)
 
@@ -282,9 +330,9 @@ def test_newton_method(cell, nonlinearity):
 def test_newton_needs_tolerance_and_reference():
     args = make(5, 1, 2, 2, "elman")
     with pytest.raises(ValueError, match="method='newton' is a tolerance method"):
-        rnn(*args, method="newton")
+        flat_rnn(*args, method="newton")
     with pytest.raises(NotImplementedError, match="reference backend only"):
-        rnn(*args, method="newton", tol=1e-6, backend="cpu")
+        flat_rnn(*args, method="newton", tol=1e-6, backend="cpu")
 
 
 def test_newton_divergence_falls_back():
@@ -293,7 +341,7 @@ def test_newton_divergence_falls_back():
     x, h0, w_ih, _, b = make(80, 1, 2, 4, "elman", dtype=torch.float32)
     w_hh = 5.0 * torch.eye(4)
     args = (x.abs() + 1, h0.abs(), w_ih.abs(), w_hh, b.abs())
-    h, info = rnn(*args, nonlinearity="relu", method="newton", tol=1e-8, max_iters=5, return_info=True)
+    h, info = flat_rnn(*args, nonlinearity="relu", method="newton", tol=1e-8, max_iters=5, return_info=True)
     assert info.fallback is not None and info.exact
     torch.testing.assert_close(h, rnn_sequential(*args, "relu"), equal_nan=True)
 
@@ -309,7 +357,7 @@ def test_double_backward_and_forward_ad_float64(cell, nonlinearity):
     args = tuple(a.requires_grad_() for a in make(4, 2, 2, 2, cell))
 
     def f(*a):
-        return rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend)
+        return flat_rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend)
 
     # fast_mode: random projections of the Jacobians (a real check, far fewer solves than the full matrices).
     assert torch.autograd.gradcheck(f, args, check_forward_ad=True, fast_mode=True)
@@ -325,9 +373,9 @@ def test_jvp_vs_sequential_loop(cell, nonlinearity):
     # Each input's tangent alone (a dropped or ignored tangent would come back as zeros), then all at once.
     for k in list(range(len(args))) + [None]:
         tangents = full if k is None else tuple(t if i == k else torch.zeros_like(t) for i, t in enumerate(full))
-        out, ours = torch.func.jvp(lambda *a: rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend),
+        out, ours = torch.func.jvp(lambda *a: flat_rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend),
                                    args, tangents)
-        _, truth = torch.func.jvp(lambda *a: rnn_sequential(*a, nonlinearity, cell), args, tangents)
+        _, truth = torch.func.jvp(lambda *a: flat_sequential(*a, nonlinearity=nonlinearity, cell=cell), args, tangents)
         assert truth.abs().max() > 1e-3, "degenerate test: the true tangent is ~0"
         assert_close(ours, truth, msg=f"jvp, tangent of input {k}")
 
@@ -345,9 +393,9 @@ def test_double_backward_vs_sequential_loop(cell, nonlinearity):
         grads = torch.autograd.grad(loss, args, create_graph=True)
         return torch.autograd.grad(sum((gr * v).sum() for gr, v in zip(grads, vs)), args)
 
-    ours = hvp(lambda *a: rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend))
-    truth = hvp(lambda *a: rnn_sequential(*a, nonlinearity, cell))
-    for name, a, t in zip(("x", "h0", "w_ih", "w_hh", "b"), ours, truth):
+    ours = hvp(lambda *a: flat_rnn(*a, cell=cell, nonlinearity=nonlinearity, backend=backend))
+    truth = hvp(lambda *a: flat_sequential(*a, nonlinearity=nonlinearity, cell=cell))
+    for name, a, t in zip(arg_names(cell), ours, truth, strict=True):
         assert_close(a, t, msg=f"hvp {name}")
 
 
@@ -374,7 +422,7 @@ def test_torch_compile_rnn():
     args = tuple(a.requires_grad_() for a in make(24, 2, 3, 4, "gru", dtype=torch.float32))
 
     def loss(*a):
-        return (rnn(*a, cell="gru", backend="cpu") * 2).tanh().sum()
+        return (flat_rnn(*a, cell="gru", backend="cpu") * 2).tanh().sum()
 
     compiled = torch.compile(loss, backend="aot_eager")
     out = compiled(*args)
@@ -405,7 +453,28 @@ def test_newton_stall_below_rounding_floor_stops_early():
     # float32 cannot reach tol=1e-9 (the scan's rounding floor is ~1e-7): Newton must notice that it stopped
     # converging, report it, and finish exactly with the sequential loop rather than spin to its cap.
     args = make(64, 2, 3, 16, "elman", gain=0.8, dtype=torch.float32)
-    h, info = rnn(*args, method="newton", tol=1e-9, return_info=True)
+    h, info = flat_rnn(*args, method="newton", tol=1e-9, return_info=True)
     assert info.fallback is not None and "stalled" in info.fallback, info.fallback
     assert info.iterations < reference.NEWTON_MAX_ITERS // 2, info.iterations
     assert info.exact and torch.equal(h, rnn_sequential(*args))
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu", "triton"])
+def test_lstm_fixed_point_is_over_h_and_c(backend_name):
+    # A closed output gate (bias −1e4: σ = 0 exactly in float64) makes h ≡ 0 from the first iteration on while
+    # c still carries the recurrence. A solver that tested only h for convergence would stop at once with the
+    # guess's c; the joint state [h, c] makes it iterate until c is the sequential result.
+    device = require_backend(backend_name)
+    T = 8 if backend_name == "triton" else 40
+    x, h0, c0, w_ih, w_hh, b = make(T, 2, 3, 4, "lstm")
+    b = b.clone()
+    b[12:16] = -1e4  # the o gate's rows (gates i, f, g, o)
+    args = tuple(a.to(device) for a in (x, h0, c0, w_ih, w_hh, b))
+    truth = flat_sequential(*args, cell="lstm")
+    state, info = flat_rnn(*args, cell="lstm", backend=backend_name, return_info=True)
+    assert torch.equal(state[..., :4], torch.zeros_like(state[..., :4]))
+    assert info.iterations > 2 and info.exact, info
+    assert truth[..., 4:].abs().max() > 0.1, "degenerate test: c is ~0"
+    assert_close(state, truth, msg="state [h, c]")
+    if backend_name != "reference":
+        assert torch.equal(state, flat_rnn(*args, cell="lstm", backend=backend_name, method="gauss_seidel"))
