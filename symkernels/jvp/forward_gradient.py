@@ -8,9 +8,10 @@ component Var(ĝ_i) = (‖∇f‖² + ∂_i²)/T for Gaussian v and (‖∇f‖�
 Tangent t of parameter j is ``reference.seeded_tangent(p_j.shape, seed_tj)`` with ``seed_tj =
 tangent_seeds(seed, J, T)[t][j]`` (distinct per (t, j)): a pure function of the seeds, so nothing has to
 be stored. The lean path (``tangent_batch=1``, the default) never materialises the tangent of a matrix
-parameter: such parameters enter ``fn`` without a forward-AD tangent, and each ``symkernels.jvp`` Linear
-that consumes one runs ``linear_dual(..., weight_seed=seed_tj)``, whose kernel generates W_t tile by tile
-(``_scope.SeededScope``). Vectors (biases, norm weights) get ordinary dual tangents — they are small.
+parameter (or a 4-D conv kernel): such parameters enter ``fn`` without a forward-AD tangent, and each
+``symkernels.jvp`` Linear that consumes one runs ``linear_dual(..., weight_seed=seed_tj)``, whose kernel
+generates W_t tile by tile (each Conv2d runs ``conv2d_dual(..., weight_seed=seed_tj)``; see
+``_scope.SeededScope``). Vectors (biases, norm weights) get ordinary dual tangents — they are small.
 If ``fn`` uses a matrix parameter any other way, the pass is redone with materialised tangents (a guard
 watches every torch call, so the estimate is never silently wrong). The update, in ``forward_gradient``
 and in the optimizers, regenerates v chunk by chunk (``_regenerated_chunks``): at most a few chunks of
@@ -59,6 +60,9 @@ import torch.autograd.forward_ad as fwAD
 from symkernels.jvp import _scope, reference
 
 MODES = ("weight", "activity")
+# Parameters whose tangent the lean path leaves as a seed: Linear matrices and Conv2d kernels, the layers
+# whose fused dual kernels generate a seeded weight tangent themselves.
+SEEDED_DIMS = (2, 4)
 GUESSES = ("random", "local")
 
 
@@ -210,7 +214,7 @@ def _lean_pass(call, tensors, seeds, distribution):
     with fwAD.dual_level():
         for p, s in zip(tensors, seeds):
             q = p.detach()
-            if q.dim() == 2 and q.is_floating_point():
+            if q.dim() in SEEDED_DIMS and q.is_floating_point():
                 weights[id(q)] = (q, s, distribution)
                 args.append(q)
             else:
@@ -268,8 +272,8 @@ def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_b
                     if not _warned_fallback:
                         _warned_fallback = True
                         warnings.warn("forward_gradient: fn uses a matrix parameter outside symkernels.jvp Linear "
-                                      f"layers (in {sorted(set(foreign))[:3]}), so its tangent is materialised; the "
-                                      "estimate is exact, the memory saving is lost", stacklevel=3)
+                                      f"or Conv2d layers (in {sorted(set(foreign))[:3]}), so its tangent is "
+                                      "materialised; the estimate is exact, the memory saving is lost", stacklevel=3)
                     continue
                 count, d = 1, d.reshape(1)
             else:

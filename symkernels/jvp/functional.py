@@ -25,9 +25,9 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from symkernels import _backend
-from symkernels.jvp import _scope, ops, reference
+from symkernels.jvp import _scope, conv, ops, reference
 
-_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0}  # counters the tests use to prove the fused path ran
+_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0, "conv2d": 0}  # counters the tests use to prove the fused path ran
 
 
 def _nested_forward_ad() -> bool:
@@ -113,6 +113,51 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         y, _ = ops._LinearDualFunction.apply(c.x, weight, bias, None, None, None, c.activation, 0, None, "gaussian",
                                              impl, False)
     return y.reshape(*c.lead, c.N)
+
+
+def _seeded_conv2d(scope: _scope.SeededScope, c, x, weight, bias, impl) -> torch.Tensor | None:
+    """As _seeded_linear, for a conv kernel whose tangent is a seed: one seeded conv2d_dual call."""
+    seeded = scope.lookup(weight)
+    if seeded is None or not _fusable(x, weight, bias):
+        return None
+    with scope.sanctioned():
+        x_dot, b_dot = _tangent(c.x), _tangent(bias)
+        tangent = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731  canonical tangent dim T = 1
+        y, y_t = conv.raw_conv2d_dual(_primal(c.x), weight, _primal(bias), tangent(x_dot), None, tangent(b_dot),
+                                      c.geometry, c.activation, 1, seeded[0], seeded[1], impl)
+        scope.used.add(id(weight))
+        _FUSED_CALLS["conv2d"] += 1
+        return fwAD.make_dual(y, y_t[0])
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1, activation: str | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups))`` with fused forward-mode tangents
+    (see the module docstring). Inside a seeded forward-gradient pass a conv kernel's tangent is a seed; with
+    mode="activity" conv layers are not perturbed (the estimator then reports their parameters as uncovered)."""
+    c = conv._Canonical(x, None, weight, None, bias, None, stride, padding, dilation, groups, activation, None,
+                        "gaussian", None)
+    device = _backend.common_device(conv.OP_NAME, x=x, weight=weight, bias=bias)
+    impl = _backend.resolve(conv.OP_NAME, device, backend, conv.IMPLEMENTED)
+    if _nested_forward_ad():
+        return conv._plain(c.geometry, c.activation)(x, weight, bias)
+    scope = _scope.active()
+    if isinstance(scope, _scope.SeededScope):
+        scoped = _seeded_conv2d(scope, c, x, weight, bias, impl)
+        if scoped is not None:
+            return c.primal(scoped)
+        if scope.lookup(weight) is not None:
+            scope.foreign.append("functional.conv2d (unfusable here: grad mode or a transform is active)")
+    x_dot, w_dot, b_dot = _tangent(c.x), _tangent(weight), _tangent(bias)
+    tangent = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731  canonical tangent dim T = 1
+    if (x_dot is not None or w_dot is not None or b_dot is not None) and _fusable(x, weight, bias):
+        _FUSED_CALLS["conv2d"] += 1
+        y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, tangent(x_dot), tangent(w_dot), tangent(b_dot),
+                                              c.geometry, c.activation, 1, None, "gaussian", impl, True)
+    else:
+        y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, None, None, None, c.geometry, c.activation, 0, None,
+                                              "gaussian", impl, False)
+    return c.primal(y)
 
 
 def _row(op, kind, x, weight, bias, eps, backend):

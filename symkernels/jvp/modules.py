@@ -21,6 +21,23 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias, self.activation, backend=self.backend)
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and init) with an optional fused activation; zero padding only."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, activation: str | None = None, *, backend: str | None = None,
+                 device=None, dtype=None):
+        if isinstance(padding, str):
+            raise ValueError(f"Conv2d: padding must be an int or a pair of ints, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         device=device, dtype=dtype)
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        self.activation, backend=self.backend)
+
+
 class LayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, *, backend: str | None = None,
                  device=None, dtype=None):
