@@ -31,7 +31,7 @@ from symkernels.jvp.forward_gradient import regenerate_values
 
 OP_NAME = "conv2d_dual"
 QUALNAME = f"symkernels::{OP_NAME}"
-IMPLEMENTED = ("reference", "cpu", "cuda")
+IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 
 
 class Geometry(NamedTuple):
