@@ -11,10 +11,13 @@ and optimizer family:
   * forward gradient: symkernels.ForwardGradientAdam (or SGD), T seeded Rademacher tangents per step on the
     lean path: weight tangents exist only as seeds inside the seeded linear_dual kernel, the update
     regenerates them chunk by chunk.
-  * with --local, a third run: forward gradient with local-loss guesses (Fournier et al.): the hidden
+  * with --local, a third run: forward gradient with local-loss guesses (Fournier et al.): the first
     layer's guess is the gradient of an auxiliary linear classifier on its output (trained on its own loss),
-    the output layer's is its exact gradient on detached features; one forward-mode pass per block projects
-    the true gradient on the guess (symkernels.forward_gradient(guess="local")).
+    the later layers' are their exact gradients on detached features; one forward-mode pass per layer
+    projects the true gradient on the guess (symkernels.forward_gradient(guess="local")).
+Measured once on the shared, loaded 2-core machine with --model cnn --threads 1 --steps 2000 --fg-lr 0.005
+--local: backprop 97.8% test accuracy (500 steps, 20.6 ms/step), forward gradient T=16 89.1% (2000 steps,
+461 ms/step), local guess 96.7% (500 steps, 44 ms/step).
 Reports test accuracy, median time per step, and the peak memory footprint of one step (parameters,
 optimizer state, batch, plus the allocator's high-water mark during the step; symkernels.jvp.memory)
 next to that of an inference forward of the same batch.
@@ -61,13 +64,26 @@ class DigitsCNN(torch.nn.Module):
         return self.head(F.max_pool2d(self.conv2(h), 2).flatten(1))
 
 
+def _local_split(model, model_kind: str):
+    """(first, rest, blocks, features) for local-loss guesses: ``first(ps, x)`` is the first layer's output,
+    ``rest(ps, h)`` the logits from it, ``blocks`` one block of parameter indices per layer, ``features`` the
+    size of the flattened first output (the aux head's input)."""
+    def layer(module, ps, j, h):  # a layer with weight ps[j] and bias ps[j + 1]
+        return torch.func.functional_call(module, {"weight": ps[j], "bias": ps[j + 1]}, (h,))
+
+    if model_kind == "mlp":
+        return (lambda ps, x: layer(model.layers[0], ps, 0, x), lambda ps, h: layer(model.layers[1], ps, 2, h),
+                [[0, 1], [2, 3]], model.layers[0].out_features)
+    first = lambda ps, x: F.max_pool2d(layer(model.conv1, ps, 0, x.view(-1, 1, 8, 8)), 2)  # noqa: E731
+    rest = lambda ps, h: layer(model.head, ps, 4, F.max_pool2d(layer(model.conv2, ps, 2, h), 2).flatten(1))  # noqa: E731
+    return first, rest, [[0, 1], [2, 3], [4, 5]], model.conv1.out_channels * 4 * 4
+
+
 def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, seed: int = 0, lr: float | None = None,
           optimizer: str = "adam", guess: str = "random", model_kind: str = "mlp"):
     xtr, ytr, xte, yte = load_digits()
     torch.manual_seed(seed)
     model = MLP([64, hidden, 10], activation="relu") if model_kind == "mlp" else DigitsCNN()
-    if guess == "local" and model_kind != "mlp":
-        raise ValueError("the example's local-guess blocks are written for the MLP (--model mlp)")
     params = list(model.parameters())
     names = [n for n, _ in model.named_parameters()]
 
@@ -90,18 +106,17 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
         kw = dict(num_tangents=tangents, distribution="rademacher", seed=seed)
         aux = None
         if guess == "local":
-            # Blocks: [hidden layer], [output layer] (indices into params). The output layer's local loss is the
-            # real loss on detached features, so its guess is exact; the hidden layer's comes from the aux head.
-            aux = torch.nn.Linear(hidden, 10)
+            # The first layer's guess is the gradient of an auxiliary linear classifier on its output; the rest
+            # of the network sees detached features, so its local loss is the real one and its guesses exact.
+            first, rest, blocks, features = _local_split(model, model_kind)
+            aux = torch.nn.Linear(features, 10)
             aux_opt = torch.optim.Adam(aux.parameters(), lr=1e-2)
-            layer = lambda i, ps, h: torch.func.functional_call(  # noqa: E731
-                model.layers[i], {"weight": ps[2 * i], "bias": ps[2 * i + 1]}, (h,))
 
             def local_loss(ps, xb, yb):
-                h = layer(0, ps, xb)
-                return F.cross_entropy(aux(h), yb) + F.cross_entropy(layer(1, ps, h.detach()), yb)
+                h = first(ps, xb)
+                return F.cross_entropy(aux(h.flatten(1)), yb) + F.cross_entropy(rest(ps, h.detach()), yb)
 
-            kw = dict(num_tangents=1, guess="local", local_loss=local_loss, guess_blocks=[[0, 1], [2, 3]])
+            kw = dict(num_tangents=1, guess="local", local_loss=local_loss, guess_blocks=blocks)
             lr = lr or (1e-2 if optimizer == "adam" else 0.1)
         opt = (ForwardGradientAdam(params, lr=lr or 2e-3, **kw) if optimizer == "adam"
                else ForwardGradientSGD(params, lr=lr or 0.02, **kw))
@@ -110,7 +125,7 @@ def train(method: str, steps: int, tangents: int, hidden: int, batch: int = 64, 
             loss = opt.step(loss_fn, xb, yb)
             if aux is not None:  # the aux head learns its own (local) loss by backprop through the head only
                 with torch.no_grad():
-                    h = model.layers[0](xb)
+                    h = first(params, xb).flatten(1)
                 aux_opt.zero_grad(set_to_none=True)
                 F.cross_entropy(aux(h), yb).backward()
                 aux_opt.step()

@@ -87,3 +87,13 @@ def test_forward_gradient_adam_reduces_a_cnn_loss():
     for _ in range(25):
         opt.step(list_loss, x, y)
     assert list_loss(ps, x, y).item() < 0.8 * first  # 1.11 -> 0.70 (deterministic: seeded init and tangents)
+
+
+def test_digits_cnn_example_smoke():
+    pytest.importorskip("sklearn")
+    from symkernels.jvp.examples import train
+
+    for method, guess in (("backprop", "random"), ("forward_gradient", "random"), ("forward_gradient", "local")):
+        r = train(method, steps=3, tangents=2, hidden=8, model_kind="cnn", guess=guess)
+        assert r["model"] == "cnn" and r["params"] == 1898
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["median_step_ms"] > 0 and r["peak_memory_kib"] > 0
