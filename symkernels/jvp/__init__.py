@@ -5,7 +5,8 @@ from symkernels.jvp.modules import MLP, Attention, Conv2d, LayerNorm, Linear, RM
 from symkernels.jvp.attention import attention_dual
 from symkernels.jvp.conv import conv2d_dual
 from symkernels.jvp.ops import layer_norm_dual, linear_dual, rms_norm_dual, softmax_dual
+from symkernels.jvp.pool import avg_pool2d_dual, max_pool2d_dual
 
 __all__ = ["ForwardGradientAdam", "ForwardGradientSGD", "forward_gradient", "Attention", "Conv2d", "LayerNorm",
-           "Linear", "MLP", "RMSNorm", "attention_dual", "conv2d_dual", "functional", "layer_norm_dual", "linear_dual",
-           "rms_norm_dual", "softmax_dual"]
+           "Linear", "MLP", "RMSNorm", "attention_dual", "avg_pool2d_dual", "conv2d_dual", "functional",
+           "layer_norm_dual", "linear_dual", "max_pool2d_dual", "rms_norm_dual", "softmax_dual"]
