@@ -22,35 +22,19 @@ from symkernels.jvp.triton import _ACT_CODES
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
-def signature(dtype: str) -> dict[str, str]:
-    """Argument types as the launcher passes them: tensors, then int32 sizes/strides (Triton would widen one
-    past 2^31 to i64; these shapes stay below)."""
+def compile_case(arch: int, dtype: str, seeded: bool, act: str, out_channels_per_group: int = 64):
+    """The launcher's GPU specialisation for a 3x3 conv with bias, an x tangent and a loaded or seeded weight
+    tangent. Non-constexpr arguments are pointers (``*dtype``) or int32 sizes/strides (the launcher's shapes
+    stay below 2^31, where Triton would widen one to i64)."""
     fn = conv_triton._conv_dual_kernel
-    ptr = f"*{dtype}"
-    sig = {}
-    for name in fn.arg_names:
-        if name.endswith("_ptr"):
-            sig[name] = ptr
-        elif name in ("KH", "KW") or name.isupper() and name not in ("NB", "H", "W", "O", "OG", "HO", "WO", "K",
-                                                                       "SH", "SW", "PH", "PW", "DH", "DW"):
-            sig[name] = "constexpr"
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-def compile_case(arch: int, dtype: str, seeded: bool, act: str, out_channels_per_group: int = 64) -> dict:
     cfg = conv_triton.launch_config(False, out_channels_per_group)
     options = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
     constexprs = dict(KH=3, KW=3, HAS_B=True, HAS_XT=True, HAS_WT=not seeded, SEEDED=seeded, GAUSSIAN=True,
-                      HAS_BT=False, WRITE_T=True, ACT=_ACT_CODES[act], ACC_F64=False, PREC="tf32" if dtype == "fp32" else "ieee",
-                      **cfg)
-    sig = signature(dtype)
-    for name, value in constexprs.items():
-        sig[name] = "constexpr"
-    src = triton.compiler.ASTSource(conv_triton._conv_dual_kernel, sig, {(conv_triton._conv_dual_kernel.arg_names
-                                                                           .index(k),): v for k, v in
-                                                                          constexprs.items()})
+                      HAS_BT=False, WRITE_T=True, ACT=_ACT_CODES[act], ACC_F64=False,
+                      PREC="tf32" if dtype == "fp32" else "ieee", **cfg)
+    sig = {name: "constexpr" if name in constexprs else f"*{dtype}" if name.endswith("_ptr") else "i32"
+           for name in fn.arg_names}
+    src = triton.compiler.ASTSource(fn, sig, {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(kernel.asm["ptx"])

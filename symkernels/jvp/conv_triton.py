@@ -101,7 +101,8 @@ def _conv_dual_kernel(x_ptr, w_ptr, b_ptr, xt_ptr, wt_ptr, bt_ptr, y_ptr, yt_ptr
 
 @triton.jit
 def _tangent_update(acc_t, x, w, t, xt_rows, h0, w0, row_ok, o, col_ok, kk, K, group_c0, H, W, O, DH, DW, xt_ptr,
-                    s_xt_t, s_xt_c, s_xt_h, s_xt_w, wt_ptr, s_wt_t, s_wt_o, s_wt_c, s_wt_h, s_wt_w, key0, key1, KH: tl.constexpr, KW: tl.constexpr, HAS_XT: tl.constexpr, HAS_WT: tl.constexpr,
+                    s_xt_t, s_xt_c, s_xt_h, s_xt_w, wt_ptr, s_wt_t, s_wt_o, s_wt_c, s_wt_h, s_wt_w, key0, key1,
+                    KH: tl.constexpr, KW: tl.constexpr, HAS_XT: tl.constexpr, HAS_WT: tl.constexpr,
                     SEEDED: tl.constexpr, GAUSSIAN: tl.constexpr, PREC: tl.constexpr):
     """acc_t += X_t[t]·Wᵀ + X·W_t[t]ᵀ over one K tile."""
     if HAS_XT:

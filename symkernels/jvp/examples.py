@@ -75,7 +75,8 @@ def _local_split(model, model_kind: str):
         return (lambda ps, x: layer(model.layers[0], ps, 0, x), lambda ps, h: layer(model.layers[1], ps, 2, h),
                 [[0, 1], [2, 3]], model.layers[0].out_features)
     first = lambda ps, x: F.max_pool2d(layer(model.conv1, ps, 0, x.view(-1, 1, 8, 8)), 2)  # noqa: E731
-    rest = lambda ps, h: layer(model.head, ps, 4, F.max_pool2d(layer(model.conv2, ps, 2, h), 2).flatten(1))  # noqa: E731
+    rest = lambda ps, h: layer(  # noqa: E731
+        model.head, ps, 4, F.max_pool2d(layer(model.conv2, ps, 2, h), 2).flatten(1))
     return first, rest, [[0, 1], [2, 3], [4, 5]], model.conv1.out_channels * 4 * 4
 
 
@@ -191,7 +192,8 @@ def main(argv=None):
           "| params |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['method']} | {r['model']} | {r['optimizer']} | {r['steps']} | {r['tangents']} | {100 * r['test_accuracy']:.1f}% | "
+        print(f"| {r['method']} | {r['model']} | {r['optimizer']} | {r['steps']} | {r['tangents']} | "
+              f"{100 * r['test_accuracy']:.1f}% | "
               f"{r['median_step_ms']:.2f} ms | {r['peak_memory_kib']:.0f} KiB | {r['inference_memory_kib']:.0f} KiB | "
               f"{r['params']} |")
     return results

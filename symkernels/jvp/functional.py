@@ -27,7 +27,8 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from symkernels import _backend
 from symkernels.jvp import _scope, conv, ops, reference
 
-_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0, "conv2d": 0}  # counters the tests use to prove the fused path ran
+# Counters the tests use to prove the fused path ran.
+_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0, "conv2d": 0}
 
 
 def _nested_forward_ad() -> bool:
@@ -115,6 +116,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return y.reshape(*c.lead, c.N)
 
 
+def _one_tangent(d: torch.Tensor | None) -> torch.Tensor | None:
+    """A forward-AD tangent with the kernels' leading tangent dim (T = 1)."""
+    return None if d is None else d.unsqueeze(0)
+
+
 def _seeded_conv2d(scope: _scope.SeededScope, c, x, weight, bias, impl) -> torch.Tensor | None:
     """As _seeded_linear, for a conv kernel whose tangent is a seed: one seeded conv2d_dual call."""
     seeded = scope.lookup(weight)
@@ -122,9 +128,8 @@ def _seeded_conv2d(scope: _scope.SeededScope, c, x, weight, bias, impl) -> torch
         return None
     with scope.sanctioned():
         x_dot, b_dot = _tangent(c.x), _tangent(bias)
-        tangent = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731  canonical tangent dim T = 1
-        y, y_t = conv.raw_conv2d_dual(_primal(c.x), weight, _primal(bias), tangent(x_dot), None, tangent(b_dot),
-                                      c.geometry, c.activation, 1, seeded[0], seeded[1], impl)
+        y, y_t = conv.raw_conv2d_dual(_primal(c.x), weight, _primal(bias), _one_tangent(x_dot), None,
+                                      _one_tangent(b_dot), c.geometry, c.activation, 1, seeded[0], seeded[1], impl)
         scope.used.add(id(weight))
         _FUSED_CALLS["conv2d"] += 1
         return fwAD.make_dual(y, y_t[0])
@@ -149,11 +154,11 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if scope.lookup(weight) is not None:
             scope.foreign.append("functional.conv2d (unfusable here: grad mode or a transform is active)")
     x_dot, w_dot, b_dot = _tangent(c.x), _tangent(weight), _tangent(bias)
-    tangent = lambda d: None if d is None else d.unsqueeze(0)  # noqa: E731  canonical tangent dim T = 1
     if (x_dot is not None or w_dot is not None or b_dot is not None) and _fusable(x, weight, bias):
         _FUSED_CALLS["conv2d"] += 1
-        y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, tangent(x_dot), tangent(w_dot), tangent(b_dot),
-                                              c.geometry, c.activation, 1, None, "gaussian", impl, True)
+        y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, _one_tangent(x_dot), _one_tangent(w_dot),
+                                              _one_tangent(b_dot), c.geometry, c.activation, 1, None, "gaussian", impl,
+                                              True)
     else:
         y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, None, None, None, c.geometry, c.activation, 0, None,
                                               "gaussian", impl, False)

@@ -76,7 +76,8 @@ def _worker(rank, world_size, port, variant, results):
         x, y = _data(world_size)
         mine = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
         failing = variant == "raise" and rank == 1
-        params, losses = _train("sgd" if variant == "raise" else variant, x[mine], y[mine], rank, 1 if failing else None)
+        params, losses = _train("sgd" if variant == "raise" else variant, x[mine], y[mine], rank,
+                                fail_at_step=1 if failing else None)
         # Plain lists: a tensor would travel as a shared-memory handle that dies with this process.
         results.put((rank, "ok", ([p.tolist() for p in params], losses)))
         dist.destroy_process_group()
