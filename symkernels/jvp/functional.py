@@ -26,9 +26,10 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from symkernels import _backend
 from symkernels.jvp import _scope, conv, ops, reference
+from symkernels.jvp.batch_norm import batch_norm_dual
 
 # Counters the tests use to prove the fused path ran.
-_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0, "conv2d": 0}
+_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0, "conv2d": 0, "batch_norm": 0}
 
 
 def _nested_forward_ad() -> bool:
@@ -163,6 +164,23 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, None, None, None, c.geometry, c.activation, 0, None,
                                               "gaussian", impl, False)
     return c.primal(y)
+
+
+def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm``. With ``forward_ad`` dual tensors and no torch.func transform active (the passes of
+    ``symkernels.forward_gradient``), primal and tangent come from one ``batch_norm_dual`` call sharing the
+    statistics, and the result is a dual tensor. Elsewhere (torch.func.jvp, vmap, reverse mode) it is
+    F.batch_norm itself, whose own forward AD is exact: batch_norm_dual has no autograd.Function around it,
+    so it only serves the one case where no transform needs one."""
+    dots = [_tangent(t) for t in (x, weight, bias)]
+    if any(d is not None for d in dots) and not retrieve_all_functorch_interpreters() and _fusable(x, weight, bias):
+        _FUSED_CALLS["batch_norm"] += 1
+        y, y_t = batch_norm_dual(_primal(x), dots[0], _primal(weight), dots[1], _primal(bias), dots[2], running_mean,
+                                 running_var, training, momentum, eps)
+        return fwAD.make_dual(y, y_t)
+    return torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def _row(op, kind, x, weight, bias, eps, backend):

@@ -38,6 +38,25 @@ class Conv2d(nn.Conv2d):
                         self.activation, backend=self.backend)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters, buffers and bookkeeping) whose forward-mode tangent inside forward-
+    gradient passes comes from batch_norm_dual (``functional.batch_norm``)."""
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        # nn.BatchNorm2d's own rules: momentum=None is a cumulative average over num_batches_tracked; without
+        # tracked statistics, batch statistics are used in eval too.
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_mean is None
+        tracked = not self.training or self.track_running_stats
+        return F.batch_norm(x, self.running_mean if tracked else None, self.running_var if tracked else None,
+                            self.weight, self.bias, use_batch_stats, momentum, self.eps)
+
+
 class LayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, *, backend: str | None = None,
                  device=None, dtype=None):

@@ -63,3 +63,61 @@ def test_bad_inputs():
         batch_norm_dual(x, torch.randn(2, 4, 3, 5), torch.randn(3), torch.randn(3, 3))
     with pytest.raises(TypeError, match=r"batch_norm_dual: running_mean must have the dtype of x"):
         batch_norm_dual(x, None, running_mean=torch.zeros(3, dtype=D), running_var=torch.ones(3))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm2d_module_equals_nn_and_fuses_dual_tensors(training):
+    import torch.autograd.forward_ad as fwAD
+
+    from symkernels.jvp import BatchNorm2d
+    from symkernels.jvp.functional import _FUSED_CALLS
+
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(3).double(), torch.nn.BatchNorm2d(3).double()
+    for m in (ours, ref):
+        m.train(training)
+        m.running_mean.fill_(0.3)
+        m.weight.data.uniform_(0.5, 1.5)
+    ref.load_state_dict(ours.state_dict())
+    x, x_t = torch.randn(4, 3, 5, 5, dtype=D) * 2 + 1, torch.randn(4, 3, 5, 5, dtype=D)
+    # Dual tensors, not torch.func.jvp: functorch refuses a training-mode BatchNorm's in-place buffer update.
+    with torch.no_grad(), fwAD.dual_level():
+        want_y, want_t = fwAD.unpack_dual(ref(fwAD.make_dual(x, x_t)))  # ref's running statistics move once
+    before = _FUSED_CALLS["batch_norm"]
+    with torch.no_grad(), fwAD.dual_level():
+        y, y_t = fwAD.unpack_dual(ours(fwAD.make_dual(x, x_t)))
+    assert _FUSED_CALLS["batch_norm"] == before + 1, "dual tensors should take batch_norm_dual"
+    assert_close(y, want_y)
+    assert_close(y_t, want_t)
+    for a, b in ((ours.running_mean, ref.running_mean), (ours.running_var, ref.running_var)):
+        assert_close(a, b)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked)
+    if not training:  # under torch.func.jvp: F.batch_norm's own forward AD
+        assert_close(jvp(ours, (x,), (x_t,))[1], want_t)
+
+
+def test_cnn_with_batch_norm_forward_gradient_is_exact():
+    from symkernels.jvp import BatchNorm2d, Conv2d, Linear
+    from symkernels.jvp.forward_gradient import directional_derivatives, param_tangent, tangent_seeds
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv2d(1, 4, 3, padding=1), BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(),
+                              Linear(4 * 6 * 6, 3)).double()
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    x, y = torch.randn(5, 1, 6, 6, dtype=D), torch.randint(0, 3, (5,))
+
+    def loss_fn(p, x, y):
+        return F.cross_entropy(torch.func.functional_call(net, p, (x,)), y)
+
+    from symkernels.jvp.functional import _FUSED_CALLS
+
+    before = _FUSED_CALLS["batch_norm"]
+    _, d = directional_derivatives(loss_fn, params, x, y, num_tangents=2, seed=3)
+    assert _FUSED_CALLS["batch_norm"] == before + 2, "each lean pass should take batch_norm_dual"
+    # The truth by autograd: torch.func refuses the training-mode in-place update of the running statistics.
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    true = dict(zip(leaves, torch.autograd.grad(loss_fn(leaves, x, y), list(leaves.values()))))
+    seeds = tangent_seeds(3, len(params), 2)
+    want = torch.stack([sum((true[n] * param_tangent(p, seeds[t][j], "gaussian")).sum()
+                            for j, (n, p) in enumerate(params.items())) for t in range(2)])
+    torch.testing.assert_close(d, want)
