@@ -54,9 +54,10 @@ def cases(device: torch.device, quick: bool) -> Iterable[Case]:
         yield _linear_case(M, NK, T, g, device)
     yield from _row_cases(device, quick)
     # Forward-gradient step memory/time and attention dual cases (symkernels/bench/jvp_training.py).
-    from symkernels.bench import jvp_training
+    from symkernels.bench import jvp_conv, jvp_training
 
     yield from jvp_training.cases(device, quick)
+    yield from jvp_conv.cases(device, quick)  # conv2d_dual vs torch.func.jvp / vmap(jvp) (bench/jvp_conv.py)
 
 
 def _linear_case(M: int, NK: int, T: int, g: torch.Generator, device: torch.device) -> Case:

@@ -1,11 +1,12 @@
-"""Scopes a forward-gradient pass opens around ``fn``, read by ``functional.linear``.
+"""Scopes a forward-gradient pass opens around ``fn``, read by ``functional.linear`` and ``functional.conv2d``.
 
-* ``SeededScope`` (weight perturbation without materialised tangents): the listed 2-D parameters enter
-  ``fn`` as plain tensors with *no* forward-AD tangent; their tangent exists only as a seed. A
-  ``functional.linear`` that receives one as its weight runs ``linear_dual(..., weight_seed=...)``, whose
-  kernel generates the tangent tile by tile and never stores it. Any *other* use of such a weight would
+* ``SeededScope`` (weight perturbation without materialised tangents): the listed 2-D (and 4-D conv)
+  parameters enter ``fn`` as plain tensors with *no* forward-AD tangent; their tangent exists only as a
+  seed. A ``functional.linear`` (``functional.conv2d``) that receives one as its weight runs
+  ``linear_dual`` (``conv2d_dual``) with ``weight_seed=...``, whose kernel generates the tangent and never
+  keeps it. Any *other* use of such a weight would
   silently miss its tangent, so the scope is also a ``TorchFunctionMode`` that watches every torch call:
-  one that takes a seeded weight and returns a tensor, outside ``functional.linear``, is recorded in
+  one that takes a seeded weight and returns a tensor, outside those two, is recorded in
   ``foreign`` and the caller redoes the pass with materialised tangents (correct, just not lean).
 * ``ActivityScope`` (activity perturbation, Ren et al.): every ``functional.linear`` adds a seeded noise
   tangent to its pre-activation and records its input rows and the noise, from which the caller forms

@@ -8,9 +8,10 @@ component Var(ĝ_i) = (‖∇f‖² + ∂_i²)/T for Gaussian v and (‖∇f‖�
 Tangent t of parameter j is ``reference.seeded_tangent(p_j.shape, seed_tj)`` with ``seed_tj =
 tangent_seeds(seed, J, T)[t][j]`` (distinct per (t, j)): a pure function of the seeds, so nothing has to
 be stored. The lean path (``tangent_batch=1``, the default) never materialises the tangent of a matrix
-parameter: such parameters enter ``fn`` without a forward-AD tangent, and each ``symkernels.jvp`` Linear
-that consumes one runs ``linear_dual(..., weight_seed=seed_tj)``, whose kernel generates W_t tile by tile
-(``_scope.SeededScope``). Vectors (biases, norm weights) get ordinary dual tangents — they are small.
+parameter (or a 4-D conv kernel): such parameters enter ``fn`` without a forward-AD tangent, and each
+``symkernels.jvp`` Linear that consumes one runs ``linear_dual(..., weight_seed=seed_tj)``, whose kernel
+generates W_t tile by tile (each Conv2d runs ``conv2d_dual(..., weight_seed=seed_tj)``; see
+``_scope.SeededScope``). Vectors (biases, norm weights) get ordinary dual tangents — they are small.
 If ``fn`` uses a matrix parameter any other way, the pass is redone with materialised tangents (a guard
 watches every torch call, so the estimate is never silently wrong). The update, in ``forward_gradient``
 and in the optimizers, regenerates v chunk by chunk (``_regenerated_chunks``): at most a few chunks of
@@ -55,10 +56,14 @@ from typing import Callable, Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.distributed as dist
 
 from symkernels.jvp import _scope, reference
 
 MODES = ("weight", "activity")
+# Parameters whose tangent the lean path leaves as a seed: Linear matrices and Conv2d kernels, the layers
+# whose fused dual kernels generate a seeded weight tangent themselves.
+SEEDED_DIMS = (2, 4)
 GUESSES = ("random", "local")
 
 
@@ -210,7 +215,7 @@ def _lean_pass(call, tensors, seeds, distribution):
     with fwAD.dual_level():
         for p, s in zip(tensors, seeds):
             q = p.detach()
-            if q.dim() == 2 and q.is_floating_point():
+            if q.dim() in SEEDED_DIMS and q.is_floating_point():
                 weights[id(q)] = (q, s, distribution)
                 args.append(q)
             else:
@@ -268,8 +273,8 @@ def _directional(fn, params, inputs, num_tangents, distribution, seed, tangent_b
                     if not _warned_fallback:
                         _warned_fallback = True
                         warnings.warn("forward_gradient: fn uses a matrix parameter outside symkernels.jvp Linear "
-                                      f"layers (in {sorted(set(foreign))[:3]}), so its tangent is materialised; the "
-                                      "estimate is exact, the memory saving is lost", stacklevel=3)
+                                      f"or Conv2d layers (in {sorted(set(foreign))[:3]}), so its tangent is "
+                                      "materialised; the estimate is exact, the memory saving is lost", stacklevel=3)
                     continue
                 count, d = 1, d.reshape(1)
             else:
@@ -482,6 +487,16 @@ def forward_gradient(fn: Callable, params, *inputs, num_tangents: int = 1, distr
     return loss, (dict(zip(names, grads)) if names is not None else grads)
 
 
+def data_parallel_group(process_group=None):
+    """The group whose ranks average their estimates: ``process_group``, else the world group when
+    torch.distributed is initialised; None when there is nothing to average (not distributed, or one rank)."""
+    if process_group is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        process_group = dist.group.WORLD
+    return None if dist.get_world_size(process_group) == 1 else process_group
+
+
 def _step_seed(base: int, step: int) -> int:
     # A fresh seed per step, derived (not stored) from (base seed, step).
     return derive_seed(base, step, 0x57E9)
@@ -491,10 +506,21 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
     """Common part. Weight mode: the step computes the T scalars d_t by forward mode, keeps only them, then
     regenerates each parameter's tangents from the seeds chunk by chunk while applying the update (no
     tangent exists whole, and none is stored across steps). Activity mode: the guess is formed (it is
-    parameter-sized, like a backprop gradient) and applied."""
+    parameter-sized, like a backprop gradient) and applied.
+
+    Data parallel (``process_group``, default: the world group once torch.distributed is initialised): the
+    ranks start from rank 0's parameters and seed (broadcast at construction, as DistributedDataParallel
+    does), so they draw the same tangents every step. In weight mode each rank computes the T directional
+    derivatives of its own batch; ONE all-reduce of those T numbers plus the loss averages them, and every
+    rank regenerates the same tangents and applies the same update: the step is that of one process on the
+    concatenated batch (equal-sized batches; the loss is a mean), and a step sends T + 1 numbers instead of a
+    gradient. The local guess and activity mode produce parameter-sized estimates, so there the all-reduce
+    carries the estimate (as DDP carries the gradient). A rank that fails makes the others' collective
+    raise (at the latest after the process group's timeout) with an error that says so, instead of hanging.
+    """
 
     def __init__(self, params, defaults, num_tangents, distribution, seed, tangent_batch, mode, guess="random",
-                 local_loss=None, guess_blocks=None):
+                 local_loss=None, guess_blocks=None, process_group=None):
         super().__init__(params, defaults)
         _check(num_tangents, distribution, seed, mode, tangent_batch)
         _check_guess(guess, local_loss, mode, num_tangents)
@@ -506,6 +532,35 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
         self.tangent_batch, self.mode = tangent_batch, mode
         self.guess, self.local_loss, self.guess_blocks = guess, local_loss, guess_blocks
         self.step_count = 0
+        self.process_group = data_parallel_group(process_group)
+        if self.process_group is not None:
+            self._start_from_first_rank()
+
+    def _collective(self, what: str, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except RuntimeError as exc:  # gloo/NCCL raise DistError (a RuntimeError) when a peer dies or times out
+            world = dist.get_world_size(self.process_group)
+            raise RuntimeError(f"{type(self).__name__}: {what} over {world} ranks failed: another rank raised, exited "
+                               f"or did not reach it within the process group's timeout ({exc})") from exc
+
+    def _start_from_first_rank(self) -> None:
+        """Every rank takes the group's first rank's parameters and seed (the seed drives every tangent)."""
+        src = dist.get_global_rank(self.process_group, 0)
+        seed = torch.tensor([self.seed], dtype=torch.int64)
+        self._collective("broadcasting the tangent seed", lambda: dist.broadcast(seed, src, self.process_group))
+        self.seed = int(seed)
+        for p in self._params():
+            self._collective("broadcasting the parameters",
+                             lambda p=p: dist.broadcast(p.detach(), src, self.process_group))
+
+    def _mean_over_ranks(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The ranks' mean of each tensor, by ONE all-reduce of their concatenation."""
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self._collective("the all-reduce of the forward-gradient estimates",
+                         lambda: dist.all_reduce(flat, dist.ReduceOp.SUM, self.process_group))
+        flat /= dist.get_world_size(self.process_group)
+        return [part.view_as(t).to(t.dtype) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -522,10 +577,14 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
                 _, loss, grads = _local(fn, params, inputs, self.local_loss, self.guess_blocks, self.tangent_batch)
             else:
                 _, loss, grads = _activity(fn, params, inputs, self.num_tangents, self.distribution, seed)
+            if self.process_group is not None:
+                loss, *grads = self._mean_over_ranks([loss, *grads])
             chunks = {id(p): [(0, p.numel(), g.reshape(-1))] for p, g in zip(params, grads)}
         else:
             _, _, loss, d, seeds = _directional(fn, params, inputs, self.num_tangents, self.distribution, seed,
                                                 self.tangent_batch)
+            if self.process_group is not None:  # T + 1 numbers: the tangents themselves are shared by seed
+                loss, d = self._mean_over_ranks([loss, d])
             index = {id(p): j for j, p in enumerate(params)}
             chunks = {id(p): _regenerated_chunks(p, [row[index[id(p)]] for row in seeds], d, self.distribution)
                       for p in params}
@@ -546,15 +605,18 @@ class _ForwardGradientOptimizer(torch.optim.Optimizer):
 
 class ForwardGradientSGD(_ForwardGradientOptimizer):
     """SGD (optional momentum) on forward gradients with seeded tangents (or local-loss guesses:
-    ``guess="local", local_loss=...``, ``guess_blocks`` as indices into the flat parameter list)."""
+    ``guess="local", local_loss=...``, ``guess_blocks`` as indices into the flat parameter list).
+    ``process_group``: data-parallel ranks (default: the world group when torch.distributed is initialised;
+    see ``_ForwardGradientOptimizer``)."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, *, num_tangents: int = 1,
                  distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight",
-                 guess: str = "random", local_loss: Callable | None = None, guess_blocks=None):
+                 guess: str = "random", local_loss: Callable | None = None, guess_blocks=None,
+                 process_group=None):
         if not lr > 0:
             raise ValueError(f"ForwardGradientSGD: lr must be > 0, got {lr!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum), num_tangents, distribution, seed, tangent_batch,
-                         mode, guess, local_loss, guess_blocks)
+                         mode, guess, local_loss, guess_blocks, process_group)
 
     def _begin(self, p, state, group):
         if group["momentum"] and "momentum" not in state:
@@ -574,11 +636,12 @@ class ForwardGradientAdam(_ForwardGradientOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, *, num_tangents: int = 1,
                  distribution: str = "gaussian", seed: int = 0, tangent_batch: int = 1, mode: str = "weight",
-                 guess: str = "random", local_loss: Callable | None = None, guess_blocks=None):
+                 guess: str = "random", local_loss: Callable | None = None, guess_blocks=None,
+                 process_group=None):
         if not lr > 0:
             raise ValueError(f"ForwardGradientAdam: lr must be > 0, got {lr!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps), num_tangents, distribution, seed, tangent_batch,
-                         mode, guess, local_loss, guess_blocks)
+                         mode, guess, local_loss, guess_blocks, process_group)
 
     def _begin(self, p, state, group):
         if not state:

@@ -25,9 +25,11 @@ from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from symkernels import _backend
-from symkernels.jvp import _scope, ops, reference
+from symkernels.jvp import _scope, conv, ops, reference
+from symkernels.jvp.batch_norm import batch_norm_dual
 
-_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0}  # counters the tests use to prove the fused path ran
+# Counters the tests use to prove the fused path ran.
+_FUSED_CALLS = {"linear": 0, "row": 0, "attention": 0, "conv2d": 0, "batch_norm": 0}
 
 
 def _nested_forward_ad() -> bool:
@@ -113,6 +115,72 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         y, _ = ops._LinearDualFunction.apply(c.x, weight, bias, None, None, None, c.activation, 0, None, "gaussian",
                                              impl, False)
     return y.reshape(*c.lead, c.N)
+
+
+def _one_tangent(d: torch.Tensor | None) -> torch.Tensor | None:
+    """A forward-AD tangent with the kernels' leading tangent dim (T = 1)."""
+    return None if d is None else d.unsqueeze(0)
+
+
+def _seeded_conv2d(scope: _scope.SeededScope, c, x, weight, bias, impl) -> torch.Tensor | None:
+    """As _seeded_linear, for a conv kernel whose tangent is a seed: one seeded conv2d_dual call."""
+    seeded = scope.lookup(weight)
+    if seeded is None or not _fusable(x, weight, bias):
+        return None
+    with scope.sanctioned():
+        x_dot, b_dot = _tangent(c.x), _tangent(bias)
+        y, y_t = conv.raw_conv2d_dual(_primal(c.x), weight, _primal(bias), _one_tangent(x_dot), None,
+                                      _one_tangent(b_dot), c.geometry, c.activation, 1, seeded[0], seeded[1], impl)
+        scope.used.add(id(weight))
+        _FUSED_CALLS["conv2d"] += 1
+        return fwAD.make_dual(y, y_t[0])
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1, activation: str | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """``act(F.conv2d(x, weight, bias, stride, padding, dilation, groups))`` with fused forward-mode tangents
+    (see the module docstring). Inside a seeded forward-gradient pass a conv kernel's tangent is a seed; with
+    mode="activity" conv layers are not perturbed (the estimator then reports their parameters as uncovered)."""
+    c = conv._Canonical(x, None, weight, None, bias, None, stride, padding, dilation, groups, activation, None,
+                        "gaussian", None)
+    device = _backend.common_device(conv.OP_NAME, x=x, weight=weight, bias=bias)
+    impl = _backend.resolve(conv.OP_NAME, device, backend, conv.IMPLEMENTED)
+    if _nested_forward_ad():
+        return conv._plain(c.geometry, c.activation)(x, weight, bias)
+    scope = _scope.active()
+    if isinstance(scope, _scope.SeededScope):
+        scoped = _seeded_conv2d(scope, c, x, weight, bias, impl)
+        if scoped is not None:
+            return c.primal(scoped)
+        if scope.lookup(weight) is not None:
+            scope.foreign.append("functional.conv2d (unfusable here: grad mode or a transform is active)")
+    x_dot, w_dot, b_dot = _tangent(c.x), _tangent(weight), _tangent(bias)
+    if (x_dot is not None or w_dot is not None or b_dot is not None) and _fusable(x, weight, bias):
+        _FUSED_CALLS["conv2d"] += 1
+        y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, _one_tangent(x_dot), _one_tangent(w_dot),
+                                              _one_tangent(b_dot), c.geometry, c.activation, 1, None, "gaussian", impl,
+                                              True)
+    else:
+        y, _ = conv._Conv2dDualFunction.apply(c.x, weight, bias, None, None, None, c.geometry, c.activation, 0, None,
+                                              "gaussian", impl, False)
+    return c.primal(y)
+
+
+def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm``. With ``forward_ad`` dual tensors and no torch.func transform active (the passes of
+    ``symkernels.forward_gradient``), primal and tangent come from one ``batch_norm_dual`` call sharing the
+    statistics, and the result is a dual tensor. Elsewhere (torch.func.jvp, vmap, reverse mode) it is
+    F.batch_norm itself, whose own forward AD is exact: batch_norm_dual has no autograd.Function around it,
+    so it only serves the one case where no transform needs one."""
+    dots = [_tangent(t) for t in (x, weight, bias)]
+    if any(d is not None for d in dots) and not retrieve_all_functorch_interpreters() and _fusable(x, weight, bias):
+        _FUSED_CALLS["batch_norm"] += 1
+        y, y_t = batch_norm_dual(_primal(x), dots[0], _primal(weight), dots[1], _primal(bias), dots[2], running_mean,
+                                 running_var, training, momentum, eps)
+        return fwAD.make_dual(y, y_t)
+    return torch.nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def _row(op, kind, x, weight, bias, eps, backend):

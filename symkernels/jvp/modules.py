@@ -21,6 +21,42 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias, self.activation, backend=self.backend)
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and init) with an optional fused activation; zero padding only."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, activation: str | None = None, *, backend: str | None = None,
+                 device=None, dtype=None):
+        if isinstance(padding, str):
+            raise ValueError(f"Conv2d: padding must be an int or a pair of ints, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         device=device, dtype=dtype)
+        self.activation, self.backend = activation, backend
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+                        self.activation, backend=self.backend)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters, buffers and bookkeeping) whose forward-mode tangent inside forward-
+    gradient passes comes from batch_norm_dual (``functional.batch_norm``)."""
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        # nn.BatchNorm2d's own rules: momentum=None is a cumulative average over num_batches_tracked; without
+        # tracked statistics, batch statistics are used in eval too.
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or self.running_mean is None
+        tracked = not self.training or self.track_running_stats
+        return F.batch_norm(x, self.running_mean if tracked else None, self.running_var if tracked else None,
+                            self.weight, self.bias, use_batch_stats, momentum, self.eps)
+
+
 class LayerNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True, *, backend: str | None = None,
                  device=None, dtype=None):

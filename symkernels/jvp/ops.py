@@ -21,21 +21,21 @@ IMPLEMENTED = ("reference", "cpu", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _normalize_activation(activation) -> str:
+def _normalize_activation(activation, op: str = OP_NAME) -> str:
     name = "none" if activation is None else activation
     if name not in reference.ACTIVATIONS:
-        raise ValueError(f"{OP_NAME}: activation must be None or one of {reference.ACTIVATIONS[1:]}, got {activation!r}")
+        raise ValueError(f"{op}: activation must be None or one of {reference.ACTIVATIONS[1:]}, got {activation!r}")
     return name
 
 
-def _check_tensor(name: str, t, dtype: torch.dtype | None) -> None:
+def _check_tensor(name: str, t, dtype: torch.dtype | None, op: str = OP_NAME) -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{OP_NAME}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if dtype is None:
         if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{OP_NAME}: {name} must have a floating dtype in {SUPPORTED_DTYPES}, got {t.dtype}")
+            raise TypeError(f"{op}: {name} must have a floating dtype in {SUPPORTED_DTYPES}, got {t.dtype}")
     elif t.dtype != dtype:
-        raise TypeError(f"{OP_NAME}: {name} must have the dtype of x ({dtype}), got {t.dtype}")
+        raise TypeError(f"{op}: {name} must have the dtype of x ({dtype}), got {t.dtype}")
 
 
 def common_tangent_count(op: str, counts: dict[str, int]) -> int:
@@ -47,13 +47,34 @@ def common_tangent_count(op: str, counts: dict[str, int]) -> int:
     return next(iter(counts.values())) if counts else 1
 
 
-def _tangent_count(name: str, t: torch.Tensor | None, primal_shape: tuple[int, ...], primal_name: str) -> int | None:
+def tangent_count_with_request(op: str, counts: dict[str, int], num_tangents) -> int:
+    """common_tangent_count, with the caller's explicit ``num_tangents`` (validated) as one more vote."""
+    if num_tangents is not None:
+        if not isinstance(num_tangents, int) or isinstance(num_tangents, bool) or num_tangents < 1:
+            raise ValueError(f"{op}: num_tangents must be a positive int, got {num_tangents!r}")
+        counts = {**counts, "num_tangents": num_tangents}
+    return common_tangent_count(op, counts)
+
+
+def check_seed(op: str, weight_seed, weight_t, distribution) -> None:
+    """A seeded weight tangent replaces weight_t; the seed's range and the distribution are validated."""
+    if weight_seed is None:
+        return
+    if weight_t is not None:
+        raise ValueError(f"{op}: give weight_t or weight_seed, not both")
+    reference.seed_keys(weight_seed)  # validates the range
+    if distribution not in reference.DISTRIBUTIONS:
+        raise ValueError(f"{op}: distribution must be one of {reference.DISTRIBUTIONS}, got {distribution!r}")
+
+
+def _tangent_count(name: str, t: torch.Tensor | None, primal_shape: tuple[int, ...], primal_name: str,
+                   op: str = OP_NAME) -> int | None:
     """None if ``t`` has the primal's shape (no T dim), T if it is ``[T, *primal_shape]``; else an error."""
     if t is None or tuple(t.shape) == primal_shape:
         return None
     if t.dim() == len(primal_shape) + 1 and tuple(t.shape[1:]) == primal_shape:
         return t.shape[0]
-    raise ValueError(f"{OP_NAME}: {name} must have the shape of {primal_name} {list(primal_shape)} or "
+    raise ValueError(f"{op}: {name} must have the shape of {primal_name} {list(primal_shape)} or "
                      f"[T, {', '.join(map(str, primal_shape))}], got {list(t.shape)}")
 
 
@@ -78,23 +99,14 @@ class _Canonical:
         if bias_t is not None and bias is None:
             raise ValueError(f"{OP_NAME}: bias_t was given but bias is None")
         self.activation = _normalize_activation(activation)
-        if weight_seed is not None:
-            if weight_t is not None:
-                raise ValueError(f"{OP_NAME}: give weight_t or weight_seed, not both")
-            reference.seed_keys(weight_seed)  # validates the range
-            if distribution not in reference.DISTRIBUTIONS:
-                raise ValueError(f"{OP_NAME}: distribution must be one of {reference.DISTRIBUTIONS}, got {distribution!r}")
+        check_seed(OP_NAME, weight_seed, weight_t, distribution)
         counts = {name: c for name, c in (
             ("x_t", _tangent_count("x_t", x_t, tuple(x.shape), "x")),
             ("weight_t", _tangent_count("weight_t", weight_t, (N, K), "weight")),
             ("bias_t", _tangent_count("bias_t", bias_t, (N,), "bias")),
         ) if c is not None}
-        if num_tangents is not None:
-            if not isinstance(num_tangents, int) or isinstance(num_tangents, bool) or num_tangents < 1:
-                raise ValueError(f"{OP_NAME}: num_tangents must be a positive int, got {num_tangents!r}")
-            counts["num_tangents"] = num_tangents
-        self.batched = bool(counts)
-        T = common_tangent_count(OP_NAME, counts)
+        self.batched = bool(counts) or num_tangents is not None
+        T = tangent_count_with_request(OP_NAME, counts, num_tangents)
         if weight_seed is not None and T * N * K > reference.MAX_SEEDED_ELEMENTS - 1:
             raise ValueError(f"{OP_NAME}: seeded tangents need T*N*K < 2**31, got {T * N * K}")
         self.T, self.N, self.K = T, N, K

@@ -252,3 +252,37 @@ def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
     if isinstance(o_t, int):
         o_t = torch.zeros_like(o).unsqueeze(0)
     return o, o_t
+
+
+# ---------------------------------------------------------------------------------------------------
+# conv2d dual. Canonical shapes: x [N, C, H, W], x_t [Tx, N, C, H, W], weight [O, C/groups, kh, kw],
+# weight_t [Tw, O, C/groups, kh, kw], bias [O], bias_t [Tb, O] with Tx, Tw, Tb in {1, T}; returns
+# (y [N, O, Ho, Wo], y_t [T, N, O, Ho, Wo]). z = conv(x, W) + b, y = act(z), and the tangent is linear in
+# each argument: y_t = act'(z) ⊙ (conv(x_t, W) + conv(x, W_t) + b_t). A seeded W_t has element
+# [t, o, c, i, j] at flat index (((t·O + o)·C/groups + c)·kh + i)·kw + j, the same rule as linear_dual's
+# (t·N + n)·K + k with K = C/groups·kh·kw: a conv kernel is a matrix of O rows.
+# ---------------------------------------------------------------------------------------------------
+def conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, stride, padding, dilation, groups: int, activation: str,
+                num_tangents: int, seed: int | None = None, distribution: str = "gaussian"):
+    def conv(inp, w, b=None):
+        return torch.nn.functional.conv2d(inp, w, b, stride, padding, dilation, groups)
+
+    z = conv(x, weight, bias)
+    y = activation_fn(activation, z)
+    T = num_tangents
+    if T == 0:
+        return y, z.new_zeros((0, *z.shape))
+    if seed is not None:
+        weight_t = seeded_tangent((T, *weight.shape), seed, distribution, dtype=weight.dtype, device=weight.device)
+    pick = lambda t, i: t[i if t.shape[0] > 1 else 0]  # noqa: E731  a tangent of count 1 serves every t
+    z_t = []
+    for t in range(T):
+        zt = torch.zeros_like(z)
+        if x_t is not None:
+            zt = zt + conv(pick(x_t, t), weight)
+        if weight_t is not None:
+            zt = zt + conv(x, pick(weight_t, t))
+        if bias_t is not None:
+            zt = zt + pick(bias_t, t)[:, None, None]
+        z_t.append(zt)
+    return y, activation_derivative(activation, z) * torch.stack(z_t)
