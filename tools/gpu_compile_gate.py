@@ -250,21 +250,43 @@ def _jvp_cases():
                     qt = lambda: cuda(1, 24, length, 64, dtype=dtype)  # noqa: E731
                     jt.attention_dual(q(), q(), q(), qt(), qt(), qt(), causal, 0.125)
                 yield f"attention_dual 2x12x{length}x64 {'causal' if causal else 'full'} {_DT[dtype]}", attention
+    yield from _conv_cases()
+
+
+def _conv_cases():
+    from symkernels.jvp import conv_triton
+    from symkernels.jvp.conv import Geometry
+
+    # the bench case (batch 64, 64→64 channels, 32×32, 3×3), a strided/dilated/grouped one, a 1×1
+    for (nb, c, hw, o, k), geo in (((64, 64, 32, 64, 3), Geometry((1, 1), (1, 1), (1, 1), 1)),
+                                   ((8, 32, 17, 48, 3), Geometry((2, 2), (2, 2), (2, 2), 4)),
+                                   ((32, 256, 14, 128, 1), Geometry((1, 1), (0, 0), (1, 1), 1))):
+        for t, seed in ((1, None), (8, None), (8, 7)):
+            for dtype in (F32, BF16, F64):
+                def conv(nb=nb, c=c, hw=hw, o=o, k=k, geo=geo, t=t, seed=seed, dtype=dtype):
+                    w_t = None if seed is not None else cuda(t, o, c // geo.groups, k, k, dtype=dtype)
+                    conv_triton.conv2d_dual(cuda(nb, c, hw, hw, dtype=dtype), cuda(t, nb, c, hw, hw, dtype=dtype),
+                                            cuda(o, c // geo.groups, k, k, dtype=dtype), w_t, cuda(o, dtype=dtype),
+                                            None, geo, "gelu", t, seed, "gaussian")
+                yield (f"conv2d_dual {nb}x{c}x{hw}x{hw}->{o} {k}x{k} s{geo.stride[0]} g{geo.groups} T={t}"
+                       f"{' seeded' if seed is not None else ''} {_DT[dtype]}"), conv
 
 
 def _jacobi_cases():
     from symkernels.jacobi import triton as jt
 
-    for cell, nonlinearity, gates in (("elman", "tanh", 1), ("elman", "relu", 1), ("gru", "tanh", 3)):
+    # (cell, nonlinearity, gate rows per hidden unit, state width per hidden unit: the LSTM's is [h | c])
+    for cell, nonlinearity, gates, state in (("elman", "tanh", 1, 1), ("elman", "relu", 1, 1), ("gru", "tanh", 3, 1),
+                                             ("lstm", "tanh", 4, 2)):
         for h, b, dtype in ((32, 1, F32), (64, 8, F32), (64, 8, F64)):
             t_len = 4096
             # Every Jacobi sweep launches with the same arguments; only the first is recorded, as the loop's
             # bookkeeping between sweeps (indexing) is beyond what fake CUDA tensors support on a CPU build.
             yield f"rnn_{cell}_{nonlinearity} T={t_len} B={b} H={h} {_DT[dtype]}", first_launch_only(
-                lambda h=h, b=b, dtype=dtype, cell=cell, nl=nonlinearity, g=gates, t_len=t_len: \
-                jt.jacobi_rnn_iterate(cuda(t_len, b, g * h, dtype=dtype), cuda(b, h, dtype=dtype),
+                lambda h=h, b=b, dtype=dtype, cell=cell, nl=nonlinearity, g=gates, s=state, t_len=t_len: \
+                jt.jacobi_rnn_iterate(cuda(t_len, b, g * h, dtype=dtype), cuda(b, s * h, dtype=dtype),
                                       cuda(g * h, h, dtype=dtype), cuda(g * h, dtype=dtype),
-                                      cuda(t_len, b, h, dtype=dtype), 0, 2, 0.0, cell, nl, False))
+                                      cuda(t_len, b, s * h, dtype=dtype), 0, 2, 0.0, cell, nl, False))
 
 
 def package_cases() -> list[tuple[str, Callable[[], object]]]:

@@ -11,7 +11,7 @@ seeded-tile generator and activation epilogue this reuses), each x and W tile is
 ((t·O + o)·K + k), never read from memory; act(z) and act'(z) are evaluated once per program. Tangents are
 programs, not a loop: a program per t recomputes the primal tile (T − 1 extra primal GEMMs, nothing for the
 forward-gradient case T = 1) because a T loop keeping act'(z), the output offsets and the tangent K loop
-live at once spilled registers on sm_80 and sm_90 at every tile size tried (tools/aot_conv_triton.py). A
+live at once spilled registers on sm_80 and sm_90 at every tile size tried (tools/gpu_compile_gate.py). A
 tangent given once for all T has T-stride 0. Accumulates in fp32 (fp64 for fp64 inputs).
 """
 from __future__ import annotations
@@ -129,15 +129,18 @@ def _strides(t: torch.Tensor | None, ndim: int) -> tuple[int, ...]:
     return tuple(s)
 
 
-def launch_config(interpreted: bool, out_channels_per_group: int) -> dict:
+def launch_config(interpreted: bool, out_channels_per_group: int, fp64: bool = False) -> dict:
     """Tile sizes and warps: tiny tiles in the interpreter (tl.dot needs >= 16, and it is slow). On GPUs 64
     output pixels x up to 64 output channels (a small group would waste a wider tile), K in steps of 16, 8
     warps: the im2col tiles of x and x_t, the W and W_t tiles and two fp32 accumulators live together in the K
-    loop, and with K steps of 32 or 4 warps that spilled on sm_80 (tools/aot_conv_triton.py: 0 spills here)."""
+    loop, and with K steps of 32 or 4 warps that spilled on sm_80. fp64 tiles and accumulators take twice the
+    registers: 32 output pixels x at least 32 channels there (64 pixels spilled up to 188 B on sm_90, and 16
+    channels 4 B on sm_80). tools/gpu_compile_gate.py: 0 spills."""
     if interpreted:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
-    return dict(BLOCK_M=64, BLOCK_N=max(16, min(64, triton.next_power_of_2(out_channels_per_group))), BLOCK_K=16,
-                num_warps=8, num_stages=3)
+    return dict(BLOCK_M=32 if fp64 else 64, BLOCK_N=max(32 if fp64 else 16,
+                                                      min(64, triton.next_power_of_2(out_channels_per_group))),
+                BLOCK_K=16, num_warps=8, num_stages=3)
 
 
 def conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, geo, activation: str, T: int, seed: int | None,
@@ -159,7 +162,7 @@ def conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, geo, activation: str, T:
     interpreted = x.device.type != "cuda"
     # fp32 follows torch's own conv precision setting so the kernel matches F.conv2d's numerics.
     prec = "tf32" if (x.dtype == torch.float32 and not interpreted and torch.backends.cudnn.allow_tf32) else "ieee"
-    cfg = launch_config(interpreted, O // geo.groups)
+    cfg = launch_config(interpreted, O // geo.groups, fp64=x.dtype == torch.float64)
     grid = (triton.cdiv(NB * HO * WO, cfg["BLOCK_M"]), triton.cdiv(O // geo.groups, cfg["BLOCK_N"]),
             geo.groups * max(T, 1))
     dummy = x  # pointer arguments whose loads are compiled out
