@@ -532,7 +532,8 @@ def main(argv=None) -> None:
          f"over the real tokens; **time**: wall time to quantize the model.")
     emit()
     emit(f"Calibration (GPTQ Hessians, clip searches, bias correction): {len(ev.calibration_sentences)} sentences "
-         f"({cal_tokens} tokens), 16 handwritten plus Python-documentation prose, each run unpadded; their inputs "
+         f"({cal_tokens} tokens), {len(HANDWRITTEN_CALIBRATION)} handwritten general sentences, the rest "
+         f"Python-documentation prose, each run unpadded; their inputs "
          f"of every linear are recorded once ({t_record:.0f} s, not in the times below) except by the "
          f"`rotate_model` route, whose `quantize_model` records its own (included). RTN: data-free (absmax "
          f"scales, activation clip 1.0). GPTQ: {_describe(GPTQ)} (blocksize 128, percdamp 0.01; weight MSE clip: "
@@ -551,7 +552,7 @@ def main(argv=None) -> None:
 
     def row(label: str, scores: Scores, seconds: float) -> str:
         return (f"| {label} | {scores.cosine:.4f} | {1 - scores.cosine:.4f} | {scores.retrieval:.1%} | "
-                f"{scores.hidden_error:.3f} | {seconds:.0f} s |")
+                f"{scores.hidden_error:.3f} | {seconds:.{0 if seconds >= 10 else 1}f} s |")
 
     header = "| cosine | 1 − cos | retrieval | hidden err. | time |"
     emit("| rotation | weights " + header)
@@ -572,7 +573,7 @@ def main(argv=None) -> None:
          f"{best_scores.retrieval:.1%} vs {fp32_retrieval:.1%} ({best}, GPTQ).")
     for weights, settings in WEIGHT_SETTINGS.items():
         ratio = (1 - run("none", settings)[0].cosine) / (1 - run(best, settings)[0].cosine)
-        emit(f"- (1 − cos) without rotation ÷ with the {best}, {weights}: {ratio:.1f}× "
+        emit(f"- (1 − cos) without rotation ÷ with {best}, {weights}: {ratio:.1f}× "
              f"({'≥' if ratio >= 4 else '<'} 4×).")
     if args.quick:
         _write(out_dir, lines)
