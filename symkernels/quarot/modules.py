@@ -72,7 +72,7 @@ class QuaRotLinear(nn.Module):
                     weight_rotated: bool = False, clip_ratio: float | str = 1.0, weight_clip_ratio: float = 1.0,
                     mse_clip: bool = False, act_order: bool = False, group_size: int | None = None,
                     calibration: torch.Tensor | None = None, mode: str = "real",
-                    sign_seed: int | None = None) -> "QuaRotLinear":
+                    sign_seed: int | None = None, bias_correction: bool = False) -> "QuaRotLinear":
         """Quantize ``linear``'s weight (``"rtn"``, or ``"gptq"`` with ``calibration`` inputs [..., in]).
 
         ``calibration`` holds inputs of ``linear`` as it stands. ``weight_rotated``: the online
@@ -81,6 +81,9 @@ class QuaRotLinear(nn.Module):
         activation clip ratio on ``calibration`` (``search_activation_clip``); ``mse_clip`` searches the
         weight clip per output channel; ``act_order`` is GPTQ's descending-Hessian-diagonal column order.
         ``sign_seed``: randomized online Hadamard (see the class note).
+        ``bias_correction``: add to the bias the mean W4A4 output error on ``calibration``,
+        mean(x·Wᵀ − Q(x)·Ŵᵀ): the part of the error shared by all tokens, which mean pooling (and every
+        later layer) would otherwise accumulate; still W4A4, the bias is the fp32 epilogue's.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuaRotLinear.from_linear: expected nn.Linear, got {type(linear).__name__}")
@@ -97,6 +100,8 @@ class QuaRotLinear(nn.Module):
                              f"needs calibration inputs")
         if act_order and weight_method != "gptq":
             raise ValueError("QuaRotLinear.from_linear: act_order=True is a GPTQ option (weight_method='gptq')")
+        if bias_correction and calibration is None:
+            raise ValueError("QuaRotLinear.from_linear: bias_correction=True needs calibration inputs")
         if sign_seed is not None and not online_hadamard:
             raise ValueError("QuaRotLinear.from_linear: sign_seed needs online_hadamard=True")
         if not (clip_ratio == "search" or isinstance(clip_ratio, (int, float))):
@@ -118,12 +123,17 @@ class QuaRotLinear(nn.Module):
                                             mse_clip=mse_clip, act_order=act_order)
         if clip_ratio == "search":  # against the quantized weight: the error the layer will really make
             clip_ratio = search_activation_clip(x, dequantize_weight(q, scale))
-        mod = cls(k, linear.out_features, bias=linear.bias is not None, online_hadamard=online_hadamard,
+        has_bias = linear.bias is not None or bias_correction
+        mod = cls(k, linear.out_features, bias=has_bias, online_hadamard=online_hadamard,
                   clip_ratio=float(clip_ratio), group_size=group_size, mode=mode, sign_seed=sign_seed)
         mod.w_packed.copy_(reference.pack_int4(q))
         mod.w_scale.copy_(scale)
         if linear.bias is not None:
             mod.bias.copy_(linear.bias.detach().float())
+        if bias_correction:
+            codes, act_scale = reference.quantize_codes(x.float(), float(clip_ratio))
+            error = x.float() @ w.float().T - (codes.float() * act_scale) @ dequantize_weight(q, scale).T
+            mod.bias += error.mean(dim=0)
         return mod.to(linear.weight.device)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -586,7 +596,7 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def _check_quantize_options(model: nn.Module, family: ModelFamily, *, mode: str = "real", weight_method: str = "rtn",
                             clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
-                            calibration_ids: torch.Tensor | None = None, act_order: bool = False,
+                            calibration_ids: torch.Tensor | list[torch.Tensor] | None = None, act_order: bool = False,
                             **linear_kwargs) -> None:
     """The checks ``quantize_model`` makes before it changes anything (``rotate_model(quantize=…)`` makes
     them before rotating)."""
@@ -604,6 +614,8 @@ def _check_quantize_options(model: nn.Module, family: ModelFamily, *, mode: str 
         raise ValueError(f"quantize_model: clip_ratio must be a number in (0, 1] or 'search', got {clip_ratio!r}")
     if (weight_method == "gptq" or clip_ratio == "search") and calibration_ids is None:
         raise ValueError("quantize_model: weight_method='gptq' or clip_ratio='search' needs calibration_ids")
+    if linear_kwargs.get("bias_correction") and calibration_ids is None:
+        raise ValueError("quantize_model: bias_correction=True needs calibration_ids")
     own = set(inspect.signature(quantize_model).parameters)
     # the online rotations (and their signs) are rotate_model's business, or online_hadamard's
     known = set(inspect.signature(QuaRotLinear.from_linear).parameters) - {"cls", "linear", "calibration",
@@ -624,7 +636,8 @@ def _check_quantize_options(model: nn.Module, family: ModelFamily, *, mode: str 
 def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str = "rtn",
                    clip_ratio: float | str = 1.0, kv_bits: int | None = 4, kv_group_size: int | None = None,
                    kv_clip_ratio: float = 1.0, online_hadamard: bool = False,
-                   calibration_ids: torch.Tensor | None = None, linears: bool = True, progress: bool = True,
+                   calibration_ids: torch.Tensor | list[torch.Tensor] | None = None, linears: bool = True,
+                   progress: bool = True,
                    **linear_kwargs) -> nn.Module:
     """W4A4 (+ KV4 for decoders) quantization of a Hugging Face model of a supported family
     (``rotate_model``), in place (after ``rotate_model`` for QuaRot; on an unrotated model it is the
@@ -644,10 +657,11 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
     of ``kv_group_size`` channels (default: head_dim); ``None`` leaves the cache in float. An encoder
     keeps no KV cache, so ``kv_bits`` does not apply to it. ``linears=False`` quantizes only the KV
     cache (to study its error alone, or to re-set the KV settings of a quantized model).
-    ``weight_method="gptq"`` or ``clip_ratio="search"`` need ``calibration_ids`` [batch, seq]: every
-    layer's inputs are recorded in one float forward pass first (not layer-sequentially as GPTQ's
-    reference code does). ``linear_kwargs`` go to ``QuaRotLinear.from_linear`` (group_size, mse_clip,
-    act_order, weight_clip_ratio).
+    ``weight_method="gptq"``, ``clip_ratio="search"`` and ``bias_correction`` need ``calibration_ids``
+    [batch, seq], or a list of such tensors run one by one (e.g. one [1, seq] per sentence: sentences of
+    different lengths then need no padding, whose positions would enter the Hessians): every layer's inputs are recorded in float forward passes first (not layer-sequentially
+    as GPTQ's reference code does). ``linear_kwargs`` go to ``QuaRotLinear.from_linear`` (group_size,
+    mse_clip, act_order, weight_clip_ratio, bias_correction).
 
     An unsupported model type, a model whose linears are already quantized, or bad settings raise
     before anything changes: every replacement is built before the first one is swapped in.
@@ -664,9 +678,10 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
         raise ValueError("quantize_model: the model is already quantized (its linears are QuaRotLinear); "
                          "quantize the float model (linears=False re-sets only the KV cache)")
     calib = {}
-    if weight_method == "gptq" or clip_ratio == "search":
+    if weight_method == "gptq" or clip_ratio == "search" or linear_kwargs.get("bias_correction"):
         inner_names = [n + ".1" if isinstance(m, HadamardThenLinear) else n for n, m in targets]
-        calib = linear_inputs(model, lambda m: m(calibration_ids), inner_names)
+        batches = calibration_ids if isinstance(calibration_ids, (list, tuple)) else [calibration_ids]
+        calib = linear_inputs(model, lambda m: [m(ids) for ids in batches], inner_names)
     replacements = []
     for name, mod in _progress(targets, f"quantize ({weight_method}, {mode})", progress):
         fused = isinstance(mod, HadamardThenLinear) and mod[0].heads is None
@@ -712,6 +727,8 @@ def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio
         extra = dict(kwargs)
         if method != "gptq":
             extra.pop("act_order", None)
+        if calib is None:
+            extra.pop("bias_correction", None)
         seed = None if sign_seed is None or not rot else sign_seed + i
         new = QuaRotLinear.from_linear(lin, weight_method=method, online_hadamard=rot, clip_ratio=clip,
                                        calibration=calib, sign_seed=seed, **extra)

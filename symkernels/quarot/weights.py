@@ -160,18 +160,21 @@ def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, *, group_size: 
 ACT_CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0, 0.95, …, 0.5
 
 
-def search_activation_clip(x: torch.Tensor, weight: torch.Tensor, *, grid: tuple[float, ...] = ACT_CLIP_GRID
-                           ) -> float:
+def search_activation_clip(x: torch.Tensor, weight: torch.Tensor, *, grid: tuple[float, ...] = ACT_CLIP_GRID,
+                           max_tokens: int = 4096) -> float:
     """The activation clip ratio (one per layer, as QuaRot's ``clip_ratio``) from ``grid`` that minimises
     the layer's output error ‖Q_c(x)·Wᵀ − x·Wᵀ‖ on a calibration batch ``x [..., K]``.
 
     ``x`` and ``weight [N, K]`` must be in the basis the quantizer sees (after any Hadamard rotation).
     The output error, not ‖x − Q_c(x)‖, is the objective: it weighs each channel's rounding error by
-    how much the layer reads it.
+    how much the layer reads it. Beyond ``max_tokens`` rows, every ⌈rows/max_tokens⌉-th row is used:
+    one ratio per layer is pinned down by a few thousand tokens, and the search costs one matmul per
+    candidate.
     """
     from symkernels.quarot import reference
 
     x2 = x.reshape(-1, x.shape[-1]).float()
+    x2 = x2[::-(-x2.shape[0] // max_tokens)]
     w = weight.float()
     exact = x2 @ w.T
     best, best_err = 1.0, float("inf")

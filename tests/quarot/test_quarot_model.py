@@ -330,3 +330,22 @@ def test_rotated_llama_w4a4_kv4_end_to_end():
         quantize_model(_tiny_llama(), mode="int4")
     with pytest.raises(ValueError, match="calibration_ids"):
         quantize_model(_tiny_llama(), weight_method="gptq")
+
+
+def test_calibration_ids_as_a_list_of_unpadded_sequences():
+    """``calibration_ids`` may be a list of [1, seq] tensors of different lengths, run one by one (no
+    padding enters the Hessians): quantizing with [a, b] equals quantizing with the two rows of a batch
+    when they have the same length, and ``bias_correction`` (which needs them) changes only the biases."""
+    model = _tiny_llama()
+    calib = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(3))
+    kw = dict(weight_method="gptq", clip_ratio="search", kv_bits=None, progress=False)
+    batched = quantize_model(copy.deepcopy(model), calibration_ids=calib, **kw)
+    listed = quantize_model(copy.deepcopy(model), calibration_ids=[calib[:1], calib[1:]], **kw)
+    corrected = quantize_model(copy.deepcopy(model), calibration_ids=[calib[:1], calib[1:, :7]],
+                               bias_correction=True, **kw)
+    for a, b, c in zip(*(m.model.layers[0].modules() for m in (batched, listed, corrected))):
+        if isinstance(a, QuaRotLinear):
+            assert torch.equal(a.w_packed, b.w_packed) and a.clip_ratio == b.clip_ratio
+            assert a.bias is None and c.bias is not None and c.bias.abs().max() > 0
+    with pytest.raises(ValueError, match="bias_correction"):
+        quantize_model(copy.deepcopy(model), bias_correction=True, progress=False)

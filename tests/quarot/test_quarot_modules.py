@@ -279,3 +279,27 @@ def test_quantize_linears_sequential_calibration():
     ref = quantize_linears(nn.Sequential(nn.Identity(), nn.Identity(), second), weight_method="gptq",
                            calibration={"2": second_input}, sign_seed=4, progress=False)
     assert torch.equal(seq[2].w_packed, ref[2].w_packed) and torch.equal(seq[2].w_scale, ref[2].w_scale)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_correction_removes_the_mean_output_error(bias):
+    """GELU inputs (skewed, with a mean) without a rotation: the W4A4 rounding leaves an output error whose
+    mean over the tokens is systematic. ``bias_correction`` moves it into the bias: on the calibration
+    batch the mean error vanishes, and on a held-out batch of the same distribution it shrinks (measured
+    0.145 → 0.041) and the total error drops. The weight codes are untouched."""
+    torch.manual_seed(6)
+    lin = nn.Linear(256, 64, bias=bias)
+    gen = torch.Generator().manual_seed(7)
+    x, held_out = (nn.functional.gelu(torch.randn(512, 256, generator=gen) + 0.5) for _ in range(2))
+    kwargs = dict(weight_method="gptq", calibration=x, online_hadamard=False)
+    plain = QuaRotLinear.from_linear(lin, **kwargs)
+    corrected = QuaRotLinear.from_linear(lin, bias_correction=True, **kwargs)
+    assert corrected.bias is not None and torch.equal(corrected.w_packed, plain.w_packed)
+    with torch.no_grad():
+        for batch, mean_shrink in ((x, 1e-4), (held_out, 0.5)):
+            exact = lin(batch)
+            err_plain, err_corrected = plain(batch) - exact, corrected(batch) - exact
+            assert err_corrected.mean(0).norm() < mean_shrink * err_plain.mean(0).norm()
+            assert err_corrected.norm() < err_plain.norm()
+    with pytest.raises(ValueError, match="bias_correction"):
+        QuaRotLinear.from_linear(lin, bias_correction=True)
