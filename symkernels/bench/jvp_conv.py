@@ -66,7 +66,8 @@ def _case(B: int, C: int, HW: int, T: int, g: torch.Generator, device: torch.dev
 
     flops = 2 * B * C * HW * HW * C * 9 * (1 + 2 * T)
     return Case(op="conv2d_dual", shape=f"B={B} {C}->{C} {HW}x{HW} 3x3 T={T}", dtype="float32", impls=impls,
-                ours="ours", flops=flops, check=check, extra={"T": T})
+                ours="ours", flops=flops, check=check, extra={"T": T},
+                context=("ours seeded-W", "forward", "forward+backward"))
 
 
 def cases(device: torch.device, quick: bool) -> Iterable[Case]:
