@@ -5,7 +5,6 @@ works for the decoders, and unsupported or already processed models get clear er
 were. The Llama-only details (KV4 cache contents, generate, fake vs real) are in test_quarot_model.py;
 BERT on real weights in test_quarot_real_weights.py."""
 import copy
-import inspect
 import platform
 
 import pytest
@@ -17,7 +16,7 @@ from symkernels.quarot.families import FAMILIES, blocks
 from symkernels.quarot.modules import HadamardThenLinear, OnlineHadamard, QuaRotLinear
 
 transformers = pytest.importorskip("transformers")
-CACHE = "cache" if "cache" in inspect.signature(transformers.LlamaModel.forward).parameters else "past_key_values"
+from test_quarot_model import CACHE, _prefill_decode  # noqa: E402  (tests/quarot is on sys.path)
 
 DECODERS = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 ENCODERS = ("bert",)
@@ -210,16 +209,6 @@ def test_bert_w4a4_error_lower_with_rotation():
     ratio = per_layer[False] / per_layer[True]
     assert ratio.min() > 1.3 and ratio.median() > 1.5, ratio
     assert end_to_end[True] * 1.1 < end_to_end[False], end_to_end
-
-
-def _prefill_decode(model, ids, prefill):
-    out = model(ids[:, :prefill], use_cache=True)
-    logits, cache = [out.logits], out[CACHE]
-    for t in range(prefill, ids.shape[1]):
-        out = model(ids[:, t:t + 1], **{CACHE: cache}, use_cache=True)
-        logits.append(out.logits)
-        cache = out[CACHE]
-    return torch.cat(logits, dim=1), cache
 
 
 @pytest.mark.parametrize("model_type", DECODERS)
