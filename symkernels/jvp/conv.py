@@ -202,45 +202,16 @@ def _tangent_formula(geo, activation, x, weight, bias, x_dot, w_dot, b_dot):
     return reference.activation_derivative(activation, z) * z_dot
 
 
-class _Conv2dDualFunction(torch.autograd.Function):
-    """Autograd for the fused call in both modes; the contract of ``ops._LinearDualFunction``:
-    ``fused=True`` (transparent path, T = 1, the tangents are the forward-AD tangents of x, W, b): ``jvp``
-    returns the saved y_t; ``fused=False``: ``jvp`` recomputes y's tangent with torch ops. ``backward`` is
-    torch.func.vjp of the plain primal on the saved primals."""
+def _refuse_seeded_vmap(inputs):
+    if inputs[9] is not None:
+        # Folding B vmapped tangents into T would draw B·T seeded weight tangents instead of sharing T.
+        raise NotImplementedError(f"{OP_NAME}: vmap over a call with weight_seed is not supported")
 
-    @staticmethod
-    def forward(x, weight, bias, x_t, weight_t, bias_t, geo, activation, T, seed, distribution, impl, fused):
-        return raw_conv2d_dual(x, weight, bias, x_t, weight_t, bias_t, geo, activation, T, seed, distribution, impl)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias = inputs[:3]
-        ctx.geo, ctx.activation, ctx.fused = inputs[6], inputs[7], inputs[12]
-        ctx.save_for_backward(x, weight, bias)
-        ctx.save_for_forward(x, weight, bias, output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx, grad_y, _grad_y_t):
-        x, weight, bias = ctx.saved_tensors
-        return (*_primal_vjp(ctx.geo, ctx.activation, x, weight, bias, grad_y), *(None,) * 10)
-
-    @staticmethod
-    def jvp(ctx, x_dot, w_dot, b_dot, *_ignored):
-        x, weight, bias, y_t = ctx.saved_tensors
-        if ctx.fused:
-            return y_t[0], None
-        return _tangent_formula(ctx.geo, ctx.activation, x, weight, bias, x_dot, w_dot, b_dot), None
-
-    @staticmethod
-    def vmap(info, in_dims, x, weight, bias, x_t, weight_t, bias_t, geo, activation, T, seed, distribution, impl,
-             fused):
-        if seed is not None:
-            # Folding B vmapped tangents into T would draw B·T seeded weight tangents instead of sharing T.
-            raise NotImplementedError(f"{OP_NAME}: vmap over a call with weight_seed is not supported")
-        return ops._vmap_rule(_Conv2dDualFunction, info, in_dims, (x, weight, bias), (x_t, weight_t, bias_t), T,
-                              lambda xt, wt, bt, TT: (x, weight, bias, xt, wt, bt, geo, activation, TT, seed,
-                                                      distribution, impl, fused))
+# Autograd in both modes, the contract of ``ops._LinearDualFunction``: (x, weight, bias, x_t, weight_t, bias_t,
+# geometry, activation, T, seed, distribution, impl, fused).
+_Conv2dDualFunction = ops.dual_function("_Conv2dDualFunction", raw_conv2d_dual, _primal_vjp, _tangent_formula,
+                                        check_vmap=_refuse_seeded_vmap)
 
 
 # ------------------------------------------------------------------------------------------------------

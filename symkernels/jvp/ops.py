@@ -435,40 +435,8 @@ def _row_primal(kind, eps):
     return f
 
 
-class _RowDualFunction(torch.autograd.Function):
-    """Same contract as _LinearDualFunction, for the row duals: (y, y_t) from one kernel call, y_t
-    non-differentiable; ``fused`` means y_t is y's own forward-AD tangent. Backward is torch.func.vjp of
-    the plain primal on the saved inputs, hence differentiable again (double backward)."""
-
-    @staticmethod
-    def forward(x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
-        return _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, w, b = inputs[:3]
-        ctx.kind, ctx.eps, ctx.fused = inputs[6], inputs[7], inputs[10]
-        ctx.save_for_backward(x, w, b)
-        ctx.save_for_forward(x, w, b, output[1])
-        ctx.mark_non_differentiable(output[1])
-
-    @staticmethod
-    def backward(ctx, grad_y, _grad_y_t):
-        x, w, b = ctx.saved_tensors
-        gx, gw, gb = _row_vjp(ctx.kind, ctx.eps, x, w, b, grad_y)
-        return gx, gw, gb, None, None, None, None, None, None, None, None
-
-    @staticmethod
-    def jvp(ctx, x_dot, w_dot, b_dot, *_ignored):
-        x, w, b, y_t = ctx.saved_tensors
-        if ctx.fused:
-            return y_t[0], None
-        return _row_tangent(ctx.kind, ctx.eps, x, w, b, x_dot, w_dot, b_dot), None
-
-    @staticmethod
-    def vmap(info, in_dims, x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused):
-        return _vmap_rule(_RowDualFunction, info, in_dims, (x, w, b), (x_t, w_t, b_t), T,
-                          lambda xt, wt, bt, TT: (x, w, b, xt, wt, bt, kind, eps, TT, impl, fused))
+def _raw_row_dual_in_order(x, w, b, x_t, w_t, b_t, kind, eps, T, impl):
+    return _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl)
 
 
 def _fold_vmapped_tangent(t, d, B, T):
@@ -504,6 +472,56 @@ def _vmap_rule(fn, info, in_dims, primals, tangents, T, make_args):
         args[:len(primals)] = p
         outs.append(fn.apply(*args))
     return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
+
+
+def dual_function(name: str, kernel, primal_vjp, tangent, check_vmap=None) -> type[torch.autograd.Function]:
+    """The autograd.Function of a fused dual op that, like ``_LinearDualFunction``, takes
+    (x, w, b, x_t, w_t, b_t, c0, c1, T, *options, fused) and returns (y, y_t) from one call of
+    ``kernel(*inputs without fused)``, y_t non-differentiable:
+
+    * ``fused=True``: x_t/w_t/b_t are the forward-AD tangents of x, w, b (T = 1), so y_t is y's own tangent
+      and ``jvp`` returns it; otherwise ``jvp`` computes it as ``tangent(c0, c1, x, w, b, ẋ, ẇ, ḃ)``;
+    * ``backward`` is ``primal_vjp(c0, c1, x, w, b, grad_y)`` on the saved primals, with plain torch ops
+      (so double backward is ordinary autograd);
+    * ``vmap``: ``_vmap_rule`` (vmapped tangents fold into T), after ``check_vmap(inputs)`` may refuse.
+    (c0, c1) is what the plain primal needs besides the tensors: (kind, eps), (geometry, activation)."""
+
+    class DualFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(*inputs):
+            return kernel(*inputs[:-1])
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.config, ctx.fused, ctx.n_inputs = inputs[6:8], inputs[-1], len(inputs)
+            ctx.save_for_backward(*inputs[:3])
+            ctx.save_for_forward(*inputs[:3], output[1])
+            ctx.mark_non_differentiable(output[1])
+
+        @staticmethod
+        def backward(ctx, grad_y, _grad_y_t):
+            return (*primal_vjp(*ctx.config, *ctx.saved_tensors, grad_y), *(None,) * (ctx.n_inputs - 3))
+
+        @staticmethod
+        def jvp(ctx, x_dot, w_dot, b_dot, *_ignored):
+            x, w, b, y_t = ctx.saved_tensors
+            if ctx.fused:
+                return y_t[0], None
+            return tangent(*ctx.config, x, w, b, x_dot, w_dot, b_dot), None
+
+        @staticmethod
+        def vmap(info, in_dims, *inputs):
+            if check_vmap is not None:
+                check_vmap(inputs)
+            return _vmap_rule(DualFunction, info, in_dims, inputs[:3], inputs[3:6], inputs[8],
+                              lambda xt, wt, bt, TT: (*inputs[:3], xt, wt, bt, *inputs[6:8], TT, *inputs[9:]))
+
+    DualFunction.__name__ = DualFunction.__qualname__ = name
+    return DualFunction
+
+
+# The row duals: (x, w, b, x_t, w_t, b_t, kind, eps, T, impl, fused).
+_RowDualFunction = dual_function("_RowDualFunction", _raw_row_dual_in_order, _row_vjp, _row_tangent)
 
 
 def _row_dual(op, kind, x, x_t, params, eps, backend):
