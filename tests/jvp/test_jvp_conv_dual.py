@@ -369,3 +369,14 @@ def test_op_bad_inputs():
         op(x, None, w, None, None, None, *geo, "swish", 1)
     with pytest.raises(ValueError, match="conv2d_dual: give weight_t or a seed, not both"):
         op(x, None, w, torch.randn(1, 4, 3, 3, 3), None, None, *geo, "none", 1, 3)
+
+
+def test_vmap_over_a_seeded_call_is_refused():
+    """Folding B vmapped x tangents into the tangent dim would draw B·T seeded weight tangents instead of the
+    T shared ones: the vmap rule refuses rather than silently changing the directions."""
+    d, geo = make("mixed_dilated_groups2", N=1, HW=(5, 5), T=3)
+    seeded = lambda xt: conv2d_dual(d["x"], xt, d["w"], None, d["b"], None, **geo, activation="gelu",  # noqa: E731
+                                    weight_seed=5, backend="reference")[1]
+    seeded(d["x_t"][0])  # the call itself is fine
+    with pytest.raises(NotImplementedError, match="weight_seed"):
+        vmap(seeded)(d["x_t"])
