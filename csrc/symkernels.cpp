@@ -69,12 +69,14 @@ PYBIND11_MODULE(_C, m) {
         }
         py::dict out;
         out["ops_per_s"] = peak.ops_per_s;
+        out["ops_per_cpu_s"] = peak.ops_per_cpu_s;
         out["threads"] = peak.threads;
         out["isa"] = peak.isa;
         return out;
       },
       py::arg("isa") = "auto", py::arg("threads") = 1, py::arg("seconds") = 0.2, py::arg("repeats") = 5,
-      "int8 multiply-add instruction peak (vpdpbusd), ops/s over `threads` threads: a dict with ops_per_s, "
-      "threads and isa (avx512_vnni, avx_vnni, avx512vl_vnni, or 'none: why' with ops_per_s 0). "
+      "int8 multiply-add instruction peak (vpdpbusd), ops/s over `threads` threads: a dict with ops_per_s "
+      "(wall time), ops_per_cpu_s (the slowest thread's CPU time: immune to time slices lost on a shared "
+      "machine), threads and isa (avx512_vnni, avx_vnni, avx512vl_vnni, or 'none: why' with rates 0). "
       "isa: auto | avx512 (zmm) | avx2 (ymm).");
 }

@@ -1,4 +1,6 @@
-// CPU W4A4 GEMM with int8 dot-product instructions after an in-register nibble unpack.
+// CPU W4A4 GEMM: the dispatcher (argument checks, path choice) and the AVX2 (vpmaddubsw) and scalar paths.
+// The VNNI paths (vpdpbusd: zmm AVX512-VNNI, ymm AVX-VNNI) live in int4_matmul_vnni.cpp, the AMX path in
+// int4_matmul_amx.cpp; this file's AVX2 path is for x86 CPUs without VNNI.
 //
 // Signed × signed via the unsigned × signed instructions (VNNI vpdpbusd, AVX2 vpmaddubsw): the weight
 // nibble XOR 8 is the unsigned code w + 8 ∈ [0, 15], so Σ (w + 8)·a = Σ w·a + 8·Σ a and the row sums of
@@ -13,8 +15,8 @@
 // rows pass over it); inside, 4 rows × 4 columns per micro-kernel call (16 accumulators).
 //
 // On CPUs with AMX-INT8 (Sapphire Rapids and later) products of more than kVnniMaxRows rows go to the tile
-// kernel in int4_matmul_amx.cpp instead; this file's paths serve decode sizes there, every size elsewhere,
-// and can be forced (tests).
+// kernel in int4_matmul_amx.cpp instead; the VNNI paths serve decode sizes there, every size elsewhere,
+// and every path can be forced (tests).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -7,7 +7,10 @@
 namespace symkernels::quarot {
 
 struct VnniPeak {
-  double ops_per_s = 0.0;  // 2 · multiply-adds per second, all threads together (0 when unsupported)
+  double ops_per_s = 0.0;  // 2 · multiply-adds per second of wall time, all threads together (0 when unsupported)
+  // The same work over the slowest thread's CPU time: the rate of the cores themselves, which time slices
+  // lost to other processes on a shared machine do not lower (≥ ops_per_s up to timer resolution).
+  double ops_per_cpu_s = 0.0;
   int threads = 0;
   std::string isa;         // "avx512_vnni" (zmm), "avx_vnni" (VEX ymm), "avx512vl_vnni" (EVEX ymm), or "none: …"
 };

@@ -171,13 +171,15 @@ INSTRUCTION_CEILINGS = {
 
 def vnni_peak(threads: int | None = None, isa: str = "auto", seconds: float = 0.3) -> tuple[float, str]:
     """(int8 ops/s, what was measured) of the VNNI dot-product instruction on ``threads`` threads (default
-    torch's count): the compute ceiling of an int8 GEMM on a CPU without AMX. ops/s is 0 when the CPU or
-    the build has no VNNI; the string says why."""
+    torch's count): the compute ceiling of an int8 GEMM on a CPU without AMX. The rate is the better of
+    wall time and the threads' CPU time (on a shared machine the wall rate drops whenever another process
+    takes a core: the ceiling must not). ops/s is 0 when the CPU or the build has no VNNI; the string says
+    why."""
     from symkernels import _C
 
     threads = torch.get_num_threads() if threads is None else threads
     peak = _C.vnni_peak(isa=isa, threads=threads, seconds=seconds, repeats=5)
-    return float(peak["ops_per_s"]), f"{peak['isa']} × {peak['threads']} threads"
+    return max(float(peak["ops_per_s"]), float(peak.get("ops_per_cpu_s", 0.0))), f"{peak['isa']} × {peak['threads']} threads"
 
 
 class Ceilings:
