@@ -159,7 +159,7 @@ constexpr int64_t kVnniMaxRows = 2;
 Isa detect_isa(int64_t rows) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  const bool vnni = vnni_kind_supported(VnniKind::kZmm);
   const char* forced = std::getenv("SYMKERNELS_INT4_ISA");
   const bool force_amx = forced && std::strcmp(forced, "amx") == 0;
   if (forced) {
