@@ -283,7 +283,7 @@ void run(const Config& cfg, bool zmm_epilogue, int64_t block, const uint8_t* a, 
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m0 = t * mr, rows = std::min<int64_t>(mr, M - m0);
         const MicroFn micro = rows == mr || rows > 4 ? cfg.full : cfg.rows[rows <= 1 ? 0 : rows <= 2 ? 1 : 2];
-        for (int64_t k0 = 0; k0 < kb; k0 += kc_bytes) {
+        for (int64_t k0 = 0; k0 == 0 || k0 < kb; k0 += kc_bytes) {  // once even for K = 0: sums = 0
           // K in chunks: this tile's A chunk (≤ 8 rows × kKChunkCodes) stays in L1 while the groups pass
           const int8_t* a_chunk = a_u + t * layout.tile_stride() + k0 / block * layout.block_stride();
           const int64_t kc = std::min(kc_bytes, kb - k0);

@@ -3,7 +3,7 @@ AVX-VNNI, or its EVEX AVX512VL-VNNI encoding where the CPU lacks AVX-VNNI), forc
 SYMKERNELS_INT4_ISA. Exact int32 accumulation (unit scales: the output is the integer dot product) over every
 tile shape (M = 1, 2, 3-4, ≥ 5 pick different micro-kernels; the last row tile is 1, 2, 4 or a full tile),
 partial column groups, K tails (masked / zero-padded last block), K over one K chunk (4096 codes), several
-column chunks per thread, M = 0, non-contiguous inputs; the epilogue bitwise against the reference."""
+column chunks per thread, M = 0, K = 0, non-contiguous inputs; the epilogue bitwise against the reference."""
 import pytest
 import torch
 
@@ -81,6 +81,13 @@ def test_vnni_empty_and_noncontiguous(monkeypatch, isa):
     out = symkernels.int4_matmul(torch.zeros(0, 48, dtype=torch.uint8), torch.ones(0, 1), w_p, torch.ones(5, 1),
                                  backend="cpu")
     assert out.shape == (0, 5)
+    # K = 0: every dot product is the empty sum, the output is the bias (or 0)
+    for m in (1, 7):
+        a0, w0, bias = torch.zeros(m, 0, dtype=torch.uint8), torch.zeros(4, 0, dtype=torch.uint8), torch.randn(4)
+        out = symkernels.int4_matmul(a0, torch.ones(m, 1), w0, torch.ones(4, 1), bias, backend="cpu")
+        torch.testing.assert_close(out, bias.expand(m, 4), atol=0, rtol=0)
+        out = symkernels.int4_matmul(a0, torch.ones(m, 1), w0, torch.ones(4, 1), backend="cpu")
+        assert torch.equal(out, torch.zeros(m, 4))
     # rows of a wider buffer, and a transposed-then-transposed-back weight: both strided views
     a_wide = torch.randint(0, 256, (6, 100), generator=gen, dtype=torch.uint8)
     a_view = a_wide[:, 2:50]
