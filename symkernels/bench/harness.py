@@ -240,13 +240,13 @@ class Ceilings:
         return rate if rate > 0 else what
 
     def shares(self, case: Case, seconds: float) -> dict[str, float]:
-        """``{"%<kind>": share in percent}`` of ``case.flops`` in ``seconds`` for each kind of ``case.also_vs``
-        that could be measured."""
+        """``{"%<kind>": share in percent, 1 decimal}`` of ``case.flops`` in ``seconds`` for each kind of
+        ``case.also_vs`` that could be measured."""
         out = {}
         for kind in case.also_vs if case.flops else ():
             rate = self.compute(kind)
             if not isinstance(rate, str):
-                out[f"%{kind}"] = 100 * case.flops / seconds / rate
+                out[f"%{kind}"] = round(100 * case.flops / seconds / rate, 1)
         return out
 
     def _measure_gemm(self, kind: str) -> float | str:
