@@ -10,18 +10,26 @@
 // (64 bytes for zmm, 32 for ymm) becomes [low nibbles | high nibbles] with one shift, so A is unpacked
 // once per call into that same permuted order (int8), zero-padded to whole blocks: the padded codes are
 // 0·(anything), so the last, partial W block needs only a masked (zmm) or zero-padded (ymm) load and no
-// scalar tail code. A's rows are zero-padded to whole row tiles too, so every tile runs at full height.
+// scalar tail code. A's rows are zero-padded to whole row tiles, and stored tile by tile (ALayout) so a
+// micro-kernel reaches all its rows from one pointer.
 //
 // Tiles. The accumulators run along K (each zmm holds 16 partial sums of one output) and are reduced once
-// per tile at the end of K: no transpose of W is needed, so W is read in its given [N, K/2] layout. A
-// micro-kernel computes MR rows × NR columns: per block, NR W loads and 3·NR unpack ops feed 2·MR·NR
-// vpdpbusd whose A operand comes straight from L1 (memory operand). MR = 8, NR = 3 (24 zmm accumulators)
-// for prefill; decode shapes take fewer rows and more columns (M = 1: 1 × 6). ymm (16 registers on an
-// AVX-VNNI CPU): 4 × 2.
+// per tile and K chunk: no transpose of W is needed, so W is read in its given [N, K/2] layout (the op
+// takes no pre-packed weights). A micro-kernel computes MR rows × NR columns: per 64-byte block, NR W
+// loads and 3·NR unpack ops, then 2·MR A loads, each feeding NR vpdpbusd (2·MR·NR in all). Prefill
+// 6 × 3 (18 accumulators); decode takes fewer rows and more columns (M = 1: 1 × 6, M = 2: 2 × 6, M ≤ 4:
+// 4 × 4). ymm (16 registers on an AVX-VNNI CPU, A as a memory operand): 4 × 2, 2 × 3, 1 × 4.
 //
 // Blocking and threads. Columns go in groups of NR; threads split the groups (each streams its own part
 // of W, which is what bounds decode); inside a thread, groups are walked in chunks whose packed W
-// (≤ kChunkBytes) stays in L2 while every row tile passes over it, so A is re-read once per chunk.
+// (≤ kChunkBytes) stays in L2 while every row tile passes over it, K in chunks of kKChunkCodes so a
+// tile's A chunk stays in L1 across the chunk's groups; the next A chunk is prefetched into L2 meanwhile.
+// The epilogue (8·Σa correction, fp32 scales, bias, rounding to the output dtype) runs once per tile and
+// column chunk, 16 columns per instruction on the zmm path.
+//
+// Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): M = 256 at 78–80% of the vpdpbusd peak,
+// M = 2048 66–75%, M = 16 55%, M = 1 W-read bound. valgrind 3.19 hides AVX-512 from the program, so
+// callgrind cannot run these kernels (the path check refuses them there).
 #include "quarot/int4_matmul_vnni.h"
 
 #include "quarot/cpu_scratch.h"
