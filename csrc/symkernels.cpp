@@ -9,7 +9,10 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "common/simd.h"
+#include "quarot/vnni_peak.h"
 #ifdef SYMKERNELS_WITH_CUDA
 #include "common/cuda_build_info.h"
 #endif
@@ -54,4 +57,26 @@ PYBIND11_MODULE(_C, m) {
     info["torch_compiled"] = SYMKERNELS_TORCH_VERSION;
     return info;
   });
+  // A ceiling for the int8 GEMM rows of the benchmarks (symkernels/bench/harness.py): the measured rate of
+  // the int8 dot-product instruction itself on `threads` threads, no memory traffic.
+  m.def(
+      "vnni_peak",
+      [](const std::string& isa, int threads, double seconds, int repeats) {
+        symkernels::quarot::VnniPeak peak;
+        {
+          py::gil_scoped_release release;
+          peak = symkernels::quarot::measure_vnni_peak(isa, threads, seconds, repeats);
+        }
+        py::dict out;
+        out["ops_per_s"] = peak.ops_per_s;
+        out["ops_per_cpu_s"] = peak.ops_per_cpu_s;
+        out["threads"] = peak.threads;
+        out["isa"] = peak.isa;
+        return out;
+      },
+      py::arg("isa") = "auto", py::arg("threads") = 1, py::arg("seconds") = 0.2, py::arg("repeats") = 5,
+      "int8 multiply-add instruction peak (vpdpbusd), ops/s over `threads` threads: a dict with ops_per_s "
+      "(wall time), ops_per_cpu_s (the slowest thread's CPU time: immune to time slices lost on a shared "
+      "machine), threads and isa (avx512_vnni, avx_vnni, avx512vl_vnni, or 'none: why' with rates 0). "
+      "isa: auto | avx512 (zmm) | avx2 (ymm).");
 }

@@ -1,4 +1,6 @@
-// CPU W4A4 GEMM with int8 dot-product instructions after an in-register nibble unpack.
+// CPU W4A4 GEMM: the dispatcher (argument checks, path choice) and the AVX2 (vpmaddubsw) and scalar paths.
+// The VNNI paths (vpdpbusd: zmm AVX512-VNNI, ymm AVX-VNNI) live in int4_matmul_vnni.cpp, the AMX path in
+// int4_matmul_amx.cpp; this file's AVX2 path is for x86 CPUs without VNNI.
 //
 // Signed × signed via the unsigned × signed instructions (VNNI vpdpbusd, AVX2 vpmaddubsw): the weight
 // nibble XOR 8 is the unsigned code w + 8 ∈ [0, 15], so Σ (w + 8)·a = Σ w·a + 8·Σ a and the row sums of
@@ -13,8 +15,8 @@
 // rows pass over it); inside, 4 rows × 4 columns per micro-kernel call (16 accumulators).
 //
 // On CPUs with AMX-INT8 (Sapphire Rapids and later) products of more than kVnniMaxRows rows go to the tile
-// kernel in int4_matmul_amx.cpp instead; this file's paths serve decode sizes there, every size elsewhere,
-// and can be forced (tests).
+// kernel in int4_matmul_amx.cpp instead; the VNNI paths serve decode sizes there, every size elsewhere,
+// and every path can be forced (tests).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -33,6 +35,7 @@
 #include "common/checks.h"
 #include "quarot/cpu_scratch.h"
 #include "quarot/int4_matmul_amx.h"
+#include "quarot/int4_matmul_vnni.h"
 #include "quarot/quarot.h"
 
 namespace symkernels::quarot {
@@ -75,43 +78,6 @@ struct Problem {
   const uint8_t* w_unpacked = nullptr;
   int64_t w_unpacked_n0 = 0;
 };
-
-// ---- AVX-512 VNNI ----------------------------------------------------------------------------------
-#define SK_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
-
-template <int MR, int NR, bool kPre>
-SK_AVX512_TARGET void micro_avx512(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
-  const int64_t a_stride = 2 * p.kb_main;
-  // Row pointers hoisted out of the K loop: the loop body is loads, (unpack,) and dpbusd only.
-  const uint8_t* wrow[NR];
-  const int8_t* arow[MR];
-  for (int j = 0; j < NR; ++j)
-    wrow[j] = kPre ? p.w_unpacked + (n0 + j - p.w_unpacked_n0) * a_stride : p.w + (n0 + j) * p.kb;
-  for (int i = 0; i < MR; ++i) arow[i] = p.a_unpacked + (m0 + i) * a_stride;
-  __m512i acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
-  const __m256i nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(0x08);
-  for (int64_t blk = 0; blk < p.kb_main; blk += kBlockBytes) {
-    __m512i wv[NR];
-    for (int j = 0; j < NR; ++j) {
-      if constexpr (kPre) {
-        wv[j] = _mm512_loadu_si512(wrow[j] + 2 * blk);
-      } else {
-        const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[j] + blk));
-        const __m256i lo = _mm256_xor_si256(_mm256_and_si256(packed, nib), eight);
-        const __m256i hi = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), nib), eight);
-        wv[j] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-      }
-    }
-    for (int i = 0; i < MR; ++i) {
-      const __m512i av = _mm512_loadu_si512(arow[i] + 2 * blk);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], av);
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc_out[i * NR + j] = _mm512_reduce_add_epi32(acc[i][j]);
-}
 
 // ---- AVX2 -------------------------------------------------------------------------------------------
 #define SK_AVX2_TARGET __attribute__((target("avx2,fma")))
@@ -177,7 +143,7 @@ void micro_scalar(const Problem& p, int64_t m0, int64_t n0, int32_t* acc_out) {
   }
 }
 
-enum class Isa { kAmx, kAvx512Vnni, kAvx2, kScalar };
+enum class Isa { kAmx, kAvx512Vnni, kAvxVnni, kAvxVnniEvex, kAvx2, kScalar };
 
 // Rows up to which the automatic choice keeps VNNI on an AMX CPU. Both paths then stream W once at about
 // memory speed (the tile path unpacks each W chunk into an L1 ring right before its tile loads), and VNNI,
@@ -186,22 +152,28 @@ enum class Isa { kAmx, kAvx512Vnni, kAvx2, kScalar };
 // K=N=11008: equal within noise at M ≤ 2, AMX ahead from M=4 (2.3 vs 2.6 ms).
 constexpr int64_t kVnniMaxRows = 2;
 
-// The path for an M-row product. SYMKERNELS_INT4_ISA=amx|avx512|avx2|scalar forces one (tests use it to
-// cover every path on one CPU); a path the CPU lacks falls back to the automatic choice, so a forced run
-// is never wrong, only slower.
+// The path for an M-row product. SYMKERNELS_INT4_ISA=amx|avx512|avxvnni|avx2|scalar forces one (tests use
+// it to cover every path on one CPU); a path the CPU lacks falls back to the automatic choice, so a forced
+// run is never wrong, only slower. avxvnni is the ymm VNNI kernel: VEX-encoded where the CPU has AVX-VNNI,
+// else (test hook) the same kernel in the EVEX AVX512VL encoding, reported as "avxvnni-evex".
 Isa detect_isa(int64_t rows) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  const bool vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  const bool vnni = vnni_kind_supported(VnniKind::kZmm);
   const char* forced = std::getenv("SYMKERNELS_INT4_ISA");
   const bool force_amx = forced && std::strcmp(forced, "amx") == 0;
   if (forced) {
     if (std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
     if (std::strcmp(forced, "avx2") == 0 && __builtin_cpu_supports("avx2")) return Isa::kAvx2;
     if (std::strcmp(forced, "avx512") == 0 && vnni) return Isa::kAvx512Vnni;
+    if (std::strcmp(forced, "avxvnni") == 0) {
+      if (vnni_kind_supported(VnniKind::kYmmVex)) return Isa::kAvxVnni;
+      if (vnni_kind_supported(VnniKind::kYmmEvex)) return Isa::kAvxVnniEvex;
+    }
   }
   if (amx_int8_usable() && (force_amx || !vnni || rows > kVnniMaxRows)) return Isa::kAmx;
   if (vnni) return Isa::kAvx512Vnni;
+  if (vnni_kind_supported(VnniKind::kYmmVex)) return Isa::kAvxVnni;
   if (__builtin_cpu_supports("avx2")) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
@@ -211,6 +183,8 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAmx: return "amx";
     case Isa::kAvx512Vnni: return "avx512";
+    case Isa::kAvxVnni: return "avxvnni";
+    case Isa::kAvxVnniEvex: return "avxvnni-evex";
     case Isa::kAvx2: return "avx2";
     default: return "scalar";
   }
@@ -219,8 +193,6 @@ const char* isa_name(Isa isa) {
 template <int MR, int NR>
 void micro(Isa isa, const Problem& p, int64_t m0, int64_t n0, int32_t* acc) {
   switch (isa) {
-    case Isa::kAvx512Vnni:
-      return p.w_unpacked ? micro_avx512<MR, NR, true>(p, m0, n0, acc) : micro_avx512<MR, NR, false>(p, m0, n0, acc);
     case Isa::kAvx2: return micro_avx2<MR, NR>(p, m0, n0, acc);
     default: return micro_scalar<MR, NR>(p, m0, n0, acc);
   }
@@ -358,6 +330,13 @@ at::Tensor int4_matmul_cpu(const at::Tensor& a_packed, const at::Tensor& a_scale
   };
   if (isa == Isa::kAmx) {
     with_out([&](auto* o) { int4_matmul_amx(ap, wp, M, N, kb, sap, swp, bp, o); });
+    return out;
+  }
+  if (isa == Isa::kAvx512Vnni || isa == Isa::kAvxVnni || isa == Isa::kAvxVnniEvex) {
+    const VnniKind kind = isa == Isa::kAvx512Vnni ? VnniKind::kZmm
+                          : isa == Isa::kAvxVnni  ? VnniKind::kYmmVex
+                                                  : VnniKind::kYmmEvex;
+    with_out([&](auto* o) { int4_matmul_vnni(kind, ap, wp, M, N, kb, sap, swp, bp, o); });
     return out;
   }
   const int64_t kb_main = kb - kb % kBlockBytes;

@@ -87,6 +87,7 @@ def run_pillar(pillar: str, device: torch.device, quick: bool, ceilings: harness
                 roofline = ceilings.roofline(case, t.median_s)
                 if roofline is not None:
                     row["%roofline"], row["bound"] = 100 * roofline[0], roofline[1]
+                row.update(ceilings.shares(case, t.median_s))
                 if isinstance(ours, harness.Timing) and name != case.ours:
                     row["ours_speedup"] = t.median_s / ours.median_s
             row.update({k: v for k, v in case.extra.items()})

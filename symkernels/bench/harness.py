@@ -21,7 +21,9 @@ alone. A peer given as a string is reported as missing with that reason.
 Every case states the least work one call of ``ours`` must do: ``bytes_moved`` (the bytes it must read
 and write at least) and ``flops`` (the useful operations, counted against the ``compute`` ceiling:
 ``"fp32"``/``"fp64"``/``"bf16"``/``"fp16"`` GEMM FLOP/s or ``"int8"`` GEMM OPS). ``Ceilings`` measures
-those limits on the same machine in the same run, and the roofline share of a timing is
+those limits on the same machine in the same run (plus ``"vnni"``, the int8 dot-product instruction peak
+of our own micro-kernel, which a case may name in ``also_vs`` for an extra "% of" column), and the roofline
+share of a timing is
 
     share = max(bytes_moved / copy bandwidth, flops / GEMM rate) / time,
 
@@ -53,6 +55,9 @@ class Case:
     # Implementations timed beside ours for context, not as competitors (the primal alone, another variant
     # of ours): the table's "best peer" leaves them out; the CSV has their ratios like any other.
     context: tuple[str, ...] = ()
+    # More compute ceilings to report `flops` against, each as its own "%<kind>" column (e.g. ("vnni", "int8"):
+    # % of the int8 instruction peak and % of the torch._int_mm rate), beside the roofline of `compute`.
+    also_vs: tuple[str, ...] = ()
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # more columns, e.g. iterations
     check: Callable[[], None] | None = None  # optional correctness check run once before timing
 
@@ -158,6 +163,23 @@ COMPUTE_CEILINGS = {
     "fp16": (torch.float16, 2048, 8192),
     "int8": (torch.int8, 2048, 8192),  # torch._int_mm: int8 × int8 → int32, what a W4A4/W8A8 GEMM beats
 }
+# Ceilings that are an instruction's peak rather than a library GEMM: measured by our own micro-kernels.
+INSTRUCTION_CEILINGS = {
+    "vnni": "int8 vpdpbusd peak (symkernels._C.vnni_peak: 16 independent chains per thread, no memory)",
+}
+
+
+def vnni_peak(threads: int | None = None, isa: str = "auto", seconds: float = 0.3) -> tuple[float, str]:
+    """(int8 ops/s, what was measured) of the VNNI dot-product instruction on ``threads`` threads (default
+    torch's count): the compute ceiling of an int8 GEMM on a CPU without AMX. The rate is the better of
+    wall time and the threads' CPU time (on a shared machine the wall rate drops whenever another process
+    takes a core: the ceiling must not). ops/s is 0 when the CPU or the build has no VNNI; the string says
+    why."""
+    from symkernels import _C
+
+    threads = torch.get_num_threads() if threads is None else threads
+    peak = _C.vnni_peak(isa=isa, threads=threads, seconds=seconds, repeats=5)
+    return max(float(peak["ops_per_s"]), float(peak.get("ops_per_cpu_s", 0.0))), f"{peak['isa']} × {peak['threads']} threads"
 
 
 class Ceilings:
@@ -200,11 +222,32 @@ class Ceilings:
 
     def compute(self, kind: str) -> float | str:
         """Operations/s of a large GEMM of this kind, or the reason it could not be measured."""
-        if kind not in COMPUTE_CEILINGS:
-            raise ValueError(f"Case.compute must be one of {sorted(COMPUTE_CEILINGS)}, got {kind!r}")
+        if kind not in COMPUTE_CEILINGS and kind not in INSTRUCTION_CEILINGS:
+            raise ValueError(f"Case.compute must be one of {sorted(COMPUTE_CEILINGS) + sorted(INSTRUCTION_CEILINGS)}, "
+                             f"got {kind!r}")
         if kind not in self._compute:
-            self._compute[kind] = self._measure_gemm(kind)
+            self._compute[kind] = self._measure_vnni() if kind == "vnni" else self._measure_gemm(kind)
         return self._compute[kind]
+
+    def _measure_vnni(self) -> float | str:
+        if self.device.type != "cpu":
+            return "a CPU instruction peak (no VNNI on this device)"
+        try:
+            rate, what = vnni_peak(seconds=0.2 if self.quick else 0.5)
+        except Exception as exc:  # e.g. a build without the helper
+            return f"{type(exc).__name__}: {str(exc)[:60]}"
+        self._vnni_what = what
+        return rate if rate > 0 else what
+
+    def shares(self, case: Case, seconds: float) -> dict[str, float]:
+        """``{"%<kind>": share in percent, 1 decimal}`` of ``case.flops`` in ``seconds`` for each kind of
+        ``case.also_vs`` that could be measured."""
+        out = {}
+        for kind in case.also_vs if case.flops else ():
+            rate = self.compute(kind)
+            if not isinstance(rate, str):
+                out[f"%{kind}"] = round(100 * case.flops / seconds / rate, 1)
+        return out
 
     def _measure_gemm(self, kind: str) -> float | str:
         dtype, n_cpu, n_cuda = COMPUTE_CEILINGS[kind]
@@ -240,8 +283,15 @@ class Ceilings:
         return least_time / seconds, limit
 
     def describe(self) -> str:
-        rates = ", ".join(f"{k} GEMM {v / 1e9:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" if not isinstance(v, str)
-                          else f"{k} GEMM unavailable ({v})" for k, v in self._compute.items())
+        def rate(k, v):
+            if k == "vnni":
+                return (f"VNNI peak unavailable ({v})" if isinstance(v, str) else
+                        f"VNNI peak {v / 1e9:.0f} GOP/s ({getattr(self, '_vnni_what', '')})")
+            if isinstance(v, str):
+                return f"{k} GEMM unavailable ({v})"
+            return f"{k} GEMM {v / 1e9:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"
+
+        rates = ", ".join(rate(k, v) for k, v in self._compute.items())
         cached = ", ".join(f"{size >> 10} KiB {bw / 1e9:.0f}" for size, bw in sorted(self._bandwidth.items()))
         return (f"copy_ into allocated memory {self.copy_bw / 1e9:.1f} GB/s (at smaller sizes, GB/s: {cached or 'none'}), "
                 f"clone {self.clone_bw / 1e9:.1f} GB/s" + (f"; {rates}" if rates else ""))

@@ -2,11 +2,19 @@
 
 Peers run side by side: the two-pass Hadamard (QuaRot's route: FWHT + dense K×K matmul) and a dense
 n×n matmul; unfused torch ops for rotate+quantize (QuaRot's ≈ 6 launches); torch float32 / bfloat16
-matmul and ``torch._int_mm`` (int8×int8→int32, without the dequant epilogue) for the GEMM.
+matmul and ``torch._int_mm`` (int8×int8→int32, without the dequant epilogue) for the GEMM. On CPU the GEMM
+rows also compare with ``torch._int_mm`` under oneDNN capped at AVX512-VNNI (the ISA of our kernel; timed
+in a subprocess, since oneDNN reads the cap at start-up) and report % of the measured vpdpbusd peak
+(``%vnni``) and of the large ``_int_mm`` rate (``%int8``).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import time
 from typing import Iterable
 
 import torch
@@ -87,10 +95,49 @@ def _cpu_isa(m: int) -> str | None:
         return None
 
 
+# oneDNN's ISA cap for the fair peer: torch._int_mm limited to the instructions our CPU kernel uses
+# (AVX512-VNNI, no AMX). oneDNN reads it once, at start-up, so that peer runs in a subprocess.
+ISA_CAP = "AVX512_CORE_VNNI"
+
+
+def _isa_peer_main() -> None:
+    """Subprocess body: time ours and torch._int_mm (under the ONEDNN_MAX_CPU_ISA the parent set) side by side,
+    interleaved, best round each; print {"m": [ours_s, int_mm_s], ...} as JSON."""
+    kn, threads, ms, min_time = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), float(sys.argv[4])
+    torch.set_num_threads(threads)
+    from symkernels.bench.harness import time_side_by_side
+
+    w = torch.randint(-8, 8, (kn, kn), dtype=torch.int8)
+    w_p, w_s = reference.pack_int4(w), torch.rand(kn, 1)
+    w8 = torch.randint(-8, 8, (kn, kn), dtype=torch.int8).T
+    out = {}
+    for m in ms:
+        a_p, a_s = reference.pack_int4(torch.randint(-8, 8, (m, kn), dtype=torch.int8)), torch.rand(m, 1)
+        a8 = torch.randint(-8, 8, (m, kn), dtype=torch.int8)
+        t = time_side_by_side({"ours": lambda: symkernels.int4_matmul(a_p, a_s, w_p, w_s),
+                               "int_mm": lambda: torch._int_mm(a8, w8)}, torch.device("cpu"), min_time_s=min_time)
+        out[str(m)] = [t["ours"].median_s, t["int_mm"].median_s]
+    print(json.dumps(out))
+
+
+def _isa_capped_int_mm(kn: int, ms: list[int], quick: bool) -> dict[int, tuple[float, float]] | str:
+    """{m: (ours_s, int_mm_s)} timed in a subprocess whose oneDNN is capped at ISA_CAP, or why not."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": ISA_CAP, "DNNL_MAX_CPU_ISA": ISA_CAP}
+    code = "from symkernels.bench.quarot import _isa_peer_main; _isa_peer_main()"
+    args = [sys.executable, "-c", code, str(kn), str(torch.get_num_threads()), json.dumps(ms),
+            str(0.05 if quick else 0.3)]
+    try:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=True)
+        return {int(m): tuple(v) for m, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
+        return f"ISA-capped peer failed: {type(exc).__name__}: {str(exc)[:80]}"
+
+
 def _gemm_cases(device, quick) -> Iterable[Case]:
     sizes = [4096] if quick else [4096, 11008]
     ms = [1, 16, 256] if quick else [1, 16, 256, 2048]
     for kn in sizes:
+        capped = _isa_capped_int_mm(kn, ms, quick) if device.type == "cpu" else None
         w = torch.randn(kn, kn, device=device) / math.sqrt(kn)
         w_p, w_s = symkernels.quantize_int4(w)
         w8 = torch.randint(-8, 8, (kn, kn), dtype=torch.int8, device=device).T  # [K, N] for _int_mm
@@ -110,10 +157,19 @@ def _gemm_cases(device, quick) -> Iterable[Case]:
             else:
                 impls["torch bf16 matmul"] = "skipped in --quick on CPU (timed in the full sweep)"
             isa = _cpu_isa(m) if device.type == "cpu" else None
+            extra = {}
+            if isinstance(capped, dict) and m in capped:
+                # the fair peer, same ISA as ours: its own process, ours re-timed there beside it
+                ours_s, int_mm_s = capped[m]
+                extra[f"vs _int_mm@{ISA_CAP}"] = f"{int_mm_s / ours_s:.2f}× ({int_mm_s * 1e3:.3g} ms)"
+            elif isinstance(capped, str):
+                extra[f"vs _int_mm@{ISA_CAP}"] = capped
+            # % of the int8 instruction peak (our vpdpbusd loop) and of torch._int_mm's large-GEMM rate
             yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}",
                        dtype="int4→fp32" + (f" (cpu {isa})" if isa else ""), impls=impls,
                        ours="symkernels W4A4", flops=2 * m * kn * kn, compute="int8",
-                       bytes_moved=m * kn // 2 + kn * kn // 2 + 4 * m * kn + 4 * (m + kn))
+                       also_vs=("vnni", "int8") if device.type == "cpu" else (),
+                       bytes_moved=m * kn // 2 + kn * kn // 2 + 4 * m * kn + 4 * (m + kn), extra=extra)
 
 
 @sweep("quarot")

@@ -177,16 +177,17 @@ def _check_isa_exact(gen, shapes=_ISA_SHAPES):
     torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("isa", ["amx", "avx512", "avx2", "scalar", ""])
+@pytest.mark.parametrize("isa", ["amx", "avx512", "avxvnni", "avx2", "scalar", ""])
 def test_every_cpu_isa_path_exact(monkeypatch, isa):
-    """The CPU kernel picks AMX/VNNI/AVX2/scalar at run time; force each path the CPU has and prove it ran."""
+    """The CPU kernel picks AMX/VNNI/AVX2/scalar at run time; force each path the CPU has and prove it ran.
+    avxvnni is the ymm VNNI kernel: VEX AVX-VNNI, or its EVEX encoding ("avxvnni-evex") on AVX-512 CPUs."""
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
     ran = _cpu_isa_now()
     if isa:  # a forced path does not depend on M
         assert {_cpu_isa_now(m) for m in (1, 4, 5, 300)} == {ran}
-    if isa and ran != isa:
+    if isa and ran != isa and not (isa == "avxvnni" and ran == "avxvnni-evex"):
         pytest.skip(f"this CPU/OS has no {isa} path for int4_matmul (it falls back to {ran}; cpu flags with "
                     f"amx/vnni: {[f for f in _cpu_flags() if 'amx' in f or 'vnni' in f]})")
     _check_isa_exact(torch.Generator().manual_seed(11))
@@ -200,7 +201,7 @@ def test_forced_amx_falls_back_without_amx(monkeypatch):
     if _cpu_isa_now() == "amx":
         pytest.skip("this CPU has AMX-INT8, so the forced path runs (test_every_cpu_isa_path_exact[amx]); "
                     "the fallback is exercised on CPUs without it")
-    assert _cpu_isa_now() in ("avx512", "avx2", "scalar")
+    assert _cpu_isa_now() in ("avx512", "avxvnni", "avx2", "scalar")
     _check_isa_exact(torch.Generator().manual_seed(12), _ISA_SHAPES[:4])
 
 
@@ -234,7 +235,7 @@ def test_amx_epilogue_bitwise_vs_reference(monkeypatch):
 
 
 @given(m=st.integers(0, 40), n=st.integers(0, 40), kb=st.integers(0, 70), seed=st.integers(0, 2**16),
-       isa=st.sampled_from(["amx", "avx512", "avx2", "scalar"]))
+       isa=st.sampled_from(["amx", "avx512", "avxvnni", "avx2", "scalar"]))
 def test_hypothesis_cpu_isa_exact(m, n, kb, seed, isa):
     """Random shapes through every CPU path, exact integer result (a forced path the CPU lacks falls back)."""
     if not _backend.backend_status("cpu"):

@@ -1,0 +1,400 @@
+// VNNI paths of the CPU W4A4 GEMM: C[m, n] = Σ_k A[m, k]·W[n, k] with vpdpbusd (unsigned × signed int8,
+// 4-way dot into int32), W unpacked from nibbles in registers, never through memory.
+//
+// Signs. vpdpbusd multiplies unsigned bytes by signed bytes. W is the unsigned operand: its nibble XOR 8
+// is w + 8 ∈ [0, 15] (one vpternlog per register does AND 0x0F and XOR 8 together), and
+// Σ (w + 8)·a = Σ w·a + 8·Σ a, so the row sums of A (taken while A is unpacked once per call) remove the
+// offset exactly. No saturation anywhere: vpdpbusd sums four products ≤ 15·8 into int32 directly.
+//
+// K order. A dot product may visit K in any order as long as both operands agree. A block of packed W
+// (64 bytes for zmm, 32 for ymm) becomes [low nibbles | high nibbles] with one shift, so A is unpacked
+// once per call into that same permuted order (int8), zero-padded to whole blocks: the padded codes are
+// 0·(anything), so the last, partial W block needs only a masked (zmm) or zero-padded (ymm) load and no
+// scalar tail code. A's rows are zero-padded to whole row tiles, and stored tile by tile (ALayout) so a
+// micro-kernel reaches all its rows from one pointer.
+//
+// Tiles. The accumulators run along K (each zmm holds 16 partial sums of one output) and are reduced once
+// per tile and K chunk: no transpose of W is needed, so W is read in its given [N, K/2] layout (the op
+// takes no pre-packed weights). A micro-kernel computes MR rows × NR columns: per 64-byte block, NR W
+// loads and 3·NR unpack ops, then 2·MR A loads, each feeding NR vpdpbusd (2·MR·NR in all). Prefill
+// 6 × 3 (18 accumulators); decode takes fewer rows and more columns (M = 1: 1 × 6, M = 2: 2 × 6, M ≤ 4:
+// 4 × 4). ymm (16 registers on an AVX-VNNI CPU, A as a memory operand): 4 × 2, 2 × 3, 1 × 4.
+//
+// Blocking and threads. Columns go in groups of NR; threads split the groups (each streams its own part
+// of W, which is what bounds decode); inside a thread, groups are walked in chunks whose packed W
+// (≤ kChunkBytes) stays in L2 while every row tile passes over it, K in chunks of kKChunkCodes so a
+// tile's A chunk stays in L1 across the chunk's groups; the next A chunk is prefetched into L2 meanwhile.
+// The epilogue (8·Σa correction, fp32 scales, bias, rounding to the output dtype) runs once per tile and
+// column chunk, 16 columns per instruction on the zmm path.
+//
+// Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): M = 256 at 78–80% of the vpdpbusd peak,
+// M = 2048 66–75%, M = 16 55%, M = 1 W-read bound. valgrind 3.19 hides AVX-512 from the program, so
+// callgrind cannot run these kernels (the path check refuses them there).
+#include "quarot/int4_matmul_vnni.h"
+
+#include "quarot/cpu_scratch.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SK_VNNI_BUILD 1
+#include <immintrin.h>
+#endif
+
+#include <c10/util/Exception.h>
+
+namespace symkernels::quarot {
+
+#if SK_VNNI_BUILD
+namespace {
+
+#define SK_ZMM_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define SK_INLINE inline __attribute__((always_inline))
+// Full unrolling keeps acc[][] in registers (a loop left rolled would index the array in memory).
+#define SK_UNROLL _Pragma("GCC unroll 8")
+constexpr int64_t kChunkBytes = 384 << 10;  // packed W per L2 chunk of column groups (≤ 64 groups)
+constexpr int64_t kMaxChunkGroups = 64;      // (bounds the per-thread partial sums: 64 groups × 8 × 8 int32)
+constexpr int64_t kKChunkCodes = 4096;       // K per pass: a 6-row A chunk (24 KiB) stays in L1 (2048: 7% slower, Zen 4)
+
+// Layout of the unpacked activations. Rows are grouped in tiles of `tile_rows` (the micro-kernel's MR);
+// inside a tile, block b of row i (2·B codes: B low nibbles then B high nibbles, B = 64 for zmm, 32 for
+// ymm) sits at b·(tile_rows·2B) + i·2B. A micro-kernel thus reaches all its rows from one pointer with
+// constant offsets (a row-major layout needs one address register per row: GCC then runs out of them).
+struct ALayout {
+  int64_t block;      // packed bytes per block (B)
+  int64_t blocks;     // blocks per row: ceil(kb / B)
+  int64_t tile_rows;  // rows per tile
+  int64_t block_stride() const { return tile_rows * 2 * block; }
+  int64_t tile_stride() const { return blocks * block_stride(); }
+};
+
+// Sum of the 16 int32 lanes. (The masked shuffle and extract forms with a full mask: GCC 12's unmasked ones
+// pass an "undefined" source that -Wuninitialized flags.) A 4-accumulators-at-once transpose-and-add
+// variant (13 instructions per 4 sums instead of 28) measured 30% slower overall: GCC then kept the
+// accumulators in memory.
+SK_ZMM_TARGET SK_INLINE int32_t hsum_zmm(__m512i v) {
+  v = _mm512_add_epi32(v, _mm512_mask_shuffle_i64x2(v, 0xFF, v, v, 0x4E));  // 256-bit halves
+  v = _mm512_add_epi32(v, _mm512_mask_shuffle_i64x2(v, 0xFF, v, v, 0xB1));  // 128-bit quarters
+  __m128i q = _mm512_mask_extracti32x4_epi32(_mm_setzero_si128(), 0xF, v, 0);
+  q = _mm_add_epi32(q, _mm_unpackhi_epi64(q, q));
+  return _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
+}
+
+// ---- zmm micro-kernel ------------------------------------------------------------------------------
+// acc += u·s (vpdpbusd zmm). Inline asm, not the intrinsic: GCC 12 allocates the intrinsic's tied
+// accumulator badly from about 12 accumulators up (a register copy per instruction, then spills); the
+// asm's "+v" keeps each accumulator in one register for the whole K loop.
+SK_ZMM_TARGET SK_INLINE void dpbusd(__m512i& acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+}
+
+// One 64-byte block of each of the NR W columns (lanes outside `mask` read as 0) against MR rows of A (row i
+// at a + 128·i). Every W column of the block is unpacked first (2·NR registers), then each A half-row is
+// loaded once and feeds NR instructions: 2·MR + NR loads per 2·MR·NR vpdpbusd. (Taking A as a memory
+// operand of each vpdpbusd instead, one load per instruction, ran at half the rate on Zen 4: load-bound.)
+template <int MR, int NR>
+SK_ZMM_TARGET SK_INLINE void zmm_block(__m512i (&acc)[MR][NR], const uint8_t* const* w, int64_t off, __mmask64 mask,
+                                         const int8_t* a, __m512i nib, __m512i eight) {
+  __m512i lo[NR], hi[NR];
+  SK_UNROLL for (int j = 0; j < NR; ++j) {
+    const __m512i packed = _mm512_maskz_loadu_epi8(mask, w[j] + off);
+    // (x & 0x0F) ^ 0x08 in one op: truth table of (A & B) ^ C with A=0xF0, B=0xCC, C=0xAA is 0x6A
+    lo[j] = _mm512_ternarylogic_epi32(packed, nib, eight, 0x6A);
+    hi[j] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(packed, 4), nib, eight, 0x6A);
+  }
+  SK_UNROLL for (int i = 0; i < MR; ++i) {
+    const __m512i a_lo = _mm512_loadu_si512(a + 128 * i), a_hi = _mm512_loadu_si512(a + 128 * i + 64);
+    SK_UNROLL for (int j = 0; j < NR; ++j) {
+      dpbusd(acc[i][j], lo[j], a_lo);
+      dpbusd(acc[i][j], hi[j], a_hi);
+    }
+  }
+}
+
+// acc_out[i·ldo + j] = Σ_k (w_j[k] + 8)·a_i[k] over kb packed bytes (before the 8·Σa correction).
+template <int MR, int NR>
+SK_ZMM_TARGET void micro_zmm(const int8_t* a, int64_t a_stride, const uint8_t* const* wrow, int64_t kb,
+                               int32_t* acc_out, int64_t ldo) {
+  __m512i acc[MR][NR];
+  SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
+  const uint8_t* w[NR];
+  SK_UNROLL for (int j = 0; j < NR; ++j) w[j] = wrow[j];
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08);
+  const int64_t full = kb - kb % 64;
+  int64_t off = 0;
+  for (; off < full; off += 64, a += a_stride) zmm_block<MR, NR>(acc, w, off, ~__mmask64{0}, a, nib, eight);
+  if (off < kb) zmm_block<MR, NR>(acc, w, off, (__mmask64{1} << (kb - off)) - 1, a, nib, eight);
+  SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int j = 0; j < NR; ++j) acc_out[i * ldo + j] = hsum_zmm(acc[i][j]);
+}
+
+// ---- ymm micro-kernels: one body, two encodings ------------------------------------------------------
+#define SK_YMM_TARGET __attribute__((target("avx2,avxvnni")))
+#define SK_YMM_DPBUSD "%{vex%} vpdpbusd"
+#define SK_YMM_NAME micro_ymm_vex
+#include "quarot/int4_matmul_vnni_micro.inc"
+#undef SK_YMM_TARGET
+#undef SK_YMM_DPBUSD
+#undef SK_YMM_NAME
+
+#define SK_YMM_TARGET __attribute__((target("avx2,avx512f,avx512vl,avx512vnni")))
+#define SK_YMM_DPBUSD "%{evex%} vpdpbusd"
+#define SK_YMM_NAME micro_ymm_evex
+#include "quarot/int4_matmul_vnni_micro.inc"
+#undef SK_YMM_TARGET
+#undef SK_YMM_DPBUSD
+#undef SK_YMM_NAME
+
+// ---- A: unpack once per call ---------------------------------------------------------------------------
+// Rows [m_begin, m_end) of A into `layout` (sign-extended int8 codes, zero past K); sum[m] = Σ codes.
+// AVX2 (every VNNI CPU has it).
+__attribute__((target("avx2"))) void unpack_a_rows(const uint8_t* a, int64_t kb, int64_t m_begin, int64_t m_end,
+                                                  const ALayout& layout, int8_t* out, int32_t* sum) {
+  const __m256i nib = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(0x08), ones8 = _mm256_set1_epi8(1),
+                ones16 = _mm256_set1_epi16(1);
+  const int64_t B = layout.block;
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const uint8_t* src = a + m * kb;
+    int8_t* dst = out + (m / layout.tile_rows) * layout.tile_stride() + (m % layout.tile_rows) * 2 * B;
+    __m256i total = _mm256_setzero_si256();
+    for (int64_t b = 0; b < layout.blocks; ++b, dst += layout.block_stride()) {
+      for (int64_t half = 0; half < B; half += 32) {
+        const int64_t off = b * B + half;
+        __m256i packed;
+        if (off + 32 <= kb) {
+          packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + off));
+        } else {
+          alignas(32) uint8_t tmp[32] = {};
+          if (off < kb) std::memcpy(tmp, src + off, static_cast<size_t>(kb - off));
+          packed = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+        }
+        // sign-extend a nibble: ((x & 0xF) ^ 8) − 8
+        const __m256i lo = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(packed, nib), eight), eight);
+        const __m256i hi = _mm256_sub_epi8(
+            _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(packed, 4), nib), eight), eight);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + half), lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + B + half), hi);
+        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo), _mm256_maddubs_epi16(ones8, hi));
+        total = _mm256_add_epi32(total, _mm256_madd_epi16(pairs, ones16));
+      }
+    }
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), total);
+    int32_t s = 0;
+    for (int l = 0; l < 8; ++l) s += lanes[l];
+    sum[m] = s;
+  }
+}
+
+// ---- driver ------------------------------------------------------------------------------------------------
+using MicroFn = void (*)(const int8_t*, int64_t, const uint8_t* const*, int64_t, int32_t*, int64_t);
+
+// A tile shape: mr rows × nr columns, and the kernels for a last tile of 1, 2, 4 rows (the smallest that
+// covers what is left; the rows past M are zero padding).
+struct Config {
+  int mr, nr;
+  MicroFn full;
+  MicroFn rows[3];
+};
+
+// out[m0 + i, n0 + c] = Out((fp32(acc[i·ldo + c] − 8·a_sum) · sa) · sw + bias) for i < rows, c < cols: the
+// reference's order and rounding. Plain (baseline) code, so no FMA contraction: the ymm paths' epilogue.
+template <typename Out>
+void epilogue(const int32_t* acc, int64_t ldo, int64_t rows, int64_t cols, int64_t m0, int64_t n0, const int32_t* a_sum,
+              const float* sa, const float* sw, const float* bias, Out* out, int64_t N) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t n = n0 + c;
+      float y = static_cast<float>(acc[i * ldo + c] - 8 * a_sum[m]) * sa[m] * sw[n];
+      if (bias) y += bias[n];
+      out[m * N + n] = static_cast<Out>(y);
+    }
+  }
+}
+
+// The same, 16 columns per instruction (zmm paths; a scalar epilogue cost 10–15% of the whole GEMM at M = 256).
+// Multiplies and adds with an explicit rounding mode: those builtins are never contracted into an FMA, so
+// every output rounds exactly as the reference's (and the scalar epilogue's).
+#define SK_ZMM_EPI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
+constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+SK_ZMM_EPI_TARGET SK_INLINE void store16(float* dst, __m512 y, __mmask16 k) { _mm512_mask_storeu_ps(dst, k, y); }
+SK_ZMM_EPI_TARGET SK_INLINE void store16(c10::Half* dst, __m512 y, __mmask16 k) {
+  // RNE, ±inf past 65504, as c10::Half (full-mask forms, see epilogue_zmm)
+  _mm256_mask_storeu_epi16(dst, k, _mm512_mask_cvtps_ph(_mm256_setzero_si256(), 0xFFFF, y, kRne));
+}
+SK_ZMM_EPI_TARGET SK_INLINE void store16(c10::BFloat16* dst, __m512 y, __mmask16 k) {
+  // c10::BFloat16's rounding: (bits + 0x7FFF + lsb) >> 16 (RNE), NaN → 0x7FC0
+  const __m512i bits = _mm512_castps_si512(y);
+  const __m512i lsb = _mm512_and_si512(_mm512_mask_srli_epi32(bits, 0xFFFF, bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  r = _mm512_mask_srli_epi32(r, 0xFFFF, r, 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_mask_storeu_epi16(dst, k, _mm512_mask_cvtepi32_epi16(_mm256_setzero_si256(), 0xFFFF, r));
+}
+
+template <typename Out>
+SK_ZMM_EPI_TARGET void epilogue_zmm(const int32_t* acc, int64_t ldo, int64_t rows, int64_t cols, int64_t m0, int64_t n0,
+                                    const int32_t* a_sum, const float* sa, const float* sw, const float* bias, Out* out,
+                                    int64_t N) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i;
+    const __m512i corr = _mm512_set1_epi32(8 * a_sum[m]);
+    const __m512 s = _mm512_set1_ps(sa[m]);
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 k = cols - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (cols - c)) - 1);
+      const __m512i dot = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(k, acc + i * ldo + c), corr);
+      // (full-mask forms: GCC 12's unmasked ones pass an "undefined" source that -Wuninitialized flags)
+      __m512 y = _mm512_mask_cvtepi32_ps(s, 0xFFFF, dot);
+      y = _mm512_mask_mul_round_ps(y, 0xFFFF, y, s, kRne);
+      y = _mm512_mask_mul_round_ps(y, 0xFFFF, y, _mm512_maskz_loadu_ps(k, sw + n0 + c), kRne);
+      if (bias) y = _mm512_mask_add_round_ps(y, 0xFFFF, y, _mm512_maskz_loadu_ps(k, bias + n0 + c), kRne);
+      store16(out + m * N + n0 + c, y, k);
+    }
+  }
+}
+
+template <typename Out>
+void run(const Config& cfg, bool zmm_epilogue, int64_t block, const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_t kb,
+         const float* sa, const float* sw, const float* bias, Out* out) {
+  const int mr = cfg.mr, nr = cfg.nr;
+  const ALayout layout{block, (kb + block - 1) / block, mr};
+  const int64_t tiles = (M + mr - 1) / mr;
+  const int64_t a_bytes = tiles * layout.tile_stride();
+  ScratchBuffer a_owner;
+  int8_t* a_u = scratch(ScratchSlot::kCaller, a_bytes + 4 * M, a_owner);
+  int32_t* a_sum = reinterpret_cast<int32_t*>(a_u + a_bytes);
+  if (tiles * mr > M) {  // zero the padding rows of the last tile
+    for (int64_t m = M; m < tiles * mr; ++m) {
+      int8_t* dst = a_u + (tiles - 1) * layout.tile_stride() + (m % mr) * 2 * block;
+      for (int64_t b = 0; b < layout.blocks; ++b) std::memset(dst + b * layout.block_stride(), 0, 2 * block);
+    }
+  }
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) { unpack_a_rows(a, kb, begin, end, layout, a_u, a_sum); });
+  const int64_t groups = (N + nr - 1) / nr;
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, nr * kb), 1, kMaxChunkGroups);
+  const int64_t kc_bytes = std::max<int64_t>(block, kKChunkCodes / 2 / block * block);
+  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    // Partial sums of one row tile × one chunk of column groups, row-major (row i at i·ldo): what the
+    // epilogue reads 16 columns at a time.
+    const int64_t ldo = chunk * nr;
+    int32_t sums[8 * kMaxChunkGroups * 8];
+    int32_t part[8 * 8];
+    const uint8_t* wrow[8];
+    for (int64_t c0 = g_begin; c0 < g_end; c0 += chunk) {
+      const int64_t c1 = std::min(g_end, c0 + chunk);
+      const int64_t n_first = c0 * nr, n_cols = std::min(N, c1 * nr) - n_first;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t m0 = t * mr, rows = std::min<int64_t>(mr, M - m0);
+        const MicroFn micro = rows == mr || rows > 4 ? cfg.full : cfg.rows[rows <= 1 ? 0 : rows <= 2 ? 1 : 2];
+        for (int64_t k0 = 0; k0 == 0 || k0 < kb; k0 += kc_bytes) {  // once even for K = 0: sums = 0
+          // K in chunks: this tile's A chunk (≤ 8 rows × kKChunkCodes) stays in L1 while the groups pass
+          const int8_t* a_chunk = a_u + t * layout.tile_stride() + k0 / block * layout.block_stride();
+          const int64_t kc = std::min(kc_bytes, kb - k0);
+          // Meanwhile the next A chunk (this tile's next K chunk, else the next tile) is prefetched into L2,
+          // a few lines per group: at M = 2048 A (8 MiB) is re-read from L3 once per column chunk.
+          const int8_t* next = k0 + kc_bytes < kb ? a_chunk + kc_bytes / block * layout.block_stride()
+                                                  : a_u + (t + 1 < tiles ? t + 1 : t) * layout.tile_stride();
+          const int64_t next_lines = kc / block * layout.block_stride() / 64;
+          const int64_t per_group = (next_lines + (c1 - c0) - 1) / (c1 - c0);
+          for (int64_t g = c0; g < c1; ++g) {
+            for (int64_t l = (g - c0) * per_group, e = std::min(next_lines, l + per_group); l < e; ++l)
+              _mm_prefetch(reinterpret_cast<const char*>(next + 64 * l), _MM_HINT_T1);
+            const int64_t n0 = g * nr;
+            const int64_t cols = std::min<int64_t>(nr, N - n0);
+            // a partial group repeats its last column (valid memory; the extra results are not stored)
+            for (int j = 0; j < nr; ++j) wrow[j] = w + (n0 + std::min<int64_t>(j, cols - 1)) * kb + k0;
+            int32_t* dst = sums + (g - c0) * nr;
+            if (k0 == 0) {
+              micro(a_chunk, layout.block_stride(), wrow, kc, dst, ldo);
+            } else {
+              micro(a_chunk, layout.block_stride(), wrow, kc, part, nr);
+              for (int i = 0; i < mr; ++i)
+                for (int j = 0; j < nr; ++j) dst[i * ldo + j] += part[i * nr + j];
+            }
+          }
+        }
+        if (zmm_epilogue)
+          epilogue_zmm(sums, ldo, rows, n_cols, m0, n_first, a_sum, sa, sw, bias, out, N);
+        else
+          epilogue(sums, ldo, rows, n_cols, m0, n_first, a_sum, sa, sw, bias, out, N);
+      }
+    }
+  });
+}
+
+// Tile shapes by M. zmm (32 registers): MR·NR accumulators + 2·NR unpacked W + 2 A + 2 constants ≤ 32.
+// Prefill 6 × 3 (28 registers); in L1 on Zen 4 (1 thread, CPU time, K = 2048): 6 × 3 and 7 × 3 at 90% of
+// the vpdpbusd peak, 5 × 4 88%, 4 × 4 86%, 8 × 2 77%, 2 × 6 75%, 1 × 6 45% (decode reads W from memory
+// at well below that rate anyway).
+#define SK_CONFIG(MICRO, MR, NR) \
+  Config { MR, NR, &MICRO<MR, NR>, { &MICRO<1, NR>, &MICRO<(MR < 2 ? MR : 2), NR>, &MICRO<(MR < 4 ? MR : 4), NR> } }
+
+const Config& zmm_config(int64_t M) {
+  static const Config one = SK_CONFIG(micro_zmm, 1, 6);
+  static const Config two = SK_CONFIG(micro_zmm, 2, 6);
+  static const Config four = SK_CONFIG(micro_zmm, 4, 4);
+  static const Config six = SK_CONFIG(micro_zmm, 6, 3);
+  return M <= 1 ? one : M <= 2 ? two : M <= 4 ? four : six;
+}
+
+// ymm: 16 registers on an AVX-VNNI CPU without AVX-512.
+template <bool kVex>
+const Config& ymm_config(int64_t M) {
+  static const Config one = kVex ? SK_CONFIG(micro_ymm_vex, 1, 4) : SK_CONFIG(micro_ymm_evex, 1, 4);
+  static const Config two = kVex ? SK_CONFIG(micro_ymm_vex, 2, 3) : SK_CONFIG(micro_ymm_evex, 2, 3);
+  static const Config four = kVex ? SK_CONFIG(micro_ymm_vex, 4, 2) : SK_CONFIG(micro_ymm_evex, 4, 2);
+  return M <= 1 ? one : M <= 2 ? two : four;
+}
+#undef SK_CONFIG
+
+}  // namespace
+
+bool vnni_kind_supported(VnniKind kind) {
+  __builtin_cpu_init();
+  switch (kind) {
+    case VnniKind::kZmm:  // VL: the epilogue's 16-bit masked stores
+      return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl");
+    case VnniKind::kYmmVex: return __builtin_cpu_supports("avxvnni") && __builtin_cpu_supports("avx2");
+    case VnniKind::kYmmEvex: return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+  }
+  return false;
+}
+
+template <typename Out>
+void int4_matmul_vnni(VnniKind kind, const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_t kb,
+                      const float* sa, const float* sw, const float* bias, Out* out) {
+  TORCH_CHECK(vnni_kind_supported(kind), "int4_matmul: VNNI path ", static_cast<int>(kind), " not supported here");
+  if (M == 0 || N == 0) return;
+  switch (kind) {
+    case VnniKind::kZmm: return run(zmm_config(M), true, 64, a, w, M, N, kb, sa, sw, bias, out);
+    case VnniKind::kYmmVex: return run(ymm_config<true>(M), false, 32, a, w, M, N, kb, sa, sw, bias, out);
+    case VnniKind::kYmmEvex: return run(ymm_config<false>(M), false, 32, a, w, M, N, kb, sa, sw, bias, out);
+  }
+}
+
+#else  // not x86-64 GCC/Clang: never selected
+
+bool vnni_kind_supported(VnniKind) { return false; }
+
+template <typename Out>
+void int4_matmul_vnni(VnniKind, const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t, const float*,
+                      const float*, const float*, Out*) {
+  TORCH_CHECK(false, "int4_matmul: no VNNI path in this build");
+}
+
+#endif
+
+template void int4_matmul_vnni<float>(VnniKind, const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t,
+                                      const float*, const float*, const float*, float*);
+template void int4_matmul_vnni<c10::Half>(VnniKind, const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t,
+                                          const float*, const float*, const float*, c10::Half*);
+template void int4_matmul_vnni<c10::BFloat16>(VnniKind, const uint8_t*, const uint8_t*, int64_t, int64_t, int64_t,
+                                              const float*, const float*, const float*, c10::BFloat16*);
+
+}  // namespace symkernels::quarot

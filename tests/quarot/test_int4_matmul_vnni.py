@@ -1,0 +1,142 @@
+"""int4_matmul's VNNI paths (csrc/quarot/int4_matmul_vnni.cpp): zmm AVX512-VNNI and the ymm kernel (VEX
+AVX-VNNI, or its EVEX AVX512VL-VNNI encoding where the CPU lacks AVX-VNNI), forced through
+SYMKERNELS_INT4_ISA. Exact int32 accumulation (unit scales: the output is the integer dot product) over every
+tile shape (M = 1, 2, 3-4, ≥ 5 pick different micro-kernels; the last row tile is 1, 2, 4 or a full tile),
+partial column groups, K tails (masked / zero-padded last block), K over one K chunk (4096 codes), several
+column chunks per thread, M = 0, K = 0, non-contiguous inputs; the epilogue bitwise against the reference."""
+import pytest
+import torch
+
+import symkernels
+from symkernels import _backend
+from symkernels.quarot import reference
+
+pytestmark = pytest.mark.skipif(not _backend.backend_status("cpu"), reason="cpu backend unavailable")
+
+# Both names the forced ymm kernel may run under: VEX where the CPU has AVX-VNNI, else the EVEX encoding.
+_RAN = {"avx512": {"avx512"}, "avxvnni": {"avxvnni", "avxvnni-evex"}}
+
+
+def _force(monkeypatch, isa):
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
+    ran = torch.ops.symkernels.int4_matmul_cpu_isa(16)
+    if ran not in _RAN[isa]:
+        pytest.skip(f"this CPU has no {isa} VNNI path for int4_matmul (falls back to {ran})")
+    return ran
+
+
+def _codes(rows, k, gen):
+    q = torch.randint(-8, 8, (rows, k), generator=gen, dtype=torch.int8)
+    return reference.pack_int4(q), q
+
+
+def _exact(m, n, k, gen):
+    a_p, a = _codes(m, k, gen)
+    w_p, w = _codes(n, k, gen)
+    out = symkernels.int4_matmul(a_p, torch.ones(m, 1), w_p, torch.ones(n, 1), backend="cpu")
+    torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0,
+                               msg=lambda s: f"m={m} n={n} k={k}: {s}")
+
+
+# M: every tile configuration and last-tile height; N: partial groups of 3, 4 and 6 columns; K: 2 (one
+# byte), tails around the 32/64-byte blocks, K over the 4096-code chunk with a tail.
+_SHAPES = [(1, 1, 2), (1, 7, 62), (1, 13, 128), (2, 5, 130), (2, 11, 4098), (3, 5, 64), (4, 9, 126), (5, 4, 200),
+           (6, 3, 256), (7, 10, 66), (8, 8, 8200), (11, 37, 190), (13, 2, 4096), (17, 31, 1000), (300, 37, 200)]
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni"])
+def test_vnni_paths_exact(monkeypatch, isa):
+    ran = _force(monkeypatch, isa)
+    gen = torch.Generator().manual_seed(21)
+    for m, n, k in _SHAPES:
+        _exact(m, n, k, gen)
+    assert torch.ops.symkernels.int4_matmul_cpu_isa(1) == ran
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni"])
+def test_vnni_many_column_chunks(monkeypatch, isa):
+    """N large enough that each thread walks several L2 chunks of column groups, plus a partial one."""
+    _force(monkeypatch, isa)
+    gen = torch.Generator().manual_seed(22)
+    _exact(9, 1001, 2 * 4100, gen)  # kb = 4100: a chunk is 20 groups of 3 (zmm) or 31 of 2 (ymm)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni"])
+def test_vnni_extreme_codes(monkeypatch, isa):
+    """|acc| = 64·K with every code −8, and mixed −8 / 7 weights: no saturation, no overflow."""
+    _force(monkeypatch, isa)
+    for m, n, k in ((1, 3, 4096), (7, 5, 8202)):
+        a = torch.full((m, k), -8, dtype=torch.int8)
+        w = torch.where(torch.arange(n * k).reshape(n, k) % 3 == 0, 7, -8).to(torch.int8)
+        out = symkernels.int4_matmul(reference.pack_int4(a), torch.ones(m, 1), reference.pack_int4(w),
+                                     torch.ones(n, 1), backend="cpu")
+        torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni"])
+def test_vnni_empty_and_noncontiguous(monkeypatch, isa):
+    _force(monkeypatch, isa)
+    gen = torch.Generator().manual_seed(23)
+    w_p, w = _codes(5, 96, gen)
+    out = symkernels.int4_matmul(torch.zeros(0, 48, dtype=torch.uint8), torch.ones(0, 1), w_p, torch.ones(5, 1),
+                                 backend="cpu")
+    assert out.shape == (0, 5)
+    # K = 0: every dot product is the empty sum, the output is the bias (or 0)
+    for m in (1, 7):
+        a0, w0, bias = torch.zeros(m, 0, dtype=torch.uint8), torch.zeros(4, 0, dtype=torch.uint8), torch.randn(4)
+        out = symkernels.int4_matmul(a0, torch.ones(m, 1), w0, torch.ones(4, 1), bias, backend="cpu")
+        torch.testing.assert_close(out, bias.expand(m, 4), atol=0, rtol=0)
+        out = symkernels.int4_matmul(a0, torch.ones(m, 1), w0, torch.ones(4, 1), backend="cpu")
+        assert torch.equal(out, torch.zeros(m, 4))
+    # rows of a wider buffer, and a transposed-then-transposed-back weight: both strided views
+    a_wide = torch.randint(0, 256, (6, 100), generator=gen, dtype=torch.uint8)
+    a_view = a_wide[:, 2:50]
+    w_view = w_p.T.contiguous().T
+    assert not a_view.is_contiguous() and not w_view.is_contiguous()
+    out = symkernels.int4_matmul(a_view, torch.ones(6, 1), w_view, torch.ones(5, 1), backend="cpu")
+    expected = (reference.unpack_int4(a_view).long() @ w.long().T).float()
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni"])
+def test_vnni_epilogue_bitwise_vs_reference(monkeypatch, isa):
+    """(fp32(acc)·sa)·sw + bias in the reference's order without FMA contraction, rounded once."""
+    _force(monkeypatch, isa)
+    gen = torch.Generator().manual_seed(24)
+    m, n, k = 35, 49, 194
+    a_p, _ = _codes(m, k, gen)
+    w_p, _ = _codes(n, k, gen)
+    sa, sw = torch.rand(m, 1, generator=gen) * 0.1, torch.rand(n, 1, generator=gen) * 0.01
+    bias = torch.randn(n, generator=gen)
+    for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for b in (None, bias):
+            out = symkernels.int4_matmul(a_p, sa, w_p, sw, b, out_dtype=out_dtype, backend="cpu")
+            ref = reference.int4_matmul(a_p, sa.reshape(-1), w_p, sw.reshape(-1), b, out_dtype)
+            assert torch.equal(out, ref), (out_dtype, b is None, (out.float() - ref.float()).abs().max())
+
+
+def test_auto_isa_prefers_zmm_vnni(monkeypatch):
+    """Unforced, a CPU with AVX512-VNNI (and no AMX) runs the zmm kernel at every M."""
+    monkeypatch.delenv("SYMKERNELS_INT4_ISA", raising=False)
+    ran = {torch.ops.symkernels.int4_matmul_cpu_isa(m) for m in (1, 16, 2048)}
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    if "avx512_vnni" not in flags or "amx_int8" in flags:
+        pytest.skip("needs a CPU with AVX512-VNNI and without AMX-INT8")
+    assert ran == {"avx512"}
+
+
+def test_vnni_peak_helper():
+    from symkernels import _C
+
+    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    for isa in ("avx512", "avx2", "auto"):
+        peak = _C.vnni_peak(isa=isa, threads=1, seconds=0.02, repeats=2)
+        assert peak["threads"] == 1
+        if peak["isa"].startswith("none"):
+            assert peak["ops_per_s"] == 0.0
+        else:
+            assert peak["ops_per_s"] > 1e9, peak  # any VNNI core does billions of int8 ops per second
+    if "avx512_vnni" in flags:
+        assert _C.vnni_peak(isa="avx512", threads=1, seconds=0.02)["isa"] == "avx512_vnni"
+        ymm = _C.vnni_peak(isa="avx2", threads=1, seconds=0.02)["isa"]
+        assert ymm == ("avx_vnni" if " avx_vnni" in flags else "avx512vl_vnni")
