@@ -170,7 +170,7 @@ def module_cases(device, quick) -> Iterable[Case]:
 def made_cases(device, quick) -> Iterable[Case]:
     # An untrained MADE barely conditions on the past (near-constant outputs converge in ~2 passes); scaling
     # the random weights ×3 gives conditionals that depend on the past as a trained model's do. The trained
-    # digits model is in `python -m symkernels.jacobi.example_made_digits`.
+    # digits model is in `python -m symkernels.jacobi.examples`.
     for D, hidden, B in ([(64, 256, 100)] if quick else [(64, 256, 100), (64, 256, 1), (784, 512, 100)]):
         model = MADE(D, (hidden, hidden), seed=0).to(device)
         with torch.no_grad():
