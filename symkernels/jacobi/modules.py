@@ -118,10 +118,11 @@ def made_sample(model: MADE, noise: torch.Tensor, *, method: str = "jacobi", tol
         raise ValueError(f"made_sample: noise must be [B, D={model.dim}], got "
                          f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
 
-    def cols(out, d):
+    def cols(out, d):  # index_select: a plain gather (advanced indexing out[:, d] took ~20× longer)
+        u = noise.index_select(1, d)
         if model.kind == "bernoulli":
-            return model.sample_from_output(out[:, d], noise[:, d])
-        return out[:, d] + torch.exp(out[:, model.dim + d]) * noise[:, d]
+            return model.sample_from_output(out.index_select(1, d), u)
+        return out.index_select(1, d) + torch.exp(out.index_select(1, model.dim + d)) * u
 
     x, info = _autoregressive_sample(model, cols, noise, model.dim, method, tol, **solve_kwargs)
     return (x, info) if return_info else x
@@ -176,7 +177,7 @@ def pixelcnn_sample(model: PixelCNN, noise: torch.Tensor, *, method: str = "jaco
         return model(x.view(B, 1, H, W)).view(B, H * W)
 
     def cols(out, d):
-        return (flat_noise[:, d] < torch.sigmoid(out[:, d])).to(out.dtype)
+        return (flat_noise.index_select(1, d) < torch.sigmoid(out.index_select(1, d))).to(out.dtype)
 
     x, info = _autoregressive_sample(net, cols, flat_noise, H * W, method, tol, **solve_kwargs)
     x = x.view(B, H, W)

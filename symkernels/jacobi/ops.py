@@ -7,8 +7,8 @@ import math
 import torch
 
 from symkernels import _backend
-from symkernels.jacobi import reference
-from symkernels.jacobi.solver import SolveInfo, solve
+from symkernels.jacobi import reference, solver
+from symkernels.jacobi.solver import SolveInfo, Sweep, solve
 
 OP_NAME = "jacobi_rnn_iterate"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
@@ -16,8 +16,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
 CELLS = ("elman", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")
-# Residual growth over its best value that counts as divergence (see symkernels/jacobi/solver.py).
-DIVERGENCE_FACTOR = 1e8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,60 +150,50 @@ def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinear
                                                    sequential)
 
 
-def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, SolveInfo]:
-    """Drive the iteration kernel: ``check_every`` iterations per call, one host read of its record per call.
+class _KernelEngine:
+    """The fused iteration kernel as an engine of the solver's one loop (:func:`solver.iterate`): a call runs up
+    to ``check_every`` iterations, testing convergence and advancing the frozen pointer itself, and the loop
+    reads its (residual, pointer) record once per call. ``h0`` and the iterate are packed states (width S: H,
+    or 2H for the LSTM's [h, c]); a row is one (timestep, batch) state."""
 
-    ``h0`` and the iterate are packed states (width S: H, or 2H for the LSTM's [h, c])."""
-    T, B, S = u.shape[0], u.shape[1], h0.shape[1]
-    info = SolveInfo(method=cfg.method)
-    h = h0.unsqueeze(0).expand(T, B, S).contiguous()
-    args = (u, h0, w_hh, b_hh)
-    if cfg.method == "gauss_seidel" or T == 0:
-        h, _ = _iterate(cfg.impl, *args, h, 0, 1, 0.0, cfg.cell, cfg.nonlinearity, True)
-        info.iterations = info.evaluations = T
-        info.residuals, info.prefix = [0.0], [T]
-        info.converged = info.exact = True
-        return h, info
-    cap = cfg.max_iters if cfg.max_iters is not None else T
-    p, best, failure = 0, math.inf, None
-    while p < T:
-        if info.iterations >= cap:
-            failure = f"not converged after max_iters={cap} iterations (exact prefix {p} of {T} timesteps)"
-            break
-        m = min(cfg.check_every, cap - info.iterations)
-        h, stats = _iterate(cfg.impl, *args, h, p, m, cfg.tol, cfg.cell, cfg.nonlinearity, False)
-        stats = stats.cpu()  # the one host sync per call
-        for resid, ptr in stats.tolist():
+    def __init__(self, u, h0, w_hh, b_hh, cfg: _Config):
+        self.T, self.B = u.shape[0], u.shape[1]
+        self.args, self.cfg = (u, h0, w_hh, b_hh), cfg
+        self.h = h0.unsqueeze(0).expand(self.T, self.B, h0.shape[1]).contiguous()
+
+    def _call(self, start, iters, tol, sequential):
+        self.h, stats = _iterate(self.cfg.impl, *self.args, self.h, start, iters, tol, self.cfg.cell,
+                                 self.cfg.nonlinearity, sequential)
+        return stats
+
+    def sweeps(self, p, m):
+        out = []
+        for resid, ptr in self._call(p, m, self.cfg.tol, False).tolist():  # the one host read per call
             if ptr < 0:
                 break
-            info.iterations += 1
-            info.evaluations += (T - p) * B
-            info.residuals.append(resid)
-            info.prefix.append(int(ptr))
+            out.append(Sweep(resid, int(ptr), (self.T - p) * self.B))
             p = int(ptr)
-            if not math.isfinite(resid):
-                failure = f"non-finite values in the unconverged timesteps (exact prefix {p} of {T})"
-            elif resid > DIVERGENCE_FACTOR * best and best > 0:
-                failure = f"residual grew from {best:.3e} to {resid:.3e} (exact prefix {p} of {T})"
-            best = min(best, resid)
-            if failure or (cfg.tol > 0 and resid <= cfg.tol):
-                break
-        if failure:
-            break
-        if cfg.tol > 0 and info.residuals and info.residuals[-1] <= cfg.tol:
-            info.converged = True
-            break
-    if failure is not None:
-        info.fallback = failure
-        h, _ = _iterate(cfg.impl, *args, h, p, 1, 0.0, cfg.cell, cfg.nonlinearity, True)
-        info.iterations += T - p
-        info.evaluations += (T - p) * B
-        info.prefix.append(T)
-        info.exact = True
-        return h, info
-    info.converged = True
-    info.exact = p >= T
-    return h, info
+        return out
+
+    def sequential(self, p):
+        self._call(p, 1, 0.0, True)
+        return (self.T - p) * self.B
+
+
+def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, SolveInfo]:
+    """Solve by the fused kernel through the solver's loop (same stopping, divergence and fallback rules)."""
+    T = u.shape[0]
+    info = SolveInfo(method=cfg.method)
+    engine = _KernelEngine(u, h0, w_hh, b_hh, cfg)
+    if cfg.method == "gauss_seidel" or T == 0:
+        solver.finish_sequential(engine, T, 0, info, whole=True)
+        return engine.h, info
+    solver.iterate(engine, T, info, tol=cfg.tol, stop_on_tol=cfg.tol > 0,
+                   max_iters=cfg.max_iters if cfg.max_iters is not None else T, on_failure="sequential",
+                   check_every=cfg.check_every)
+    if info.fallback is None:
+        info.exact = info.prefix[-1] >= T
+    return engine.h, info
 
 
 class _JacobiRNN(torch.autograd.Function):
@@ -351,6 +339,12 @@ def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
 
 
 def _register_dispatcher_op() -> None:
+    if _backend.has_dispatcher_op("jacobi_commit"):
+        # Needed so torch.compile / export can trace the general solver's commit step without running it.
+        @torch.library.register_fake("symkernels::jacobi_commit")
+        def _commit_fake(old, new):
+            return torch.empty((2,), dtype=torch.float64, device=old.device)
+
     if not _backend.has_dispatcher_op(OP_NAME):
         return
     qualname = f"symkernels::{OP_NAME}"

@@ -251,3 +251,54 @@ def test_window_that_stands_still_certifies_only_its_own_rows():
     for method in ("window", "jacobi", "hybrid"):
         states, info = solve(step, init, 9, method=method, window=4, block_size=4)
         assert torch.equal(states[:, 0], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float64)), method
+
+
+def _commit_cases():
+    g = torch.Generator().manual_seed(7)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        old = torch.randn(9, 3, 4, generator=g).to(dtype)
+        new = old.clone()
+        new[4:] += torch.randn(5, 3, 4, generator=g).to(dtype)
+        yield old, new  # rows 0..3 unchanged
+        yield old, old.clone()  # nothing moved
+        signed = old.clone()
+        signed[2, 0, 0], old[2, 0, 0] = -0.0, 0.0  # bits differ, values equal: changed, residual 0 there
+        yield old, signed
+        inf = new.clone()
+        inf[6, 1, 1] = math.inf
+        yield old, inf  # a value moved to inf: residual inf
+        both = inf.clone()
+        yield inf.clone(), both  # equal non-finite values have not moved
+    yield torch.randn(5, 2), torch.randn(5, 2).t().contiguous().t()  # a non-contiguous new
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_commit_fused_test_matches_the_reference_ops(case):
+    """The solver's fused convergence test (C++ op on CPU, tensor ops elsewhere) against the per-row ops."""
+    from symkernels.jacobi.solver import _StepEngine, _first_true, _row_changed, _row_residual
+
+    old, new = list(_commit_cases())[case]
+    first = _first_true(_row_changed(new, old))
+    resid = float(_row_residual(new, old, 0.0).max())
+    hist = torch.cat([old[:1], old])
+    for native in (True, False):
+        engine = _StepEngine(lambda h, t: h[t], hist.clone(), "jacobi", 0.0, 0.0, 4, 4)
+        if native and not engine.native:
+            continue
+        engine.native = native
+        if not native:  # the buffers of the tensor-op path
+            engine.int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[old.element_size()]
+            engine.ne_buf = torch.empty(old.numel() + 1, dtype=torch.bool)
+            engine.delta_buf = torch.empty(old.numel(), dtype=old.dtype)
+        target = old.clone()
+        got_first, got_resid = engine._commit(new, target)
+        assert got_first == first and (got_resid == resid or (math.isnan(resid) and math.isnan(got_resid))), \
+            (native, got_first, first, got_resid, resid)
+        assert torch.equal(target.view(torch.uint8), new.contiguous().view(torch.uint8))
+
+
+def test_commit_op_opcheck():
+    if not hasattr(torch.ops.symkernels, "jacobi_commit"):
+        pytest.skip("symkernels._C not built")
+    old, new = torch.randn(6, 5), torch.randn(6, 5)
+    torch.library.opcheck(torch.ops.symkernels.jacobi_commit, (old, new))
