@@ -59,6 +59,11 @@ def _triton_import_error() -> str | None:
     return None
 
 
+def triton_importable() -> bool:
+    """Triton is installed (whether or not it can run here: that needs CUDA or TRITON_INTERPRET=1)."""
+    return _triton_import_error() is None
+
+
 def native_has_cuda() -> bool:
     return _C is not None and bool(_C.build_info()["cuda"])
 

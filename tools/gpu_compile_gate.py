@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from torch._library.triton import set_wrap_triton_enabled  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
@@ -145,7 +146,9 @@ def record(cases: list[tuple[str, Callable[[], object]]]) -> list[Launch]:
     real_run = JITFunction.run
     JITFunction.run = _record_run
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        # wrap_triton off: launchers then call the kernels' run() directly (recorded above) instead of
+        # emitting the graph node torch.compile traces.
+        with FakeTensorMode(allow_non_fake_inputs=True), set_wrap_triton_enabled(False):
             for name, launch in cases:
                 _current_case = name
                 before = len(_recorded)

@@ -5,13 +5,14 @@ import math
 
 import torch
 
-from symkernels import _autograd, _backend
+from symkernels import _backend, _library
 from symkernels.gaunt import coefficients, reference
 
 OP_NAME = "gaunt_tensor_product"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HALF = (torch.float16, torch.bfloat16)
+_triton_product = _library.TritonLauncher("symkernels.gaunt.triton.gaunt_tensor_product")
 
 
 def lmax_from_size(n: int) -> int | None:
@@ -183,10 +184,7 @@ def _raw_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, normalizatio
                                            x1.dtype)
         return torch.ops.symkernels.gaunt_tensor_product_grid(x1, x2, theta, weights, lmax_out)
     if impl == "triton":
-        from symkernels.gaunt import triton as triton_impl  # imported late: triton is optional
-
-        return triton_impl.gaunt_tensor_product(x1, x2, *_grid_tables(l1, l2, lmax_out, normalization,
-                                                                      x1.device, x1.dtype))
+        return _triton_product(x1, x2, *_grid_tables(l1, l2, lmax_out, normalization, x1.device, x1.dtype))
     coeff_dtype = torch.float32 if x1.dtype in _HALF else x1.dtype  # never round the table to half
     paths, coeffs = _sparse_tables(l1, l2, lmax_out, normalization, x1.device, coeff_dtype)
     return torch.ops.symkernels.gaunt_tensor_product(x1, x2, paths, coeffs, lmax_out)
@@ -271,9 +269,10 @@ def _save_product_inputs(ctx, inputs, output):
     ctx.lmax_out = lmax_out
 
 
-def _product_jvp(op):
+def _product_jvp(op_name: str):
     # The product is bilinear: d(x1 ⊛ x2) = dx1 ⊛ x2 + x1 ⊛ dx2, each term the op again.
     def jvp(ctx, x1_t, x2_t, *_table_tangents):
+        op = getattr(torch.ops.symkernels, op_name)
         x1, x2, table_a, table_b = ctx.saved_tensors
         terms = []
         if x1_t is not None:
@@ -285,63 +284,42 @@ def _product_jvp(op):
     return jvp
 
 
-def _register_dispatcher_op() -> None:
-    if not _backend.has_dispatcher_op(OP_NAME):
-        return
-    qualname = f"symkernels::{OP_NAME}"
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    torch.library.register_fake(qualname, _fake_product)
-
-    def _permuted(paths, columns):
-        # Same entries with the roles of the indices permuted (G is symmetric), re-sorted by the new output
-        # index so the kernel keeps its accumulator in a register.
-        p = paths[:, columns]
-        order = torch.argsort(p[:, 2].long() * (1 << 20) + p[:, 0].long(), stable=True)
-        return p[order].contiguous(), order
-
-    # Backward is the op again, with permuted tables, so double backward is the op again too.
-    def _backward(ctx, grad):
-        x1, x2, paths, coeffs = ctx.saved_tensors
-        g1 = g2 = None
-        if ctx.needs_input_grad[0]:
-            p, order = _permuted(paths, [1, 2, 0])
-            l1 = lmax_from_size(x1.shape[-1])
-            g1 = torch.ops.symkernels.gaunt_tensor_product(x2, grad, p, coeffs[order], l1).sum_to_size(x1.shape)
-        if ctx.needs_input_grad[1]:
-            p, order = _permuted(paths, [0, 2, 1])
-            l2 = lmax_from_size(x2.shape[-1])
-            g2 = torch.ops.symkernels.gaunt_tensor_product(x1, grad, p, coeffs[order], l2).sum_to_size(x2.shape)
-        return g1, g2, None, None, None
-
-    # Reverse and forward mode for callers of torch.ops.symkernels.gaunt_tensor_product itself (a plain
-    # torch.library.register_autograd would give them silent zero tangents under torch.func.jvp).
-    _autograd.register_autograd(qualname, _backward, setup_context=_save_product_inputs,
-                                jvp=_product_jvp(torch.ops.symkernels.gaunt_tensor_product))
+def _permuted(paths, columns):
+    # Same entries with the roles of the indices permuted (G is symmetric), re-sorted by the new output index
+    # so the kernel keeps its accumulator in a register.
+    p = paths[:, columns]
+    order = torch.argsort(p[:, 2].long() * (1 << 20) + p[:, 0].long(), stable=True)
+    return p[order].contiguous(), order
 
 
-_register_dispatcher_op()
+# Backward is the op again, with permuted tables, so double backward is the op again too.
+def _sparse_backward(ctx, grad):
+    x1, x2, paths, coeffs = ctx.saved_tensors
+    g1 = g2 = None
+    if ctx.needs_input_grad[0]:
+        p, order = _permuted(paths, [1, 2, 0])
+        l1 = lmax_from_size(x1.shape[-1])
+        g1 = torch.ops.symkernels.gaunt_tensor_product(x2, grad, p, coeffs[order], l1).sum_to_size(x1.shape)
+    if ctx.needs_input_grad[1]:
+        p, order = _permuted(paths, [0, 2, 1])
+        l2 = lmax_from_size(x2.shape[-1])
+        g2 = torch.ops.symkernels.gaunt_tensor_product(x1, grad, p, coeffs[order], l2).sum_to_size(x2.shape)
+    return g1, g2, None, None, None
 
 
-def _register_grid_op() -> None:
-    if not hasattr(torch.ops.symkernels, "gaunt_tensor_product_grid"):
-        return
-    qualname = "symkernels::gaunt_tensor_product_grid"
+# G is symmetric and the grid table depends only on L1+L2+Lo, so backward is the op with the roles permuted.
+def _grid_backward(ctx, grad):
+    x1, x2, theta, weights = ctx.saved_tensors
     op = torch.ops.symkernels.gaunt_tensor_product_grid
-
-    torch.library.register_fake(qualname, _fake_product)
-
-    # G is symmetric and the table depends only on L1+L2+Lo, so backward is this op with the roles permuted.
-    def _backward(ctx, grad):
-        x1, x2, theta, weights = ctx.saved_tensors
-        g1 = g2 = None
-        if ctx.needs_input_grad[0]:
-            g1 = op(x2, grad, theta, weights, lmax_from_size(x1.shape[-1])).sum_to_size(x1.shape)
-        if ctx.needs_input_grad[1]:
-            g2 = op(x1, grad, theta, weights, lmax_from_size(x2.shape[-1])).sum_to_size(x2.shape)
-        return g1, g2, None, None, None
-
-    _autograd.register_autograd(qualname, _backward, setup_context=_save_product_inputs, jvp=_product_jvp(op))
+    g1 = g2 = None
+    if ctx.needs_input_grad[0]:
+        g1 = op(x2, grad, theta, weights, lmax_from_size(x1.shape[-1])).sum_to_size(x1.shape)
+    if ctx.needs_input_grad[1]:
+        g2 = op(x1, grad, theta, weights, lmax_from_size(x2.shape[-1])).sum_to_size(x2.shape)
+    return g1, g2, None, None, None
 
 
-_register_grid_op()
+_library.register_op(OP_NAME, fake=_fake_product, setup_context=_save_product_inputs, backward=_sparse_backward,
+                     jvp=_product_jvp("gaunt_tensor_product"))
+_library.register_op("gaunt_tensor_product_grid", fake=_fake_product, setup_context=_save_product_inputs,
+                     backward=_grid_backward, jvp=_product_jvp("gaunt_tensor_product_grid"))

@@ -17,6 +17,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 # tl.dot needs every dimension ≥ 16.
 _MIN_DOT = 16
@@ -126,9 +127,9 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, to_grid1: torch.Ten
     # the grid (cheap next to the projection at those degrees) instead of holding every output in registers.
     block_o = min(_pad(no), _MAX_BLOCK_O)
     grid = (triton.cdiv(rows, _BLOCK_M), triton.cdiv(no, block_o))
-    _gaunt_grid_kernel[grid](a, b, to_grid1.contiguous(), to_grid2.contiguous(), from_grid.contiguous(), out, rows,
-                             n1, n2, no, n_grid, *layout1, *layout2, ACC_F64=x1.dtype == torch.float64,
-                             BLOCK_M=_BLOCK_M, BLOCK_G=_BLOCK_G, BLOCK_C1=min(_pad(n1), _MAX_BLOCK_C),
-                             BLOCK_C2=min(_pad(n2), _MAX_BLOCK_C), BLOCK_O=block_o, num_warps=4,
-                             num_stages=_NUM_STAGES)
+    wrap_triton(_gaunt_grid_kernel)[grid](
+        a, b, to_grid1.contiguous(), to_grid2.contiguous(), from_grid.contiguous(), out, rows, n1, n2, no, n_grid,
+        *layout1, *layout2, ACC_F64=x1.dtype == torch.float64, BLOCK_M=_BLOCK_M, BLOCK_G=_BLOCK_G,
+        BLOCK_C1=min(_pad(n1), _MAX_BLOCK_C), BLOCK_C2=min(_pad(n2), _MAX_BLOCK_C), BLOCK_O=block_o, num_warps=4,
+        num_stages=_NUM_STAGES)
     return out.view(*lead, no)

@@ -6,12 +6,13 @@ import math
 
 import torch
 
-from symkernels import _autograd, _backend
+from symkernels import _backend, _library
 from symkernels.hadamard import hadamard_k
 
 OP_NAME = "hadamard_transform_k"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_triton_transform = _library.TritonLauncher("symkernels.hadamard.hadamard_k_triton.hadamard_transform_k")
 
 
 @functools.lru_cache(maxsize=64)
@@ -61,9 +62,7 @@ def hadamard_transform_k(x: torch.Tensor, scale: float = 1.0, *, transpose: bool
 
 def raw_transform(x: torch.Tensor, hk: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
     if impl == "triton":
-        from symkernels.hadamard import hadamard_k_triton
-
-        return hadamard_k_triton.hadamard_transform_k(x, hk, scale)
+        return _triton_transform(x, hk, scale)
     return torch.ops.symkernels.hadamard_transform_k(x, hk, scale)
 
 
@@ -98,37 +97,24 @@ class _KronHadamardFunction(torch.autograd.Function):
         return _KronHadamardFunction.apply(x, hk, scale, impl), 0 if x_bdim is not None else None
 
 
-def _register_dispatcher_op() -> None:
-    if not _backend.has_dispatcher_op(OP_NAME):
-        return
-    qualname = f"symkernels::{OP_NAME}"
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(qualname)
-    def _fake(x, hk, scale):
-        torch._check(hk.dim() == 2 and hk.shape[0] == hk.shape[1], lambda: "hk must be square")
-        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-    def _setup_context(ctx, inputs, output):
-        ctx.hk, ctx.scale = inputs[1], inputs[2]
-
-    # Backward is the same op with hkᵀ, so double backward is the op again; hk gets no gradient.
-    def _backward(ctx, grad):
-        return torch.ops.symkernels.hadamard_transform_k(grad, ctx.hk.t().contiguous(), ctx.scale), None, None
-
-    # Linear in x: the tangent is the same transform of the input tangent.
-    def _jvp(ctx, x_tangent, _hk_tangent, _scale_tangent):
-        return torch.ops.symkernels.hadamard_transform_k(x_tangent, ctx.hk, ctx.scale)
-
-    # Reverse and forward mode also for direct callers of the torch.ops op (see symkernels/_autograd.py).
-    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
-
-    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
-        @torch.library.register_kernel(qualname, "cuda")
-        def _cuda_via_triton(x, hk, scale):
-            from symkernels.hadamard import hadamard_k_triton
-
-            return hadamard_k_triton.hadamard_transform_k(x, hk, scale)
+def _fake(x, hk, scale):
+    torch._check(hk.dim() == 2 and hk.shape[0] == hk.shape[1], lambda: "hk must be square")
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-_register_dispatcher_op()
+def _setup_context(ctx, inputs, output):
+    ctx.hk, ctx.scale = inputs[1], inputs[2]
+
+
+# Backward is the same op with hkᵀ, so double backward is the op again; hk gets no gradient.
+def _backward(ctx, grad):
+    return torch.ops.symkernels.hadamard_transform_k(grad, ctx.hk.t().contiguous(), ctx.scale), None, None
+
+
+# Linear in x: the tangent is the same transform of the input tangent.
+def _jvp(ctx, x_tangent, _hk_tangent, _scale_tangent):
+    return torch.ops.symkernels.hadamard_transform_k(x_tangent, ctx.hk, ctx.scale)
+
+
+_library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward=_backward, jvp=_jvp,
+                     triton=_triton_transform)

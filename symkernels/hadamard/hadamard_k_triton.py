@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from symkernels.hadamard.triton import fwht_tile, transform_vectors
 
@@ -88,7 +89,8 @@ def hadamard_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float) -> tor
     if tile <= MAX_TILE:
         # Warps sized to the tile: ~8 fp32 values per thread keeps the tile in registers.
         num_warps = max(1, min(16, tile // 256))
-        _kron_hadamard_kernel[(x2.shape[0],)](x2, h, out, float(scale), ACC_F64=f64, num_warps=num_warps, **params)
+        wrap_triton(_kron_hadamard_kernel)[(x2.shape[0],)](x2, h, out, float(scale), ACC_F64=f64,
+                                                           num_warps=num_warps, **params)
     else:
         # H_K ⊗ H_P = (H_K ⊗ I)(I ⊗ H_P): the power-of-two transform of every length-P segment, then the
         # K-mix in place, BLOCK_P columns per program. Two reads and writes instead of one.
@@ -98,6 +100,6 @@ def hadamard_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float) -> tor
                                                                                  device=x.device)
         transform_vectors(x2, mid, x2.shape[0] * k, 1, p, 1, p, 1.0, f64)
         block_p = min(p, MAX_TILE // params["K_PAD"])
-        _kron_mix_kernel[(x2.shape[0], p // block_p)](mid, h, out, float(scale), K=k, K_PAD=params["K_PAD"], P=p,
-                                                     BLOCK_P=block_p, ACC_F64=f64, num_warps=16)
+        wrap_triton(_kron_mix_kernel)[(x2.shape[0], p // block_p)](
+            mid, h, out, float(scale), K=k, K_PAD=params["K_PAD"], P=p, BLOCK_P=block_p, ACC_F64=f64, num_warps=16)
     return out.view(x.shape)

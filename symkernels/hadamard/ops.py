@@ -5,12 +5,13 @@ import math
 
 import torch
 
-from symkernels import _autograd, _backend
+from symkernels import _backend, _library
 from symkernels.hadamard import hadamard_k, hadamard_k_ops, reference
 
 OP_NAME = "hadamard_transform"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_triton_transform = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform")
 MAX_SIZE = 1 << reference.MAX_LOG2_SIZE
 
 
@@ -60,9 +61,7 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool =
 def _raw_transform(x: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
     """One kernel call, no autograd recording."""
     if impl == "triton":
-        from symkernels.hadamard import triton as triton_impl  # imported late: triton is optional
-
-        return triton_impl.hadamard_transform(x, scale)
+        return _triton_transform(x, scale)
     return torch.ops.symkernels.hadamard_transform(x, scale)
 
 
@@ -73,7 +72,7 @@ class _HadamardFunction(torch.autograd.Function):
     are both the same transform applied to the incoming gradient / tangent. ``backward`` calls ``apply``
     again, so double (and higher) backward is recorded as well. This wrapper exists because a bare
     ``torch.library`` op has no forward-mode formula; the dispatcher op below carries its own
-    ``register_autograd`` for users calling ``torch.ops.symkernels.hadamard_transform`` directly.
+    registration (``_library.register_op``) for users calling ``torch.ops.symkernels.hadamard_transform`` directly.
     """
 
     @staticmethod
@@ -101,44 +100,31 @@ class _HadamardFunction(torch.autograd.Function):
         return _HadamardFunction.apply(x, scale, impl), 0 if x_bdim is not None else None
 
 
-def _register_dispatcher_op() -> None:
-    if not _backend.has_dispatcher_op(OP_NAME):
-        return
-    qualname = f"symkernels::{OP_NAME}"
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(qualname)
-    def _fake(x, scale):
-        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-    def _setup_context(ctx, inputs, output):
-        ctx.scale = inputs[1]
-
-    # The transform is linear and symmetric: gradient and tangent are the op applied to them, so the
-    # op is its own backward and jvp, to every order.
-    def _backward(ctx, grad):
-        return torch.ops.symkernels.hadamard_transform(grad, ctx.scale), None
-
-    def _jvp(ctx, x_tangent, _scale_tangent):
-        return torch.ops.symkernels.hadamard_transform(x_tangent, ctx.scale)
-
-    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
-
-    # The op maps over all leading dims, so a vmapped dim only has to be moved off the last one.
-    @torch.library.register_vmap(qualname)
-    def _vmap(info, in_dims, x, scale):
-        x_bdim = in_dims[0]
-        if x_bdim is None:
-            return torch.ops.symkernels.hadamard_transform(x, scale), None
-        return torch.ops.symkernels.hadamard_transform(x.movedim(x_bdim, 0), scale), 0
-
-    # Without a CUDA C++ build, CUDA tensors still go through the dispatcher op, to the Triton kernel.
-    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
-        @torch.library.register_kernel(qualname, "cuda")
-        def _cuda_via_triton(x, scale):
-            from symkernels.hadamard import triton as triton_impl
-
-            return triton_impl.hadamard_transform(x, scale)
+# The transform is linear and symmetric: gradient and tangent are the op applied to them, so the op is
+# its own backward and jvp, to every order.
+def _fake(x, scale):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-_register_dispatcher_op()
+def _setup_context(ctx, inputs, output):
+    ctx.scale = inputs[1]
+
+
+def _backward(ctx, grad):
+    return torch.ops.symkernels.hadamard_transform(grad, ctx.scale), None
+
+
+def _jvp(ctx, x_tangent, _scale_tangent):
+    return torch.ops.symkernels.hadamard_transform(x_tangent, ctx.scale)
+
+
+# The op maps over all leading dims, so a vmapped dim only has to be moved off the last one.
+def _vmap(info, in_dims, x, scale):
+    x_bdim = in_dims[0]
+    if x_bdim is None:
+        return torch.ops.symkernels.hadamard_transform(x, scale), None
+    return torch.ops.symkernels.hadamard_transform(x.movedim(x_bdim, 0), scale), 0
+
+
+_library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward=_backward, jvp=_jvp,
+                     vmap=_vmap, triton=_triton_transform)

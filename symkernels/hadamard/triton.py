@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 # A program holds BLOCK_M·n values in registers; this many per program keeps the register file
 # (64K 32-bit registers per SM) from spilling at num_warps=8..32 while giving small rows enough work.
@@ -59,9 +60,9 @@ def transform_vectors(x, out, vectors: int, inner: int, outer_stride: int, elem_
     transform's first pass, symkernels/hadamard/hadamard_k_triton.py)."""
     block_m = max(1, _ELEMENTS_PER_PROGRAM // n)
     num_warps = max(1, min(32, block_m * n // 512))
-    _fwht_kernel[(triton.cdiv(vectors, block_m),)](x, out, vectors, inner, outer_stride, elem_stride, float(scale),
-                                                    N=n, LOG_N=n.bit_length() - 1, BLOCK_M=block_m, ACC_F64=acc_f64,
-                                                    num_warps=num_warps)
+    wrap_triton(_fwht_kernel)[(triton.cdiv(vectors, block_m),)](
+        x, out, vectors, inner, outer_stride, elem_stride, float(scale), N=n, LOG_N=n.bit_length() - 1,
+        BLOCK_M=block_m, ACC_F64=acc_f64, num_warps=num_warps)
 
 
 def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

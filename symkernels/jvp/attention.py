@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from symkernels import _autograd, _backend
+from symkernels import _backend, _library
 from symkernels.jvp import reference
 from symkernels.jvp.ops import common_tangent_count
 
@@ -77,7 +77,7 @@ def _define() -> None:
         o_dot = reference.attention_dual(q, k, v, tan(q_dot), tan(k_dot), tan(v_dot), ctx.causal, ctx.scale)[1][0]
         return o_dot, None
 
-    _autograd.register_autograd(QUALNAME, _backward, setup_context=_setup_context, jvp=_jvp)
+    _library._register_autograd(QUALNAME, _backward, setup_context=_setup_context, jvp=_jvp)
 
 
 _LIBS: list[torch.library.Library] = []

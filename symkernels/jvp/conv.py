@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from symkernels import _autograd, _backend
+from symkernels import _backend, _library
 from symkernels.jvp import ops, reference
 from symkernels.jvp.forward_gradient import regenerate_values
 
@@ -339,7 +339,7 @@ def _define() -> None:
         x, weight, bias = ctx.saved_tensors
         return _tangent_formula(ctx.geo, ctx.activation, x, weight, bias, x_dot, w_dot, b_dot), None
 
-    _autograd.register_autograd(QUALNAME, _backward, setup_context=_setup_context, jvp=_jvp)
+    _library._register_autograd(QUALNAME, _backward, setup_context=_setup_context, jvp=_jvp)
 
 
 _define()

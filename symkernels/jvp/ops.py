@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from symkernels import _autograd, _backend
+from symkernels import _backend, _library
 from symkernels.jvp import reference
 
 OP_NAME = "linear_dual"
@@ -296,7 +296,7 @@ def _register_dispatcher_op() -> None:
         x, weight, bias = ctx.saved_tensors
         return _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, ctx.activation), None
 
-    _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+    _library._register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
 
     # The CUDA key is the Triton kernel unless symkernels._C registered a CUDA kernel for this op: the
     # native SIMT kernel registers only with SYMKERNELS_JVP_NATIVE_CUDA=1 (csrc/jvp/linear_dual_cuda.cpp
@@ -595,7 +595,7 @@ def _register_row_dispatcher_ops() -> None:
             x_dot, _, w_dot, _, b_dot, *_ = _row_from_op_args(ctx.kind, tangents)
             return _row_tangent(ctx.kind, ctx.eps, x, w, b, x_dot, w_dot, b_dot), None
 
-        _autograd.register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
+        _library._register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
 
         # The CUDA key is the Triton row kernel unless symkernels._C registered its native one (only with
         # SYMKERNELS_JVP_NATIVE_CUDA=1: csrc/jvp/row_dual_cuda.cpp says why).

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from symkernels import _backend
+from symkernels import _backend, _library
 from symkernels.hadamard import hadamard_k
 from symkernels.hadamard.hadamard_k_ops import hk_for
 from symkernels.quarot import reference
@@ -15,6 +15,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 QUANTIZE_IMPLEMENTED = ("reference", "cpu", "triton")
 MATMUL_IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_triton_quantize = _library.TritonLauncher("symkernels.quarot.triton.quantize_int4")
+_triton_matmul = _library.TritonLauncher("symkernels.quarot.triton.int4_matmul")
 
 
 def _rotation(n: int, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -62,9 +64,7 @@ def quantize_int4(x: torch.Tensor, *, clip_ratio: float = 1.0, hadamard: bool = 
     hk, rot_scale = _rotation(x.shape[-1], x.device) if hadamard else (None, 1.0)
     x = x.detach()
     if impl == "triton":
-        from symkernels.quarot import triton as triton_impl
-
-        return triton_impl.quantize_int4(x, float(clip_ratio), hk, rot_scale)
+        return _triton_quantize(x, float(clip_ratio), hk, rot_scale)
     return torch.ops.symkernels.quantize_int4(x, float(clip_ratio), hk, rot_scale)
 
 
@@ -176,33 +176,21 @@ def int4_matmul(a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.T
     if impl == "reference":
         return reference.int4_matmul(a_packed, sa, w_packed, sw, bias, out_dtype)
     if impl == "triton":
-        from symkernels.quarot import triton as triton_impl
-
-        return triton_impl.int4_matmul(a_packed, sa, w_packed, sw, bias, out_dtype)
+        return _triton_matmul(a_packed, sa, w_packed, sw, bias, out_dtype)
     return torch.ops.symkernels.int4_matmul(a_packed, sa, w_packed, sw, bias, out_dtype)
 
 
-def _register_dispatcher_ops() -> None:
-    if _backend.has_dispatcher_op("quantize_int4"):
-        # Needed so torch.compile / export can trace the op without running a kernel.
-        @torch.library.register_fake("symkernels::quantize_int4")
-        def _quantize_fake(x, clip_ratio, hk, rot_scale):
-            n = x.shape[-1]
-            return (x.new_empty((*x.shape[:-1], n // 2), dtype=torch.uint8),
-                    x.new_empty((*x.shape[:-1], 1), dtype=torch.float32))
-
-    if _backend.has_dispatcher_op("int4_matmul"):
-        @torch.library.register_fake("symkernels::int4_matmul")
-        def _matmul_fake(a_packed, a_scale, w_packed, w_scale, bias, out_dtype):
-            torch._check(a_packed.shape[1] == w_packed.shape[1], lambda: "K/2 mismatch")
-            return a_packed.new_empty((a_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
-
-        if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
-            @torch.library.register_kernel("symkernels::int4_matmul", "cuda")
-            def _cuda_via_triton(a_packed, a_scale, w_packed, w_scale, bias, out_dtype):
-                from symkernels.quarot import triton as triton_impl
-
-                return triton_impl.int4_matmul(a_packed, a_scale, w_packed, w_scale, bias, out_dtype)
+def _quantize_fake(x, clip_ratio, hk, rot_scale):
+    n = x.shape[-1]
+    return (x.new_empty((*x.shape[:-1], n // 2), dtype=torch.uint8),
+            x.new_empty((*x.shape[:-1], 1), dtype=torch.float32))
 
 
-_register_dispatcher_ops()
+def _matmul_fake(a_packed, a_scale, w_packed, w_scale, bias, out_dtype):
+    torch._check(a_packed.shape[1] == w_packed.shape[1], lambda: "K/2 mismatch")
+    return a_packed.new_empty((a_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
+
+
+# Neither op is differentiable (integer codes have no gradient), so only fake and kernels are registered.
+_library.register_op("quantize_int4", fake=_quantize_fake, triton=_triton_quantize)
+_library.register_op("int4_matmul", fake=_matmul_fake, triton=_triton_matmul)

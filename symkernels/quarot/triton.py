@@ -17,6 +17,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from symkernels.hadamard.hadamard_k_triton import MAX_TILE, hadamard_transform_k, kron_rotate_tile, launch_params
 
@@ -111,12 +112,12 @@ def quantize_int4(x: torch.Tensor, clip_ratio: float, hk: torch.Tensor | None, r
             h = x2  # unused
             n_pad = triton.next_power_of_2(n)
         if n_pad <= MAX_TILE:
-            _quantize_int4_kernel[(rows,)](x2, h, packed, scale, n, float(clip_ratio), float(rot_scale),
-                                           ROTATE=hk is not None, N_PAD=n_pad, **params,
-                                           num_warps=max(1, min(16, n_pad // 256)))
+            wrap_triton(_quantize_int4_kernel)[(rows,)](
+                x2, h, packed, scale, n, float(clip_ratio), float(rot_scale), ROTATE=hk is not None, N_PAD=n_pad,
+                **params, num_warps=max(1, min(16, n_pad // 256)))
         else:
-            _quantize_int4_streamed_kernel[(rows,)](x2, packed, scale, n, float(clip_ratio), BLOCK=_STREAM_BLOCK,
-                                                    num_warps=16)
+            wrap_triton(_quantize_int4_streamed_kernel)[(rows,)](x2, packed, scale, n, float(clip_ratio),
+                                                                 BLOCK=_STREAM_BLOCK, num_warps=16)
     elif rows:
         scale.zero_()
     return packed.view(*x.shape[:-1], n // 2), scale.view(*x.shape[:-1], 1)
@@ -169,7 +170,8 @@ def int4_matmul(a_packed, a_scale, w_packed, w_scale, bias, out_dtype):
     block_m = 16 if m <= 16 else 64
     block_n, block_kb = 64, 32
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    _int4_matmul_kernel[grid](a_packed.contiguous(), a_scale.contiguous().float(), w_packed.contiguous(),
-                              w_scale.contiguous().float(), bias if bias is not None else a_scale, out, m, n, kb,
-                              HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KB=block_kb)
+    wrap_triton(_int4_matmul_kernel)[grid](
+        a_packed.contiguous(), a_scale.contiguous().float(), w_packed.contiguous(), w_scale.contiguous().float(),
+        bias if bias is not None else a_scale, out, m, n, kb, HAS_BIAS=bias is not None, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_KB=block_kb)
     return out
