@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from symkernels import _backend
+from symkernels import _backend, _library
 from symkernels.jacobi import reference, solver
 from symkernels.jacobi.solver import SolveInfo, Sweep, solve
 
@@ -16,6 +16,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
 CELLS = ("elman", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")
+_triton_iterate = _library.TritonLauncher("symkernels.jacobi.triton.jacobi_rnn_iterate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +143,7 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
 
 def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
     if impl == "triton":
-        from symkernels.jacobi import triton as triton_impl  # late: triton is optional
-
-        return triton_impl.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
-                                              sequential)
+        return _triton_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential)
     return torch.ops.symkernels.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
                                                    sequential)
 
@@ -338,31 +336,16 @@ def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
     return torch.flip(mu, (0,))
 
 
-def _register_dispatcher_op() -> None:
-    if _backend.has_dispatcher_op("jacobi_commit"):
-        # Needed so torch.compile / export can trace the general solver's commit step without running it.
-        @torch.library.register_fake("symkernels::jacobi_commit")
-        def _commit_fake(old, new):
-            return torch.empty((2,), dtype=torch.float64, device=old.device)
-
-    if not _backend.has_dispatcher_op(OP_NAME):
-        return
-    qualname = f"symkernels::{OP_NAME}"
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(qualname)
-    def _fake(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
-        return (torch.empty(h.shape, dtype=h.dtype, device=h.device),
-                torch.empty((iters, 2), dtype=torch.float64, device=h.device))
-
-    # Without a CUDA C++ build, CUDA tensors still reach a kernel through the dispatcher: the Triton one.
-    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
-        @torch.library.register_kernel(qualname, "cuda")
-        def _cuda_via_triton(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
-            from symkernels.jacobi import triton as triton_impl
-
-            return triton_impl.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
-                                                  sequential)
+def _iterate_fake(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
+    return (torch.empty(h.shape, dtype=h.dtype, device=h.device),
+            torch.empty((iters, 2), dtype=torch.float64, device=h.device))
 
 
-_register_dispatcher_op()
+def _commit_fake(old, new):
+    return torch.empty((2,), dtype=torch.float64, device=old.device)
+
+
+# No autograd on the ops: the solve is differentiated at its solution by _JacobiRNN (implicit function theorem),
+# never through the iterations.
+_library.register_op(OP_NAME, fake=_iterate_fake, triton=_triton_iterate)
+_library.register_op("jacobi_commit", fake=_commit_fake)
