@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 
@@ -13,7 +14,7 @@ from symkernels.jacobi.solver import SolveInfo, Sweep, solve
 OP_NAME = "jacobi_rnn_iterate"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
-RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
+RNN_METHODS = ("jacobi", "gauss_seidel", "newton", "auto")
 CELLS = ("elman", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")
 _triton_iterate = _library.TritonLauncher("symkernels.jacobi.triton.jacobi_rnn_iterate")
@@ -103,9 +104,18 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
         cell: ``"elman"``, ``"gru"`` or ``"lstm"``. The LSTM's fixed point is over the pair (h_t, c_t) jointly
             (residual, frozen prefix and exact stop over both).
         nonlinearity: ``"tanh"`` or ``"relu"`` (Elman only).
-        method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel) or
+        method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel),
             ``"newton"`` (DEER: linearise and solve by a parallel associative scan; reference backend only,
-            needs ``tol > 0``).
+            needs ``tol > 0``) or ``"auto"``: Jacobi or the sequential sweep, whichever the cost model predicts
+            faster. The model (:class:`~symkernels.jacobi.solver.CostModel`, per device type, backend and
+            dtype, measured once on two small problems and cached in ``COST_MODELS``): a sequential step costs
+            ``seq_fixed + seq_per_unit·B·H·G``, a Jacobi iteration over n timesteps ``jac_fixed +
+            jac_per_unit·n·B·H·G``; Jacobi is planned for T iterations when exact (``tol=0``: ulp differences
+            travel one step per iteration), else 32, and chosen if that is cheaper than the sweep, with
+            ``max_iters`` capped at the break-even count (the sweep finishes from the exact prefix past it).
+            ``info.method`` says "auto:jacobi" or "auto:gauss_seidel". On CPU a Jacobi iteration does T times a
+            step's work on two cores, so the sweep wins unless very few iterations are expected; on a GPU a
+            latency-bound iteration costs about a step and Jacobi wins tolerance solves.
         tol: 0 for the exact fixed point; > 0 stops when no state moved by more than ``tol``.
         max_iters: cap on Jacobi iterations (default T). Unconverged or divergent (non-finite, or a residual
             grown 1e8×) solves are finished by the exact sequential sweep from the exact prefix and reported.
@@ -133,12 +143,80 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
         impl = "reference"
     else:
         impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    requested = method
+    if method == "auto":
+        T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+        method, cap = solver.choose_method(cost_model(impl, device, x.dtype), T, solver.expected_iterations(T, tol),
+                                           width=B * H * reference.gates(cell) * H)
+        if method == "jacobi":
+            max_iters = cap if max_iters is None else min(max_iters, cap)
     b_ih, b_hh = reference.split_bias(b, cell)
     u = reference.input_projection(x, w_ih, b_ih)
     info: list = []
     config = _Config(cell, nonlinearity, method, float(tol), max_iters, check_every, impl, info)
     s = reference.unpack_state(cell, _JacobiRNN.apply(u, reference.pack_state(cell, h0, c0), w_hh, b_hh, config))
+    if requested == "auto":
+        info[0].method = f"auto:{method}"
     return (s, info[0]) if return_info else s
+
+
+# method="auto"'s calibration per (device type, implementation, dtype): measured on first use, then cached; a
+# test or a user may set an entry (the constants of a known machine) instead.
+COST_MODELS: dict[tuple[str, str, torch.dtype], solver.CostModel] = {}
+# Calibration problems: Elman, T timesteps, two (batch, hidden) sizes far enough apart to separate the fixed
+# cost of a step/iteration from its per-multiply-add cost.
+_CALIBRATION_T = 64
+_CALIBRATION_SIZES = ((1, 8), (8, 48))
+
+
+def cost_model(impl: str, device: torch.device, dtype: torch.dtype) -> solver.CostModel:
+    """The :class:`~symkernels.jacobi.solver.CostModel` of ``rnn(method="auto")`` on this implementation, in
+    seconds per step/iteration and per recurrent multiply-add (width of a timestep: B·H·G)."""
+    key = (torch.device(device).type, impl, dtype)
+    if key not in COST_MODELS:
+        COST_MODELS[key] = _calibrate(impl, torch.device(device), dtype)
+    return COST_MODELS[key]
+
+
+def _best_time(fn, device: torch.device, reps: int = 3) -> float:
+    best = math.inf
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _calibrate(impl: str, device: torch.device, dtype: torch.dtype) -> solver.CostModel:
+    """Time one sequential sweep and one Jacobi iteration at two sizes; fit fixed + per-multiply-add costs."""
+    T = _CALIBRATION_T
+    widths, seq, jac = [], [], []
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for B, H in _CALIBRATION_SIZES:
+            u = torch.randn(T, B, H, generator=g, dtype=dtype).to(device)
+            w = (0.5 * torch.randn(H, H, generator=g, dtype=dtype) / math.sqrt(H)).to(device)
+            h0, b = torch.zeros(B, H, dtype=dtype, device=device), torch.zeros(H, dtype=dtype, device=device)
+            h = torch.zeros(T, B, H, dtype=dtype, device=device)
+            if impl == "reference":  # its sweep is the solver's loop over cell_step, an iteration one batched call
+                sweep = lambda: reference.rnn_jacobi(u, h0, w, b, "elman", "tanh", method="gauss_seidel")  # noqa: E731
+                iteration = lambda: reference.cell_step(_shift(h0, h), u, w, b, "elman", "tanh")  # noqa: E731
+            else:
+                sweep = lambda: _iterate(impl, u, h0, w, b, h, 0, 1, 0.0, "elman", "tanh", True)  # noqa: E731
+                iteration = lambda: _iterate(impl, u, h0, w, b, h, 0, 1, 0.0, "elman", "tanh", False)  # noqa: E731
+            sweep(), iteration()  # warm-up (first-call costs: allocation, Triton compilation)
+            widths.append(B * H * H)
+            seq.append(_best_time(sweep, device) / T)
+            jac.append(_best_time(iteration, device))
+    (w1, w2), (s1, s2), (j1, j2) = widths, seq, jac
+    seq_unit = max(0.0, (s2 - s1) / (w2 - w1))
+    jac_unit = max(0.0, (j2 - j1) / (T * (w2 - w1)))
+    return solver.CostModel(seq_fixed=max(0.0, s1 - seq_unit * w1), seq_per_unit=seq_unit,
+                            jac_fixed=max(0.0, j1 - jac_unit * T * w1), jac_per_unit=jac_unit)
 
 
 def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):

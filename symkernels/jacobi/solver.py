@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Callable, Iterable, Protocol
 
 import torch
 
 from symkernels import _backend
 
-METHODS = ("jacobi", "gauss_seidel", "hybrid", "window")
+METHODS = ("jacobi", "gauss_seidel", "hybrid", "window", "auto")
 # The dtypes of torch.ops.symkernels.jacobi_commit's CPU kernel.
 _COMMIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -190,13 +191,15 @@ class Engine(Protocol):
 
 
 def iterate(engine: Engine, num_steps: int, info: SolveInfo, *, tol: float, stop_on_tol: bool, max_iters: int,
-            on_failure: str, divergence_factor: float = DIVERGENCE_FACTOR, check_every: int = 1) -> int:
+            on_failure: str, divergence_factor: float = DIVERGENCE_FACTOR, check_every: int = 1,
+            start: int = 0) -> int:
     """The Jacobi loop: run ``engine`` until the frozen pointer reaches ``num_steps`` or (``stop_on_tol``) a
     residual ≤ ``tol``; on a non-finite residual, growth by ``divergence_factor`` over the best residual, or
     ``max_iters`` iterations without converging, finish sequentially from the exact prefix (``info.fallback``)
     or raise :class:`JacobiDivergenceError` (``on_failure="raise"``). Fills ``info``; returns the final pointer.
-    ``check_every``: iterations asked of the engine per host-side look at its record."""
-    T, p, best, sweeps = num_steps, 0, math.inf, 0
+    ``check_every``: iterations asked of the engine per host-side look at its record; ``start``: rows already
+    exact (``method="auto"``'s probes)."""
+    T, p, best, sweeps = num_steps, start, math.inf, 0
     failure: str | None = None
     while p < T and failure is None and not info.converged:
         if sweeps >= max_iters:
@@ -248,6 +251,65 @@ def finish_sequential(engine: Engine, num_steps: int, p: int, info: SolveInfo, *
         info.residuals.append(0.0)
         info.converged = info.exact = True
     info.prefix.append(num_steps)
+
+
+# Jacobi iterations that ``method="auto"`` expects a tolerance solve (tol > 0) to need, before it has seen any:
+# a contraction reaches 1e-6 in float32 in 12 (gain 0.3) to 51 (gain 0.9) iterations on the design note's
+# toy RNN. An exact solve (tol = 0) is expected to need T (ulp differences travel one row per iteration).
+EXPECTED_TOL_ITERATIONS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """The time model behind ``method="auto"`` (seconds, or any one unit).
+
+    A sequential step costs ``seq_fixed + seq_per_unit·w`` and a Jacobi iteration over n rows
+    ``jac_fixed + jac_per_unit·n·w``, where w is the work of one row (``width``: e.g. B·H·G multiply-adds for
+    an RNN timestep, 1 for a generic step). So T sequential steps cost ``sequential(T)``, and K Jacobi
+    iterations at most ``jacobi(T, K)``: the frozen prefix advances by at least one row per iteration, so
+    iteration k evaluates at most T − k rows.
+    """
+
+    seq_fixed: float
+    seq_per_unit: float
+    jac_fixed: float
+    jac_per_unit: float
+
+    def sequential(self, rows: int, width: float = 1.0) -> float:
+        return rows * (self.seq_fixed + self.seq_per_unit * width)
+
+    def jacobi(self, rows: int, iters: int, width: float = 1.0) -> float:
+        iters = min(iters, rows)
+        return iters * self.jac_fixed + self.jac_per_unit * width * iters * (rows - (iters - 1) / 2)
+
+    def break_even(self, rows: int, width: float = 1.0) -> int:
+        """The most Jacobi iterations that cost no more than the sequential sweep (0: none)."""
+        budget = self.sequential(rows, width)
+        lo, hi = 0, rows  # jacobi() grows with iters: bisect for the last count within budget
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.jacobi(rows, mid, width) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+def choose_method(cost: CostModel, rows: int, expected_iters: int, width: float = 1.0) -> tuple[str, int]:
+    """``method="auto"``'s rule: ``("jacobi", cap)`` when ``expected_iters`` Jacobi iterations are predicted to
+    cost less than the sequential sweep, with ``cap`` the break-even iteration count (a Jacobi solve still
+    unconverged there is finished by the sequential sweep from its exact prefix, so a wrong guess costs at most
+    one more sweep); else ``("gauss_seidel", 0)``."""
+    cap = cost.break_even(rows, width)
+    if rows > 0 and 1 <= expected_iters <= cap and cost.jacobi(rows, expected_iters, width) < cost.sequential(rows,
+                                                                                                            width):
+        return "jacobi", cap
+    return "gauss_seidel", 0
+
+
+def expected_iterations(num_steps: int, tol: float) -> int:
+    """The Jacobi iterations ``method="auto"`` plans for: T for an exact solve, else EXPECTED_TOL_ITERATIONS."""
+    return num_steps if tol == 0 else min(num_steps, EXPECTED_TOL_ITERATIONS)
 
 
 class _StepEngine:
@@ -305,9 +367,10 @@ class _StepEngine:
         old.copy_(new)
         return first, resid
 
-    def _parallel(self, p: int) -> Sweep:
+    def _parallel(self, p: int, stop: int | None = None) -> Sweep:
         hist, T = self.hist, self.T
-        stop = T if self.method == "jacobi" else min(T, p + self.window)
+        if stop is None:
+            stop = T if self.method == "jacobi" else min(T, p + self.window)
         t = self.positions[p:stop]
         new = _check_step_output(self.step_fn(hist, t), t, hist)
         old = hist[p + 1:stop + 1]
@@ -349,10 +412,34 @@ class _StepEngine:
         return Sweep(resid, min(T, max(p + steps, p + first + 1)), evaluations, steps)
 
 
+# Rows of method="auto"'s second probe call (the first evaluates one row): enough to see the per-row cost.
+AUTO_PROBE_ROWS = 16
+
+
+def _probe_costs(engine: _StepEngine, info: SolveInfo, num_steps: int) -> CostModel:
+    """method="auto" without a cost model: time ``step_fn`` on row 1 alone, then on rows 2..1+w, and fit
+    fixed + per-row cost. Both calls are real work: row 1 is exact after the first, row 2 after the second
+    (a window iteration from an exact prefix), and both are recorded in ``info`` as iterations."""
+    w = min(num_steps - 1, AUTO_PROBE_ROWS)
+    times = []
+    for p, stop in ((0, 1), (1, 1 + w))[:2 if w >= 1 else 1]:
+        t0 = time.perf_counter()
+        sweep = engine._parallel(p, stop)  # reads its result on the host: the time includes the device's
+        times.append(time.perf_counter() - t0)
+        info.iterations += 1
+        info.evaluations += sweep.evaluations
+        info.residuals.append(sweep.residual)
+        info.prefix.append(sweep.prefix)
+    per_row = max(0.0, (times[1] - times[0]) / (w - 1)) if w > 1 else 0.0
+    fixed = max(0.0, times[0] - per_row)
+    return CostModel(fixed, per_row, fixed, per_row)
+
+
 def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = "jacobi", tol: float = 0.0,
           rtol: float = 0.0, max_iters: int | None = None, block_size: int = 32, window: int = 64,
           guess: torch.Tensor | None = None, on_failure: str = "sequential",
-          divergence_factor: float = DIVERGENCE_FACTOR) -> tuple[torch.Tensor, SolveInfo]:
+          divergence_factor: float = DIVERGENCE_FACTOR, cost_model: CostModel | None = None,
+          ) -> tuple[torch.Tensor, SolveInfo]:
     """Solve s_t = f_t(s_<t), t = 1..num_steps, by Jacobi-type parallel iteration.
 
     Args:
@@ -362,13 +449,20 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
         method: ``"jacobi"`` (all unfrozen rows per iteration), ``"gauss_seidel"`` (one row per call: the
             sequential loop), ``"hybrid"`` (blocks of ``block_size`` rows in parallel, Gauss–Seidel inside
             each block: ≤ ⌈T/B⌉ outer sweeps of B calls), ``"window"`` (Jacobi on the ``window`` rows after
-            the converged prefix, which advances past rows whose update met the tolerance).
+            the converged prefix, which advances past rows whose update met the tolerance), ``"auto"``
+            (``"jacobi"`` or ``"gauss_seidel"``, whichever :class:`CostModel` predicts faster: with ``cost_model``
+            None, ``step_fn``'s cost is measured on its first two calls, row 1 alone and the next
+            ``AUTO_PROBE_ROWS`` rows together, both real work; Jacobi is planned for T iterations when exact
+            (``tol=rtol=0``), else EXPECTED_TOL_ITERATIONS, and capped at the break-even count, past which the
+            sequential sweep finishes from the exact prefix; ``info.method`` names the choice, "auto:jacobi"
+            or "auto:gauss_seidel").
         tol, rtol: stop when every unfrozen row moved by ≤ tol + rtol·|s| in the last iteration.
             ``tol=rtol=0`` asks for the exact fixed point (see "exact stop").
         max_iters: cap on parallel iterations (default: T, where Jacobi is exact anyway).
         guess: starting iterate ``[T, *S]`` (default: s_0 repeated).
         on_failure: ``"sequential"`` (finish exactly, report in ``info.fallback``) or ``"raise"``.
         divergence_factor: a residual this many times its best value so far counts as divergence.
+        cost_model: ``method="auto"``'s calibration (unit width per row); None: measured (see ``method``).
 
     Returns:
         ``(states [T, *S], info: SolveInfo)``; states[i−1] is s_i.
@@ -385,12 +479,25 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
         info.converged = info.exact = True
         return hist[1:], info
     engine = _StepEngine(step_fn, hist, method, tol, rtol, block_size, window)
+    start = 0
+    if method == "auto":
+        if cost_model is None:
+            cost_model = _probe_costs(engine, info, T)
+            start = info.prefix[-1]
+        chosen, auto_cap = choose_method(cost_model, T - start, expected_iterations(T - start, 0 if exact_mode else 1))
+        method = engine.method = chosen
+        info.method = f"auto:{chosen}"
+        if chosen == "gauss_seidel":
+            finish_sequential(engine, T, start, info, whole=start == 0)
+            info.converged = info.exact = True
+            return hist[1:], info
+        max_iters = auto_cap if max_iters is None else min(max_iters, auto_cap)
     if method == "gauss_seidel":
         finish_sequential(engine, T, 0, info, whole=True)
         return hist[1:], info
     cap = max_iters if max_iters is not None else (T if method != "hybrid" else -(-T // block_size))
     p = iterate(engine, T, info, tol=tol, stop_on_tol=not exact_mode and method != "window", max_iters=cap,
-                on_failure=on_failure, divergence_factor=divergence_factor)
+                on_failure=on_failure, divergence_factor=divergence_factor, start=start)
     if info.fallback is None:
         info.exact = exact_mode or (p >= T and method != "window")
         if method == "window" and not exact_mode:

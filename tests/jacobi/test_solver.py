@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from symkernels._testing import assert_close
 from symkernels.jacobi import JacobiDivergenceError, METHODS, sequential, solve
+from symkernels.jacobi.solver import CostModel, choose_method, expected_iterations
 
 
 def elman_step(w, u, act=torch.tanh):
@@ -302,3 +303,52 @@ def test_commit_op_opcheck():
         pytest.skip("symkernels._C not built")
     old, new = torch.randn(6, 5), torch.randn(6, 5)
     torch.library.opcheck(torch.ops.symkernels.jacobi_commit, (old, new))
+
+
+# method="auto": the selection logic on injected cost models (no timing).
+SEQ_BOUND = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=1.0, jac_per_unit=1.0)  # CPU-like: work-bound
+LATENCY_BOUND = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=0.5, jac_per_unit=0.001)  # GPU-like
+
+
+def test_cost_model_break_even_and_choice():
+    # Work-bound: T = 100 steps cost 100; one iteration over 100 rows costs 101 > 100: never Jacobi.
+    assert SEQ_BOUND.sequential(100) == 100 and SEQ_BOUND.jacobi(100, 1) == 101
+    assert SEQ_BOUND.break_even(100) == 0
+    assert choose_method(SEQ_BOUND, 100, 5) == ("gauss_seidel", 0)
+    # Latency-bound: Jacobi up to its break-even count, and the cap is that count.
+    slow_iterations = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=2.0, jac_per_unit=0.001)
+    cap = slow_iterations.break_even(100)
+    assert 0 < cap < 100 and slow_iterations.jacobi(100, cap) <= 100 < slow_iterations.jacobi(100, cap + 1)
+    assert choose_method(slow_iterations, 100, 32) == ("jacobi", cap)
+    assert choose_method(slow_iterations, 100, cap + 1) == ("gauss_seidel", 0)  # expected beyond break-even
+    assert choose_method(LATENCY_BOUND, 100, 100) == ("jacobi", 100)
+    # The frozen prefix bounds the work: iteration k evaluates at most T − k rows.
+    assert LATENCY_BOUND.jacobi(100, 100) == 100 * 0.5 + 0.001 * 100 * (100 - 99 / 2)
+    assert expected_iterations(100, 0.0) == 100 and expected_iterations(100, 1e-6) == 32
+    assert expected_iterations(10, 1e-6) == 10
+
+
+@pytest.mark.parametrize("cost, chosen", [(SEQ_BOUND, "gauss_seidel"), (LATENCY_BOUND, "jacobi"), (None, None)])
+def test_solve_auto(cost, chosen):
+    step, h0 = make_rnn(T=80, B=2, H=4, gain=0.5)
+    truth = sequential(step, h0, 80)
+    states, info = solve(step, h0, 80, method="auto", cost_model=cost)
+    assert torch.equal(states, truth) and info.exact and info.fallback is None
+    assert info.method in ("auto:jacobi", "auto:gauss_seidel")
+    if chosen is not None:
+        assert info.method == f"auto:{chosen}"
+    if chosen == "gauss_seidel":
+        assert info.iterations == info.evaluations == 80
+    states, info = solve(step, h0, 80, method="auto", tol=1e-10, cost_model=cost)
+    assert (states - truth).abs().max() < 1e-8
+
+
+def test_solve_auto_caps_jacobi_at_break_even():
+    # A model whose break-even count is 34 (48 steps of 1 against iterations of 1.4), above the 32 iterations
+    # planned for a tolerance solve: Jacobi; a non-contracting system that needs ~T iterations is stopped at 34
+    # and finished exactly by the sequential sweep.
+    cost = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=1.4, jac_per_unit=0.0)
+    step, h0 = make_rnn(T=48, B=1, H=4, gain=3.0)
+    states, info = solve(step, h0, 48, method="auto", tol=1e-9, cost_model=cost)
+    assert info.method == "auto:jacobi" and "max_iters=34" in info.fallback and info.exact
+    assert torch.equal(states, sequential(step, h0, 48))
