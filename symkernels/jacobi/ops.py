@@ -110,9 +110,9 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
             faster. The model (:class:`~symkernels.jacobi.solver.CostModel`, per device type, backend and
             dtype, measured once on two small problems and cached in ``COST_MODELS``): a sequential step costs
             ``seq_fixed + seq_per_unit·B·H·G``, a Jacobi iteration over n timesteps ``jac_fixed +
-            jac_per_unit·n·B·H·G``; Jacobi is planned for T iterations when exact (``tol=0``: ulp differences
-            travel one step per iteration), else 32, and chosen if that is cheaper than the sweep, with
-            ``max_iters`` capped at the break-even count (the sweep finishes from the exact prefix past it).
+            jac_per_unit·n·B·H·G``; Jacobi is planned for 32 iterations (at most T) and chosen if that costs no
+            more than the sweep, with ``max_iters`` capped at the break-even count (past it the sweep finishes
+            from the exact prefix: a wrong plan costs at most one more sweep).
             ``info.method`` says "auto:jacobi" or "auto:gauss_seidel". On CPU a Jacobi iteration does T times a
             step's work on two cores, so the sweep wins unless very few iterations are expected; on a GPU a
             latency-bound iteration costs about a step and Jacobi wins tolerance solves.
@@ -146,7 +146,7 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
     requested = method
     if method == "auto":
         T, B, H = x.shape[0], x.shape[1], h0.shape[1]
-        method, cap = solver.choose_method(cost_model(impl, device, x.dtype), T, solver.expected_iterations(T, tol),
+        method, cap = solver.choose_method(cost_model(impl, device, x.dtype), T, solver.expected_iterations(T),
                                            width=B * H * reference.gates(cell) * H)
         if method == "jacobi":
             max_iters = cap if max_iters is None else min(max_iters, cap)
@@ -166,7 +166,7 @@ COST_MODELS: dict[tuple[str, str, torch.dtype], solver.CostModel] = {}
 # Calibration problems: Elman, T timesteps, two (batch, hidden) sizes far enough apart to separate the fixed
 # cost of a step/iteration from its per-multiply-add cost.
 _CALIBRATION_T = 64
-_CALIBRATION_SIZES = ((1, 8), (8, 48))
+_CALIBRATION_SIZES = ((1, 16), (8, 64))
 
 
 def cost_model(impl: str, device: torch.device, dtype: torch.dtype) -> solver.CostModel:
