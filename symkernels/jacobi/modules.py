@@ -9,6 +9,13 @@ computed from any iterate whose first d−1 entries are right is bitwise the seq
 bitwise frozen prefix makes the Jacobi fixed point the sequential sample (with ``tol=0``). The masked
 convolution is computed as unfold + GEMM for the same reason: a Winograd/FFT convolution mixes inputs
 before weighting them, and masked inputs would then leak rounding into other outputs.
+
+**Why the samplers re-run the network on the frozen prefix.** Each iteration is one whole-batch forward: the
+work for the frozen columns could be cut only by a GEMM of another shape (the output layer's columns ≥ the
+pointer, the hidden units of degree > the pointer, the unconverged images), and a BLAS GEMM of another shape
+may sum in another order — the samples would then no longer be bitwise the sequential ones. The solver's own
+bookkeeping per iteration is one fused op (``torch.ops.symkernels.jacobi_commit``), so an iteration costs
+about one sequential step; ``densenet_eval``, whose layers are separate calls, evaluates unfrozen layers only.
 """
 from __future__ import annotations
 
@@ -86,9 +93,12 @@ class MADE(nn.Module):
         return (-0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def _autoregressive_sample(net_out, sample_cols, noise: torch.Tensor, dim: int, method: str, tol: float,
+def _autoregressive_sample(net_out, sample_rows, noise: torch.Tensor, dim: int, method: str, tol: float,
                            **solve_kwargs) -> tuple[torch.Tensor, SolveInfo]:
-    """Solve x_d = sample_d(net(x), noise) for d = 0..dim−1 with the general solver (state: one column)."""
+    """Solve x_d = sample_d(net(x), noise) for d = 0..dim−1 with the general solver (state: one column).
+
+    ``sample_rows(out_t, d)``: the samples of columns ``d`` as rows ``[len(d), B]``, from the transposed
+    network output ``out_t = net(x).t()`` (gathering rows of it gives the solver's layout directly)."""
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
         raise TypeError(f"sampler: noise must be a floating torch.Tensor, got "
                         f"{type(noise).__name__ if not isinstance(noise, torch.Tensor) else noise.dtype}")
@@ -96,8 +106,7 @@ def _autoregressive_sample(net_out, sample_cols, noise: torch.Tensor, dim: int, 
 
     def step(hist, t):
         x = hist[1:].transpose(0, 1)  # [B, D], current iterate
-        out = net_out(x)
-        return sample_cols(out, t - 1).transpose(0, 1)  # [len(t), B]
+        return sample_rows(net_out(x).t(), t - 1)  # [len(t), B]
 
     init = torch.zeros(B, dtype=noise.dtype, device=noise.device)
     with torch.no_grad():
@@ -118,13 +127,15 @@ def made_sample(model: MADE, noise: torch.Tensor, *, method: str = "jacobi", tol
         raise ValueError(f"made_sample: noise must be [B, D={model.dim}], got "
                          f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
 
-    def cols(out, d):  # index_select: a plain gather (advanced indexing out[:, d] took ~20× longer)
-        u = noise.index_select(1, d)
-        if model.kind == "bernoulli":
-            return model.sample_from_output(out.index_select(1, d), u)
-        return out.index_select(1, d) + torch.exp(out.index_select(1, model.dim + d)) * u
+    noise_t = noise.t()
 
-    x, info = _autoregressive_sample(model, cols, noise, model.dim, method, tol, **solve_kwargs)
+    def rows(out_t, d):  # index_select: a plain gather (advanced indexing out[:, d] took ~20× longer)
+        u = noise_t.index_select(0, d)
+        if model.kind == "bernoulli":
+            return model.sample_from_output(out_t.index_select(0, d), u)
+        return out_t.index_select(0, d) + torch.exp(out_t.index_select(0, model.dim + d)) * u
+
+    x, info = _autoregressive_sample(model, rows, noise, model.dim, method, tol, **solve_kwargs)
     return (x, info) if return_info else x
 
 
@@ -176,10 +187,12 @@ def pixelcnn_sample(model: PixelCNN, noise: torch.Tensor, *, method: str = "jaco
     def net(x):
         return model(x.view(B, 1, H, W)).view(B, H * W)
 
-    def cols(out, d):
-        return (flat_noise.index_select(1, d) < torch.sigmoid(out.index_select(1, d))).to(out.dtype)
+    noise_t = flat_noise.t()
 
-    x, info = _autoregressive_sample(net, cols, flat_noise, H * W, method, tol, **solve_kwargs)
+    def rows(out_t, d):
+        return (noise_t.index_select(0, d) < torch.sigmoid(out_t.index_select(0, d))).to(out_t.dtype)
+
+    x, info = _autoregressive_sample(net, rows, flat_noise, H * W, method, tol, **solve_kwargs)
     x = x.view(B, H, W)
     return (x, info) if return_info else x
 
