@@ -359,9 +359,11 @@ class _StepEngine:
         ne = self.ne_buf[:numel + 1]
         torch.ne(new.view(self.int_dtype), old.view(self.int_dtype), out=ne[:numel].view(shape))
         ne[numel] = True
-        first = int(torch.argmax(ne.view(torch.uint8))) // (numel // shape[0])
         delta = self.delta_buf[:numel].view(shape)
-        resid = float(torch.sub(new, old, out=delta).abs_().amax())
+        # One host read for both (a GPU drains its queue once per iteration, not twice).
+        resid, first_flat = torch.stack([torch.sub(new, old, out=delta).abs_().amax().double(),
+                                         torch.argmax(ne.view(torch.uint8)).double()]).tolist()
+        first = int(first_flat) // (numel // shape[0])
         if not math.isfinite(resid):  # inf/NaN somewhere: equal non-finite values have not moved (rare path)
             resid = float(_row_residual(new, old, 0.0).max())
         old.copy_(new)

@@ -351,3 +351,15 @@ def test_solve_auto_caps_jacobi_at_break_even():
     states, info = solve(step, h0, 48, method="auto", tol=1e-9, cost_model=cost)
     assert info.method == "auto:jacobi" and "max_iters=34" in info.fallback and info.exact
     assert torch.equal(states, sequential(step, h0, 48))
+
+
+@pytest.mark.parametrize("method", ["jacobi", "hybrid"])
+def test_exact_mode_through_the_tensor_op_commit(method, monkeypatch):
+    # The commit path devices without the C++ op take (CUDA, or no _C build), end to end.
+    from symkernels.jacobi import solver
+
+    monkeypatch.setattr(solver, "_COMMIT_DTYPES", ())
+    step, h0 = make_rnn(T=64, B=2, H=4, gain=1.5)
+    states, info = solve(step, h0, 64, method=method, block_size=8)
+    assert torch.equal(states, sequential(step, h0, 64)) and info.exact
+    assert all(b >= a + 1 for a, b in zip([0] + info.prefix, info.prefix))
