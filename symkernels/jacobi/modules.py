@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from symkernels.jacobi.solver import SolveInfo, solve
+from symkernels.jacobi.solver import CostModel, SolveInfo, solve
+
+# method="auto" for the samplers: every call of their step is one whole-batch forward, whatever the number of
+# rows asked for, so a Jacobi iteration costs what a sequential step does and Jacobi (at most T iterations) is
+# never the slower choice; the structure gives the model, no probe calls needed.
+_WHOLE_PASS_COST = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=1.0, jac_per_unit=0.0)
 
 
 class MaskedLinear(nn.Linear):
@@ -109,6 +114,8 @@ def _autoregressive_sample(net_out, sample_rows, noise: torch.Tensor, dim: int, 
         return sample_rows(net_out(x).t(), t - 1)  # [len(t), B]
 
     init = torch.zeros(B, dtype=noise.dtype, device=noise.device)
+    if method == "auto":
+        solve_kwargs.setdefault("cost_model", _WHOLE_PASS_COST)
     with torch.no_grad():
         x, info = solve(step, init, dim, method=method, tol=tol, **solve_kwargs)
     return x.transpose(0, 1).contiguous(), info

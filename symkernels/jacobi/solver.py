@@ -35,6 +35,12 @@ grows by ``divergence_factor`` over its best value, or reaching ``max_iters`` un
 in ``info.fallback`` and the remaining rows are evaluated sequentially from the exact prefix (``on_failure=
 "sequential"``, the default) or a ``JacobiDivergenceError`` is raised (``on_failure="raise"``): never a
 silently wrong result.
+
+**One loop.** :func:`iterate` holds the stopping, divergence and fallback rules for every solver here: it
+drives an *engine* — ``solve``'s ``step_fn`` engine (one call per iteration, then the fused convergence test
+and write-back: one op, ``torch.ops.symkernels.jacobi_commit`` on CPU; one host read of (residual, first
+changed row), which decides the rows of the next call) or the fused RNN kernels of ``jacobi.rnn``, which
+iterate and test convergence on the device and report a block of iterations per host read.
 """
 from __future__ import annotations
 
