@@ -182,3 +182,28 @@ def test_to_device_keeps_values_and_strides():
     assert moved["x"].stride() == x.stride() and moved["pair"][0].stride() == (3, 1)
     if target.type == "cuda":
         assert torch.equal(moved["x"].cpu(), x)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device: Inductor compiles the Triton kernels for it")
+@pytest.mark.parametrize("route", ["backend='triton'", "dispatcher op"])
+def test_inductor_compiles_our_triton_kernel_into_its_code(route):
+    # torch.compile must see the Triton kernel itself (wrap_triton under Dynamo for the public function's
+    # Triton path, _library's decomposition for an op whose CUDA key is Triton), not an opaque call.
+    from torch._inductor.utils import run_and_get_code
+
+    from symkernels import _library
+
+    require_backend("triton")
+    if route == "dispatcher op" and not _library.REGISTERED["hadamard_transform"].triton:
+        pytest.skip("the native CUDA build serves hadamard_transform's CUDA key")
+    x = torch.randn(64, 256, device="cuda")
+    if route == "dispatcher op":
+        def f(t):
+            return torch.ops.symkernels.hadamard_transform(t, 0.0625) * 2
+    else:
+        def f(t):
+            return symkernels.hadamard_transform(t, 0.0625, backend="triton") * 2
+    got, codes = run_and_get_code(torch.compile(f, fullgraph=True), x)
+    assert any("_fwht_kernel" in code for code in codes), "Inductor's code does not launch _fwht_kernel"
+    assert_close(got, hadamard_ops.hadamard_transform(x, 0.0625, backend="reference") * 2)

@@ -168,22 +168,22 @@ _DT = {F16: "fp16", BF16: "bf16", F32: "fp32", F64: "fp64"}
 
 
 def _hadamard_cases():
-    from symkernels.hadamard import hadamard_k, hadamard_k_triton
-    from symkernels.hadamard import triton as fwht
+    from symkernels.hadamard import decompose, hadamard_k_matrix
+    from symkernels.hadamard import triton as hadamard_triton
 
     for dtype, sizes in ((F32, (2, 16, 256, 1024, 4096, 16384, 32768)), (F16, (256, 4096, 32768)),
                          (BF16, (1024, 16384)), (F64, (256, 4096, 32768))):
         for n in sizes:
             rows = max(1, (64 << 20) // (n * dtype.itemsize))  # the benchmark's 64 MiB batches
             yield f"hadamard_transform {rows}x{n} {_DT[dtype]}", \
-                lambda n=n, rows=rows, dtype=dtype: fwht.hadamard_transform(cuda(rows, n, dtype=dtype), 1.0)
+                lambda n=n, rows=rows, dtype=dtype: hadamard_triton.hadamard_transform(cuda(rows, n, dtype=dtype), 1.0)
     # K·2^m sizes: quarot's benchmark (K = 28, 172) and the largest tile (K_pad·P = 2^16).
     for n, dtype in ((3584, F32), (11008, F32), (14336, F32), (28672, F32), (57344, F32), (11008, F16),
                      (14336, F64)):
-        k, _ = hadamard_k.decompose(n)
-        hk = hadamard_k.hadamard_k_matrix(k)  # real values (built outside the fake mode); the launcher moves it
+        k, _ = decompose(n)
+        hk = hadamard_k_matrix(k)  # real values (built outside the fake mode); the launcher moves it
         yield f"hadamard_transform_k 256x{n} (K={k}) {_DT[dtype]}", \
-            lambda n=n, hk=hk, dtype=dtype: hadamard_k_triton.hadamard_transform_k(cuda(256, n, dtype=dtype), hk, 1.0)
+            lambda n=n, hk=hk, dtype=dtype: hadamard_triton.hadamard_transform_k(cuda(256, n, dtype=dtype), hk, 1.0)
 
 
 def _quarot_cases():

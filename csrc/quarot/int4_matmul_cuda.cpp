@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "quarot/int4_matmul.h"
+#include "quarot/int4_matmul_cuda.h"
 
 namespace symkernels::quarot {
 namespace {

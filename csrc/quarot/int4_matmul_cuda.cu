@@ -18,7 +18,7 @@
 #include <cuda_runtime.h>
 
 #include "common/cuda_convert.cuh"
-#include "quarot/int4_matmul.h"
+#include "quarot/int4_matmul_cuda.h"
 #include "quarot/quarot.h"
 
 namespace symkernels::quarot {

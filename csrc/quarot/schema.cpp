@@ -1,4 +1,4 @@
-// Op schemas of the QuaRot pillar (kernels: quantize_cpu.cpp, int4_matmul_cpu.cpp, int4_matmul_cuda.cpp).
+// Op schemas of the QuaRot pillar (kernels: quantize_int4_cpu.cpp, int4_matmul_cpu.cpp, int4_matmul_cuda.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(symkernels, m) {

@@ -11,7 +11,7 @@ import torch
 
 from symkernels import hadamard_transform
 from symkernels.bench.harness import Case, sweep
-from symkernels.hadamard.reference import hadamard_matrix
+from symkernels.hadamard import hadamard_matrix
 
 # The dense peer multiplies by an n×n matrix: past this many bytes of H it is neither fair nor finishable.
 _DENSE_MAX_BYTES = 64 << 20

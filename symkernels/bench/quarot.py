@@ -14,8 +14,7 @@ import torch
 import symkernels
 from symkernels import _backend
 from symkernels.bench.harness import Case, sweep
-from symkernels.hadamard import hadamard_k
-from symkernels.hadamard.hadamard_k_ops import hk_for
+from symkernels.hadamard import decompose, hadamard_matrix_any, hk_for
 from symkernels.quarot import reference
 
 
@@ -49,14 +48,14 @@ def _hadamard_cases(device, quick) -> Iterable[Case]:
     shapes = [(64, 3584), (64, 11008), (64, 14336)] if quick else [(256, 3584), (256, 11008), (256, 14336), (64, 28672),
                                                                    (256, 4864), (256, 18944), (64, 29568)]
     for rows, n in shapes:
-        k, p = hadamard_k.decompose(n)
+        k, p = decompose(n)
         x = torch.randn(rows, n, device=device)
         hk = hk_for(n, torch.float32, device)
         scale = 1.0 / math.sqrt(n)
         impls = {"symkernels one-pass": lambda x=x: symkernels.hadamard_transform(x, scale),
                  "two-pass (FWHT + K×K matmul)": lambda x=x, hk=hk: _two_pass(x, hk, scale)}
         if n <= 11008:
-            h = hadamard_k.hadamard_matrix_any(n, dtype=torch.float32, device=device)
+            h = hadamard_matrix_any(n, dtype=torch.float32, device=device)
             impls["dense n×n matmul"] = lambda x=x, h=h: x @ h.T * scale
         else:
             impls["dense n×n matmul"] = f"skipped: a {n}×{n} fp32 matrix is {4 * n * n / 2**30:.1f} GiB"

@@ -1,4 +1,9 @@
-"""Public Hadamard ops: argument checks, backend choice, fake and autograd registrations."""
+"""Public Hadamard ops: argument checks, backend choice, fake and autograd registrations.
+
+Two dispatcher ops, each registered once with ``_library.register_op``: ``hadamard_transform`` (n a power
+of two) and ``hadamard_transform_k`` (n = K·2^m, the K×K factor passed in). The public
+``hadamard_transform`` serves both sizes and picks the op; ``randomized_hadamard_transform`` is built on it.
+"""
 from __future__ import annotations
 
 import math
@@ -6,26 +11,36 @@ import math
 import torch
 
 from symkernels import _backend, _library
-from symkernels.hadamard import hadamard_k, hadamard_k_ops, reference
+from symkernels.hadamard import matrices, reference
 
 OP_NAME = "hadamard_transform"
+OP_NAME_K = "hadamard_transform_k"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _triton_transform = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform")
-MAX_SIZE = 1 << reference.MAX_LOG2_SIZE
+_triton_transform_k = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform_k")
+MAX_POWER_OF_TWO = 1 << matrices.MAX_LOG2_SIZE
 
 
-def _check_args(x: torch.Tensor, scale: float) -> None:
+def _check_args(x: torch.Tensor, scale: float, transpose: bool, op: str = OP_NAME) -> torch.Tensor | None:
+    """The K×K factor to apply for x's size n = K·2^m (``matrices.hk_for``; None for a power of two), once x
+    and scale are valid for ``op``. Error messages name ``hadamard_transform`` (the public function)."""
     _backend.check_float_tensor(OP_NAME, "x", x, "the transformed one", SUPPORTED_DTYPES)
     n = x.shape[-1]
-    if n < 2 or n > MAX_SIZE or n & (n - 1):
-        lower = 1 << max(1, min(reference.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2
-        upper = min(MAX_SIZE, max(2, lower * 2 if lower < n else lower))
-        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_SIZE}, or K·2^m ≤ "
-                         f"{hadamard_k.MAX_SIZE} for K in {hadamard_k.ORDERS_SUMMARY}, got {n} (nearest supported sizes: "
-                         f"{sorted({lower, upper} | set(hadamard_k.nearest_supported(n)))})")
+    kp = matrices.factor(n)
+    if op == OP_NAME_K and (kp is None or kp[0] == 1):
+        raise ValueError(f"{OP_NAME}: x.shape[-1] = {n} is not a supported size (a power of two 2..32768, or K·2^m "
+                         f"≤ {matrices.MAX_SIZE} for K in {matrices.ORDERS_SUMMARY}); nearest supported "
+                         f"sizes: {matrices.nearest_supported(n)}")
+    if kp is None:
+        lower = 1 << max(1, min(matrices.MAX_LOG2_SIZE, n.bit_length() - 1)) if n > 0 else 2
+        upper = min(MAX_POWER_OF_TWO, max(2, lower * 2 if lower < n else lower))
+        raise ValueError(f"{OP_NAME}: x.shape[-1] must be a power of two between 2 and {MAX_POWER_OF_TWO}, or "
+                         f"K·2^m ≤ {matrices.MAX_SIZE} for K in {matrices.ORDERS_SUMMARY}, got {n} (nearest supported "
+                         f"sizes: {sorted({lower, upper} | set(matrices.nearest_supported(n)))})")
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{OP_NAME}: scale must be a finite Python number, got {scale!r}")
+    return None if kp[0] == 1 else matrices.hk_for(n, x.dtype, x.device, transpose)
 
 
 def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False,
@@ -40,22 +55,22 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool =
 
     Returns:
         ``[..., n]``, same dtype, contiguous; equal to ``x @ H_n.T * scale`` with the Sylvester-ordered
-        Hadamard matrix H_n (``symkernels.hadamard.reference.hadamard_matrix``), computed in fp32
+        Hadamard matrix H_n (``symkernels.hadamard.hadamard_matrix``), computed in fp32
         (fp64 for fp64 inputs) and rounded once. Differentiable to any order (backward is the same
         transform of the gradient, since H_n is symmetric), also in forward mode.
 
-    Non-power-of-two sizes n = K·2^m (K in ``hadamard_k.ORDERS``, e.g. 11008 = 172·2^6, 4864 = 76·2^6) use
-    H_n = H_K ⊗ H_{2^m}, element index k·2^m + j, in one pass (``hadamard_k_ops``). H_K need not be
-    symmetric, so there ``transpose=True`` gives ``x @ H_n * scale`` (the inverse, with scale 1/n);
-    for powers of two it changes nothing.
+    Non-power-of-two sizes n = K·2^m (K in ``symkernels.hadamard.ORDERS``, e.g. 11008 = 172·2^6, 4864 =
+    76·2^6) use H_n = H_K ⊗ H_{2^m}, element index k·2^m + j, in one pass (``hadamard_transform_k``). H_K
+    need not be symmetric, so there ``transpose=True`` gives ``x @ H_n * scale`` (the inverse, with scale
+    1/n); for powers of two it changes nothing.
     """
-    if isinstance(x, torch.Tensor) and x.dim() > 0 and hadamard_k.decompose(x.shape[-1]) is not None:
-        return hadamard_k_ops.hadamard_transform_k(x, scale, transpose=transpose, backend=backend)
-    _check_args(x, scale)
-    impl = _backend.resolve(OP_NAME, x.device, backend, IMPLEMENTED)
+    hk = _check_args(x, scale, transpose)
+    impl = _backend.resolve(OP_NAME if hk is None else OP_NAME_K, x.device, backend, IMPLEMENTED)
     if impl == "reference":
-        return reference.hadamard_transform(x, scale)
-    return _HadamardFunction.apply(x, float(scale), impl)
+        return reference.fwht(x, scale) if hk is None else reference.reference_two_pass(x, hk, scale)
+    if hk is None:
+        return _HadamardFunction.apply(x, float(scale), impl)
+    return _KronHadamardFunction.apply(x, hk, float(scale), impl)
 
 
 def _raw_transform(x: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
@@ -128,3 +143,97 @@ def _vmap(info, in_dims, x, scale):
 
 _library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward=_backward, jvp=_jvp,
                      vmap=_vmap, triton=_triton_transform)
+
+
+# ---------------------------------------------------------------------------------------------------
+# n = K·2^m
+
+def hadamard_transform_k(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False,
+                         backend: str | None = None) -> torch.Tensor:
+    """Hadamard transform of a non-power-of-two size n = K·2^m along the last dimension.
+
+    Returns ``x @ H_n.T * scale`` (``transpose=True``: ``x @ H_n * scale``, the inverse up to 1/n)
+    with H_n = H_K ⊗ H_{2^m}: element index k·2^m + j ↔ (k, j). Computed in one pass per row on every
+    kernel backend (FWHT over 2^m and the K×K mix in registers/cache), in fp32 (fp64 for fp64 inputs).
+    ``symkernels.hadamard_transform`` serves these sizes the same way; this name refuses powers of two.
+    """
+    _check_args(x, scale, transpose, OP_NAME_K)  # refuses the power-of-two sizes
+    return hadamard_transform(x, scale, transpose=transpose, backend=backend)
+
+
+def _raw_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
+    """One kernel call, no autograd recording."""
+    if impl == "triton":
+        return _triton_transform_k(x, hk, scale)
+    return torch.ops.symkernels.hadamard_transform_k(x, hk, scale)
+
+
+class _KronHadamardFunction(torch.autograd.Function):
+    """Linear in x: the gradient is the transform by the transposed matrix (hkᵀ ⊗ H_P, H_P symmetric),
+    the tangent the transform itself; both call ``apply`` so higher orders are recorded too."""
+
+    @staticmethod
+    def forward(x, hk, scale, impl):
+        return _raw_transform_k(x, hk, scale, impl)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, hk, ctx.scale, ctx.impl = inputs
+        ctx.hk = hk
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _KronHadamardFunction.apply(grad, ctx.hk.t().contiguous(), ctx.scale, ctx.impl), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _KronHadamardFunction.apply(x_tangent, ctx.hk, ctx.scale, ctx.impl)
+
+    @staticmethod
+    def vmap(info, in_dims, x, hk, scale, impl):
+        x_bdim = in_dims[0]
+        if in_dims[1] is not None:
+            raise NotImplementedError("hadamard_transform_k: vmap over hk is not supported")
+        if x_bdim is not None:
+            x = x.movedim(x_bdim, 0)
+        return _KronHadamardFunction.apply(x, hk, scale, impl), 0 if x_bdim is not None else None
+
+
+def _fake_k(x, hk, scale):
+    torch._check(hk.dim() == 2 and hk.shape[0] == hk.shape[1], lambda: "hk must be square")
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _setup_context_k(ctx, inputs, output):
+    ctx.hk, ctx.scale = inputs[1], inputs[2]
+
+
+# Backward is the same op with hkᵀ, so double backward is the op again; hk gets no gradient.
+def _backward_k(ctx, grad):
+    return torch.ops.symkernels.hadamard_transform_k(grad, ctx.hk.t().contiguous(), ctx.scale), None, None
+
+
+# Linear in x: the tangent is the same transform of the input tangent.
+def _jvp_k(ctx, x_tangent, _hk_tangent, _scale_tangent):
+    return torch.ops.symkernels.hadamard_transform_k(x_tangent, ctx.hk, ctx.scale)
+
+
+_library.register_op(OP_NAME_K, fake=_fake_k, setup_context=_setup_context_k, backward=_backward_k, jvp=_jvp_k,
+                     triton=_triton_transform_k)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Randomized Hadamard
+
+def randomized_hadamard_transform(x: torch.Tensor, seed: int = 0, *, inverse: bool = False,
+                                  backend: str | None = None) -> torch.Tensor:
+    """``x @ random_hadamard(n, seed)`` (``inverse=True``: ``x @ Qᵀ``), with the fast transform.
+
+    x·diag(s)·H_nᵀ/√n is the sign flip followed by ``hadamard_transform(·, 1/√n)``; the inverse is
+    the transposed transform followed by the same sign flip.
+    """
+    n = x.shape[-1]
+    s = matrices.random_signs(n, seed, dtype=x.dtype, device=x.device)
+    if not inverse:
+        return hadamard_transform(x * s, 1.0 / math.sqrt(n), backend=backend)
+    return hadamard_transform(x, 1.0 / math.sqrt(n), backend=backend, transpose=True) * s

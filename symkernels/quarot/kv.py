@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from symkernels.hadamard import hadamard_transform
+
 try:  # transformers is optional (the ``quarot-real`` extra); only the cache classes need it
     from transformers.cache_utils import Cache as _Cache
     from transformers.cache_utils import DynamicLayer as _DynamicLayer
@@ -163,8 +165,6 @@ class QuaRotKVLayer(_DynamicLayer or object):
             raise ValueError(f"QuaRotKVLayer.update: key_states dtype {key_states.dtype} differs from the "
                              f"cached {self.dtype}")
         if self.key_hadamard:
-            from symkernels.hadamard.ops import hadamard_transform
-
             key_states = hadamard_transform(key_states, 1.0 / math.sqrt(key_states.shape[-1]))
         new = {**self._encode("k", key_states), **self._encode("v", value_states)}
         self.store = new if not self.store else {n: torch.cat([t, new[n]], dim=-2) for n, t in self.store.items()}

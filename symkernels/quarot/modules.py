@@ -9,16 +9,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from symkernels.hadamard.hadamard_k import decompose, random_hadamard, random_signs
-from symkernels.hadamard.ops import hadamard_transform
+from symkernels.hadamard import hadamard_transform, random_hadamard, random_signs, supported_size
 from symkernels.quarot import ops, reference
 from symkernels.quarot.families import ModelFamily, blocks, model_family
 from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, quantize_weight_gptq,
                                        quantize_weight_rtn, search_activation_clip)
-
-
-def _rotatable(n: int) -> bool:
-    return (n >= 2 and n & (n - 1) == 0 and n <= 1 << 15) or decompose(n) is not None
 
 
 MODES = ("real", "fake")
@@ -90,7 +85,7 @@ class QuaRotLinear(nn.Module):
         k = linear.in_features
         if k % 2:
             raise ValueError(f"QuaRotLinear.from_linear: in_features must be even, got {k}")
-        if online_hadamard and not _rotatable(k):
+        if online_hadamard and not supported_size(k):
             raise ValueError(f"QuaRotLinear.from_linear: no Hadamard of size in_features={k}; use "
                              f"online_hadamard=False")
         if weight_method not in ("rtn", "gptq"):
@@ -520,8 +515,8 @@ def rotate_model(model: nn.Module, *, seed: int = 0, quantize: str | None = None
         raise ValueError("rotate_model: the model is already rotated")
     _check_not_quantized(model, "rotate_model")
     heads, kv_heads, head_dim = _attention_shape(model, family)
-    head_rot = _rotatable(head_dim)
-    heads_rot = heads > 1 and _rotatable(heads)
+    head_rot = supported_size(head_dim)
+    heads_rot = heads > 1 and supported_size(heads)
     if family.decoder and head_rot:  # the Q/K Hadamard goes through the attention interface
         _check_attention_implementation(model, "rotate_model")
     if family.pre_norm:
@@ -541,7 +536,7 @@ def rotate_model(model: nn.Module, *, seed: int = 0, quantize: str | None = None
     for block in blocks(model, family):
         if not family.pre_norm:  # the residual stream is not rotated: rotate its readers' inputs online
             for name in (*family.attention_in, *family.mlp_in):
-                if _rotatable(block.get_submodule(name).in_features):
+                if supported_size(block.get_submodule(name).in_features):
                     _replace(block, name, _with_online_hadamard(block.get_submodule(name), next(sign_seeds)))
         out = block.get_submodule(family.attention_out)
         if head_rot:
@@ -550,7 +545,7 @@ def rotate_model(model: nn.Module, *, seed: int = 0, quantize: str | None = None
             _set(out.weight, _across_heads(out.weight.double(), heads))
             _replace(block, family.attention_out, HadamardThenLinear(OnlineHadamard(out.in_features, heads=heads), out))
         down = block.get_submodule(family.mlp_out)
-        if _rotatable(down.in_features):
+        if supported_size(down.in_features):
             _replace(block, family.mlp_out, _with_online_hadamard(down, sign_seeds and next(sign_seeds)))
     if family.decoder and head_rot:
         for hook in _install_attention_hook(model, family):
@@ -688,7 +683,7 @@ def quantize_model(model: nn.Module, *, mode: str = "real", weight_method: str =
         lin = _unwrap(mod)
         x = calib.get(name + ".1" if isinstance(mod, HadamardThenLinear) else name)
         new = QuaRotLinear.from_linear(lin, weight_method=weight_method, clip_ratio=clip_ratio, calibration=x,
-                                       online_hadamard=fused or (online_hadamard and _rotatable(lin.in_features)),
+                                       online_hadamard=fused or (online_hadamard and supported_size(lin.in_features)),
                                        weight_rotated=fused, sign_seed=mod[0].sign_seed if fused else None,
                                        mode=mode, **linear_kwargs)
         replacements.append((name, mod, new))
@@ -720,7 +715,7 @@ def quantize_linears(model: nn.Module, *, weight_method: str = "rtn", clip_ratio
     online_hadamard=False. ``sign_seed``: randomized online Hadamards (layer i uses seed sign_seed + i)."""
     names = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in skip)]
     for i, (name, lin) in enumerate(_progress(names, f"quantize ({weight_method})", progress)):
-        rot = online_hadamard and _rotatable(lin.in_features)
+        rot = online_hadamard and supported_size(lin.in_features)
         calib = calibration(name) if callable(calibration) else calibration.get(name) if calibration else None
         method = weight_method if calib is not None else "rtn"
         clip = clip_ratio if calib is not None or clip_ratio != "search" else 1.0

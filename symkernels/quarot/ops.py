@@ -7,8 +7,7 @@ import math
 import torch
 
 from symkernels import _backend, _library
-from symkernels.hadamard import hadamard_k
-from symkernels.hadamard.hadamard_k_ops import hk_for
+from symkernels.hadamard import ORDERS_SUMMARY, hadamard_transform, hk_for, nearest_supported, supported_size
 from symkernels.quarot import reference
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -33,12 +32,9 @@ def _check_quantize_args(x, clip_ratio, hadamard, op="quantize_int4") -> None:
         raise ValueError(f"{op}: x.shape[-1] must be even (two 4-bit codes per byte), got {n}")
     if not isinstance(clip_ratio, (int, float)) or not (0.0 < clip_ratio <= 1.0):
         raise ValueError(f"{op}: clip_ratio must be a number in (0, 1], got {clip_ratio!r}")
-    if hadamard:
-        pow2 = n >= 2 and n & (n - 1) == 0 and n <= 1 << 15
-        if not pow2 and hadamard_k.decompose(n) is None:
-            raise ValueError(f"{op}: hadamard=True needs x.shape[-1] to be a power of two or K·2^m for K in "
-                             f"{hadamard_k.ORDERS_SUMMARY}, got {n}; nearest supported sizes: "
-                             f"{hadamard_k.nearest_supported(n)}")
+    if hadamard and not supported_size(n):
+        raise ValueError(f"{op}: hadamard=True needs x.shape[-1] to be a power of two or K·2^m for K in "
+                         f"{ORDERS_SUMMARY}, got {n}; nearest supported sizes: {nearest_supported(n)}")
 
 
 def quantize_int4(x: torch.Tensor, *, clip_ratio: float = 1.0, hadamard: bool = False,
@@ -105,8 +101,6 @@ class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if ctx.hadamard:
-            from symkernels.hadamard.ops import hadamard_transform
-
             n = grad.shape[-1]
             grad = hadamard_transform(grad, 1.0 / math.sqrt(n), transpose=True, backend=ctx.backend)
         return grad, None, None, None

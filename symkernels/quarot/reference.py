@@ -16,17 +16,12 @@ import math
 
 import torch
 
+from symkernels.hadamard import reference as hadamard_reference
+
 
 def rotate(x: torch.Tensor) -> torch.Tensor:
-    """x @ H_nᵀ / √n in fp32 (pow2 or K·2^m n), by the pure-torch references."""
-    from symkernels.hadamard import hadamard_k, reference as had_ref
-    from symkernels.hadamard.hadamard_k_ops import hk_for
-
-    n = x.shape[-1]
-    xf = x.float()
-    if n & (n - 1) == 0:
-        return had_ref.hadamard_transform(xf, 1.0 / math.sqrt(n))
-    return hadamard_k.reference_two_pass(xf, hk_for(n, torch.float32, x.device), 1.0 / math.sqrt(n))
+    """x @ H_nᵀ / √n in fp32 (pow2 or K·2^m n), by the pure-torch reference of the Hadamard pillar."""
+    return hadamard_reference.hadamard_transform(x.float(), 1.0 / math.sqrt(x.shape[-1]))
 
 
 def quantize_codes(x: torch.Tensor, clip_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Triton kernels of the QuaRot pillar.
 
 ``_quantize_int4_kernel``: one program per row. With ROTATE the row goes through the Kronecker
-Hadamard tile of ``symkernels.hadamard.hadamard_k_triton`` (K = 1 for a power of two), so rotation,
+Hadamard tile of ``symkernels.hadamard.triton`` (K = 1 for a power of two), so rotation,
 absmax, scale, rounding and nibble packing happen in registers: one read of x, one write of n/2 bytes
 and a scale. The tile flattened row-major is the row in memory order (index k·P + j), with the padded
 rows (k ≥ K) at indices ≥ n, masked out.
@@ -19,13 +19,15 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from symkernels.hadamard.hadamard_k_triton import MAX_TILE, hadamard_transform_k, kron_rotate_tile, launch_params
+# Past the package's door on purpose: the fused kernel calls the Hadamard pillar's @triton.jit device function
+# kron_rotate_tile, sizes its tile as that pillar's kernels do, and falls back to its two-pass launcher.
+from symkernels.hadamard.triton import MAX_TILE, hadamard_transform_k, kron_rotate_tile, launch_params
 
 # 1.5·2^23: adding and subtracting it rounds an fp32 |v| < 2^22 to the nearest integer, ties to even
 # (the FPU's rounding of the intermediate sum), with no libdevice call; LLVM keeps it without fast-math.
 # A tl.constexpr: the compiler refuses plain module-level globals inside a kernel (the interpreter does not).
 _ROUND_MAGIC = tl.constexpr(12582912.0)
-# Rows (or rotation tiles) past hadamard_k_triton.MAX_TILE elements do not fit one program's registers
+# Rows (or rotation tiles) past MAX_TILE elements do not fit one program's registers
 # (a 2^16 row spills ~200 B per thread): they are quantized in chunks of this many.
 _STREAM_BLOCK = 4096
 

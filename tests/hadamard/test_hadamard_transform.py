@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from symkernels import hadamard_transform
 from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
-from symkernels.hadamard.reference import hadamard_matrix
+from symkernels.hadamard import hadamard_matrix
 from tests.conftest import require_backend
 
 ALL_LOG2 = list(range(1, 16))

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 import symkernels
 from symkernels import _backend
-from symkernels.hadamard import hadamard_k
+from symkernels.hadamard import matrices, reference as hadamard_reference
 from symkernels.quarot import reference
 from symkernels.quarot.ops import _rotation
 from tests.conftest import backend_device
@@ -99,9 +99,9 @@ def test_fused_rotation_equals_unfused_same_backend(b, n):
     x[:, 3] *= 50  # an outlier channel, which the rotation spreads
     hk, rot_scale = _rotation(n, device)
     if b == "triton":
-        from symkernels.hadamard import hadamard_k_triton
+        from symkernels.hadamard import triton as hadamard_triton
 
-        rotated = hadamard_k_triton.hadamard_transform_k(x, hk, rot_scale)
+        rotated = hadamard_triton.hadamard_transform_k(x, hk, rot_scale)
     else:
         rotated = torch.ops.symkernels.hadamard_transform_k(x, hk, rot_scale)
     packed, scale = symkernels.quantize_int4(x, hadamard=True, clip_ratio=0.9, backend=b)
@@ -117,7 +117,7 @@ def test_fused_rotation_vs_dense_truth(backend_name, n):
     _require(backend_name)
     x = torch.randn(8, n)
     packed, scale = symkernels.quantize_int4(x, hadamard=True, backend=backend_name)
-    truth = hadamard_k.reference_dense(x, 1 / math.sqrt(n))
+    truth = hadamard_reference.reference_dense(x, 1 / math.sqrt(n))
     q_truth = torch.clamp(torch.round(truth / scale.double()), -8, 7)
     diff = (reference.unpack_int4(packed).double() - q_truth).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
@@ -206,30 +206,30 @@ def test_fake_quantize_ste_gradient(b):
     # with rotation: the gradient is exactly that of x ↦ x·Hᵀ/√n
     yr = symkernels.fake_quantize_int4(x, hadamard=True, backend=b)
     (gr,) = torch.autograd.grad(yr, x, g)
-    torch.testing.assert_close(gr.double(), g.double() @ hadamard_k.hadamard_matrix_any(16) / 4.0, atol=1e-6,
+    torch.testing.assert_close(gr.double(), g.double() @ matrices.hadamard_matrix_any(16) / 4.0, atol=1e-6,
                                rtol=1e-6)
 
 
 def test_triton_large_rotation_tile_rotates_then_quantizes(monkeypatch):
-    """A rotation tile past hadamard_k_triton.MAX_TILE (n = 28·2048 on a GPU) is rotated by the two-pass
+    """A rotation tile past hadamard_triton.MAX_TILE (n = 28·2048 on a GPU) is rotated by the two-pass
     Kronecker transform first, then quantized: forced at n = 12·64 here. Equal, bit for bit, to quantizing
     that rotation; codes within one step of the float64 rotation's."""
     _require("triton")
-    from symkernels.hadamard import hadamard_k_triton
+    from symkernels.hadamard import triton as hadamard_triton
     from symkernels.quarot import triton as quarot_triton
 
-    monkeypatch.setattr(hadamard_k_triton, "MAX_TILE", 256)
+    monkeypatch.setattr(hadamard_triton, "MAX_TILE", 256)
     monkeypatch.setattr(quarot_triton, "MAX_TILE", 256)
     n = 12 * 64
     x = torch.randn(4, n)
     x[:, 3] *= 50
     hk, rot_scale = _rotation(n, x.device)
     packed, scale = symkernels.quantize_int4(x, hadamard=True, clip_ratio=0.9, backend="triton")
-    up, us = symkernels.quantize_int4(hadamard_k_triton.hadamard_transform_k(x, hk, rot_scale), clip_ratio=0.9,
+    up, us = symkernels.quantize_int4(hadamard_triton.hadamard_transform_k(x, hk, rot_scale), clip_ratio=0.9,
                                       backend="triton")
     assert torch.equal(packed, up)
     torch.testing.assert_close(scale, us, atol=0, rtol=0)
-    truth = hadamard_k.reference_dense(x, 1 / math.sqrt(n))
+    truth = hadamard_reference.reference_dense(x, 1 / math.sqrt(n))
     q_truth = torch.clamp(torch.round(truth / scale.double()), -8, 7)
     assert (reference.unpack_int4(packed).double() - q_truth).abs().max() <= 1
 

@@ -16,7 +16,7 @@ from symkernels.quarot.families import FAMILIES, blocks
 from symkernels.quarot.modules import HadamardThenLinear, OnlineHadamard, QuaRotLinear
 
 transformers = pytest.importorskip("transformers")
-from test_quarot_model import CACHE, _prefill_decode  # noqa: E402  (tests/quarot is on sys.path)
+from tests.quarot.test_quarot_model import CACHE, _prefill_decode  # noqa: E402
 
 DECODERS = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 ENCODERS = ("bert",)

@@ -9,7 +9,7 @@ import torch
 from symkernels.quarot import learn_rotation, quantize_model, rotate_model
 
 transformers = pytest.importorskip("transformers")
-from test_quarot_families import _out, _tiny, _with_outliers  # noqa: E402  (tests/quarot is on sys.path)
+from tests.quarot.test_quarot_families import _out, _tiny, _with_outliers  # noqa: E402
 
 
 def _ids(batch, seed):

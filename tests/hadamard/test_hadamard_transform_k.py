@@ -9,8 +9,7 @@ from hypothesis import given, strategies as st
 import symkernels
 from symkernels import _backend
 from symkernels._testing import assert_close, assert_within_torch_error, random_noncontiguous
-from symkernels.hadamard import hadamard_k
-from symkernels.hadamard.hadamard_k_ops import hk_for
+from symkernels.hadamard import hk_for, matrices, reference
 from tests.conftest import backend_device
 
 # Widths of real models: hidden sizes, MLP widths and head dims from the models' config.json.
@@ -67,32 +66,32 @@ def _is_hadamard(h: torch.Tensor) -> bool:
             and torch.equal(hi @ hi.T, k * torch.eye(k, dtype=torch.int32)))
 
 
-@pytest.mark.parametrize("k", hadamard_k.ORDERS)
+@pytest.mark.parametrize("k", matrices.ORDERS)
 def test_matrix_is_hadamard(k):
-    h = hadamard_k.hadamard_k_matrix(k)
+    h = matrices.hadamard_k_matrix(k)
     assert h.dtype == torch.float64 and h.shape == (k, k)
-    assert _is_hadamard(h), f"order {k} ({hadamard_k.construction(k)})"
+    assert _is_hadamard(h), f"order {k} ({matrices.construction(k)})"
 
 
 def test_order_table():
-    assert len(hadamard_k.ORDERS) == 191
-    candidates = [k for k in range(4, hadamard_k.MAX_ORDER + 1, 4) if k & (k - 1)]
-    assert [k for k in candidates if k not in hadamard_k.ORDERS] == UNREACHABLE_ORDERS
-    assert all(hadamard_k.construction(k) is None for k in UNREACHABLE_ORDERS)
+    assert len(matrices.ORDERS) == 191
+    candidates = [k for k in range(4, matrices.MAX_ORDER + 1, 4) if k & (k - 1)]
+    assert [k for k in candidates if k not in matrices.ORDERS] == UNREACHABLE_ORDERS
+    assert all(matrices.construction(k) is None for k in UNREACHABLE_ORDERS)
     # no Hadamard matrix of order ≡ 2 (mod 4), or odd and > 1, exists: the rules must not claim one
-    assert all(hadamard_k.construction(k) is None for k in (3, 6, 10, 14, 22, 78, 1022))
+    assert all(matrices.construction(k) is None for k in (3, 6, 10, 14, 22, 78, 1022))
     with pytest.raises(ValueError, match=r"no Hadamard matrix of order 92 here.*nearest: \[84, 88, 96, 100\]"):
-        hadamard_k.hadamard_k_matrix(92)
+        matrices.hadamard_k_matrix(92)
 
 
 def test_earlier_orders_keep_their_matrices():
     for k, digest in EARLIER_TABLE_SHA256.items():
-        h = hadamard_k.hadamard_k_matrix(k).to(torch.int8)
+        h = matrices.hadamard_k_matrix(k).to(torch.int8)
         assert hashlib.sha256(h.numpy().tobytes()).hexdigest()[:16] == digest, f"order {k} changed"
 
 
 def test_construction_rules():
-    c = hadamard_k.construction
+    c = matrices.construction
     assert c(12) == ("paley1", 11)      # Paley II over GF(5) serves too: Paley I first
     assert c(28) == ("paley2", 13)      # a prime field before Paley I over GF(3³)
     assert c(244) == ("paley2", 121)    # both over prime powers: GF(11²) before GF(3⁵)
@@ -101,25 +100,25 @@ def test_construction_rules():
     assert c(464) == ("paley1", 463) and c(684) == ("paley1", 683)
     assert c(156) == ("williamson", 39) and c(172) == ("williamson", 43)
     assert c(1904) == ("kronecker", 28, 68)  # the first order only a Kronecker product reaches
-    assert c(64) == ("sylvester", 64) and torch.equal(hadamard_k._build(c(64)), symkernels.hadamard.hadamard_matrix(64))
-    h = hadamard_k._build(("kronecker", 12, 20))
+    assert c(64) == ("sylvester", 64) and torch.equal(matrices._build(c(64)), symkernels.hadamard.hadamard_matrix(64))
+    h = matrices._build(("kronecker", 12, 20))
     assert _is_hadamard(h)
-    assert torch.equal(h, torch.kron(hadamard_k.hadamard_k_matrix(12), hadamard_k.hadamard_k_matrix(20)))
-    assert torch.equal(hadamard_k.hadamard_k_matrix(24),
-                       torch.kron(hadamard_k.hadamard_k_matrix(12), symkernels.hadamard.hadamard_matrix(2)))
+    assert torch.equal(h, torch.kron(matrices.hadamard_k_matrix(12), matrices.hadamard_k_matrix(20)))
+    assert torch.equal(matrices.hadamard_k_matrix(24),
+                       torch.kron(matrices.hadamard_k_matrix(12), symkernels.hadamard.hadamard_matrix(2)))
 
 
 @pytest.mark.parametrize("q", [27, 81, 243])
 def test_paley_over_prime_power_fields(q):
     """Fields the order table does not use (Paley I over GF(3³), GF(3⁵); Paley II over GF(3⁴)): moduli of
     degree 4 and 5 need the trial division by quadratics, not only the root test."""
-    h = hadamard_k._build(("paley1", q) if q % 4 == 3 else ("paley2", q))
+    h = matrices._build(("paley1", q) if q % 4 == 3 else ("paley2", q))
     assert h.shape[0] == (q + 1 if q % 4 == 3 else 2 * (q + 1)) and _is_hadamard(h)
 
 
 @pytest.mark.parametrize("q", [25, 81, 125])
 def test_prime_power_field_is_a_field(q):
-    field = hadamard_k._GaloisField(q)
+    field = matrices._GaloisField(q)
     zero, one = field.elements[0], (1,) + (0,) * (field.e - 1)
     assert len(set(field.elements)) == q and zero == (0,) * field.e
 
@@ -141,42 +140,42 @@ def test_prime_power_field_is_a_field(q):
 @pytest.mark.parametrize("n,expected", [(4864, (76, 64)), (18944, (148, 128)), (29568, (924, 32)), (5120, (20, 256)),
                                         (11008, (172, 64)), (59392, (464, 128)), (368, (368, 1)), (96, (12, 8))])
 def test_decompose_picks_the_smallest_order(n, expected):
-    assert hadamard_k.decompose(n) == expected
+    assert matrices.decompose(n) == expected
 
 
 @pytest.mark.parametrize("n", [240, 96 * 8, 464 * 4, 76 * 64])
 def test_every_order_serving_n_gives_the_same_matrix(n):
     """Doubling is the first rule, so H_K ⊗ H_{n/K} is the same H_n for every K that divides n."""
-    h = hadamard_k.hadamard_matrix_any(n)
-    serving = [k for k in hadamard_k.ORDERS if n % k == 0 and (n // k) & (n // k - 1) == 0]
+    h = matrices.hadamard_matrix_any(n)
+    serving = [k for k in matrices.ORDERS if n % k == 0 and (n // k) & (n // k - 1) == 0]
     assert len(serving) >= 2
     for k in serving:
-        assert torch.equal(torch.kron(hadamard_k.hadamard_k_matrix(k), symkernels.hadamard.hadamard_matrix(n // k)), h)
+        assert torch.equal(torch.kron(matrices.hadamard_k_matrix(k), symkernels.hadamard.hadamard_matrix(n // k)), h)
 
 
 def test_constructions_differ_from_trivial_permutations():
     # Guards against a construction silently degenerating (e.g. Paley with a wrong character):
     # the orthogonality test would catch most, and here the Paley I core must be skew.
-    h = hadamard_k.hadamard_k_matrix(12)
+    h = matrices.hadamard_k_matrix(12)
     s = h - torch.eye(12, dtype=torch.float64)
     torch.testing.assert_close(s, -s.T)
-    h28 = hadamard_k.hadamard_k_matrix(28)  # Paley II is symmetric
+    h28 = matrices.hadamard_k_matrix(28)  # Paley II is symmetric
     torch.testing.assert_close(h28, h28.T)
 
 
 @pytest.mark.parametrize("n", MODEL_WIDTHS)
 def test_model_widths_supported(n):
-    k, p = hadamard_k.decompose(n)
-    assert k * p == n and p & (p - 1) == 0 and k in hadamard_k.ORDERS
+    k, p = matrices.decompose(n)
+    assert k * p == n and p & (p - 1) == 0 and k in matrices.ORDERS
 
 
 @pytest.mark.parametrize("n", UNSUPPORTED_WIDTHS)
 def test_unsupported_size_error_lists_nearest(n):
     with pytest.raises(ValueError, match="nearest supported sizes") as info:
         symkernels.hadamard_transform(torch.randn(2, n))
-    near = hadamard_k.nearest_supported(n)
+    near = matrices.nearest_supported(n)
     assert str(near[0]) in str(info.value) and str(near[-1]) in str(info.value)
-    assert all(hadamard_k.decompose(s) is not None or s & (s - 1) == 0 for s in near)
+    assert all(matrices.decompose(s) is not None or s & (s - 1) == 0 for s in near)
 
 
 def test_bad_dtype_and_scale():
@@ -201,15 +200,15 @@ def test_cpu_op_rejects_bad_hk():
 def test_two_pass_reference_matches_dense_truth(n):
     x = torch.randn(3, n, dtype=torch.float64)
     for transpose in (False, True):
-        out = hadamard_k.reference_two_pass(x, hk_for(n, x.dtype, x.device, transpose), 0.5)
-        assert_close(out, hadamard_k.reference_dense(x, 0.5, transpose=transpose), msg=f"n={n}")
+        out = reference.reference_two_pass(x, hk_for(n, x.dtype, x.device, transpose), 0.5)
+        assert_close(out, reference.reference_dense(x, 0.5, transpose=transpose), msg=f"n={n}")
 
 
 def test_dense_matrix_definition_by_index():
     # H_n[k·P + j, k'·P + j'] = H_K[k, k'] · H_P[j, j'] (the documented ordering), checked entrywise.
     n, k, p = 48, 12, 4
-    h = hadamard_k.hadamard_matrix_any(n)
-    hk = hadamard_k.hadamard_k_matrix(k)
+    h = matrices.hadamard_matrix_any(n)
+    hk = matrices.hadamard_k_matrix(k)
     hp = symkernels.hadamard.hadamard_matrix(p)
     for a in range(n):
         for b in range(0, n, 5):
@@ -223,7 +222,7 @@ def test_kernels_match_truth_small(kernel_backend, n):
         n = 12 * 4 if n < 100 else n  # the interpreter is slow: big orders only with P = 1
     x = torch.randn(3, n, dtype=torch.float32, device=device)
     out = symkernels.hadamard_transform(x, 1 / math.sqrt(n), backend=kernel_backend)
-    assert_close(out, hadamard_k.reference_dense(x, 1 / math.sqrt(n)).float(), msg=f"{kernel_backend} n={n}")
+    assert_close(out, reference.reference_dense(x, 1 / math.sqrt(n)).float(), msg=f"{kernel_backend} n={n}")
 
 
 # The Triton interpreter is slow: one old order (12) and one new (76) stand for the rest there.
@@ -240,7 +239,7 @@ def test_llm_widths_match_truth(backend, n):
     scale = 1 / math.sqrt(n)
     for transpose in (False, True) if n & (n - 1) else (False,):
         out = symkernels.hadamard_transform(x, scale, transpose=transpose, backend=backend)
-        truth = hadamard_k.reference_dense(x, scale, transpose=transpose).float()
+        truth = reference.reference_dense(x, scale, transpose=transpose).float()
         assert_close(out, truth, msg=f"{backend} n={n} ({LLM_WIDTHS[n]}) transpose={transpose}")
 
 
@@ -251,8 +250,8 @@ def test_dtypes_within_torch_error(kernel_backend, dtype):
     device = backend_device(kernel_backend)
     n = 20 * 4
     x = torch.randn(4, n, device=device).to(dtype)
-    truth = hadamard_k.reference_dense(x, 0.25)
-    torch_out = (x @ hadamard_k.hadamard_matrix_any(n, dtype=dtype, device=device).T) * 0.25
+    truth = reference.reference_dense(x, 0.25)
+    torch_out = (x @ matrices.hadamard_matrix_any(n, dtype=dtype, device=device).T) * 0.25
     out = symkernels.hadamard_transform(x, 0.25, backend=kernel_backend)
     assert out.dtype == dtype
     if dtype == torch.float64:
@@ -276,7 +275,7 @@ def test_nan_and_inf_propagate(kernel_backend):
     x[0, 3] = float("nan")
     x[1, 5] = float("inf")
     out = symkernels.hadamard_transform(x, backend=kernel_backend)
-    ref = hadamard_k.reference_two_pass(x, hk_for(24, x.dtype, x.device), 1.0)
+    ref = reference.reference_two_pass(x, hk_for(24, x.dtype, x.device), 1.0)
     assert torch.equal(out.isnan(), ref.isnan()) and bool(out[0].isnan().all())
     assert torch.equal(out.isfinite(), ref.isfinite())
 
@@ -310,16 +309,16 @@ def test_triton_backward_matches_reference():
     g2 = torch.randn_like(x).requires_grad_()
     (gx,) = torch.autograd.grad(symkernels.hadamard_transform(x, 0.3, backend="triton"), x, g2, create_graph=True)
     (ggt,) = torch.autograd.grad(gx, g2, v)
-    assert_close(ggt, hadamard_k.reference_dense(v, 0.3))
+    assert_close(ggt, reference.reference_dense(v, 0.3))
 
 
 def test_jvp_matches_reference(kernel_backend):
     device = backend_device(kernel_backend)
     x, t = torch.randn(2, 40, device=device), torch.randn(2, 40, device=device)
     _, tangent = torch.func.jvp(lambda a: symkernels.hadamard_transform(a, 0.5, backend=kernel_backend), (x,), (t,))
-    assert_close(tangent, hadamard_k.reference_dense(t, 0.5).float())
+    assert_close(tangent, reference.reference_dense(t, 0.5).float())
     batched = torch.vmap(lambda a: symkernels.hadamard_transform(a, 0.5, backend=kernel_backend))(x[:, None, :])
-    assert_close(batched[:, 0], hadamard_k.reference_dense(x, 0.5).float())
+    assert_close(batched[:, 0], reference.reference_dense(x, 0.5).float())
 
 
 def test_opcheck_dispatcher_op():
@@ -350,7 +349,7 @@ def test_hypothesis_shapes(k, log_p, batch, noncontig, seed):
     gen = torch.Generator().manual_seed(seed)
     x = (random_noncontiguous((*batch, n), dtype=torch.float32, generator=gen) if noncontig
          else torch.randn(*batch, n, generator=gen))
-    truth = hadamard_k.reference_dense(x, 0.5).float()
+    truth = reference.reference_dense(x, 0.5).float()
     backends = ["reference"] + [b for b in ("cpu", "triton") if _backend.backend_status(b)]
     for b in backends:
         if b == "triton" and torch.cuda.is_available():
@@ -388,12 +387,12 @@ def test_cpu_orders_both_mix_routes(k):
     gen = torch.Generator().manual_seed(k)
     for p in (16, 32, 64):
         n = k * p
-        assert hadamard_k.decompose(n) == (k, p)
+        assert matrices.decompose(n) == (k, p)
         x = torch.randn(2, n, generator=gen)
         for transpose in (False, True):
             hk = hk_for(n, torch.float32, x.device, transpose)
             out = _cpu_op(x, hk, 0.5)
-            truth = hadamard_k.reference_two_pass(x.double(), hk.double(), 0.5)
+            truth = reference.reference_two_pass(x.double(), hk.double(), 0.5)
             assert_close(out, truth.float(), msg=f"K={k} P={p} transpose={transpose}")
             assert_close(out, _cpu_op(x, 2 * hk, 0.25), msg=f"K={k} P={p}: sign-class vs FMA mix")
 
@@ -406,13 +405,13 @@ def test_cpu_sign_class_mix_dtypes(dtype):
     n = 172 * 32
     x = torch.randn(3, n, dtype=torch.float64).to(dtype)
     hk = hk_for(n, dtype, x.device)
-    truth = hadamard_k.reference_two_pass(x.double(), hk.double(), 0.125)
+    truth = reference.reference_two_pass(x.double(), hk.double(), 0.125)
     out = _cpu_op(x, hk, 0.125)
     assert out.dtype == dtype
     if dtype == torch.float64:
         assert_close(out, truth)
     else:
-        torch_out = hadamard_k.reference_two_pass(x.float(), hk.float(), 0.125).to(dtype)
+        torch_out = reference.reference_two_pass(x.float(), hk.float(), 0.125).to(dtype)
         assert_within_torch_error(out, truth, torch_out, msg=f"{dtype}")
 
 
@@ -425,7 +424,7 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     for k, p in ((64, 32), (300, 32)):  # 1-byte and 2-byte class lists
         hk = (torch.randint(0, 2, (k, k), generator=gen) * 2 - 1).float()
         x = random_noncontiguous((2, 3, k * p), dtype=torch.float32, generator=gen)
-        assert_close(_cpu_op(x, hk, 0.3), hadamard_k.reference_two_pass(x.double(), hk.double(), 0.3).float(),
+        assert_close(_cpu_op(x, hk, 0.3), reference.reference_two_pass(x.double(), hk.double(), 0.3).float(),
                      msg=f"random ±1 K={k}")
     n = 108 * 64
     hk = hk_for(n, torch.float32, torch.device("cpu"))
@@ -433,7 +432,7 @@ def test_cpu_sign_class_mix_any_pm1_matrix_and_specials():
     x[0, 5] = float("nan")
     x[1, 700] = float("inf")
     x[2, 3], x[2, 64 * 50 + 3] = float("inf"), float("-inf")  # same column j in two segments
-    out, ref = _cpu_op(x, hk, 1.0), hadamard_k.reference_two_pass(x.double(), hk.double(), 1.0)
+    out, ref = _cpu_op(x, hk, 1.0), reference.reference_two_pass(x.double(), hk.double(), 1.0)
     assert torch.equal(out.isnan(), ref.isnan()) and bool(out[0].isnan().all())
     assert torch.equal(out.isfinite(), ref.isfinite())
     assert torch.equal(out.isinf() & (out > 0), ref.isinf() & (ref > 0))
@@ -460,29 +459,29 @@ def test_cpu_plan_cache_keys_on_matrix_contents():
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
     k = 60
-    hk = hadamard_k.hadamard_k_matrix(k).float().contiguous()
+    hk = matrices.hadamard_k_matrix(k).float().contiguous()
     for p in (32, 64):
         x = torch.randn(2, k * p)
         for _ in range(2):
-            assert_close(_cpu_op(x, hk, 1.0), hadamard_k.reference_two_pass(x.double(), hk.double(), 1.0).float())
+            assert_close(_cpu_op(x, hk, 1.0), reference.reference_two_pass(x.double(), hk.double(), 1.0).float())
             hk[:, 7] *= -1  # same tensor, same storage, new contents (still ±1: still the sign-class route)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_triton_two_pass_kronecker(dtype, monkeypatch):
-    """Tiles K_pad·P above hadamard_k_triton.MAX_TILE (n = 28·2048 on a GPU) run as the FWHT of every
+    """Tiles K_pad·P above hadamard_triton.MAX_TILE (n = 28·2048 on a GPU) run as the FWHT of every
     segment, then the K-mix over column blocks. Forced here at n = 12·64 by shrinking the limit (4 column
     blocks), against the dense truth; fp16 checks the fp32 intermediate within torch's own error."""
     if not _backend.backend_status("triton"):
         pytest.skip("triton backend unavailable")
-    from symkernels.hadamard import hadamard_k_triton
+    from symkernels.hadamard import triton as hadamard_triton
 
-    monkeypatch.setattr(hadamard_k_triton, "MAX_TILE", 256)
+    monkeypatch.setattr(hadamard_triton, "MAX_TILE", 256)
     n = 12 * 64
     x = torch.randn(3, n, dtype=torch.float64)
-    truth = hadamard_k.reference_dense(x, 1 / math.sqrt(n))
+    truth = reference.reference_dense(x, 1 / math.sqrt(n))
     out = symkernels.hadamard_transform(x.to(dtype), 1 / math.sqrt(n), backend="triton")
     if dtype == torch.float16:
-        assert_within_torch_error(out, truth, hadamard_k.reference_dense(x.to(dtype), 1 / math.sqrt(n)))
+        assert_within_torch_error(out, truth, reference.reference_dense(x.to(dtype), 1 / math.sqrt(n)))
     else:
         assert_close(out, truth.to(dtype))

@@ -1,11 +1,15 @@
-"""Hadamard transforms of size n = K·2^m (K not a power of two), as used by QuaRot for LLM widths.
+"""The Hadamard matrices, and which sizes n have one: everything the transforms need to know about H_n.
 
-The matrix is the Kronecker product ``H_n = H_K ⊗ H_{2^m}``: element ``k·2^m + j`` of a row (k < K,
-j < 2^m) is mixed with the others as
+**Powers of two.** ``hadamard_matrix(n)`` is the Sylvester matrix H_1 = [1], H_2n = [[H_n, H_n], [H_n, −H_n]]
+(entry (i, j) is (−1)^popcount(i & j), what ``scipy.linalg.hadamard`` returns): symmetric, H_n H_nᵀ = n·I.
+
+**n = K·2^m** (K not a power of two, as QuaRot needs for LLM widths): the Kronecker product
+``H_n = H_K ⊗ H_{2^m}``; element ``k·2^m + j`` of a row (k < K, j < 2^m) is mixed with the others as
 
     y[k·2^m + j] = scale · Σ_{k', j'} H_K[k, k'] · H_{2^m}[j, j'] · x[k'·2^m + j'],
 
-with the Sylvester H_{2^m} of ``symkernels.hadamard.reference``.
+with the Sylvester H_{2^m}. ``decompose(n)`` gives (K, 2^m), ``hk_for(n, …)`` the K×K factor the kernels
+apply, ``supported_size(n)`` whether any transform serves n.
 
 **Orders.** ``ORDERS`` holds every order K ≤ ``MAX_ORDER`` = 1024 (K ≡ 0 mod 4, not a power of two) that
 the rules below reach: 191 of the 247 candidates. ``construction(K)`` names the rule used for K; the
@@ -55,6 +59,8 @@ import math
 
 import torch
 
+# Powers of two 2^1 .. 2^15 = 32768: the range every backend of the power-of-two transform supports.
+MAX_LOG2_SIZE = 15
 # Largest supported n for the K·2^m transforms (all backends). 65536 covers every LLM width in the
 # design note (the largest, 29568 = 924·2^5) and Llama-3-405B's 53248 = 52·2^10.
 MAX_SIZE = 1 << 16
@@ -77,6 +83,18 @@ _H2 = ((1, 1), (1, -1))
 
 def _is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
+
+
+def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+                    ) -> torch.Tensor:
+    """The n×n Sylvester Hadamard matrix (n a power of two), built by Kronecker doubling."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"n must be a power of two, got {n}")
+    h = torch.ones(1, 1, dtype=dtype, device=device)
+    base = torch.tensor([[1, 1], [1, -1]], dtype=dtype, device=device)
+    while h.shape[0] < n:
+        h = torch.kron(base, h)
+    return h
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,13 +252,11 @@ def construction(k: int) -> tuple | None:
 ORDERS = tuple(k for k in range(12, MAX_ORDER + 1, 4) if not _is_power_of_two(k) and construction(k) is not None)
 _ORDER_SET = frozenset(ORDERS)
 # For error messages: the table is too long to print.
-ORDERS_SUMMARY = f"hadamard_k.ORDERS ({len(ORDERS)} orders from {ORDERS[0]} to {ORDERS[-1]})"
+ORDERS_SUMMARY = f"symkernels.hadamard.ORDERS ({len(ORDERS)} orders from {ORDERS[0]} to {ORDERS[-1]})"
 
 
 def _build(rule: tuple) -> torch.Tensor:
     """The float64 ±1 matrix a ``construction()`` result describes."""
-    from symkernels.hadamard.reference import hadamard_matrix
-
     kind, *params = rule
     if kind == "sylvester":
         return hadamard_matrix(params[0])
@@ -296,9 +312,22 @@ def decompose(n: int) -> tuple[int, int] | None:
     return None
 
 
+def factor(n: int) -> tuple[int, int] | None:
+    """(K, P) with n = K·P for every size the transforms serve: (1, n) for a power of two 2..2^15, else
+    ``decompose(n)``; None if no transform serves n."""
+    if 2 <= n <= 1 << MAX_LOG2_SIZE and n & (n - 1) == 0:
+        return 1, n
+    return decompose(n)
+
+
+def supported_size(n: int) -> bool:
+    """Whether ``hadamard_transform`` serves rows of n (a power of two 2..2^15, or K·2^m)."""
+    return factor(n) is not None
+
+
 def supported_sizes(limit: int = MAX_SIZE) -> list[int]:
     """Every n ≤ limit with a transform: powers of two 2..2^15 and K·2^m for K in ``ORDERS``."""
-    sizes = {1 << e for e in range(1, 16) if (1 << e) <= limit}
+    sizes = {1 << e for e in range(1, MAX_LOG2_SIZE + 1) if (1 << e) <= limit}
     for k in ORDERS:
         p = 1
         while k * p <= min(limit, MAX_SIZE):
@@ -315,15 +344,9 @@ def nearest_supported(n: int, count: int = 2) -> list[int]:
     return below + above
 
 
-def is_supported_k_size(n: int) -> bool:
-    return decompose(n) is not None
-
-
 def hadamard_matrix_any(n: int, *, dtype: torch.dtype = torch.float64,
                         device: torch.device | str | None = None) -> torch.Tensor:
     """Dense ±1 H_n for any supported n (power of two: Sylvester; else H_K ⊗ H_{2^m})."""
-    from symkernels.hadamard.reference import hadamard_matrix
-
     if _is_power_of_two(n):
         return hadamard_matrix(n, dtype=dtype, device=device)
     kp = decompose(n)
@@ -333,52 +356,19 @@ def hadamard_matrix_any(n: int, *, dtype: torch.dtype = torch.float64,
     return torch.kron(hadamard_k_matrix(k), hadamard_matrix(p)).to(dtype=dtype, device=device)
 
 
-# ---------------------------------------------------------------------------------------------------
-# References
-
-def reference_dense(x: torch.Tensor, scale: float = 1.0, transpose: bool = False) -> torch.Tensor:
-    """x @ H_nᵀ · scale (or x @ H_n · scale when transposing) in float64: the independent truth.
-
-    Dense matrices only, no butterflies. Up to n = 4096 the n×n matrix is built; above, the Kronecker
-    identity (A ⊗ B) vec(X) = vec(A X Bᵀ) applies the dense H_K and H_P factors (an n×n fp64 matrix at
-    n = 28672 would take 6.6 GB). A power of two n is split the same way, as H_64 ⊗ H_{n/64} (Sylvester
-    matrices are Kronecker powers of H_2).
-    """
-    from symkernels.hadamard.reference import hadamard_matrix
-
-    n = x.shape[-1]
-    if n <= 4096:
-        h = hadamard_matrix_any(n, device=x.device)
-        return x.double() @ (h if transpose else h.T) * scale
-    if _is_power_of_two(n):
-        k, p = 64, n // 64
-        hk = hadamard_matrix(k, device=x.device)
-    else:
-        k, p = decompose(n)
-        hk = hadamard_k_matrix(k, device=x.device)
-    hp = hadamard_matrix(p, device=x.device)
-    if transpose:
-        hk = hk.T
-    y = hk @ x.double().reshape(*x.shape[:-1], k, p) @ hp.T
-    return y.reshape(x.shape) * scale
+@functools.lru_cache(maxsize=64)
+def _hk(k: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    h = hadamard_k_matrix(k)
+    return (h.T if transpose else h).contiguous().to(dtype=dtype, device=device)
 
 
-def reference_two_pass(x: torch.Tensor, hk: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """QuaRot's route: FWHT over the 2^m part, then a dense K×K product; fp32 (fp64 for fp64) math.
-
-    ``hk`` is the K×K matrix applied (H_K, or H_Kᵀ for the transposed transform).
-    """
-    from symkernels.hadamard import reference
-
-    n = x.shape[-1]
-    k = hk.shape[0]
-    p = n // k
-    acc = reference.accumulation_dtype(x.dtype)
-    y = x.to(acc).reshape(*x.shape[:-1], k, p)
-    if p > 1:
-        y = reference.hadamard_transform(y, 1.0)
-    y = torch.matmul(hk.to(acc), y)  # [K, K] @ [..., K, P]
-    return (y * scale).reshape(x.shape).to(x.dtype)
+# A constant of the traced graph: without this, dynamo would trace through the lru_cache into the
+# construction of H_K and its data-dependent H·Hᵀ = K·I check (a graph break under fullgraph=True).
+@torch.compiler.assume_constant_result
+def hk_for(n: int, dtype: torch.dtype, device: torch.device, transpose: bool = False) -> torch.Tensor:
+    """The K×K factor the kernels apply for size n (fp64 for fp64 data, else fp32; ±1 is exact in both)."""
+    k, _ = decompose(n)
+    return _hk(k, transpose, torch.float64 if dtype == torch.float64 else torch.float32, device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -402,19 +392,3 @@ def random_hadamard(n: int, seed: int = 0, *, dtype: torch.dtype = torch.float64
     h = hadamard_matrix_any(n)
     q = random_signs(n, seed)[:, None] * h.T / math.sqrt(n)
     return q.to(dtype=dtype, device=device)
-
-
-def randomized_hadamard_transform(x: torch.Tensor, seed: int = 0, *, inverse: bool = False,
-                                  backend: str | None = None) -> torch.Tensor:
-    """``x @ random_hadamard(n, seed)`` (``inverse=True``: ``x @ Qᵀ``), with the fast transform.
-
-    x·diag(s)·H_nᵀ/√n is the sign flip followed by ``hadamard_transform(·, 1/√n)``; the inverse is
-    the transposed transform followed by the same sign flip.
-    """
-    from symkernels.hadamard.ops import hadamard_transform
-
-    n = x.shape[-1]
-    s = random_signs(n, seed, dtype=x.dtype, device=x.device)
-    if not inverse:
-        return hadamard_transform(x * s, 1.0 / math.sqrt(n), backend=backend)
-    return hadamard_transform(x, 1.0 / math.sqrt(n), backend=backend, transpose=True) * s
