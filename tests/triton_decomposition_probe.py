@@ -35,6 +35,10 @@ def _cases(device):
         "int4_matmul": (ops.int4_matmul, (torch.empty(8, 128, **u8), torch.empty(8, 1, **f32),
                                           torch.empty(32, 128, **u8), torch.empty(32, 1, **f32), None,
                                           torch.float32)),
+        "jacobi_rnn_iterate": (ops.jacobi_rnn_iterate, (torch.empty(16, 2, 8, **f32), torch.empty(2, 8, **f32),
+                                                        torch.empty(8, 8, **f32), torch.empty(8, **f32),
+                                                        torch.empty(16, 2, 8, **f32), 0, 4, 0.0, "elman", "tanh",
+                                                        False)),
     }
 
 

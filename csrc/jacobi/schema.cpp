@@ -11,4 +11,9 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
   // -1 for iterations not run.
   m.def("jacobi_rnn_iterate(Tensor u, Tensor h0, Tensor w_hh, Tensor b_hh, Tensor h, int start, int iters, "
         "float tol, str cell, str nonlinearity, bool sequential) -> (Tensor, Tensor)");
+  // One iteration's convergence test and write-back for the general solver: compares the evaluated rows
+  // `new` with the iterate's rows `old` (same shape, rows along dim 0) bitwise, then copies new into old.
+  // Returns float64 [2] = (max |new − old| over moved values, inf if one is non-finite; index of the first
+  // row that changed bitwise, or the row count).
+  m.def("jacobi_commit(Tensor(a!) old, Tensor new) -> Tensor");
 }

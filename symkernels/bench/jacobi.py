@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -100,6 +101,13 @@ def rnn_cases(device, quick) -> Iterable[Case]:
                                                         check_every=64)
             impls["our kernel, sequential sweep"] = lambda a=args, c=cell: rnn(*a, cell=c, backend=kernel_backend,
                                                                               method="gauss_seidel")
+            # method="auto": Jacobi or the sweep by the calibrated cost model (its pick in extra["auto"]).
+            with torch.no_grad():
+                _, auto_info = rnn(*args, cell=cell, tol=TOL, backend=kernel_backend, method="auto",
+                                   return_info=True, check_every=64)
+            extra["auto"] = auto_info.method.split(":")[1]
+            impls["auto (tol 1e-6)"] = lambda a=args, c=cell: rnn(*a, cell=c, tol=TOL, backend=kernel_backend,
+                                                                 method="auto", check_every=64)
         else:
             ours = "jacobi reference (tol 1e-6)"
             impls[ours] = lambda a=args, c=cell: rnn(*a, cell=c, tol=TOL, backend="reference")
@@ -119,7 +127,7 @@ def rnn_cases(device, quick) -> Iterable[Case]:
         # the least work: one sequential pass of the recurrent mat-vecs (Jacobi's extra sweeps are its overhead,
         # which the roofline share then shows)
         yield Case(op=f"rnn_{cell}", shape=f"T={T} B={B} H={H} gain={gain}", dtype="float32", impls=impls, ours=ours,
-                   flops=2 * T * B * H * G, extra=extra, context=("our kernel, sequential sweep",))
+                   flops=2 * T * B * H * G, extra=extra, context=("our kernel, sequential sweep", "auto (tol 1e-6)"))
 
 
 _MODULES = {"elman": ("RNN", jacobi.RNN), "gru": ("GRU", jacobi.GRU), "lstm": ("LSTM", jacobi.LSTM)}
@@ -167,24 +175,61 @@ def module_cases(device, quick) -> Iterable[Case]:
                    context=("our module, sequential sweep",))
 
 
+# The trained digits MADE's weights, kept between runs (build/ is not committed): training is most of the case.
+_DIGITS_CACHE = Path(__file__).resolve().parents[2] / "build" / "bench-cache" / "made_digits_64x256x256_800.pt"
+
+
+def _digits_made(device):
+    """The worked example's model (symkernels.jacobi.examples): MADE 64-256-256-64 trained on binarized digits,
+    800 Adam steps (deterministic; cached in build/bench-cache); None without scikit-learn."""
+    model = MADE(64, (256, 256), seed=0)
+    if _DIGITS_CACHE.exists():
+        model.load_state_dict(torch.load(_DIGITS_CACHE))
+        return model.eval().to(device)
+    try:
+        from symkernels.jacobi import examples
+        data = examples.load_binarized_digits()
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    examples.train(model, data, 800, seed=0)
+    try:
+        _DIGITS_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), _DIGITS_CACHE)
+    except OSError:  # a read-only checkout: train again next time
+        pass
+    return model.eval().to(device)
+
+
 def made_cases(device, quick) -> Iterable[Case]:
     # An untrained MADE barely conditions on the past (near-constant outputs converge in ~2 passes); scaling
-    # the random weights ×3 gives conditionals that depend on the past as a trained model's do. The trained
-    # digits model is in `python -m symkernels.jacobi.example_made_digits`.
-    for D, hidden, B in ([(64, 256, 100)] if quick else [(64, 256, 100), (64, 256, 1), (784, 512, 100)]):
-        model = MADE(D, (hidden, hidden), seed=0).to(device)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(3.0)
+    # the random weights ×3 gives conditionals that depend on the past as a trained model's do. The first case
+    # is the trained digits model of `python -m symkernels.jacobi.examples` (issue #14's measurement).
+    grid = [("digits", 64, 256, 200)] + ([(None, 64, 256, 100)] if quick else
+                                         [(None, 64, 256, 100), (None, 64, 256, 1), (None, 784, 512, 100)])
+    for trained, D, hidden, B in grid:
+        if trained:
+            model = _digits_made(device)
+            if model is None:
+                continue
+        else:
+            model = MADE(D, (hidden, hidden), seed=0).to(device)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(3.0)
         noise = torch.rand(B, D, generator=torch.Generator().manual_seed(1)).to(device)
         seq = made_sample(model, noise, method="gauss_seidel")
         jac, info = made_sample(model, noise, return_info=True)
+        _, auto_info = made_sample(model, noise, method="auto", return_info=True)
         assert torch.equal(seq, jac)
-        yield Case(op="made_sample", shape=f"D={D} hidden={hidden}x2 B={B}", dtype="float32",
+        yield Case(op="made_sample", shape=f"D={D} hidden={hidden}x2 B={B}{' digits' if trained else ''}",
+                   dtype="float32",
                    impls={"jacobi (exact)": lambda m=model, n=noise: made_sample(m, n),
-                          "sequential (D passes)": lambda m=model, n=noise: made_sample(m, n, method="gauss_seidel")},
-                   ours="jacobi (exact)", extra={"iters": info.iterations, "T/iters": round(D / info.iterations, 1),
-                                                 "identical": True})
+                          "sequential (D passes)": lambda m=model, n=noise: made_sample(m, n, method="gauss_seidel"),
+                          "auto (exact)": lambda m=model, n=noise: made_sample(m, n, method="auto")},
+                   ours="jacobi (exact)", context=("auto (exact)",),
+                   extra={"iters": info.iterations, "T/iters": round(D / info.iterations, 1), "identical": True,
+                          "auto": auto_info.method.split(":")[1]})
 
 
 @sweep("jacobi")

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 
-from symkernels import _backend
-from symkernels.jacobi import reference
-from symkernels.jacobi.solver import SolveInfo, solve
+from symkernels import _backend, _library
+from symkernels.jacobi import reference, solver
+from symkernels.jacobi.solver import SolveInfo, Sweep, solve
 
 OP_NAME = "jacobi_rnn_iterate"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
-RNN_METHODS = ("jacobi", "gauss_seidel", "newton")
+RNN_METHODS = ("jacobi", "gauss_seidel", "newton", "auto")
 CELLS = ("elman", "gru", "lstm")
 NONLINEARITIES = ("tanh", "relu")
-# Residual growth over its best value that counts as divergence (see symkernels/jacobi/solver.py).
-DIVERGENCE_FACTOR = 1e8
+_triton_iterate = _library.TritonLauncher("symkernels.jacobi.triton.jacobi_rnn_iterate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +104,18 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
         cell: ``"elman"``, ``"gru"`` or ``"lstm"``. The LSTM's fixed point is over the pair (h_t, c_t) jointly
             (residual, frozen prefix and exact stop over both).
         nonlinearity: ``"tanh"`` or ``"relu"`` (Elman only).
-        method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel) or
+        method: ``"jacobi"``, ``"gauss_seidel"`` (the ordinary sequential loop, by the same kernel),
             ``"newton"`` (DEER: linearise and solve by a parallel associative scan; reference backend only,
-            needs ``tol > 0``).
+            needs ``tol > 0``) or ``"auto"``: Jacobi or the sequential sweep, whichever the cost model predicts
+            faster. The model (:class:`~symkernels.jacobi.solver.CostModel`, per device type, backend and
+            dtype, measured once on two small problems and cached in ``COST_MODELS``): a sequential step costs
+            ``seq_fixed + seq_per_unit·B·H·G``, a Jacobi iteration over n timesteps ``jac_fixed +
+            jac_per_unit·n·B·H·G``; Jacobi is planned for 32 iterations (at most T) and chosen if that costs no
+            more than the sweep, with ``max_iters`` capped at the break-even count (past it the sweep finishes
+            from the exact prefix: a wrong plan costs at most one more sweep).
+            ``info.method`` says "auto:jacobi" or "auto:gauss_seidel". On CPU a Jacobi iteration does T times a
+            step's work on two cores, so the sweep wins unless very few iterations are expected; on a GPU a
+            latency-bound iteration costs about a step and Jacobi wins tolerance solves.
         tol: 0 for the exact fixed point; > 0 stops when no state moved by more than ``tol``.
         max_iters: cap on Jacobi iterations (default T). Unconverged or divergent (non-finite, or a residual
             grown 1e8×) solves are finished by the exact sequential sweep from the exact prefix and reported.
@@ -134,78 +143,133 @@ def rnn(x: torch.Tensor, h0, w_ih: torch.Tensor, w_hh: torch.Tensor, b: torch.Te
         impl = "reference"
     else:
         impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    requested = method
+    if method == "auto":
+        T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+        method, cap = solver.choose_method(cost_model(impl, device, x.dtype), T, solver.expected_iterations(T),
+                                           width=B * H * reference.gates(cell) * H)
+        if method == "jacobi":
+            max_iters = cap if max_iters is None else min(max_iters, cap)
     b_ih, b_hh = reference.split_bias(b, cell)
     u = reference.input_projection(x, w_ih, b_ih)
     info: list = []
     config = _Config(cell, nonlinearity, method, float(tol), max_iters, check_every, impl, info)
     s = reference.unpack_state(cell, _JacobiRNN.apply(u, reference.pack_state(cell, h0, c0), w_hh, b_hh, config))
+    if requested == "auto":
+        info[0].method = f"auto:{method}"
     return (s, info[0]) if return_info else s
+
+
+# method="auto"'s calibration per (device type, implementation, dtype): measured on first use, then cached; a
+# test or a user may set an entry (the constants of a known machine) instead.
+COST_MODELS: dict[tuple[str, str, torch.dtype], solver.CostModel] = {}
+# Calibration problems: Elman, T timesteps, two (batch, hidden) sizes far enough apart to separate the fixed
+# cost of a step/iteration from its per-multiply-add cost.
+_CALIBRATION_T = 64
+_CALIBRATION_SIZES = ((1, 16), (8, 64))
+
+
+def cost_model(impl: str, device: torch.device, dtype: torch.dtype) -> solver.CostModel:
+    """The :class:`~symkernels.jacobi.solver.CostModel` of ``rnn(method="auto")`` on this implementation, in
+    seconds per step/iteration and per recurrent multiply-add (width of a timestep: B·H·G)."""
+    key = (torch.device(device).type, impl, dtype)
+    if key not in COST_MODELS:
+        COST_MODELS[key] = _calibrate(impl, torch.device(device), dtype)
+    return COST_MODELS[key]
+
+
+def _best_time(fn, device: torch.device, reps: int = 3) -> float:
+    best = math.inf
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _calibrate(impl: str, device: torch.device, dtype: torch.dtype) -> solver.CostModel:
+    """Time one sequential sweep and one Jacobi iteration at two sizes; fit fixed + per-multiply-add costs."""
+    T = _CALIBRATION_T
+    widths, seq, jac = [], [], []
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for B, H in _CALIBRATION_SIZES:
+            u = torch.randn(T, B, H, generator=g, dtype=dtype).to(device)
+            w = (0.5 * torch.randn(H, H, generator=g, dtype=dtype) / math.sqrt(H)).to(device)
+            h0, b = torch.zeros(B, H, dtype=dtype, device=device), torch.zeros(H, dtype=dtype, device=device)
+            h = torch.zeros(T, B, H, dtype=dtype, device=device)
+            if impl == "reference":  # its sweep is the solver's loop over cell_step, an iteration one batched call
+                sweep = lambda: reference.rnn_jacobi(u, h0, w, b, "elman", "tanh", method="gauss_seidel")  # noqa: E731
+                iteration = lambda: reference.cell_step(_shift(h0, h), u, w, b, "elman", "tanh")  # noqa: E731
+            else:
+                sweep = lambda: _iterate(impl, u, h0, w, b, h, 0, 1, 0.0, "elman", "tanh", True)  # noqa: E731
+                iteration = lambda: _iterate(impl, u, h0, w, b, h, 0, 1, 0.0, "elman", "tanh", False)  # noqa: E731
+            sweep(), iteration()  # warm-up (first-call costs: allocation, Triton compilation)
+            widths.append(B * H * H)
+            seq.append(_best_time(sweep, device) / T)
+            jac.append(_best_time(iteration, device))
+    (w1, w2), (s1, s2), (j1, j2) = widths, seq, jac
+    seq_unit = max(0.0, (s2 - s1) / (w2 - w1))
+    jac_unit = max(0.0, (j2 - j1) / (T * (w2 - w1)))
+    return solver.CostModel(seq_fixed=max(0.0, s1 - seq_unit * w1), seq_per_unit=seq_unit,
+                            jac_fixed=max(0.0, j1 - jac_unit * T * w1), jac_per_unit=jac_unit)
 
 
 def _iterate(impl: str, u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
     if impl == "triton":
-        from symkernels.jacobi import triton as triton_impl  # late: triton is optional
-
-        return triton_impl.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
-                                              sequential)
+        return _triton_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential)
     return torch.ops.symkernels.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
                                                    sequential)
 
 
-def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, SolveInfo]:
-    """Drive the iteration kernel: ``check_every`` iterations per call, one host read of its record per call.
+class _KernelEngine:
+    """The fused iteration kernel as an engine of the solver's one loop (:func:`solver.iterate`): a call runs up
+    to ``check_every`` iterations, testing convergence and advancing the frozen pointer itself, and the loop
+    reads its (residual, pointer) record once per call. ``h0`` and the iterate are packed states (width S: H,
+    or 2H for the LSTM's [h, c]); a row is one (timestep, batch) state."""
 
-    ``h0`` and the iterate are packed states (width S: H, or 2H for the LSTM's [h, c])."""
-    T, B, S = u.shape[0], u.shape[1], h0.shape[1]
-    info = SolveInfo(method=cfg.method)
-    h = h0.unsqueeze(0).expand(T, B, S).contiguous()
-    args = (u, h0, w_hh, b_hh)
-    if cfg.method == "gauss_seidel" or T == 0:
-        h, _ = _iterate(cfg.impl, *args, h, 0, 1, 0.0, cfg.cell, cfg.nonlinearity, True)
-        info.iterations = info.evaluations = T
-        info.residuals, info.prefix = [0.0], [T]
-        info.converged = info.exact = True
-        return h, info
-    cap = cfg.max_iters if cfg.max_iters is not None else T
-    p, best, failure = 0, math.inf, None
-    while p < T:
-        if info.iterations >= cap:
-            failure = f"not converged after max_iters={cap} iterations (exact prefix {p} of {T} timesteps)"
-            break
-        m = min(cfg.check_every, cap - info.iterations)
-        h, stats = _iterate(cfg.impl, *args, h, p, m, cfg.tol, cfg.cell, cfg.nonlinearity, False)
-        stats = stats.cpu()  # the one host sync per call
-        for resid, ptr in stats.tolist():
+    def __init__(self, u, h0, w_hh, b_hh, cfg: _Config):
+        self.T, self.B = u.shape[0], u.shape[1]
+        self.args, self.cfg = (u, h0, w_hh, b_hh), cfg
+        self.h = h0.unsqueeze(0).expand(self.T, self.B, h0.shape[1]).contiguous()
+
+    def _call(self, start, iters, tol, sequential):
+        self.h, stats = _iterate(self.cfg.impl, *self.args, self.h, start, iters, tol, self.cfg.cell,
+                                 self.cfg.nonlinearity, sequential)
+        return stats
+
+    def sweeps(self, p, m):
+        out = []
+        for resid, ptr in self._call(p, m, self.cfg.tol, False).tolist():  # the one host read per call
             if ptr < 0:
                 break
-            info.iterations += 1
-            info.evaluations += (T - p) * B
-            info.residuals.append(resid)
-            info.prefix.append(int(ptr))
+            out.append(Sweep(resid, int(ptr), (self.T - p) * self.B))
             p = int(ptr)
-            if not math.isfinite(resid):
-                failure = f"non-finite values in the unconverged timesteps (exact prefix {p} of {T})"
-            elif resid > DIVERGENCE_FACTOR * best and best > 0:
-                failure = f"residual grew from {best:.3e} to {resid:.3e} (exact prefix {p} of {T})"
-            best = min(best, resid)
-            if failure or (cfg.tol > 0 and resid <= cfg.tol):
-                break
-        if failure:
-            break
-        if cfg.tol > 0 and info.residuals and info.residuals[-1] <= cfg.tol:
-            info.converged = True
-            break
-    if failure is not None:
-        info.fallback = failure
-        h, _ = _iterate(cfg.impl, *args, h, p, 1, 0.0, cfg.cell, cfg.nonlinearity, True)
-        info.iterations += T - p
-        info.evaluations += (T - p) * B
-        info.prefix.append(T)
-        info.exact = True
-        return h, info
-    info.converged = True
-    info.exact = p >= T
-    return h, info
+        return out
+
+    def sequential(self, p):
+        self._call(p, 1, 0.0, True)
+        return (self.T - p) * self.B
+
+
+def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, SolveInfo]:
+    """Solve by the fused kernel through the solver's loop (same stopping, divergence and fallback rules)."""
+    T = u.shape[0]
+    info = SolveInfo(method=cfg.method)
+    engine = _KernelEngine(u, h0, w_hh, b_hh, cfg)
+    if cfg.method == "gauss_seidel" or T == 0:
+        solver.finish_sequential(engine, T, 0, info, whole=True)
+        return engine.h, info
+    solver.iterate(engine, T, info, tol=cfg.tol, stop_on_tol=cfg.tol > 0,
+                   max_iters=cfg.max_iters if cfg.max_iters is not None else T, on_failure="sequential",
+                   check_every=cfg.check_every)
+    if info.fallback is None:
+        info.exact = info.prefix[-1] >= T
+    return engine.h, info
 
 
 class _JacobiRNN(torch.autograd.Function):
@@ -350,25 +414,16 @@ def adjoint(u, h0, w_hh, b_hh, h, grad_h, cell, nonlinearity, *, tol=0.0):
     return torch.flip(mu, (0,))
 
 
-def _register_dispatcher_op() -> None:
-    if not _backend.has_dispatcher_op(OP_NAME):
-        return
-    qualname = f"symkernels::{OP_NAME}"
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(qualname)
-    def _fake(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
-        return (torch.empty(h.shape, dtype=h.dtype, device=h.device),
-                torch.empty((iters, 2), dtype=torch.float64, device=h.device))
-
-    # Without a CUDA C++ build, CUDA tensors still reach a kernel through the dispatcher: the Triton one.
-    if not _backend.native_has_cuda() and _backend.backend_status("triton").available:
-        @torch.library.register_kernel(qualname, "cuda")
-        def _cuda_via_triton(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
-            from symkernels.jacobi import triton as triton_impl
-
-            return triton_impl.jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity,
-                                                  sequential)
+def _iterate_fake(u, h0, w_hh, b_hh, h, start, iters, tol, cell, nonlinearity, sequential):
+    return (torch.empty(h.shape, dtype=h.dtype, device=h.device),
+            torch.empty((iters, 2), dtype=torch.float64, device=h.device))
 
 
-_register_dispatcher_op()
+def _commit_fake(old, new):
+    return torch.empty((2,), dtype=torch.float64, device=old.device)
+
+
+# No autograd on the ops: the solve is differentiated at its solution by _JacobiRNN (implicit function theorem),
+# never through the iterations.
+_library.register_op(OP_NAME, fake=_iterate_fake, triton=_triton_iterate)
+_library.register_op("jacobi_commit", fake=_commit_fake)

@@ -35,16 +35,27 @@ grows by ``divergence_factor`` over its best value, or reaching ``max_iters`` un
 in ``info.fallback`` and the remaining rows are evaluated sequentially from the exact prefix (``on_failure=
 "sequential"``, the default) or a ``JacobiDivergenceError`` is raised (``on_failure="raise"``): never a
 silently wrong result.
+
+**One loop.** :func:`iterate` holds the stopping, divergence and fallback rules for every solver here: it
+drives an *engine* — ``solve``'s ``step_fn`` engine (one call per iteration, then the fused convergence test
+and write-back: one op, ``torch.ops.symkernels.jacobi_commit`` on CPU; one host read of (residual, first
+changed row), which decides the rows of the next call) or the fused RNN kernels of ``jacobi.rnn``, which
+iterate and test convergence on the device and report a block of iterations per host read.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+import time
+from typing import Callable, Iterable, Protocol
 
 import torch
 
-METHODS = ("jacobi", "gauss_seidel", "hybrid", "window")
+from symkernels import _backend
+
+METHODS = ("jacobi", "gauss_seidel", "hybrid", "window", "auto")
+# The dtypes of torch.ops.symkernels.jacobi_commit's CPU kernel.
+_COMMIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -156,19 +167,286 @@ def _validate(init, num_steps, method, tol, rtol, max_iters, block_size, window,
             raise ValueError("solve: guess contains non-finite values (inf/NaN)")
 
 
-def _sequential_from(step_fn: StepFn, hist: torch.Tensor, start: int, info: SolveInfo) -> None:
-    """Evaluate rows start+1..T one at a time, in place (Gauss–Seidel: the ordinary forward pass)."""
-    T = hist.shape[0] - 1
-    for i in range(start + 1, T + 1):
-        t = torch.tensor([i], device=hist.device)
-        hist[i] = _check_step_output(step_fn(hist, t), t, hist)[0]
+# A residual this many times its best value so far counts as divergence: the one constant of every Jacobi loop
+# here (``solve``'s ``divergence_factor`` default and ``jacobi.rnn``'s kernel solves).
+DIVERGENCE_FACTOR = 1e8
+
+
+@dataclasses.dataclass
+class Sweep:
+    """One parallel iteration, as an engine reports it to :func:`iterate`."""
+
+    residual: float  # max over the rows it evaluated of |s^{k+1} − s^k| (inf: non-finite, see SolveInfo)
+    prefix: int  # the frozen pointer after it: rows 1..prefix are exact
+    evaluations: int  # rows evaluated
+    steps: int = 1  # dependent steps it took (hybrid: its inner Gauss–Seidel steps)
+
+
+class Engine(Protocol):
+    """What :func:`iterate` drives: the general ``step_fn`` solver (:class:`_StepEngine`) and the fused RNN
+    kernels (``symkernels.jacobi.ops``) are both engines, so they share one loop, one set of stopping and
+    divergence rules and one set of messages."""
+
+    def sweeps(self, p: int, m: int) -> Iterable[Sweep]:
+        """Up to ``m`` ≥ 1 iterations from the frozen pointer ``p`` (fewer if the engine stopped early), in order.
+        An engine that keeps convergence on the device reports a whole block at once (one host read)."""
+
+    def sequential(self, p: int) -> int:
+        """Evaluate rows p+1..T one after another from the exact prefix (the exact finish); returns the rows
+        evaluated."""
+
+
+def iterate(engine: Engine, num_steps: int, info: SolveInfo, *, tol: float, stop_on_tol: bool, max_iters: int,
+            on_failure: str, divergence_factor: float = DIVERGENCE_FACTOR, check_every: int = 1,
+            start: int = 0) -> int:
+    """The Jacobi loop: run ``engine`` until the frozen pointer reaches ``num_steps`` or (``stop_on_tol``) a
+    residual ≤ ``tol``; on a non-finite residual, growth by ``divergence_factor`` over the best residual, or
+    ``max_iters`` iterations without converging, finish sequentially from the exact prefix (``info.fallback``)
+    or raise :class:`JacobiDivergenceError` (``on_failure="raise"``). Fills ``info``; returns the final pointer.
+    ``check_every``: iterations asked of the engine per host-side look at its record; ``start``: rows already
+    exact (``method="auto"``'s probes)."""
+    T, p, best, sweeps = num_steps, start, math.inf, 0
+    failure: str | None = None
+    while p < T and failure is None and not info.converged:
+        if sweeps >= max_iters:
+            failure = f"not converged after max_iters={max_iters} iterations (exact prefix {p} of {T} rows)"
+            break
+        done = sweeps
+        for sweep in engine.sweeps(p, min(check_every, max_iters - sweeps)):
+            sweeps += 1
+            resid, p = sweep.residual, sweep.prefix
+            info.iterations += sweep.steps
+            info.evaluations += sweep.evaluations
+            info.residuals.append(resid)
+            info.prefix.append(p)
+            if stop_on_tol and resid <= tol:
+                info.converged = True
+                break
+            if p >= T:
+                break
+            # Divergence checks on the part still driven by the guess.
+            if not math.isfinite(resid):
+                failure = (f"non-finite values in the unconverged rows at iteration {sweeps} "
+                           f"(exact prefix {p} of {T})")
+                break
+            if resid > divergence_factor * best and best > 0:
+                failure = (f"residual grew from {best:.3e} to {resid:.3e} by iteration {sweeps} "
+                           f"(exact prefix {p} of {T})")
+                break
+            best = min(best, resid)
+        if sweeps == done:
+            raise RuntimeError(f"solve({info.method}): the engine ran no iteration at prefix {p} of {T}")
+    if failure is not None:
+        if on_failure == "raise":
+            raise JacobiDivergenceError(f"solve({info.method}): {failure}")
+        info.fallback = failure
+        finish_sequential(engine, T, p, info)
+        info.exact = True
+        return T
+    if p >= T:
+        info.converged = True
+    return p
+
+
+def finish_sequential(engine: Engine, num_steps: int, p: int, info: SolveInfo, *, whole: bool = False) -> None:
+    """Rows p+1..T by the engine's sequential sweep, recorded in ``info``. ``whole``: the sweep is the solve
+    (method "gauss_seidel", p = 0): one record, residual 0, converged and exact."""
+    info.evaluations += engine.sequential(p)
+    info.iterations += num_steps - p
+    if whole:
+        info.residuals.append(0.0)
+        info.converged = info.exact = True
+    info.prefix.append(num_steps)
+
+
+# Jacobi iterations that ``method="auto"`` plans for before it has seen any. A contraction reaches 1e-6 in
+# float32 in 12 (gain 0.3) to 51 (gain 0.9) iterations on the design note's toy RNN; exact solves of nets with
+# skip connections take few more (MADE on digits: 12 of 64), of chaotic or non-contracting chains up to T —
+# which the cap at the break-even count bounds: at most one more sequential sweep.
+EXPECTED_ITERATIONS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """The time model behind ``method="auto"`` (seconds, or any one unit).
+
+    A sequential step costs ``seq_fixed + seq_per_unit·w`` and a Jacobi iteration over n rows
+    ``jac_fixed + jac_per_unit·n·w``, where w is the work of one row (``width``: e.g. B·H·G multiply-adds for
+    an RNN timestep, 1 for a generic step). So T sequential steps cost ``sequential(T)``, and K Jacobi
+    iterations at most ``jacobi(T, K)``: the frozen prefix advances by at least one row per iteration, so
+    iteration k evaluates at most T − k rows.
+    """
+
+    seq_fixed: float
+    seq_per_unit: float
+    jac_fixed: float
+    jac_per_unit: float
+
+    def sequential(self, rows: int, width: float = 1.0) -> float:
+        return rows * (self.seq_fixed + self.seq_per_unit * width)
+
+    def jacobi(self, rows: int, iters: int, width: float = 1.0) -> float:
+        iters = min(iters, rows)
+        return iters * self.jac_fixed + self.jac_per_unit * width * iters * (rows - (iters - 1) / 2)
+
+    def break_even(self, rows: int, width: float = 1.0) -> int:
+        """The most Jacobi iterations that cost no more than the sequential sweep (0: none)."""
+        budget = self.sequential(rows, width)
+        lo, hi = 0, rows  # jacobi() grows with iters: bisect for the last count within budget
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.jacobi(rows, mid, width) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+def choose_method(cost: CostModel, rows: int, expected_iters: int, width: float = 1.0) -> tuple[str, int]:
+    """``method="auto"``'s rule: ``("jacobi", cap)`` when ``expected_iters`` Jacobi iterations are predicted to
+    cost no more than the sequential sweep (at most the break-even count), with ``cap`` the break-even iteration count (a Jacobi solve still
+    unconverged there is finished by the sequential sweep from its exact prefix, so a wrong guess costs at most
+    one more sweep); else ``("gauss_seidel", 0)``."""
+    cap = cost.break_even(rows, width)
+    if rows > 0 and 1 <= expected_iters <= cap:
+        return "jacobi", cap
+    return "gauss_seidel", 0
+
+
+def expected_iterations(num_steps: int) -> int:
+    """The Jacobi iterations ``method="auto"`` plans for: EXPECTED_ITERATIONS, at most T."""
+    return min(num_steps, EXPECTED_ITERATIONS)
+
+
+class _StepEngine:
+    """The general solver's engine: one ``step_fn`` call per Jacobi/window iteration (hybrid: one per inner
+    step), the convergence test fused into a few whole-iterate ops on preallocated buffers and one host read of
+    (residual, first changed row) per iteration — the pointer decides which rows the next call evaluates."""
+
+    def __init__(self, step_fn: StepFn, hist: torch.Tensor, method: str, tol: float, rtol: float,
+                 block_size: int, window: int):
+        self.step_fn, self.hist, self.method = step_fn, hist, method
+        self.tol, self.rtol, self.block_size, self.window = tol, rtol, block_size, window
+        self.exact_mode = tol == 0 and rtol == 0
+        T = hist.shape[0] - 1
+        self.T = T
+        self.positions = torch.arange(1, T + 1, device=hist.device)
+        row = hist[0].numel()
+        # Per-row residuals are needed only by the tolerance window; everything else takes the fused test.
+        self.fused = row > 0 and rtol == 0 and not (method == "window" and not self.exact_mode)
+        # The fused test is one C++ op on CPU (torch.ops.symkernels.jacobi_commit), a few whole-iterate tensor
+        # ops on preallocated buffers elsewhere.
+        self.native = (self.fused and hist.device.type == "cpu" and hist.dtype in _COMMIT_DTYPES
+                       and _backend.has_dispatcher_op("jacobi_commit"))
+        if self.fused and not self.native:
+            self.int_dtype = _bits(hist[:1]).dtype
+            # Bitwise "differs" of the evaluated elements, then a True sentinel: the first True of the flat
+            # buffer, divided by the row size, is the first changed row (or n when none changed).
+            self.ne_buf = torch.empty(T * row + 1, dtype=torch.bool, device=hist.device)
+            self.delta_buf = torch.empty(T * row, dtype=hist.dtype, device=hist.device)
+
+    def sweeps(self, p: int, m: int) -> tuple[Sweep]:
+        return (self._hybrid(p) if self.method == "hybrid" else self._parallel(p),)
+
+    def sequential(self, p: int) -> int:
+        hist = self.hist
+        for i in range(p + 1, self.T + 1):
+            t = self.positions[i - 1:i]
+            hist[i] = _check_step_output(self.step_fn(hist, t), t, hist)[0]
+        return self.T - p
+
+    def _commit(self, new: torch.Tensor, old: torch.Tensor) -> tuple[int, float]:
+        """Write ``new`` into ``old`` and return (index of the first row that changed bitwise, or len(new);
+        max |new − old|, inf where a value that moved is non-finite): the fused convergence test."""
+        if self.native and not (torch.is_grad_enabled() and (new.requires_grad or old.requires_grad)):
+            resid, first = torch.ops.symkernels.jacobi_commit(old, new).tolist()
+            return int(first), resid
+        numel, shape = new.numel(), new.shape
+        ne = self.ne_buf[:numel + 1]
+        torch.ne(new.view(self.int_dtype), old.view(self.int_dtype), out=ne[:numel].view(shape))
+        ne[numel] = True
+        delta = self.delta_buf[:numel].view(shape)
+        # One host read for both (a GPU drains its queue once per iteration, not twice).
+        resid, first_flat = torch.stack([torch.sub(new, old, out=delta).abs_().amax().double(),
+                                         torch.argmax(ne.view(torch.uint8)).double()]).tolist()
+        first = int(first_flat) // (numel // shape[0])
+        if not math.isfinite(resid):  # inf/NaN somewhere: equal non-finite values have not moved (rare path)
+            resid = float(_row_residual(new, old, 0.0).max())
+        old.copy_(new)
+        return first, resid
+
+    def _parallel(self, p: int, stop: int | None = None) -> Sweep:
+        hist, T = self.hist, self.T
+        if stop is None:
+            stop = T if self.method == "jacobi" else min(T, p + self.window)
+        t = self.positions[p:stop]
+        new = _check_step_output(self.step_fn(hist, t), t, hist)
+        old = hist[p + 1:stop + 1]
+        if self.fused:
+            first, resid = self._commit(new, old)
+            resid_rows = None
+        else:
+            first = _first_true(_row_changed(new, old))
+            resid_rows = _row_residual(new, old, self.rtol)
+            resid = float(resid_rows.max())
+            old.copy_(new)
+        # Rows p+1..q unchanged-or-first-changed ⇒ exact through row q+1; only evaluated rows can be certified
+        # (a window whose rows all stood still certifies up to its end).
+        new_p = min(stop, max(p + 1, p + first + 1))
+        if resid_rows is not None and self.method == "window" and not self.exact_mode:
+            # Sliding window (Song et al.'s GS-Jacobi): advance past rows that met the tolerance. Those rows
+            # are tolerance-accurate, not exact; the solver reports exact=False in that case.
+            new_p = max(new_p, p + _first_true(resid_rows > self.tol))
+        return Sweep(resid, new_p, stop - p)
+
+    def _hybrid(self, p: int) -> Sweep:
+        hist, T, block = self.hist, self.T, self.block_size
+        old = hist[p + 1:].clone()
+        n_rows = T - p
+        steps = min(block, n_rows)
+        evaluations = 0
+        for i in range(steps):
+            # Inner step i: position i of every block, blocks re-aligned at the frozen pointer.
+            t = self.positions[p + i::block]
+            hist[t] = _check_step_output(self.step_fn(hist, t), t, hist)
+            evaluations += t.numel()
+        new = hist[p + 1:]
+        if self.fused:
+            first, resid = self._commit(new, old)  # (copies the swept rows into the snapshot: harmless)
+        else:
+            first = _first_true(_row_changed(new, old))
+            resid = float(_row_residual(new, old, self.rtol).max())
+        # The first block was swept Gauss–Seidel from an exact prefix, so it is exact whatever changed.
+        return Sweep(resid, min(T, max(p + steps, p + first + 1)), evaluations, steps)
+
+
+# Rows of method="auto"'s second probe call (the first evaluates one row): enough to see the per-row cost.
+AUTO_PROBE_ROWS = 16
+
+
+def _probe_costs(engine: _StepEngine, info: SolveInfo, num_steps: int) -> CostModel:
+    """method="auto" without a cost model: time ``step_fn`` on row 1 alone, then on rows 2..1+w, and fit
+    fixed + per-row cost. Both calls are real work: row 1 is exact after the first, row 2 after the second
+    (a window iteration from an exact prefix), and both are recorded in ``info`` as iterations."""
+    w = min(num_steps - 1, AUTO_PROBE_ROWS)
+    times = []
+    for p, stop in ((0, 1), (1, 1 + w))[:2 if w >= 1 else 1]:
+        t0 = time.perf_counter()
+        sweep = engine._parallel(p, stop)  # reads its result on the host: the time includes the device's
+        times.append(time.perf_counter() - t0)
         info.iterations += 1
-        info.evaluations += 1
+        info.evaluations += sweep.evaluations
+        info.residuals.append(sweep.residual)
+        info.prefix.append(sweep.prefix)
+    per_row = max(0.0, (times[1] - times[0]) / (w - 1)) if w > 1 else 0.0
+    fixed = max(0.0, times[0] - per_row)
+    return CostModel(fixed, per_row, fixed, per_row)
 
 
 def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = "jacobi", tol: float = 0.0,
           rtol: float = 0.0, max_iters: int | None = None, block_size: int = 32, window: int = 64,
-          guess: torch.Tensor | None = None, on_failure: str = "sequential", divergence_factor: float = 1e8,
+          guess: torch.Tensor | None = None, on_failure: str = "sequential",
+          divergence_factor: float = DIVERGENCE_FACTOR, cost_model: CostModel | None = None,
           ) -> tuple[torch.Tensor, SolveInfo]:
     """Solve s_t = f_t(s_<t), t = 1..num_steps, by Jacobi-type parallel iteration.
 
@@ -179,13 +457,20 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
         method: ``"jacobi"`` (all unfrozen rows per iteration), ``"gauss_seidel"`` (one row per call: the
             sequential loop), ``"hybrid"`` (blocks of ``block_size`` rows in parallel, Gauss–Seidel inside
             each block: ≤ ⌈T/B⌉ outer sweeps of B calls), ``"window"`` (Jacobi on the ``window`` rows after
-            the converged prefix, which advances past rows whose update met the tolerance).
+            the converged prefix, which advances past rows whose update met the tolerance), ``"auto"``
+            (``"jacobi"`` or ``"gauss_seidel"``, whichever :class:`CostModel` predicts faster: with ``cost_model``
+            None, ``step_fn``'s cost is measured on its first two calls, row 1 alone and the next
+            ``AUTO_PROBE_ROWS`` rows together, both real work; Jacobi is planned for EXPECTED_ITERATIONS
+            iterations and capped at the break-even count, past which the
+            sequential sweep finishes from the exact prefix; ``info.method`` names the choice, "auto:jacobi"
+            or "auto:gauss_seidel").
         tol, rtol: stop when every unfrozen row moved by ≤ tol + rtol·|s| in the last iteration.
             ``tol=rtol=0`` asks for the exact fixed point (see "exact stop").
         max_iters: cap on parallel iterations (default: T, where Jacobi is exact anyway).
         guess: starting iterate ``[T, *S]`` (default: s_0 repeated).
         on_failure: ``"sequential"`` (finish exactly, report in ``info.fallback``) or ``"raise"``.
         divergence_factor: a residual this many times its best value so far counts as divergence.
+        cost_model: ``method="auto"``'s calibration (unit width per row); None: measured (see ``method``).
 
     Returns:
         ``(states [T, *S], info: SolveInfo)``; states[i−1] is s_i.
@@ -201,86 +486,30 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
     if T == 0:
         info.converged = info.exact = True
         return hist[1:], info
+    engine = _StepEngine(step_fn, hist, method, tol, rtol, block_size, window)
+    start = 0
+    if method == "auto":
+        if cost_model is None:
+            cost_model = _probe_costs(engine, info, T)
+            start = info.prefix[-1]
+        chosen, auto_cap = choose_method(cost_model, T - start, expected_iterations(T - start))
+        method = engine.method = chosen
+        info.method = f"auto:{chosen}"
+        if chosen == "gauss_seidel":
+            finish_sequential(engine, T, start, info, whole=start == 0)
+            info.converged = info.exact = True
+            return hist[1:], info
+        max_iters = auto_cap if max_iters is None else min(max_iters, auto_cap)
     if method == "gauss_seidel":
-        _sequential_from(step_fn, hist, 0, info)
-        info.residuals.append(0.0)
-        info.prefix.append(T)
-        info.converged = info.exact = True
+        finish_sequential(engine, T, 0, info, whole=True)
         return hist[1:], info
-
     cap = max_iters if max_iters is not None else (T if method != "hybrid" else -(-T // block_size))
-    p = 0  # rows 1..p are exact
-    best = math.inf
-    failure: str | None = None
-    sweeps = 0
-    while p < T:
-        if sweeps >= cap:
-            failure = f"not converged after max_iters={cap} iterations (exact prefix {p} of {T} rows)"
-            break
-        sweeps += 1
-        if method == "hybrid":
-            old = hist[p + 1:].clone()
-            n_rows = T - p
-            for i in range(min(block_size, n_rows)):
-                # Inner step i: position i of every block, blocks re-aligned at the frozen pointer.
-                t = torch.arange(p + 1 + i, T + 1, block_size, device=hist.device)
-                hist[t] = _check_step_output(step_fn(hist, t), t, hist)
-                info.iterations += 1
-                info.evaluations += t.numel()
-            new = hist[p + 1:]
-            # The first block was swept Gauss–Seidel from an exact prefix, so it is exact whatever changed.
-            guaranteed = p + min(block_size, n_rows)
-            stop = T
-        else:
-            stop = T if method == "jacobi" else min(T, p + window)
-            t = torch.arange(p + 1, stop + 1, device=hist.device)
-            new = _check_step_output(step_fn(hist, t), t, hist)
-            old = hist[p + 1:stop + 1].clone()
-            hist[p + 1:stop + 1] = new
-            info.iterations += 1
-            info.evaluations += t.numel()
-            guaranteed = p + 1
-        changed = _row_changed(new, old)
-        resid_rows = _row_residual(new, old, rtol)
-        resid = float(resid_rows.max()) if resid_rows.numel() else 0.0
-        info.residuals.append(resid)
-        q = p + _first_true(changed)  # rows p+1..q unchanged-or-first-changed ⇒ exact through row q+1
-        # Only evaluated rows can be certified: a window whose rows all stood still certifies up to its end.
-        new_p = min(stop, max(guaranteed, q + 1))
+    p = iterate(engine, T, info, tol=tol, stop_on_tol=not exact_mode and method != "window", max_iters=cap,
+                on_failure=on_failure, divergence_factor=divergence_factor, start=start)
+    if info.fallback is None:
+        info.exact = exact_mode or (p >= T and method != "window")
         if method == "window" and not exact_mode:
-            # Sliding window (Song et al.'s GS-Jacobi): advance past rows that met the tolerance. Those rows
-            # are tolerance-accurate, not exact; the solver reports exact=False in that case.
-            new_p = max(new_p, p + _first_true(resid_rows > tol))
-        p = new_p
-        info.prefix.append(p)
-        if not exact_mode and method != "window" and resid <= tol:
-            info.converged = True
-            break
-        if p >= T:
-            break
-        # Divergence checks on the part still driven by the guess.
-        if not math.isfinite(resid):
-            failure = f"non-finite values in the unconverged rows at iteration {sweeps} (exact prefix {p} of {T})"
-            break
-        if resid > divergence_factor * best and best > 0:
-            failure = (f"residual grew from {best:.3e} to {resid:.3e} by iteration {sweeps} "
-                       f"(exact prefix {p} of {T})")
-            break
-        best = min(best, resid)
-
-    if failure is not None:
-        if on_failure == "raise":
-            raise JacobiDivergenceError(f"solve({method}): {failure}")
-        info.fallback = failure
-        _sequential_from(step_fn, hist, p, info)
-        info.prefix.append(T)
-        info.exact = True
-        return hist[1:], info
-    if p >= T:
-        info.converged = True
-    info.exact = exact_mode or (p >= T and method != "window")
-    if method == "window" and not exact_mode:
-        info.exact = False
+            info.exact = False
     return hist[1:], info
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 MAX_HIDDEN = 64
 _CELLS = {("elman", "tanh"): 0, ("elman", "relu"): 1, ("gru", "tanh"): 2, ("lstm", "tanh"): 3}
@@ -136,33 +137,41 @@ def jacobi_rnn_iterate(u, h0, w_hh, b_hh, h, start: int, iters: int, tol: float,
     meta = dict(HP=hp, CELL=_CELLS[(cell, nonlinearity)], BLOCK_R=block_r,
                 INT_T=tl.int64 if h.dtype == torch.float64 else tl.int32)
 
-    def launch(ptr_t: torch.Tensor, row_end: int, n_rows: int):
+    def launch(src: torch.Tensor, ptr_t: torch.Tensor, row_end: int, n_rows: int):
         grid = (triton.cdiv(n_rows, block_r),)
-        _rnn_rows_kernel[grid](u, h0, w_hh, b_hh, cur, nxt, resid, changed, ptr_t, row_end, B, H, G, S, **meta)
+        wrap_triton(_rnn_rows_kernel)[grid](u, h0, w_hh, b_hh, src, nxt, resid, changed, ptr_t, row_end, B, H, G, S,
+                                            **meta)
 
-    flat_cur, flat_nxt = cur.view(R, S), nxt.view(R, S)
     if sequential:
+        flat_cur, flat_nxt = cur.view(R, S), nxt.view(R, S)
         for t in range(start, T):
-            launch(torch.tensor([t], dtype=torch.int64, device=dev), (t + 1) * B, B)
+            launch(cur, torch.full((1,), t, dtype=torch.int64, device=dev), (t + 1) * B, B)
             flat_cur[t * B:(t + 1) * B] = flat_nxt[t * B:(t + 1) * B]
         if iters > 0:
             stats[0, 0], stats[0, 1] = 0.0, float(T)
         return cur, stats
 
+    # Out of place (a new iterate and stats row per iteration, no in-place writes into views) and no 0-dim
+    # tensors: AOTAutograd's functionalization then traces the loop on fake CUDA tensors even where torch has no
+    # CUDA (tests/triton_decomposition_probe.py).
     row_ids = torch.arange(R, device=dev)
-    ptr = torch.tensor([start], dtype=torch.int64, device=dev)  # real frozen pointer
+    ptr = torch.full((1,), start, dtype=torch.int64, device=dev)  # real frozen pointer
     kernel_ptr = ptr.clone()  # what the kernel sees: T once stopped, so later launches do nothing
-    active = torch.ones((), dtype=torch.bool, device=dev)
-    for it in range(iters):
-        launch(kernel_ptr, R, R - start * B)
+    active = torch.ones((1,), dtype=torch.bool, device=dev)
+    records, not_run = [], torch.full((2,), -1.0, dtype=torch.float64, device=dev)
+    for _ in range(iters):
+        launch(cur, kernel_ptr, R, R - start * B)
         live = (row_ids >= ptr * B) & active
-        first = torch.where(live & (changed != 0), row_ids, R).min()
+        first = torch.where(live & (changed != 0), row_ids, R).amin(0, keepdim=True)
         new_ptr = torch.clamp(torch.maximum(ptr + 1, first // B + 1), max=T)
-        r = torch.where(live, resid, 0).max().double()
-        flat_cur.copy_(torch.where(live[:, None], flat_nxt, flat_cur))
-        stats[it] = torch.where(active, torch.stack([r, new_ptr[0].double()]), -1.0)
+        r = torch.where(live, resid, 0).amax(0, keepdim=True).double()
+        cur = torch.where(live.view(T, B, 1), nxt, cur)
+        records.append(torch.where(active, torch.cat([r, new_ptr.double()]), not_run))
         ptr = torch.where(active, new_ptr, ptr)
-        stop = (ptr[0] >= T) | ~torch.isfinite(r) | ((tol > 0) & (r <= tol))
-        active = active & ~stop
+        stop = (ptr >= T) | ((r - r) != 0)  # (r − r) != 0: r is inf or NaN
+        if tol > 0:
+            stop = stop | (r <= tol)
+        active = active & (stop == 0)  # (not ~stop: bitwise_not does not trace on fake CUDA without CUDA torch)
         kernel_ptr = torch.where(active, ptr, T)
+    stats = torch.stack(records) if records else stats
     return cur, stats

@@ -478,3 +478,38 @@ def test_lstm_fixed_point_is_over_h_and_c(backend_name):
     assert_close(state, truth, msg="state [h, c]")
     if backend_name != "reference":
         assert torch.equal(state, flat_rnn(*args, cell="lstm", backend=backend_name, method="gauss_seidel"))
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+def test_auto_method_from_injected_cost_model(backend_name, monkeypatch):
+    # rnn(method="auto") picks by the cached calibration of (device type, backend, dtype): injected here, so the
+    # choice is deterministic. Work-bound (CPU-like) constants pick the sweep, latency-bound (GPU-like) Jacobi.
+    from symkernels.jacobi import ops
+    from symkernels.jacobi.solver import CostModel
+
+    device = require_backend(backend_name)
+    args = tuple(a.to(device) for a in make(64, 2, 3, 4, "gru", gain=0.6, dtype=torch.float32))
+    key = (device.type, _backend.resolve(ops.OP_NAME, device, backend_name, ops.IMPLEMENTED), torch.float32)
+    work_bound = CostModel(seq_fixed=1e-6, seq_per_unit=1e-9, jac_fixed=1e-6, jac_per_unit=1e-9)
+    latency_bound = CostModel(seq_fixed=1e-5, seq_per_unit=0.0, jac_fixed=1e-5, jac_per_unit=1e-12)
+    for cost, chosen in ((work_bound, "gauss_seidel"), (latency_bound, "jacobi")):
+        monkeypatch.setitem(ops.COST_MODELS, key, cost)
+        h, info = flat_rnn(*args, cell="gru", backend=backend_name, method="auto", tol=1e-6, return_info=True)
+        assert info.method == f"auto:{chosen}", info
+        same = flat_rnn(*args, cell="gru", backend=backend_name, method=chosen, tol=1e-6)
+        assert torch.equal(h, same)
+    # Iterations 4× a step: the break-even count (16 of T = 64) is below the 32 iterations planned.
+    monkeypatch.setitem(ops.COST_MODELS, key, CostModel(1e-5, 0.0, 4e-5, 0.0))
+    _, info = flat_rnn(*args, cell="gru", backend=backend_name, method="auto", return_info=True)
+    assert info.method == "auto:gauss_seidel"
+
+
+def test_auto_calibration_is_cached_and_sane():
+    from symkernels.jacobi import ops
+
+    require_backend("cpu")
+    impl = _backend.resolve(ops.OP_NAME, torch.device("cpu"), "cpu", ops.IMPLEMENTED)
+    ops.COST_MODELS.pop(("cpu", impl, torch.float64), None)
+    cost = ops.cost_model(impl, torch.device("cpu"), torch.float64)
+    assert ops.cost_model(impl, torch.device("cpu"), torch.float64) is cost
+    assert min(cost.seq_fixed, cost.seq_per_unit, cost.jac_fixed, cost.jac_per_unit) >= 0

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from symkernels._testing import assert_close
 from symkernels.jacobi import JacobiDivergenceError, METHODS, sequential, solve
+from symkernels.jacobi.solver import CostModel, choose_method, expected_iterations
 
 
 def elman_step(w, u, act=torch.tanh):
@@ -251,3 +252,114 @@ def test_window_that_stands_still_certifies_only_its_own_rows():
     for method in ("window", "jacobi", "hybrid"):
         states, info = solve(step, init, 9, method=method, window=4, block_size=4)
         assert torch.equal(states[:, 0], torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float64)), method
+
+
+def _commit_cases():
+    g = torch.Generator().manual_seed(7)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        old = torch.randn(9, 3, 4, generator=g).to(dtype)
+        new = old.clone()
+        new[4:] += torch.randn(5, 3, 4, generator=g).to(dtype)
+        yield old, new  # rows 0..3 unchanged
+        yield old, old.clone()  # nothing moved
+        signed = old.clone()
+        signed[2, 0, 0], old[2, 0, 0] = -0.0, 0.0  # bits differ, values equal: changed, residual 0 there
+        yield old, signed
+        inf = new.clone()
+        inf[6, 1, 1] = math.inf
+        yield old, inf  # a value moved to inf: residual inf
+        both = inf.clone()
+        yield inf.clone(), both  # equal non-finite values have not moved
+    yield torch.randn(5, 2), torch.randn(5, 2).t().contiguous().t()  # a non-contiguous new
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_commit_fused_test_matches_the_reference_ops(case):
+    """The solver's fused convergence test (C++ op on CPU, tensor ops elsewhere) against the per-row ops."""
+    from symkernels.jacobi.solver import _StepEngine, _first_true, _row_changed, _row_residual
+
+    old, new = list(_commit_cases())[case]
+    first = _first_true(_row_changed(new, old))
+    resid = float(_row_residual(new, old, 0.0).max())
+    hist = torch.cat([old[:1], old])
+    for native in (True, False):
+        engine = _StepEngine(lambda h, t: h[t], hist.clone(), "jacobi", 0.0, 0.0, 4, 4)
+        if native and not engine.native:
+            continue
+        engine.native = native
+        if not native:  # the buffers of the tensor-op path
+            engine.int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[old.element_size()]
+            engine.ne_buf = torch.empty(old.numel() + 1, dtype=torch.bool)
+            engine.delta_buf = torch.empty(old.numel(), dtype=old.dtype)
+        target = old.clone()
+        got_first, got_resid = engine._commit(new, target)
+        assert got_first == first and (got_resid == resid or (math.isnan(resid) and math.isnan(got_resid))), \
+            (native, got_first, first, got_resid, resid)
+        assert torch.equal(target.view(torch.uint8), new.contiguous().view(torch.uint8))
+
+
+def test_commit_op_opcheck():
+    if not hasattr(torch.ops.symkernels, "jacobi_commit"):
+        pytest.skip("symkernels._C not built")
+    old, new = torch.randn(6, 5), torch.randn(6, 5)
+    torch.library.opcheck(torch.ops.symkernels.jacobi_commit, (old, new))
+
+
+# method="auto": the selection logic on injected cost models (no timing).
+SEQ_BOUND = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=1.0, jac_per_unit=1.0)  # CPU-like: work-bound
+LATENCY_BOUND = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=0.5, jac_per_unit=0.001)  # GPU-like
+
+
+def test_cost_model_break_even_and_choice():
+    # Work-bound: T = 100 steps cost 100; one iteration over 100 rows costs 101 > 100: never Jacobi.
+    assert SEQ_BOUND.sequential(100) == 100 and SEQ_BOUND.jacobi(100, 1) == 101
+    assert SEQ_BOUND.break_even(100) == 0
+    assert choose_method(SEQ_BOUND, 100, 5) == ("gauss_seidel", 0)
+    # Latency-bound: Jacobi up to its break-even count, and the cap is that count.
+    slow_iterations = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=2.0, jac_per_unit=0.001)
+    cap = slow_iterations.break_even(100)
+    assert 0 < cap < 100 and slow_iterations.jacobi(100, cap) <= 100 < slow_iterations.jacobi(100, cap + 1)
+    assert choose_method(slow_iterations, 100, 32) == ("jacobi", cap)
+    assert choose_method(slow_iterations, 100, cap + 1) == ("gauss_seidel", 0)  # expected beyond break-even
+    assert choose_method(LATENCY_BOUND, 100, 100) == ("jacobi", 100)
+    # The frozen prefix bounds the work: iteration k evaluates at most T − k rows.
+    assert LATENCY_BOUND.jacobi(100, 100) == 100 * 0.5 + 0.001 * 100 * (100 - 99 / 2)
+    assert expected_iterations(100) == 32 and expected_iterations(10) == 10
+
+
+@pytest.mark.parametrize("cost, chosen", [(SEQ_BOUND, "gauss_seidel"), (LATENCY_BOUND, "jacobi"), (None, None)])
+def test_solve_auto(cost, chosen):
+    step, h0 = make_rnn(T=80, B=2, H=4, gain=0.5)
+    truth = sequential(step, h0, 80)
+    states, info = solve(step, h0, 80, method="auto", cost_model=cost)
+    assert torch.equal(states, truth) and info.exact and info.fallback is None
+    assert info.method in ("auto:jacobi", "auto:gauss_seidel")
+    if chosen is not None:
+        assert info.method == f"auto:{chosen}"
+    if chosen == "gauss_seidel":
+        assert info.iterations == info.evaluations == 80
+    states, info = solve(step, h0, 80, method="auto", tol=1e-10, cost_model=cost)
+    assert (states - truth).abs().max() < 1e-8
+
+
+def test_solve_auto_caps_jacobi_at_break_even():
+    # A model whose break-even count is 34 (48 steps of 1 against iterations of 1.4), above the 32 iterations
+    # planned: Jacobi; a non-contracting system that needs ~T iterations is stopped at 34
+    # and finished exactly by the sequential sweep.
+    cost = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=1.4, jac_per_unit=0.0)
+    step, h0 = make_rnn(T=48, B=1, H=4, gain=3.0)
+    states, info = solve(step, h0, 48, method="auto", tol=1e-9, cost_model=cost)
+    assert info.method == "auto:jacobi" and "max_iters=34" in info.fallback and info.exact
+    assert torch.equal(states, sequential(step, h0, 48))
+
+
+@pytest.mark.parametrize("method", ["jacobi", "hybrid"])
+def test_exact_mode_through_the_tensor_op_commit(method, monkeypatch):
+    # The commit path devices without the C++ op take (CUDA, or no _C build), end to end.
+    from symkernels.jacobi import solver
+
+    monkeypatch.setattr(solver, "_COMMIT_DTYPES", ())
+    step, h0 = make_rnn(T=64, B=2, H=4, gain=1.5)
+    states, info = solve(step, h0, 64, method=method, block_size=8)
+    assert torch.equal(states, sequential(step, h0, 64)) and info.exact
+    assert all(b >= a + 1 for a, b in zip([0] + info.prefix, info.prefix))

@@ -1,7 +1,7 @@
 """Worked example: train a small MADE on binarized scikit-learn digits (8×8, D = 64), then sample it
 sequentially and by Jacobi iteration from the same pre-drawn noise, and report iterations and wall time.
 
-    python -m symkernels.jacobi.example_made_digits [--steps 1500] [--batch 100] [--hidden 256]
+    python -m symkernels.jacobi.examples [--steps 1500] [--batch 100] [--hidden 256]
 """
 from __future__ import annotations
 
