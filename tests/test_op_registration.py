@@ -30,8 +30,7 @@ def _tensor_ops() -> list[str]:
 
 
 # Ops whose pillar has not moved to register_op yet; the set may only shrink (checked below).
-_HAND_REGISTERED = {"attention_dual", "conv2d_dual", "jacobi_rnn_iterate", "layer_norm_dual", "linear_dual",
-                    "rms_norm_dual", "softmax_dual"}
+_HAND_REGISTERED = {"jacobi_rnn_iterate"}
 
 
 @needs_native

@@ -268,7 +268,8 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None, back
     if _nested_forward_ad():
         return reference.attention(q, k, v, causal, scale)
     dots = [_tangent(t) for t in (q, k, v)]
-    if any(d is not None for d in dots) and _fusable(q, k, v):
+    # (Without symkernels._C the op is not declared: then the plain path below.)
+    if any(d is not None for d in dots) and _fusable(q, k, v) and _backend.has_dispatcher_op(attention_op.OP_NAME):
         impl = attention_op.resolve_impl(backend, q=q, k=k, v=v)
         _FUSED_CALLS["attention"] += 1
         o, _ = _AttentionDualFunction.apply(q, k, v, *(None if d is None else d.unsqueeze(0) for d in dots),
