@@ -1,15 +1,13 @@
 // Torch glue of the CUDA row-dual kernel (row_dual_cuda.cu) for layer_norm_dual, rms_norm_dual and
-// softmax_dual. As for linear_dual (see linear_dual_cuda.cpp), the kernel takes the CUDA key only with
-// SYMKERNELS_JVP_NATIVE_CUDA=1 at load time: it was compile-checked but never run (no GPU), while the
-// Triton row kernel is tested. Once measured it is the natural default — bandwidth-bound, no tensor-core
-// gap to Triton, and no row-length limit (Triton's holds a row in registers, N <= 65536).
+// softmax_dual. As for linear_dual (see linear_dual_cuda.cpp), the kernel is the ops' CUDA kernel but runs
+// for the public functions only with SYMKERNELS_JVP_NATIVE_CUDA=1 at call time: it was compile-checked but
+// never run (no GPU), while the Triton row kernel is tested. Once measured it is the natural default —
+// bandwidth-bound, no tensor-core gap to Triton, and no row-length limit (Triton's holds a row in
+// registers, N <= 65536).
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <torch/library.h>
-
-#include <cstdlib>
-#include <cstring>
 
 #include "common/cuda_dispatch.h"
 #include "jvp/dual_args.h"
@@ -47,16 +45,12 @@ std::tuple<at::Tensor, at::Tensor> row_dual_cuda(RowKind kind, const at::Tensor&
   return {y, y_t};
 }
 
-// Registered at load time only when asked for (see the file comment); otherwise the CUDA key is Triton's.
-const bool kNativeRegistered = [] {
-  const char* flag = std::getenv("SYMKERNELS_JVP_NATIVE_CUDA");
-  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
-  static torch::Library lib(torch::Library::IMPL, "symkernels", c10::DispatchKey::CUDA, __FILE__, __LINE__);
-  lib.impl("layer_norm_dual", TORCH_FN(layer_norm_dual<row_dual_cuda>));
-  lib.impl("rms_norm_dual", TORCH_FN(rms_norm_dual<row_dual_cuda>));
-  lib.impl("softmax_dual", TORCH_FN(softmax_dual<row_dual_cuda>));
-  return true;
-}();
-
 }  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CUDA, m) {
+  m.impl("layer_norm_dual", TORCH_FN(layer_norm_dual<row_dual_cuda>));
+  m.impl("rms_norm_dual", TORCH_FN(rms_norm_dual<row_dual_cuda>));
+  m.impl("softmax_dual", TORCH_FN(softmax_dual<row_dual_cuda>));
+}
+
 }  // namespace symkernels::jvp

@@ -93,7 +93,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``act(x @ weight.T + bias)`` with fused forward-mode tangents (see module docstring)."""
     c = ops._Canonical(x, None, weight, None, bias, None, activation, None, "gaussian", None)
     device = _backend.common_device(ops.OP_NAME, x=x, weight=weight, bias=bias)
-    impl = _backend.resolve(ops.OP_NAME, device, backend, ops.IMPLEMENTED)
+    impl = ops.resolve(ops.OP_NAME, device, backend, ops.IMPLEMENTED)
     if _nested_forward_ad():
         return reference.activation_fn(c.activation, torch.nn.functional.linear(x, weight, bias))
     scope = _scope.active()
@@ -188,7 +188,7 @@ def _row(op, kind, x, weight, bias, eps, backend):
     params = [("weight", weight, None), ("bias", bias, None)][:n_params]
     xc, _, canon, _, _ = ops._row_canonical(op, x, None, params)
     device = _backend.common_device(op, x=x, weight=weight, bias=bias)
-    impl = _backend.resolve(op, device, backend, ops.ROW_IMPLEMENTED)
+    impl = ops.resolve(op, device, backend, ops.ROW_IMPLEMENTED)
     if _nested_forward_ad():
         return reference.row_dual(kind, x, None, weight, None, bias, None, float(eps), 0)[0]
     x_dot, w_dot, b_dot = _tangent(x), _tangent(weight), _tangent(bias)

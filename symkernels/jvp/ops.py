@@ -11,6 +11,8 @@ Two ways in:
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from symkernels import _backend, _library
@@ -21,6 +23,28 @@ IMPLEMENTED = ("reference", "cpu", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The Triton launchers take their op's arguments (csrc/jvp/schema.cpp).
 _triton_linear_dual = _library.TritonLauncher("symkernels.jvp.triton.linear_dual")
+NATIVE_CUDA_ENV = "SYMKERNELS_JVP_NATIVE_CUDA"
+
+
+@torch.compiler.assume_constant_result
+def native_cuda_requested() -> bool:
+    """``SYMKERNELS_JVP_NATIVE_CUDA=1``, read at call time: the native CUDA kernels of linear_dual and the row
+    duals are opt-in (csrc/jvp/linear_dual_cuda.cpp says why)."""
+    return os.environ.get(NATIVE_CUDA_ENV) == "1"
+
+
+def resolve(op: str, device: torch.device, backend: str | None, implemented: tuple[str, ...]) -> str:
+    """``_backend.resolve`` for linear_dual and the row duals, with their CUDA choice made here, per call: where
+    the op's CUDA kernel is symkernels._C's native one (a CUDA build), the default route runs it only on
+    request (native_cuda_requested), else the Triton kernel (the reference where Triton is missing), as
+    when the CUDA key is Triton's (builds without CUDA kernels)."""
+    impl = _backend.resolve(op, device, backend, implemented)
+    if impl != "dispatcher" or device.type != "cuda" or native_cuda_requested():
+        return impl
+    registration = _library.REGISTERED.get(op)
+    if registration is not None and registration.triton is None:  # the op's CUDA kernel is the native one
+        return "triton" if _backend.backend_available("triton") else "reference"
+    return impl
 
 
 def _normalize_activation(activation, op: str = OP_NAME) -> str:
@@ -149,7 +173,8 @@ def linear_dual(x: torch.Tensor, x_t: torch.Tensor | None, weight: torch.Tensor,
             (``reference.seeded_tangent((T, N, K), seed, distribution)``); the kernels never store it.
         distribution: "gaussian" (N(0, 1)) or "rademacher" (±1) for the seeded tangent.
         num_tangents: T, when no tangent tensor carries it (e.g. only a seed).
-        backend: None (dispatcher: C++ on CPU), "reference", "cpu" or "triton".
+        backend: None (C++ on CPU; on CUDA Triton, or the native CUDA kernel with
+            SYMKERNELS_JVP_NATIVE_CUDA=1, see ``resolve``), "reference", "cpu" or "triton".
 
     Returns:
         ``(y, y_t)``: ``y [..., N]``; ``y_t [T, ..., N]`` if any tangent carries T (or num_tangents is
@@ -158,7 +183,7 @@ def linear_dual(x: torch.Tensor, x_t: torch.Tensor | None, weight: torch.Tensor,
     """
     c = _Canonical(x, x_t, weight, weight_t, bias, bias_t, activation, weight_seed, distribution, num_tangents)
     device = _backend.common_device(OP_NAME, x=x, x_t=x_t, weight=weight, weight_t=weight_t, bias=bias, bias_t=bias_t)
-    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    impl = resolve(OP_NAME, device, backend, IMPLEMENTED)
     y, y_t = _LinearDualFunction.apply(c.x, c.weight, c.bias, c.x_t, c.weight_t, c.bias_t, c.activation, c.T,
                                        c.seed, c.distribution, impl, False)
     return c.outputs(y, y_t)
@@ -513,7 +538,7 @@ def _row_dual(op, kind, x, x_t, params, eps, backend):
         raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
     tensors = {"x": x, "x_t": x_t, **{n: p for n, p, _ in params}, **{n + "_t": t for n, _, t in params}}
     device = _backend.common_device(op, **tensors)
-    impl = _backend.resolve(op, device, backend, ROW_IMPLEMENTED)
+    impl = resolve(op, device, backend, ROW_IMPLEMENTED)
     if impl == "triton" and x.shape[-1] > (1 << 16):
         raise ValueError(f"{op}: x.shape[-1] must be at most 65536 for backend 'triton' (a row is held in "
                          f"registers), got {x.shape[-1]}")
@@ -528,8 +553,9 @@ def layer_norm_dual(x, x_t, weight=None, weight_t=None, bias=None, bias_t=None, 
 
     Shapes: x ``[..., N]``; x_t ``x.shape`` or ``[T, *x.shape]``; weight/bias ``[N]``; their tangents
     ``[N]`` or ``[T, N]``. Returns ``(y, y_t)`` like ``linear_dual`` (y_t non-differentiable).
-    Backends: "reference", "cpu" (C++ row kernel, the default on CPU), "triton" (None: the dispatcher op,
-    i.e. C++ on CPU and CUDA/Triton on GPU; the reference when symkernels._C is not built).
+    Backends: "reference", "cpu" (C++ row kernel, the default on CPU), "triton" (None: the dispatcher op on
+    CPU, Triton on GPU or the native CUDA kernel with SYMKERNELS_JVP_NATIVE_CUDA=1, see ``resolve``; the
+    reference when symkernels._C is not built).
     """
     return _row_dual("layer_norm_dual", "layer_norm", x, x_t, [("weight", weight, weight_t), ("bias", bias, bias_t)],
                      eps, backend)
