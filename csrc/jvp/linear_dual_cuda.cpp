@@ -12,7 +12,7 @@
 #include <torch/library.h>
 
 #include "common/cuda_dispatch.h"
-#include "jvp/dual_args.h"
+#include "jvp/jvp_args.h"
 #include "jvp/jvp_cuda.h"
 
 namespace symkernels::jvp {

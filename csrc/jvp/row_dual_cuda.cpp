@@ -4,13 +4,12 @@
 // never run (no GPU), while the Triton row kernel is tested. Once measured it is the natural default —
 // bandwidth-bound, no tensor-core gap to Triton, and no row-length limit (Triton's holds a row in
 // registers, N <= 65536).
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <torch/library.h>
 
 #include "common/cuda_dispatch.h"
-#include "jvp/dual_args.h"
+#include "jvp/jvp_args.h"
 #include "jvp/jvp_cuda.h"
 
 namespace symkernels::jvp {
@@ -28,29 +27,14 @@ void launch(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
   TORCH_CHECK(err == cudaSuccess, row_op_name(a.kind), " (CUDA): ", cudaGetErrorString(err));
 }
 
-std::tuple<at::Tensor, at::Tensor> row_dual_cuda(RowKind kind, const at::Tensor& x,
-                                                 const std::optional<at::Tensor>& x_t,
-                                                 const std::optional<at::Tensor>& weight,
-                                                 const std::optional<at::Tensor>& weight_t,
-                                                 const std::optional<at::Tensor>& bias,
-                                                 const std::optional<at::Tensor>& bias_t, double eps,
-                                                 int64_t num_tangents) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const RowArgs a = prepare_row_args(kind, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
-  at::Tensor y = at::empty({a.R, a.N}, x.options());
-  at::Tensor y_t = at::empty({a.T, a.R, a.N}, x.options());
-  if (a.R == 0 || a.N == 0) return {y, y_t};
-  dispatch_cuda_floating(x.scalar_type(), row_op_name(kind),
+void row_dual_cuda(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
+  const c10::cuda::CUDAGuard guard(a.x.device());
+  dispatch_cuda_floating(a.x.scalar_type(), row_op_name(a.kind),
                          [&]<typename In, typename TorchIn>() { launch<In, TorchIn>(a, y, y_t); });
-  return {y, y_t};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(symkernels, CUDA, m) {
-  m.impl("layer_norm_dual", TORCH_FN(layer_norm_dual<row_dual_cuda>));
-  m.impl("rms_norm_dual", TORCH_FN(rms_norm_dual<row_dual_cuda>));
-  m.impl("softmax_dual", TORCH_FN(softmax_dual<row_dual_cuda>));
-}
+TORCH_LIBRARY_IMPL(symkernels, CUDA, m) { register_row_duals<row_dual_cuda>(m); }
 
 }  // namespace symkernels::jvp

@@ -22,7 +22,7 @@ import torch
 
 from symkernels import _backend, _library
 from symkernels.jvp import reference
-from symkernels.jvp.ops import common_tangent_count
+from symkernels.jvp.ops import common_tangent_count, save_primals
 
 OP_NAME = "attention_dual"
 QUALNAME = f"symkernels::{OP_NAME}"
@@ -55,9 +55,7 @@ def _fake(q, k, v, q_t, k_t, v_t, num_tangents, causal, scale, impl):
 def _setup_context(ctx, inputs, output):
     q, k, v = inputs[:3]
     ctx.causal, ctx.scale = inputs[7], inputs[8]
-    ctx.save_for_backward(q, k, v)
-    ctx.save_for_forward(q, k, v)
-    ctx.mark_non_differentiable(output[1])
+    save_primals(ctx, output, q, k, v)
 
 
 def _backward(ctx, grad_o, _grad_o_t):

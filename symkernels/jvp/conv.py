@@ -309,9 +309,7 @@ def _fake(x, x_t, weight, weight_t, bias, bias_t, stride, padding, dilation, gro
 def _setup_context(ctx, inputs, output):
     x, _x_t, weight, _w_t, bias, _b_t, stride, padding, dilation, groups, activation, *_ = inputs
     ctx.geo, ctx.activation = Geometry(tuple(stride), tuple(padding), tuple(dilation), groups), activation
-    ctx.save_for_backward(x, weight, bias)
-    ctx.save_for_forward(x, weight, bias)
-    ctx.mark_non_differentiable(output[1])
+    ops.save_primals(ctx, output, x, weight, bias)
 
 
 # Backward through the primal only (y_t is a tangent, non-differentiable by contract).

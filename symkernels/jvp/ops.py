@@ -280,6 +280,14 @@ class _LinearDualFunction(torch.autograd.Function):
         return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
 
 
+def save_primals(ctx, output, *primals) -> None:
+    """The common part of the dual ops' setup_context: the primals saved for backward and for jvp, and the
+    tangent output y_t (output[1]) non-differentiable."""
+    ctx.save_for_backward(*primals)
+    ctx.save_for_forward(*primals)
+    ctx.mark_non_differentiable(output[1])
+
+
 # ------------------------------------------------------------------------------------------------------
 # The dispatcher op symkernels::linear_dual (schema, CPU and CUDA kernels in csrc/jvp): fake, autograd in
 # both modes, and Triton as its CUDA kernel where symkernels._C has none (_library.register_op).
@@ -295,9 +303,7 @@ def _setup_context(ctx, inputs, output):
     x, _x_t, weight, _w_t, bias, _b_t, activation, *_ = inputs
     ctx.activation = activation
     ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, weight, bias)
-    ctx.save_for_forward(x, weight, bias)
-    ctx.mark_non_differentiable(output[1])
+    save_primals(ctx, output, x, weight, bias)
 
 
 def _backward(ctx, grad_y, _grad_y_t):
@@ -581,9 +587,7 @@ def _register_row_dispatcher_ops() -> None:
         def _setup_context(ctx, inputs, output, _kind=kind):
             x, _x_t, w, _w_t, b, _b_t, eps, _T = _row_from_op_args(_kind, inputs)
             ctx.kind, ctx.eps = _kind, eps
-            ctx.save_for_backward(x, w, b)
-            ctx.save_for_forward(x, w, b)
-            ctx.mark_non_differentiable(output[1])
+            save_primals(ctx, output, x, w, b)
 
         # Gradients land in the op's own argument order; the tangent inputs and scalars get None.
         def _backward(ctx, grad_y, _grad_y_t):
