@@ -29,17 +29,10 @@ def _tensor_ops() -> list[str]:
     return sorted(names)
 
 
-# Ops whose pillar has not moved to register_op yet; the set may only shrink (checked below).
-_HAND_REGISTERED = {"attention_dual", "conv2d_dual", "layer_norm_dual", "linear_dual", "rms_norm_dual",
-                    "softmax_dual"}
-
-
 @needs_native
 def test_every_op_goes_through_register_op():
-    missing = {name for name in _tensor_ops() if name not in _library.REGISTERED}
-    assert missing <= _HAND_REGISTERED, f"registered by hand, not by _library.register_op: {missing}"
-    moved = _HAND_REGISTERED - missing
-    assert not moved, f"moved to register_op, drop from _HAND_REGISTERED: {moved}"
+    missing = [name for name in _tensor_ops() if name not in _library.REGISTERED]
+    assert not missing, f"registered by hand, not by _library.register_op: {missing}"
 
 
 @needs_native

@@ -39,6 +39,18 @@ def _cases(device):
                                                         torch.empty(8, 8, **f32), torch.empty(8, **f32),
                                                         torch.empty(16, 2, 8, **f32), 0, 4, 0.0, "elman", "tanh",
                                                         False)),
+        # jvp: the Triton kernels of linear_dual and the row duals serve their CUDA keys where _C has no
+        # CUDA kernel; attention_dual's CUDA kernel runs its Triton kernel for impl="triton".
+        "linear_dual": (ops.linear_dual, (torch.empty(16, 32, **f32), torch.empty(2, 16, 32, **f32),
+                                          torch.empty(24, 32, **f32), None, torch.empty(24, **f32), None, "gelu", 2)),
+        "layer_norm_dual": (ops.layer_norm_dual, (torch.empty(8, 64, **f32), torch.empty(2, 8, 64, **f32),
+                                                  torch.empty(64, **f32), None, torch.empty(64, **f32), None, 1e-5, 2)),
+        "rms_norm_dual": (ops.rms_norm_dual, (torch.empty(8, 64, **f32), torch.empty(2, 8, 64, **f32),
+                                              torch.empty(64, **f32), None, 1e-6, 2)),
+        "softmax_dual": (ops.softmax_dual, (torch.empty(8, 64, **f32), torch.empty(2, 8, 64, **f32), 2)),
+        "attention_dual": (ops.attention_dual, (torch.empty(2, 16, 32, **f32), torch.empty(2, 16, 32, **f32),
+                                                torch.empty(2, 16, 32, **f32), torch.empty(1, 2, 16, 32, **f32),
+                                                None, None, 1, False, 0.125, "triton")),
     }
 
 

@@ -64,9 +64,9 @@ DONE=$OUT/.done
 HAS_GPU=$([ "$GPU" != no-gpu ] && echo 1 || echo 0)
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 
-# One small float32 case per CUDA kernel (ids: tests/test_gpu_smoke.py). The native jvp kernels register only
-# with SYMKERNELS_JVP_NATIVE_CUDA=1 and run through the default route; the int4 GEMM's dp4a kernel is forced
-# by SYMKERNELS_INT4_MATMUL_KERNEL (read per call), its mma kernel runs in the first pass.
+# One small float32 case per CUDA kernel (ids: tests/test_gpu_smoke.py). The native jvp kernels run only
+# with SYMKERNELS_JVP_NATIVE_CUDA=1 (read per call), through the default route; the int4 GEMM's dp4a
+# kernel is forced by SYMKERNELS_INT4_MATMUL_KERNEL (read per call), its mma kernel runs in the first pass.
 SMOKE="$PY -m pytest tests/test_gpu_smoke.py -q -rs -p no:cacheprovider"
 # API errors are torch's own probing (e.g. of peer access), not our kernels' memory accesses.
 SAN="${SANITIZER:-compute-sanitizer} --tool memcheck --report-api-errors no --error-exitcode 1 --print-limit 20"

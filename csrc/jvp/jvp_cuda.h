@@ -1,6 +1,6 @@
 // Launchers of the JVP pillar's CUDA kernels, shared by the .cu files and the torch glue (*_cuda.cpp).
 // CUDA runtime types only, no torch headers. All tensors are contiguous, on the device, checked by the glue
-// (jvp/dual_args.h). A tangent shared by all T has T-stride 0; an absent one a null pointer.
+// (jvp/jvp_args.h). A tangent shared by all T has T-stride 0; an absent one a null pointer.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -40,7 +40,7 @@
 
 #include "common/checks.h"
 #include "common/simd.h"
-#include "jvp/dual_args.h"
+#include "jvp/jvp_args.h"
 #include "jvp/jvp.h"
 
 namespace symkernels::jvp {

@@ -1,21 +1,18 @@
 // Torch glue of the CUDA linear_dual kernel (linear_dual_cuda.cu): checks, device guard, stream, dtypes.
 //
-// Which kernel serves the CUDA key: the Triton kernel (symkernels/jvp/triton.py, tl.dot on tensor cores),
-// unless SYMKERNELS_JVP_NATIVE_CUDA=1 is set when symkernels._C loads. The native kernel here is a SIMT
+// Registered as the op's CUDA kernel in every CUDA build, but opt-in for the public functions: they run it
+// only with SYMKERNELS_JVP_NATIVE_CUDA=1 at call time, else the Triton kernel (symkernels/jvp/triton.py,
+// tl.dot on tensor cores; the choice is symkernels.jvp.ops.resolve). The native kernel here is a SIMT
 // (CUDA-core) tiled GEMM: a correct, compile-checked baseline with the seeded in-kernel tangent, but with
 // no tensor cores it cannot beat tl.dot at the sizes the targets name, and no GPU was available to
-// measure either. So it registers only on request; ops.py routes the CUDA key to Triton whenever no C++
-// CUDA kernel is registered for linear_dual. Benchmark both before flipping the default.
+// measure either. Benchmark both before flipping the default.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "common/cuda_dispatch.h"
-#include "jvp/dual_args.h"
+#include "jvp/jvp_args.h"
 #include "jvp/jvp_cuda.h"
 
 namespace symkernels::jvp {
@@ -51,14 +48,8 @@ std::tuple<at::Tensor, at::Tensor> linear_dual_cuda(const at::Tensor& x, const s
   return {y, y_t};
 }
 
-// Registered at load time only when asked for (see the file comment); otherwise the CUDA key is Triton's.
-const bool kNativeRegistered = [] {
-  const char* flag = std::getenv("SYMKERNELS_JVP_NATIVE_CUDA");
-  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
-  static torch::Library lib(torch::Library::IMPL, "symkernels", c10::DispatchKey::CUDA, __FILE__, __LINE__);
-  lib.impl("linear_dual", TORCH_FN(linear_dual_cuda));
-  return true;
-}();
-
 }  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CUDA, m) { m.impl("linear_dual", TORCH_FN(linear_dual_cuda)); }
+
 }  // namespace symkernels::jvp

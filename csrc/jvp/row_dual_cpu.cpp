@@ -14,7 +14,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -29,7 +28,7 @@
 
 #include "common/accumulator.h"
 #include "common/simd.h"
-#include "jvp/dual_args.h"
+#include "jvp/jvp_args.h"
 
 namespace symkernels::jvp {
 namespace {
@@ -249,19 +248,9 @@ SYMKERNELS_ROW_DUAL_ENTRY(c10::Half)
 SYMKERNELS_ROW_DUAL_ENTRY(c10::BFloat16)
 #undef SYMKERNELS_ROW_DUAL_ENTRY
 
-std::tuple<at::Tensor, at::Tensor> row_dual_cpu(RowKind kind, const at::Tensor& x,
-                                                const std::optional<at::Tensor>& x_t,
-                                                const std::optional<at::Tensor>& weight,
-                                                const std::optional<at::Tensor>& weight_t,
-                                                const std::optional<at::Tensor>& bias,
-                                                const std::optional<at::Tensor>& bias_t, double eps,
-                                                int64_t num_tangents) {
-  const RowArgs a = prepare_row_args(kind, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
-  at::Tensor y = at::empty({a.R, a.N}, x.options());
-  at::Tensor y_t = at::empty({a.T, a.R, a.N}, x.options());
-  if (a.R == 0 || a.N == 0) return {y, y_t};
+void row_dual_cpu(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
   // A tangent shared by all T (count 1) has T-stride 0.
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "row_dual_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "row_dual_cpu", [&] {
     const auto in = [](const at::Tensor& t) { return data_or_null<scalar_t, scalar_t>(t); };
     const RowPointers<scalar_t> p{in(a.x), in(a.x_t), in(a.weight), in(a.weight_t), in(a.bias), in(a.bias_t),
                                   y.mutable_data_ptr<scalar_t>(), y_t.mutable_data_ptr<scalar_t>(),
@@ -270,15 +259,10 @@ std::tuple<at::Tensor, at::Tensor> row_dual_cpu(RowKind kind, const at::Tensor& 
     const int64_t grain = std::max<int64_t>(1, kRowGrain / (a.N * (a.T + 1)));
     at::parallel_for(0, a.R, grain, [&](int64_t r0, int64_t r1) { row_dual_entry(p, r0, r1); });
   });
-  return {y, y_t};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(symkernels, CPU, m) {
-  m.impl("layer_norm_dual", &layer_norm_dual<row_dual_cpu>);
-  m.impl("rms_norm_dual", &rms_norm_dual<row_dual_cpu>);
-  m.impl("softmax_dual", &softmax_dual<row_dual_cpu>);
-}
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) { register_row_duals<row_dual_cpu>(m); }
 
 }  // namespace symkernels::jvp

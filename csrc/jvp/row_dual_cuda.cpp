@@ -1,18 +1,15 @@
 // Torch glue of the CUDA row-dual kernel (row_dual_cuda.cu) for layer_norm_dual, rms_norm_dual and
-// softmax_dual. As for linear_dual (see linear_dual_cuda.cpp), the kernel takes the CUDA key only with
-// SYMKERNELS_JVP_NATIVE_CUDA=1 at load time: it was compile-checked but never run (no GPU), while the
-// Triton row kernel is tested. Once measured it is the natural default — bandwidth-bound, no tensor-core
-// gap to Triton, and no row-length limit (Triton's holds a row in registers, N <= 65536).
-#include <ATen/ops/empty.h>
+// softmax_dual. As for linear_dual (see linear_dual_cuda.cpp), the kernel is the ops' CUDA kernel but runs
+// for the public functions only with SYMKERNELS_JVP_NATIVE_CUDA=1 at call time: it was compile-checked but
+// never run (no GPU), while the Triton row kernel is tested. Once measured it is the natural default —
+// bandwidth-bound, no tensor-core gap to Triton, and no row-length limit (Triton's holds a row in
+// registers, N <= 65536).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "common/cuda_dispatch.h"
-#include "jvp/dual_args.h"
+#include "jvp/jvp_args.h"
 #include "jvp/jvp_cuda.h"
 
 namespace symkernels::jvp {
@@ -30,33 +27,14 @@ void launch(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
   TORCH_CHECK(err == cudaSuccess, row_op_name(a.kind), " (CUDA): ", cudaGetErrorString(err));
 }
 
-std::tuple<at::Tensor, at::Tensor> row_dual_cuda(RowKind kind, const at::Tensor& x,
-                                                 const std::optional<at::Tensor>& x_t,
-                                                 const std::optional<at::Tensor>& weight,
-                                                 const std::optional<at::Tensor>& weight_t,
-                                                 const std::optional<at::Tensor>& bias,
-                                                 const std::optional<at::Tensor>& bias_t, double eps,
-                                                 int64_t num_tangents) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const RowArgs a = prepare_row_args(kind, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
-  at::Tensor y = at::empty({a.R, a.N}, x.options());
-  at::Tensor y_t = at::empty({a.T, a.R, a.N}, x.options());
-  if (a.R == 0 || a.N == 0) return {y, y_t};
-  dispatch_cuda_floating(x.scalar_type(), row_op_name(kind),
+void row_dual_cuda(const RowArgs& a, at::Tensor& y, at::Tensor& y_t) {
+  const c10::cuda::CUDAGuard guard(a.x.device());
+  dispatch_cuda_floating(a.x.scalar_type(), row_op_name(a.kind),
                          [&]<typename In, typename TorchIn>() { launch<In, TorchIn>(a, y, y_t); });
-  return {y, y_t};
 }
 
-// Registered at load time only when asked for (see the file comment); otherwise the CUDA key is Triton's.
-const bool kNativeRegistered = [] {
-  const char* flag = std::getenv("SYMKERNELS_JVP_NATIVE_CUDA");
-  if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
-  static torch::Library lib(torch::Library::IMPL, "symkernels", c10::DispatchKey::CUDA, __FILE__, __LINE__);
-  lib.impl("layer_norm_dual", TORCH_FN(layer_norm_dual<row_dual_cuda>));
-  lib.impl("rms_norm_dual", TORCH_FN(rms_norm_dual<row_dual_cuda>));
-  lib.impl("softmax_dual", TORCH_FN(softmax_dual<row_dual_cuda>));
-  return true;
-}();
-
 }  // namespace
+
+TORCH_LIBRARY_IMPL(symkernels, CUDA, m) { register_row_duals<row_dual_cuda>(m); }
+
 }  // namespace symkernels::jvp

@@ -21,4 +21,17 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
       "rms_norm_dual(Tensor x, Tensor? x_t, Tensor? weight, Tensor? weight_t, float eps, int num_tangents) "
       "-> (Tensor, Tensor)");
   m.def("softmax_dual(Tensor x, Tensor? x_t, int num_tangents) -> (Tensor, Tensor)");
+  // Primal + T tangents of softmax(q kᵀ·scale [causal]) v, canonical shapes (symkernels/jvp/attention.py):
+  // q [BH,Lq,D], k [BH,Lk,D], v [BH,Lk,DV], tangents [Tx,BH,...] (Tx in {1,T}) or None; returns
+  // (o [BH,Lq,DV], o_t [T,BH,Lq,DV]). impl is the kernel, "reference" or "triton"; both are Python.
+  m.def(
+      "attention_dual(Tensor q, Tensor k, Tensor v, Tensor? q_t, Tensor? k_t, Tensor? v_t, int num_tangents, "
+      "bool causal, float scale, str impl) -> (Tensor, Tensor)");
+  // Primal + T tangents of y = act(conv2d(x, W, b)), canonical shapes (reference.conv2d_dual): x [N,C,H,W],
+  // weight [O,C/groups,kh,kw], tangents [Tk, *primal.shape] (Tk in {1,T}); seed as for linear_dual. Its
+  // kernel (both devices) is the ATen composition of symkernels/jvp/conv.py.
+  m.def(
+      "conv2d_dual(Tensor x, Tensor? x_t, Tensor weight, Tensor? weight_t, Tensor? bias, Tensor? bias_t, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, str activation, int num_tangents, "
+      "int seed=-1, str distribution=\"gaussian\") -> (Tensor, Tensor)");
 }

@@ -8,8 +8,9 @@ The same two doors as ``linear_dual`` (see symkernels/jvp/ops.py):
   tangent (``torch.func.jvp``, ``vmap(jvp)``, dual tensors, seeded forward-gradient passes) comes from the
   same fused call.
 
-``torch.ops.symkernels.conv2d_dual`` takes canonical shapes (``reference.conv2d_dual``'s docstring). It is
-defined here in Python (no C++ kernel): its CPU and CUDA keys are one composition of ATen convolutions,
+``torch.ops.symkernels.conv2d_dual`` takes canonical shapes (``reference.conv2d_dual``'s docstring). Its schema
+is in csrc/jvp/schema.cpp, its kernel here in Python (no C++ kernel): its CPU and CUDA keys are one composition
+of ATen convolutions,
   * the primal convolution, and ONE convolution over every x tangent as one batch (they share the weight),
   * ONE grouped convolution for every weight tangent (T·O output channels, x read once; a seeded W_t is
     generated for the call and dropped with it),
@@ -32,6 +33,7 @@ from symkernels.jvp.forward_gradient import regenerate_values
 OP_NAME = "conv2d_dual"
 QUALNAME = f"symkernels::{OP_NAME}"
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
+_triton_conv2d_dual = _library.TritonLauncher("symkernels.jvp.conv_triton.conv2d_dual")
 
 
 class Geometry(NamedTuple):
@@ -166,9 +168,7 @@ def raw_conv2d_dual(x, weight, bias, x_t, weight_t, bias_t, geo: Geometry, activ
             return reference.conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, *geo, activation, T, seed,
                                          distribution)
     if impl == "triton":
-        from symkernels.jvp import conv_triton  # imported late: triton is optional
-
-        return conv_triton.conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, geo, activation, T, seed, distribution)
+        return _triton_conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, geo, activation, T, seed, distribution)
     return torch.ops.symkernels.conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, geo.stride, geo.padding,
                                             geo.dilation, geo.groups, activation, T, -1 if seed is None else seed,
                                             distribution)
@@ -297,49 +297,37 @@ def _kernel(x, x_t, weight, weight_t, bias, bias_t, stride, padding, dilation, g
     return y, y_t
 
 
-_LIBS: list[torch.library.Library] = []  # a Library unregisters its definitions when garbage-collected
+# Needed so torch.compile / export can trace the op without running a kernel.
+def _fake(x, x_t, weight, weight_t, bias, bias_t, stride, padding, dilation, groups, activation, num_tangents,
+          seed=-1, distribution="gaussian"):
+    _check_op_args(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed, distribution)
+    geo = Geometry(tuple(stride), tuple(padding), tuple(dilation), groups)
+    shape = (x.shape[0], weight.shape[0], *geo.output_size(*x.shape[2:], *weight.shape[2:]))
+    return x.new_empty(shape), x.new_empty((num_tangents, *shape))
 
 
-def _define() -> None:
-    if _backend.has_dispatcher_op(OP_NAME):
-        return
-    lib = torch.library.Library("symkernels", "FRAGMENT")
-    lib.define(f"{OP_NAME}(Tensor x, Tensor? x_t, Tensor weight, Tensor? weight_t, Tensor? bias, Tensor? bias_t, "
-               "int[2] stride, int[2] padding, int[2] dilation, int groups, str activation, int num_tangents, "
-               "int seed=-1, str distribution=\"gaussian\") -> (Tensor, Tensor)")
-    for key in ("CPU", "CUDA"):
-        lib.impl(OP_NAME, _kernel, key)
-    _LIBS.append(lib)
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(QUALNAME)
-    def _fake(x, x_t, weight, weight_t, bias, bias_t, stride, padding, dilation, groups, activation, num_tangents,
-              seed=-1, distribution="gaussian"):
-        _check_op_args(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed, distribution)
-        geo = Geometry(tuple(stride), tuple(padding), tuple(dilation), groups)
-        shape = (x.shape[0], weight.shape[0], *geo.output_size(*x.shape[2:], *weight.shape[2:]))
-        return x.new_empty(shape), x.new_empty((num_tangents, *shape))
-
-    def _setup_context(ctx, inputs, output):
-        x, _x_t, weight, _w_t, bias, _b_t, stride, padding, dilation, groups, activation, *_ = inputs
-        ctx.geo, ctx.activation = Geometry(tuple(stride), tuple(padding), tuple(dilation), groups), activation
-        ctx.save_for_backward(x, weight, bias)
-        ctx.save_for_forward(x, weight, bias)
-        ctx.mark_non_differentiable(output[1])
-
-    # Backward through the primal only (y_t is a tangent, non-differentiable by contract).
-    def _backward(ctx, grad_y, _grad_y_t):
-        x, weight, bias = ctx.saved_tensors
-        gx, gw, gb = _primal_vjp(ctx.geo, ctx.activation, x, weight, bias, grad_y)
-        return gx, None, gw, None, gb, *(None,) * 9
-
-    # y's tangent from the tangents of (x, weight, bias) by torch ops (differentiable: reverse over forward);
-    # without it torch.func.jvp over the bare op would return a silent zero.
-    def _jvp(ctx, x_dot, _xt_dot, w_dot, _wt_dot, b_dot, *_ignored):
-        x, weight, bias = ctx.saved_tensors
-        return _tangent_formula(ctx.geo, ctx.activation, x, weight, bias, x_dot, w_dot, b_dot), None
-
-    _library._register_autograd(QUALNAME, _backward, setup_context=_setup_context, jvp=_jvp)
+def _setup_context(ctx, inputs, output):
+    x, _x_t, weight, _w_t, bias, _b_t, stride, padding, dilation, groups, activation, *_ = inputs
+    ctx.geo, ctx.activation = Geometry(tuple(stride), tuple(padding), tuple(dilation), groups), activation
+    ops.save_primals(ctx, output, x, weight, bias)
 
 
-_define()
+# Backward through the primal only (y_t is a tangent, non-differentiable by contract).
+def _backward(ctx, grad_y, _grad_y_t):
+    x, weight, bias = ctx.saved_tensors
+    gx, gw, gb = _primal_vjp(ctx.geo, ctx.activation, x, weight, bias, grad_y)
+    return gx, None, gw, None, gb, *(None,) * 9
+
+
+# y's tangent from the tangents of (x, weight, bias) by torch ops (differentiable: reverse over forward);
+# without it torch.func.jvp over the bare op would return a silent zero.
+def _jvp(ctx, x_dot, _xt_dot, w_dot, _wt_dot, b_dot, *_ignored):
+    x, weight, bias = ctx.saved_tensors
+    return _tangent_formula(ctx.geo, ctx.activation, x, weight, bias, x_dot, w_dot, b_dot), None
+
+
+# The schema is in csrc/jvp/schema.cpp; both device keys are the ATen composition above (the Triton kernel
+# is backend="triton" only, see the module docstring).
+_library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward=_backward, jvp=_jvp)
+if _backend.has_dispatcher_op(OP_NAME):
+    torch.library.register_kernel(QUALNAME, ("cpu", "cuda"), _kernel)

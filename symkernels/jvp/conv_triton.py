@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from symkernels.jvp import reference
 from symkernels.jvp.triton import _ACT_CODES, _activation, _seeded_tile
@@ -167,7 +168,7 @@ def conv2d_dual(x, x_t, weight, weight_t, bias, bias_t, geo, activation: str, T:
             geo.groups * max(T, 1))
     dummy = x  # pointer arguments whose loads are compiled out
     (SH, SW), (PH, PW), (DH, DW) = geo.stride, geo.padding, geo.dilation
-    _conv_dual_kernel[grid](
+    wrap_triton(_conv_dual_kernel)[grid](
         x, weight, bias if bias is not None else dummy, x_t if x_t is not None else dummy,
         weight_t if weight_t is not None else dummy, bias_t if bias_t is not None else dummy, y, y_t,
         NB, H, W, O, O // geo.groups, HO, WO, Cg * KH * KW, key0, key1, SH, SW, PH, PW, DH, DW,

@@ -93,7 +93,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``act(x @ weight.T + bias)`` with fused forward-mode tangents (see module docstring)."""
     c = ops._Canonical(x, None, weight, None, bias, None, activation, None, "gaussian", None)
     device = _backend.common_device(ops.OP_NAME, x=x, weight=weight, bias=bias)
-    impl = _backend.resolve(ops.OP_NAME, device, backend, ops.IMPLEMENTED)
+    impl = ops.resolve(ops.OP_NAME, device, backend, ops.IMPLEMENTED)
     if _nested_forward_ad():
         return reference.activation_fn(c.activation, torch.nn.functional.linear(x, weight, bias))
     scope = _scope.active()
@@ -188,7 +188,7 @@ def _row(op, kind, x, weight, bias, eps, backend):
     params = [("weight", weight, None), ("bias", bias, None)][:n_params]
     xc, _, canon, _, _ = ops._row_canonical(op, x, None, params)
     device = _backend.common_device(op, x=x, weight=weight, bias=bias)
-    impl = _backend.resolve(op, device, backend, ops.ROW_IMPLEMENTED)
+    impl = ops.resolve(op, device, backend, ops.ROW_IMPLEMENTED)
     if _nested_forward_ad():
         return reference.row_dual(kind, x, None, weight, None, bias, None, float(eps), 0)[0]
     x_dot, w_dot, b_dot = _tangent(x), _tangent(weight), _tangent(bias)
@@ -268,7 +268,8 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None, back
     if _nested_forward_ad():
         return reference.attention(q, k, v, causal, scale)
     dots = [_tangent(t) for t in (q, k, v)]
-    if any(d is not None for d in dots) and _fusable(q, k, v):
+    # (Without symkernels._C the op is not declared: then the plain path below.)
+    if any(d is not None for d in dots) and _fusable(q, k, v) and _backend.has_dispatcher_op(attention_op.OP_NAME):
         impl = attention_op.resolve_impl(backend, q=q, k=k, v=v)
         _FUSED_CALLS["attention"] += 1
         o, _ = _AttentionDualFunction.apply(q, k, v, *(None if d is None else d.unsqueeze(0) for d in dots),

@@ -11,6 +11,8 @@ Two ways in:
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from symkernels import _backend, _library
@@ -19,6 +21,30 @@ from symkernels.jvp import reference
 OP_NAME = "linear_dual"
 IMPLEMENTED = ("reference", "cpu", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The Triton launchers take their op's arguments (csrc/jvp/schema.cpp).
+_triton_linear_dual = _library.TritonLauncher("symkernels.jvp.triton.linear_dual")
+NATIVE_CUDA_ENV = "SYMKERNELS_JVP_NATIVE_CUDA"
+
+
+@torch.compiler.assume_constant_result
+def native_cuda_requested() -> bool:
+    """``SYMKERNELS_JVP_NATIVE_CUDA=1``, read at call time: the native CUDA kernels of linear_dual and the row
+    duals are opt-in (csrc/jvp/linear_dual_cuda.cpp says why)."""
+    return os.environ.get(NATIVE_CUDA_ENV) == "1"
+
+
+def resolve(op: str, device: torch.device, backend: str | None, implemented: tuple[str, ...]) -> str:
+    """``_backend.resolve`` for linear_dual and the row duals, with their CUDA choice made here, per call: where
+    the op's CUDA kernel is symkernels._C's native one (a CUDA build), the default route runs it only on
+    request (native_cuda_requested), else the Triton kernel (the reference where Triton is missing), as
+    when the CUDA key is Triton's (builds without CUDA kernels)."""
+    impl = _backend.resolve(op, device, backend, implemented)
+    if impl != "dispatcher" or device.type != "cuda" or native_cuda_requested():
+        return impl
+    registration = _library.REGISTERED.get(op)
+    if registration is not None and registration.triton is None:  # the op's CUDA kernel is the native one
+        return "triton" if _backend.backend_available("triton") else "reference"
+    return impl
 
 
 def _normalize_activation(activation, op: str = OP_NAME) -> str:
@@ -147,7 +173,8 @@ def linear_dual(x: torch.Tensor, x_t: torch.Tensor | None, weight: torch.Tensor,
             (``reference.seeded_tangent((T, N, K), seed, distribution)``); the kernels never store it.
         distribution: "gaussian" (N(0, 1)) or "rademacher" (±1) for the seeded tangent.
         num_tangents: T, when no tangent tensor carries it (e.g. only a seed).
-        backend: None (dispatcher: C++ on CPU), "reference", "cpu" or "triton".
+        backend: None (C++ on CPU; on CUDA Triton, or the native CUDA kernel with
+            SYMKERNELS_JVP_NATIVE_CUDA=1, see ``resolve``), "reference", "cpu" or "triton".
 
     Returns:
         ``(y, y_t)``: ``y [..., N]``; ``y_t [T, ..., N]`` if any tangent carries T (or num_tangents is
@@ -156,7 +183,7 @@ def linear_dual(x: torch.Tensor, x_t: torch.Tensor | None, weight: torch.Tensor,
     """
     c = _Canonical(x, x_t, weight, weight_t, bias, bias_t, activation, weight_seed, distribution, num_tangents)
     device = _backend.common_device(OP_NAME, x=x, x_t=x_t, weight=weight, weight_t=weight_t, bias=bias, bias_t=bias_t)
-    impl = _backend.resolve(OP_NAME, device, backend, IMPLEMENTED)
+    impl = resolve(OP_NAME, device, backend, IMPLEMENTED)
     y, y_t = _LinearDualFunction.apply(c.x, c.weight, c.bias, c.x_t, c.weight_t, c.bias_t, c.activation, c.T,
                                        c.seed, c.distribution, impl, False)
     return c.outputs(y, y_t)
@@ -167,12 +194,10 @@ def _raw_linear_dual(x, weight, bias, x_t, weight_t, bias_t, activation, T, seed
     if impl == "reference":
         with torch.no_grad():
             return reference.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, T, seed, distribution)
+    op_args = (x, x_t, weight, weight_t, bias, bias_t, activation, T, -1 if seed is None else seed, distribution)
     if impl == "triton":
-        from symkernels.jvp import triton as triton_impl  # imported late: triton is optional
-
-        return triton_impl.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, T, seed, distribution)
-    return torch.ops.symkernels.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, T,
-                                            -1 if seed is None else seed, distribution)
+        return _triton_linear_dual(*op_args)
+    return torch.ops.symkernels.linear_dual(*op_args)
 
 
 def _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, activation):
@@ -255,63 +280,50 @@ class _LinearDualFunction(torch.autograd.Function):
         return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])), (0, 0)
 
 
-def _has_cuda_kernel(op_name: str) -> bool:
-    """True when symkernels._C registered a C++ kernel for the op's CUDA key."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"symkernels::{op_name}", "CUDA")
+def save_primals(ctx, output, *primals) -> None:
+    """The common part of the dual ops' setup_context: the primals saved for backward and for jvp, and the
+    tangent output y_t (output[1]) non-differentiable."""
+    ctx.save_for_backward(*primals)
+    ctx.save_for_forward(*primals)
+    ctx.mark_non_differentiable(output[1])
 
 
-def _register_dispatcher_op() -> None:
-    if not _backend.has_dispatcher_op(OP_NAME):
-        return
-    qualname = f"symkernels::{OP_NAME}"
-
-    # Needed so torch.compile / export can trace the op without running a kernel.
-    @torch.library.register_fake(qualname)
-    def _fake(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed=-1, distribution="gaussian"):
-        M, N = x.shape[0], weight.shape[0]
-        return x.new_empty((M, N)), x.new_empty((num_tangents, M, N))
-
-    # Backward through the primal only (y_t is a tangent, non-differentiable by contract). The forward-mode
-    # rule matters as much: with torch.library.register_autograd the bare op would give torch.func.jvp and
-    # forward_ad duals a silent ZERO tangent, so it goes through _autograd.register_autograd instead.
-    def _setup_context(ctx, inputs, output):
-        x, _x_t, weight, _w_t, bias, _b_t, activation, *_ = inputs
-        ctx.activation = activation
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight, bias)
-        ctx.save_for_forward(x, weight, bias)
-        ctx.mark_non_differentiable(output[1])
-
-    def _backward(ctx, grad_y, _grad_y_t):
-        x, weight, bias = ctx.saved_tensors
-        z = torch.nn.functional.linear(x, weight, bias)
-        grad_z = grad_y * reference.activation_derivative(ctx.activation, z)
-        grad_b = grad_z.sum(0) if ctx.has_bias else None
-        return grad_z @ weight, None, grad_z.T @ x, None, grad_b, None, None, None, None, None
-
-    # y's tangent from the tangents of (x, weight, bias) by plain torch ops, so that it is itself
-    # differentiable (jacrev-of-jvp, gradcheck's forward-over-reverse). The tangents of the op's tangent
-    # *inputs* (x_t, weight_t, bias_t) do not enter y; y_t is non-differentiable, so its tangent is None.
-    def _jvp(ctx, x_dot, _xt_dot, w_dot, _wt_dot, b_dot, *_ignored):
-        x, weight, bias = ctx.saved_tensors
-        return _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, ctx.activation), None
-
-    _library._register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
-
-    # The CUDA key is the Triton kernel unless symkernels._C registered a CUDA kernel for this op: the
-    # native SIMT kernel registers only with SYMKERNELS_JVP_NATIVE_CUDA=1 (csrc/jvp/linear_dual_cuda.cpp
-    # says why), so by default, and without a CUDA build, CUDA tensors go through the op to Triton.
-    if not _has_cuda_kernel(OP_NAME) and _backend.backend_status("triton").available:
-        @torch.library.register_kernel(qualname, "cuda")
-        def _cuda_via_triton(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed=-1,
-                             distribution="gaussian"):
-            from symkernels.jvp import triton as triton_impl
-
-            return triton_impl.linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents,
-                                           None if seed < 0 else seed, distribution)
+# ------------------------------------------------------------------------------------------------------
+# The dispatcher op symkernels::linear_dual (schema, CPU and CUDA kernels in csrc/jvp): fake, autograd in
+# both modes, and Triton as its CUDA kernel where symkernels._C has none (_library.register_op).
+# ------------------------------------------------------------------------------------------------------
+# Needed so torch.compile / export can trace the op without running a kernel.
+def _fake(x, x_t, weight, weight_t, bias, bias_t, activation, num_tangents, seed=-1, distribution="gaussian"):
+    M, N = x.shape[0], weight.shape[0]
+    return x.new_empty((M, N)), x.new_empty((num_tangents, M, N))
 
 
-_register_dispatcher_op()
+# Backward through the primal only (y_t is a tangent, non-differentiable by contract).
+def _setup_context(ctx, inputs, output):
+    x, _x_t, weight, _w_t, bias, _b_t, activation, *_ = inputs
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    save_primals(ctx, output, x, weight, bias)
+
+
+def _backward(ctx, grad_y, _grad_y_t):
+    x, weight, bias = ctx.saved_tensors
+    z = torch.nn.functional.linear(x, weight, bias)
+    grad_z = grad_y * reference.activation_derivative(ctx.activation, z)
+    grad_b = grad_z.sum(0) if ctx.has_bias else None
+    return grad_z @ weight, None, grad_z.T @ x, None, grad_b, None, None, None, None, None
+
+
+# y's tangent from the tangents of (x, weight, bias) by plain torch ops, so that it is itself
+# differentiable (jacrev-of-jvp, gradcheck's forward-over-reverse). The tangents of the op's tangent
+# *inputs* (x_t, weight_t, bias_t) do not enter y; y_t is non-differentiable, so its tangent is None.
+def _jvp(ctx, x_dot, _xt_dot, w_dot, _wt_dot, b_dot, *_ignored):
+    x, weight, bias = ctx.saved_tensors
+    return _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, ctx.activation), None
+
+
+_library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward=_backward, jvp=_jvp,
+                     triton=_triton_linear_dual)
 
 
 # ======================================================================================================
@@ -321,6 +333,10 @@ _register_dispatcher_op()
 # ======================================================================================================
 ROW_IMPLEMENTED = ("reference", "cpu", "triton")
 ROW_OPS = {"layer_norm": "layer_norm_dual", "rms_norm": "rms_norm_dual", "softmax": "softmax_dual"}
+_triton_row_dual = _library.TritonLauncher("symkernels.jvp.triton.row_dual")
+# The ops' CUDA kernels where symkernels._C has none: launchers with their op's arguments, which refuse
+# rows longer than triton.MAX_ROW.
+_TRITON_ROW_OPS = {kind: _library.TritonLauncher(f"symkernels.jvp.triton.{name}") for kind, name in ROW_OPS.items()}
 
 
 def _row_op_args(kind, x, x_t, w, w_t, b, b_t, eps, T):
@@ -401,9 +417,7 @@ def _raw_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T, impl):
         with torch.no_grad():
             return reference.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
     if impl == "triton":
-        from symkernels.jvp import triton as triton_impl
-
-        return triton_impl.row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
+        return _triton_row_dual(kind, x, x_t, w, w_t, b, b_t, eps, T)
     op = getattr(torch.ops.symkernels, ROW_OPS[kind])
     return op(*_row_op_args(kind, x, x_t, w, w_t, b, b_t, eps, T))
 
@@ -530,7 +544,7 @@ def _row_dual(op, kind, x, x_t, params, eps, backend):
         raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
     tensors = {"x": x, "x_t": x_t, **{n: p for n, p, _ in params}, **{n + "_t": t for n, _, t in params}}
     device = _backend.common_device(op, **tensors)
-    impl = _backend.resolve(op, device, backend, ROW_IMPLEMENTED)
+    impl = resolve(op, device, backend, ROW_IMPLEMENTED)
     if impl == "triton" and x.shape[-1] > (1 << 16):
         raise ValueError(f"{op}: x.shape[-1] must be at most 65536 for backend 'triton' (a row is held in "
                          f"registers), got {x.shape[-1]}")
@@ -545,8 +559,9 @@ def layer_norm_dual(x, x_t, weight=None, weight_t=None, bias=None, bias_t=None, 
 
     Shapes: x ``[..., N]``; x_t ``x.shape`` or ``[T, *x.shape]``; weight/bias ``[N]``; their tangents
     ``[N]`` or ``[T, N]``. Returns ``(y, y_t)`` like ``linear_dual`` (y_t non-differentiable).
-    Backends: "reference", "cpu" (C++ row kernel, the default on CPU), "triton" (None: the dispatcher op,
-    i.e. C++ on CPU and CUDA/Triton on GPU; the reference when symkernels._C is not built).
+    Backends: "reference", "cpu" (C++ row kernel, the default on CPU), "triton" (None: the dispatcher op on
+    CPU, Triton on GPU or the native CUDA kernel with SYMKERNELS_JVP_NATIVE_CUDA=1, see ``resolve``; the
+    reference when symkernels._C is not built).
     """
     return _row_dual("layer_norm_dual", "layer_norm", x, x_t, [("weight", weight, weight_t), ("bias", bias, bias_t)],
                      eps, backend)
@@ -563,24 +578,16 @@ def softmax_dual(x, x_t, *, backend: str | None = None):
 
 
 def _register_row_dispatcher_ops() -> None:
-    """Fake kernels, autograd (reverse *and* forward mode) and the Triton CUDA fallback of the three row ops."""
+    """Fake kernels, autograd (reverse *and* forward mode) and the Triton CUDA kernel of the three row ops."""
     for kind, name in ROW_OPS.items():
-        if not _backend.has_dispatcher_op(name):
-            continue
-        qualname = f"symkernels::{name}"
-
         def _fake(*args, _kind=kind):
             x, *_, T = _row_from_op_args(_kind, args)
             return x.new_empty(x.shape), x.new_empty((T, *x.shape))
 
-        torch.library.register_fake(qualname, _fake)
-
         def _setup_context(ctx, inputs, output, _kind=kind):
             x, _x_t, w, _w_t, b, _b_t, eps, _T = _row_from_op_args(_kind, inputs)
             ctx.kind, ctx.eps = _kind, eps
-            ctx.save_for_backward(x, w, b)
-            ctx.save_for_forward(x, w, b)
-            ctx.mark_non_differentiable(output[1])
+            save_primals(ctx, output, x, w, b)
 
         # Gradients land in the op's own argument order; the tangent inputs and scalars get None.
         def _backward(ctx, grad_y, _grad_y_t):
@@ -595,20 +602,8 @@ def _register_row_dispatcher_ops() -> None:
             x_dot, _, w_dot, _, b_dot, *_ = _row_from_op_args(ctx.kind, tangents)
             return _row_tangent(ctx.kind, ctx.eps, x, w, b, x_dot, w_dot, b_dot), None
 
-        _library._register_autograd(qualname, _backward, setup_context=_setup_context, jvp=_jvp)
-
-        # The CUDA key is the Triton row kernel unless symkernels._C registered its native one (only with
-        # SYMKERNELS_JVP_NATIVE_CUDA=1: csrc/jvp/row_dual_cuda.cpp says why).
-        if not _has_cuda_kernel(name) and _backend.backend_status("triton").available:
-            def _cuda_via_triton(*args, _kind=kind, _name=name):
-                from symkernels.jvp import triton as triton_impl
-
-                if args[0].shape[-1] > triton_impl.MAX_ROW:
-                    raise ValueError(f"{_name}: x.shape[-1] must be at most {triton_impl.MAX_ROW} for the Triton "
-                                     f"kernel (a row is held in registers), got {args[0].shape[-1]}")
-                return triton_impl.row_dual(_kind, *_row_from_op_args(_kind, args))
-
-            torch.library.register_kernel(qualname, "cuda", _cuda_via_triton)
+        _library.register_op(name, fake=_fake, setup_context=_setup_context, backward=_backward, jvp=_jvp,
+                             triton=_TRITON_ROW_OPS[kind])
 
 
 _register_row_dispatcher_ops()

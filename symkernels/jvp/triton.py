@@ -6,12 +6,17 @@ tangents, generated in registers from the counter-based hash: it is never in mem
 evaluates act(z) and act'(z) once and writes y and y_t. Tangents 1..T−1 reuse that act'(z) and only
 redo the tangent K loop (the primal is computed once for all T). A tangent given once for all T has
 T-stride 0. Accumulates in fp32 (fp64 for fp64 inputs).
+
+Every launch goes through ``torch.library.wrap_triton``, so torch.compile records the kernels themselves
+(``symkernels._library.register_op``). The launchers named after the ops (``linear_dual``,
+``layer_norm_dual``, ``rms_norm_dual``, ``softmax_dual``) take their op's arguments.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from symkernels.jvp import reference
 
@@ -180,9 +185,12 @@ _LINEAR_TILES = {
 }
 
 
-def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int, seed: int | None,
-                distribution: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher on canonical shapes (validated by symkernels.jvp.ops). Returns (y [M, N], y_t [T, M, N])."""
+def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int, seed: int | None = -1,
+                distribution: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher on canonical shapes (validated by symkernels.jvp.ops), with the arguments of the op
+    ``symkernels::linear_dual`` (seed -1 or None: no seeded tangent). Returns (y [M, N], y_t [T, M, N])."""
+    if seed is not None and seed < 0:
+        seed = None
     M, K = x.shape
     N = weight.shape[0]
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -201,7 +209,7 @@ def linear_dual(x, x_t, weight, weight_t, bias, bias_t, activation: str, T: int,
     xts, wts, bts = _t_strides(x_t), _t_strides(weight_t), _t_strides(bias_t)
     dummy = x  # unused pointer arguments (their loads are compiled out)
     grid = (triton.cdiv(M, tiles["BLOCK_M"]), triton.cdiv(N, tiles["BLOCK_N"]))
-    _linear_dual_kernel[grid](
+    wrap_triton(_linear_dual_kernel)[grid](
         x, weight, bias if bias is not None else dummy, x_t if x_t is not None else dummy,
         weight_t if weight_t is not None else dummy, bias_t if bias_t is not None else dummy, y, y_t,
         M, N, K, T, key0, key1, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
@@ -394,7 +402,7 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
     block = triton.next_power_of_2(N) if resident else _RESIDENT_ROW_BYTES // (8 if x.dtype == torch.float64 else 4)
     kernel = _row_dual_kernel if resident else _row_dual_streamed_kernel
     dummy = x
-    kernel[(R,)](
+    _traceable(kernel)[(R,)](
         x, x_t if x_t is not None else dummy, weight if weight is not None else dummy,
         weight_t if weight_t is not None else dummy, bias if bias is not None else dummy,
         bias_t if bias_t is not None else dummy, y, y_t, R, N, T, float(eps),
@@ -403,6 +411,32 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
         HAS_B=bias is not None, HAS_BT=bias_t is not None, ACC_F64=x.dtype == torch.float64, BLOCK_N=block,
         num_warps=max(1, min(16, block // 256)))
     return y, y_t
+
+
+def _traceable(kernel):
+    """``wrap_triton(kernel)``, as every launch here. A stand-in for a kernel that is none (the launch spy of
+    tests/jvp/test_jvp_rows.py, which forwards to the kernel it wraps) is launched as it is."""
+    return wrap_triton(kernel) if isinstance(kernel, triton.runtime.KernelInterface) else kernel
+
+
+def _op_row_dual(op: str, kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
+    if x.shape[-1] > MAX_ROW:
+        raise ValueError(f"{op}: x.shape[-1] must be at most {MAX_ROW} for the Triton kernel (a row is held in "
+                         f"registers), got {x.shape[-1]}")
+    return row_dual(kind, x, x_t, weight, weight_t, bias, bias_t, eps, T)
+
+
+# The launchers of the three row ops, with their op's arguments (csrc/jvp/schema.cpp).
+def layer_norm_dual(x, x_t, weight, weight_t, bias, bias_t, eps: float, num_tangents: int):
+    return _op_row_dual("layer_norm_dual", "layer_norm", x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents)
+
+
+def rms_norm_dual(x, x_t, weight, weight_t, eps: float, num_tangents: int):
+    return _op_row_dual("rms_norm_dual", "rms_norm", x, x_t, weight, weight_t, None, None, eps, num_tangents)
+
+
+def softmax_dual(x, x_t, num_tangents: int):
+    return _op_row_dual("softmax_dual", "softmax", x, x_t, None, None, None, None, 0.0, num_tangents)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -511,7 +545,7 @@ def attention_dual(q, k, v, q_t, k_t, v_t, causal: bool, scale: float):
     prec = "tf32" if (q.dtype == torch.float32 and not interpreted and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     tiles = dict(BLOCK_M=16, BLOCK_N=16) if interpreted else _attention_tiles(q.dtype, prec)
     grid = (triton.cdiv(Lq, tiles["BLOCK_M"]), BH, T)
-    _attention_dual_kernel[grid](
+    wrap_triton(_attention_dual_kernel)[grid](
         q, k, v, q_t if q_t is not None else q, k_t if k_t is not None else k, v_t if v_t is not None else v, o, o_t,
         Lq, Lk, D, DV, float(scale), stride(q_t, q), stride(k_t, k), stride(v_t, v),
         HAS_QT=q_t is not None, HAS_KT=k_t is not None, HAS_VT=v_t is not None, CAUSAL=bool(causal),

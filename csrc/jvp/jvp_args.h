@@ -1,10 +1,13 @@
 // Argument checks of the JVP pillar's dual ops, shared by the CPU kernels and the CUDA glue so that every
 // device reports the same errors (ValueError / TypeError naming the op and the argument). The tensors come
 // back contiguous, with the T-counts of the optional tangents resolved (0: absent, 1: shared by all T).
+// Also the row duals' common entry (checks, outputs, empty early return) and registration, per device.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <string>
@@ -173,37 +176,58 @@ const In* data_or_null(const at::Tensor& t) {
   return t.defined() ? reinterpret_cast<const In*>(t.const_data_ptr<TorchIn>()) : nullptr;
 }
 
-// The three row ops have their own schemas (softmax has no weight, rms_norm no bias); each device implements
-// one row_dual(kind, ...) and registers these schema-shaped entry points instantiated on it.
-using RowDualFn = std::tuple<at::Tensor, at::Tensor> (*)(RowKind, const at::Tensor&, const std::optional<at::Tensor>&,
-                                                         const std::optional<at::Tensor>&,
-                                                         const std::optional<at::Tensor>&,
-                                                         const std::optional<at::Tensor>&,
-                                                         const std::optional<at::Tensor>&, double, int64_t);
+// A device's row-dual kernel: y [R,N] and y_t [T,R,N] from checked arguments, never called with R or N 0.
+using RowDualKernel = void (*)(const RowArgs&, at::Tensor& y, at::Tensor& y_t);
 
-template <RowDualFn RowDual>
+// The row duals on every device: the checks, the outputs, and the device's kernel unless they are empty.
+template <RowDualKernel Kernel>
+std::tuple<at::Tensor, at::Tensor> row_dual(RowKind kind, const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                                            const std::optional<at::Tensor>& weight,
+                                            const std::optional<at::Tensor>& weight_t,
+                                            const std::optional<at::Tensor>& bias,
+                                            const std::optional<at::Tensor>& bias_t, double eps,
+                                            int64_t num_tangents) {
+  const RowArgs a = prepare_row_args(kind, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
+  at::Tensor y = at::empty({a.R, a.N}, x.options());
+  at::Tensor y_t = at::empty({a.T, a.R, a.N}, x.options());
+  if (a.R > 0 && a.N > 0) Kernel(a, y, y_t);
+  return {y, y_t};
+}
+
+// The three row ops have their own schemas (softmax has no weight, rms_norm no bias); each device implements
+// one row kernel and registers these schema-shaped entry points instantiated on it (register_row_duals).
+template <RowDualKernel Kernel>
 std::tuple<at::Tensor, at::Tensor> layer_norm_dual(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
                                                    const std::optional<at::Tensor>& weight,
                                                    const std::optional<at::Tensor>& weight_t,
                                                    const std::optional<at::Tensor>& bias,
                                                    const std::optional<at::Tensor>& bias_t, double eps,
                                                    int64_t num_tangents) {
-  return RowDual(RowKind::kLayerNorm, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
+  return row_dual<Kernel>(RowKind::kLayerNorm, x, x_t, weight, weight_t, bias, bias_t, eps, num_tangents);
 }
 
-template <RowDualFn RowDual>
+template <RowDualKernel Kernel>
 std::tuple<at::Tensor, at::Tensor> rms_norm_dual(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
                                                  const std::optional<at::Tensor>& weight,
                                                  const std::optional<at::Tensor>& weight_t, double eps,
                                                  int64_t num_tangents) {
-  return RowDual(RowKind::kRmsNorm, x, x_t, weight, weight_t, std::nullopt, std::nullopt, eps, num_tangents);
+  return row_dual<Kernel>(RowKind::kRmsNorm, x, x_t, weight, weight_t, std::nullopt, std::nullopt, eps,
+                          num_tangents);
 }
 
-template <RowDualFn RowDual>
+template <RowDualKernel Kernel>
 std::tuple<at::Tensor, at::Tensor> softmax_dual(const at::Tensor& x, const std::optional<at::Tensor>& x_t,
                                                 int64_t num_tangents) {
-  return RowDual(RowKind::kSoftmax, x, x_t, std::nullopt, std::nullopt, std::nullopt, std::nullopt, 0.0,
-                 num_tangents);
+  return row_dual<Kernel>(RowKind::kSoftmax, x, x_t, std::nullopt, std::nullopt, std::nullopt, std::nullopt, 0.0,
+                          num_tangents);
+}
+
+// A device's TORCH_LIBRARY_IMPL block for the three row ops.
+template <RowDualKernel Kernel>
+void register_row_duals(torch::Library& m) {
+  m.impl("layer_norm_dual", TORCH_FN(layer_norm_dual<Kernel>));
+  m.impl("rms_norm_dual", TORCH_FN(rms_norm_dual<Kernel>));
+  m.impl("softmax_dual", TORCH_FN(softmax_dual<Kernel>));
 }
 
 }  // namespace symkernels::jvp
