@@ -228,6 +228,9 @@ def made_cases(device, quick) -> Iterable[Case]:
                           "sequential (D passes)": lambda m=model, n=noise: made_sample(m, n, method="gauss_seidel"),
                           "auto (exact)": lambda m=model, n=noise: made_sample(m, n, method="auto")},
                    ours="jacobi (exact)", context=("auto (exact)",),
+                   # Least work: one forward of the masked network over the batch (every output computed
+                   # once); Jacobi pays it once per iteration, the sequential sampler D times.
+                   flops=2 * B * (D * hidden + hidden * hidden + hidden * D),
                    extra={"iters": info.iterations, "T/iters": round(D / info.iterations, 1), "identical": True,
                           "auto": auto_info.method.split(":")[1]})
 
