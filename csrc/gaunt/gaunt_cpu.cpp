@@ -584,12 +584,14 @@ struct SparsePlan {
   }
 };
 
-// Row vectors per sparse tile: 4 (64 fp32 rows) while the tile's buffers, (n1 + n2 + no) vectors each, stay
-// well inside a 32 KiB L1 (every FMA reads one of them), fewer for larger degrees.
+// Row vectors per sparse tile: 4 (64 fp32 rows) while the tile's buffers, (n1 + n2 + no) vectors each, take
+// at most 40 KiB, i.e. up to L = 6 for L1 = L2 = Lo: measured (fp32, 1 thread) 4 beat 2 at every L = 2..6
+// (by ~10% at L = 6, although its 38 KiB spill the 32 KiB L1) and 8 was slower everywhere (15-40%).
+// Fewer vectors for larger degrees.
 inline int sparse_vectors(int n1, int n2, int no) {
   const int64_t bytes_per_vector = int64_t(n1 + n2 + no) * simd::kVectorBytes;
-  if (4 * bytes_per_vector <= (20 << 10)) return 4;
-  if (2 * bytes_per_vector <= (20 << 10)) return 2;
+  if (4 * bytes_per_vector <= (40 << 10)) return 4;
+  if (2 * bytes_per_vector <= (40 << 10)) return 2;
   return 1;
 }
 

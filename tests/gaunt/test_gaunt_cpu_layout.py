@@ -42,8 +42,8 @@ def cpu_route(request, monkeypatch):
 @pytest.mark.parametrize("rows", ROW_COUNTS)
 def test_row_counts_around_block_and_tile_sizes(rows, dtype, cpu_route):
     # (4, 4, 4): 25 coefficients, one full W-chunk plus a partial one (fp32) or three plus one (fp64); tile of 4
-    # vectors. (6, 6, 6): 49, tile of 2 vectors. (2, 1, 3): fewer coefficients than one chunk.
-    for l1, l2, lo in [(4, 4, 4), (6, 6, 6), (2, 1, 3)]:
+    # vectors. (6, 6, 8): tile of 2 vectors; (10, 10, 10): of 1. (2, 1, 3): fewer coefficients than one chunk.
+    for l1, l2, lo in [(4, 4, 4), (6, 6, 8), (10, 10, 10), (2, 1, 3)]:
         a, b = _rand(rows, _size(l1), seed=rows), _rand(rows, _size(l2), seed=rows + 1)
         out = gtp(a.to(dtype), b.to(dtype), lo, backend="cpu")
         assert_close(out, reference.gaunt_tensor_product(a, b, lo).to(dtype), msg=f"{(l1, l2, lo)} rows={rows}")
