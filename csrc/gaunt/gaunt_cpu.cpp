@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/simd.h"
@@ -96,12 +97,12 @@ inline bool dense_rows(const RowLayout& layout, int n) {
 // then whole vectors: building vectors lane by lane instead stalls on store forwarding (measured, L = 8).
 template <typename T, int R>
 SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, int64_t row0, int64_t count, T* dst,
-                                    T* block, typename Vec<T>::type* poison) {
+                                    T* block, bool block_transpose, typename Vec<T>::type* poison) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int S = R * W;
   int r = 0;
-  if (dense_rows(layout, n)) {
+  if (block_transpose && dense_rows(layout, n)) {
     for (; r + W <= count; r += W) {
       const T* src = x + (row0 + r) * n;
       for (int i = 0; i < n; ++i) store(block + i * W, load<V>(src + i * W));
@@ -134,12 +135,13 @@ SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, 
 // W * no contiguous elements of the output, is written as no whole vectors. The remaining rows go row by row
 // (sequential writes; coefficient by coefficient strides over all rows and measured ~4x slower).
 template <typename T, int R>
-SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count, T* block) {
+SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count, T* block,
+                                     bool block_transpose) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int S = R * W;
   int r = 0;
-  for (; r + W <= count; r += W) {
+  for (; block_transpose && r + W <= count; r += W) {
     for (int c0 = (no - 1) / W * W; c0 >= 0; c0 -= W) {
       V v[W];
       for (int q = 0; q < W; ++q) v[q] = load<V>(ct + (c0 + q) * S + r);
@@ -163,6 +165,10 @@ struct Inputs {
   T* out;
   int64_t rows;
   int n1, n2, no;
+  // Dense rows through the W x W register transposes: only where the 64-byte vectors are single registers
+  // (AVX-512). The AVX2 / baseline clones lower the two-source permutes to stack shuffling, measured
+  // 1.1-2x slower than the element-by-element path at L = 1..3 (fp32, -mavx2 build of this file).
+  bool block_transpose;
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -194,10 +200,10 @@ SYMKERNELS_INLINE void route_rows(const Inputs<T>& in, const typename Route::Tab
     const int64_t row0 = t * S;
     const int64_t count = std::min<int64_t>(S, in.rows - row0);
     V poison[R] = {};
-    transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, buf.at.data(), buf.block.data(), poison);
-    transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, buf.bt.data(), buf.block.data(), poison);
+    transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, buf.at.data(), buf.block.data(), in.block_transpose, poison);
+    transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, buf.bt.data(), buf.block.data(), in.block_transpose, poison);
     Route::template tile<R>(in, tab, buf.at.data(), buf.bt.data(), buf.ct.data(), poison, scratch);
-    transpose_out<T, R>(buf.ct.data(), in.no, in.out, row0, count, buf.block.data());
+    transpose_out<T, R>(buf.ct.data(), in.no, in.out, row0, count, buf.block.data(), in.block_transpose);
   }
 }
 
@@ -507,7 +513,8 @@ using RowsFn = void (*)(const Inputs<T>&, const typename SparseRouteT<T>::Table&
 template <typename T>
 Inputs<T> inputs_of(const PreparedArgs& args) {
   return Inputs<T>{args.a.const_data_ptr<T>(), args.b.const_data_ptr<T>(), args.la, args.lb,
-                   args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no};
+                   args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no,
+                   std::strcmp(simd::runtime_simd_level(), "avx512") == 0};
 }
 
 // Runs `rows_fn` over the row tiles (R vectors of rows each) on threads; `work` is the table work per row,
