@@ -33,6 +33,7 @@ struct RowLayout {
   int64_t col_stride = 1;         // elements between consecutive coefficients of one row
 
   int64_t offset(int64_t row) const {
+    if (ndim == 1) return row * stride[0];  // the common case, without a division
     int64_t off = 0;
     for (int d = ndim - 1; d >= 0; --d) {
       off += (row % size[d]) * stride[d];

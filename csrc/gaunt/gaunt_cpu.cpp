@@ -1,6 +1,7 @@
 // CPU Gaunt tensor product: two exact routes over one row-tile machinery.
 //
-//   sparse-direct  out[k] += c * x1[i1] * x2[i2] over the nonzeros of G: 2*nnz FLOP per row, nnz ~ L^5.
+//   sparse-direct  out[k] = sum_i x1[i] * sum_j c_ijk x2[j] over the nonzeros of G, grouped by (i, k) on the
+//                  host (SparseSchedule): nnz + groups FMAs per row, nnz ~ L^5.
 //   sphere grid    both inputs evaluated on the smallest exact grid (Gauss-Legendre in cos(beta) x Fourier in
 //                  alpha), multiplied, projected back: O(L^3) per row (separable transforms, below).
 // Python (symkernels/gaunt/ops.py) picks the route per (L1, L2, Lo) by measurement; both are exact.
@@ -8,8 +9,8 @@
 // SIMD runs across rows, not along the tables: a tile of R vectors of rows (64-byte vectors: 16
 // fp32 / 8 fp64 rows each) is transposed into [coefficient][row] buffers, so every table entry is a scalar
 // broadcast against whole vectors of rows, with no gathers. Rows are read in place through a RowLayout (any
-// strides, stride 0 for broadcast dims: an edge SH shared by all channels is never expanded). Tiles are
-// spread over threads with at::parallel_for.
+// strides, stride 0 for broadcast dims: an edge SH shared by all channels is never expanded); dense rows are
+// transposed a W x W block at a time in registers. Tiles are spread over threads with at::parallel_for.
 //
 // Non-finite inputs: the dense reference contracts with the zeros of G too, so one NaN/inf anywhere in a
 // row's inputs makes that whole output row NaN (the product function is undefined everywhere). Both routes
@@ -21,6 +22,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/simd.h"
@@ -33,14 +35,13 @@ using simd::load;
 using simd::store;
 using simd::Vec;
 
-// Table work per parallel task: enough that thread start-up is noise.
-constexpr int64_t kWorkPerTask = 1 << 16;
+// Work (table entries x rows) per parallel task: enough that waking a thread is noise.
+constexpr int64_t kWorkPerTask = int64_t(1) << 22;
 
 // Rows per tile = R vectors. Every table entry (scalar loads) then feeds R independent FMA chains, which
-// both amortizes those loads and hides the FMA latency. The grid route keeps several [..][rows] buffers per
-// tile, so it takes one vector of rows to keep a pair block's buffers in L1 (measured faster than 2 at
-// L = 5..10 on the 2-core AVX-512 Xeon of the dev machine).
-constexpr int kSparseVectors = 4;
+// both amortizes those loads and hides the FMA latency (the sparse route picks R per size, sparse_vectors).
+// The grid route keeps several [..][rows] buffers per tile, so it takes one vector of rows to keep a pair
+// block's buffers in L1 (measured faster than 2 at L = 5..10 on the 2-core AVX-512 dev machine).
 constexpr int kGridVectors = 1;
 // Grid route blocking (see grid_analysis, grid_product, grid_tile): node pairs per block (each coefficient
 // vector loaded once feeds 2 * kPairBlock accumulators, and one block's Fourier arrays stay in L1), and
@@ -49,17 +50,73 @@ constexpr int kGridVectors = 1;
 constexpr int kPairBlock = 2;
 constexpr int kFourierBlock = 3;
 
+// In-register transpose of a W x W block, W = lanes of V: x[j][c] becomes x[c][j]. Stage b swaps the
+// off-diagonal b x b blocks of every 2b x 2b block (log2(W) stages of W two-source permutes each).
+template <typename T>
+SYMKERNELS_INLINE void transpose_block(typename Vec<T>::type (&x)[Vec<T>::width]) {
+  using V = typename Vec<T>::type;
+  using I = typename Vec<T>::index;
+  constexpr int W = Vec<T>::width;
+#pragma GCC unroll 8
+  for (int b = W / 2; b >= 1; b /= 2) {
+    I lo, hi;
+    for (int c = 0; c < W; ++c) {
+      lo[c] = (c & b) ? W + c - b : c;
+      hi[c] = (c & b) ? W + c : c + b;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) {
+      if (i & b) continue;
+      const V p = x[i], q = x[i + b];
+#if defined(__clang__)
+      V u, w;
+      for (int c = 0; c < W; ++c) {
+        u[c] = lo[c] < W ? p[lo[c]] : q[lo[c] - W];
+        w[c] = hi[c] < W ? p[hi[c]] : q[hi[c] - W];
+      }
+      x[i] = u;
+      x[i + b] = w;
+#else
+      x[i] = __builtin_shuffle(p, q, lo);
+      x[i + b] = __builtin_shuffle(p, q, hi);
+#endif
+    }
+  }
+}
+
+// True when rows are dense [rows][n] (one coalesced dim of stride n, coefficients contiguous): then a group of
+// W rows is one contiguous block of W * n elements, i.e. n whole vectors.
+inline bool dense_rows(const RowLayout& layout, int n) {
+  return layout.col_stride == 1 && layout.ndim == 1 && layout.stride[0] == n;
+}
+
 // Reads `count` rows starting at row0 into dst [n][R * width] (rows past count are zero) and adds each
-// lane's 0*x into poison. Scalar stores row by row, then whole vectors: building vectors lane by lane
-// instead stalls on store forwarding and cost more than the grid route's arithmetic (measured, L = 8).
+// lane's 0*x into poison. Dense inputs go W rows at a time: the block's n vectors are copied to `block`
+// (W * n + W elements; the pad lets the last row's chunk be read whole), then each W-column chunk is
+// transposed in registers. Other layouts (broadcast, strided) are read element by element, row by row,
+// then whole vectors: building vectors lane by lane instead stalls on store forwarding (measured, L = 8).
 template <typename T, int R>
 SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, int64_t row0, int64_t count, T* dst,
-                                    typename Vec<T>::type* poison) {
+                                    T* block, bool block_transpose, typename Vec<T>::type* poison) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::width;
   constexpr int S = R * W;
+  int r = 0;
+  if (block_transpose && dense_rows(layout, n)) {
+    for (; r + W <= count; r += W) {
+      const T* src = x + (row0 + r) * n;
+      for (int i = 0; i < n; ++i) store(block + i * W, load<V>(src + i * W));
+      for (int c0 = 0; c0 < n; c0 += W) {
+        V v[W];
+        for (int j = 0; j < W; ++j) v[j] = load<V>(block + j * n + c0);
+        transpose_block<T>(v);
+        const int cols = std::min(W, n - c0);
+        for (int q = 0; q < cols; ++q) store(dst + (c0 + q) * S + r, v[q]);
+      }
+    }
+  }
   const int64_t cs = layout.col_stride;
-  for (int r = 0; r < S; ++r) {
+  for (; r < S; ++r) {
     if (r < count) {
       const T* src = x + layout.offset(row0 + r);
       for (int i = 0; i < n; ++i) dst[i * S + r] = src[i * cs];
@@ -72,12 +129,29 @@ SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, 
   }
 }
 
-// Writes the tile's outputs ct [no][R * width] to rows row0.. of the contiguous output [rows, no], row by row
-// (sequential writes; writing coefficient by coefficient strides over all rows and measured ~4x slower).
+// Writes the tile's outputs ct [no][R * width] to rows row0.. of the contiguous output [rows, no]. W rows at a
+// time: W-coefficient chunks of ct (padded to whole chunks) are transposed into `block` [W][no], last chunk
+// first so that each chunk's spill into the next row is overwritten by that row's own chunk, then the block,
+// W * no contiguous elements of the output, is written as no whole vectors. The remaining rows go row by row
+// (sequential writes; coefficient by coefficient strides over all rows and measured ~4x slower).
 template <typename T, int R>
-SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count) {
-  constexpr int S = R * Vec<T>::width;
-  for (int r = 0; r < count; ++r) {
+SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count, T* block,
+                                     bool block_transpose) {
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::width;
+  constexpr int S = R * W;
+  int r = 0;
+  for (; block_transpose && r + W <= count; r += W) {
+    for (int c0 = (no - 1) / W * W; c0 >= 0; c0 -= W) {
+      V v[W];
+      for (int q = 0; q < W; ++q) v[q] = load<V>(ct + (c0 + q) * S + r);
+      transpose_block<T>(v);
+      for (int j = 0; j < W; ++j) store(block + j * no + c0, v[j]);
+    }
+    T* dst = out + (row0 + r) * no;
+    for (int i = 0; i < no; ++i) store(dst + i * W, load<V>(block + i * W));
+  }
+  for (; r < count; ++r) {
     T* dst = out + (row0 + r) * no;
     for (int k = 0; k < no; ++k) dst[k] = ct[k * S + r];
   }
@@ -91,60 +165,117 @@ struct Inputs {
   T* out;
   int64_t rows;
   int n1, n2, no;
+  // Dense rows through the W x W register transposes: only where the 64-byte vectors are single registers
+  // (AVX-512). The AVX2 / baseline clones lower the two-source permutes to stack shuffling, measured
+  // 1.1-2x slower than the element-by-element path at L = 1..3 (fp32, -mavx2 build of this file).
+  bool block_transpose;
 };
 
 // ---------------------------------------------------------------------------------------------------------
-// Sparse-direct route. The table is sorted by output index (Python side), so the accumulators for one output
-// stay in registers for a run of entries and are flushed with += when the output index changes (correct
-// for any order, fastest when sorted).
+// The prologue and epilogue both routes share. A route fills the tile's outputs ct [no][S] from the transposed
+// inputs at [n1][S], bt [n2][S] and the poison lanes (route_tile below); everything around that is here.
 // ---------------------------------------------------------------------------------------------------------
-template <typename T>
-struct SparseTable {
-  const PathEntry* paths;
-  const T* coeffs;
-  int64_t nnz;
+template <typename T, int R>
+struct TileBuffers {
+  static constexpr int64_t S = R * Vec<T>::width;
+  static constexpr int W = Vec<T>::width;
+  // ct has whole W-coefficient chunks (transpose_out reads them); block serves both transposes.
+  std::vector<T> at, bt, ct, block;
+  explicit TileBuffers(const Inputs<T>& in)
+      : at(in.n1 * S),
+        bt(in.n2 * S),
+        ct((in.no + W - 1) / W * W * S),
+        block(size_t(W) * std::max({in.n1, in.n2, (in.no + W - 1) / W * W}) + W) {}
 };
 
-template <typename T>
-SYMKERNELS_INLINE void sparse_tile(const Inputs<T>& in, const SparseTable<T>& tab, int64_t row0, int64_t count, T* at,
-                                   T* bt, T* ct) {
+// Tiles [tile_begin, tile_end) of R vectors of rows each: transpose in, compute (Route::tile), transpose out.
+template <typename T, int R, typename Route>
+SYMKERNELS_INLINE void route_rows(const Inputs<T>& in, const typename Route::Table& tab, int64_t tile_begin,
+                                  int64_t tile_end) {
   using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int R = kSparseVectors;
-  constexpr int S = R * W;
-  V poison[R] = {};
-  transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, at, poison);
-  transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, bt, poison);
-  for (int k = 0; k < in.no; ++k) {
-    for (int v = 0; v < R; ++v) store(ct + k * S + v * W, poison[v]);
-  }
-  const PathEntry* paths = tab.paths;
-  for (int64_t start = 0; start < tab.nnz;) {  // run by run (a run = consecutive entries with one output)
-    const int k = paths[start].i3;
-    V acc[R] = {};
-    int64_t n = start;
-    for (; n < tab.nnz && paths[n].i3 == k; ++n) {
-      const T c = tab.coeffs[n];
-      const T* pa = at + int64_t(paths[n].i1) * S;
-      const T* pb = bt + int64_t(paths[n].i2) * S;
-      for (int v = 0; v < R; ++v) acc[v] += c * load<V>(pa + v * W) * load<V>(pb + v * W);
-    }
-    for (int v = 0; v < R; ++v) store(ct + k * S + v * W, load<V>(ct + k * S + v * W) + acc[v]);
-    start = n;
-  }
-  transpose_out<T, R>(ct, in.no, in.out, row0, count);
-}
-
-template <typename T>
-SYMKERNELS_INLINE void sparse_rows(const Inputs<T>& in, const SparseTable<T>& tab, int64_t tile_begin,
-                                   int64_t tile_end) {
-  constexpr int64_t S = kSparseVectors * Vec<T>::width;
-  std::vector<T> at(size_t(in.n1) * S), bt(size_t(in.n2) * S), ct(size_t(in.no) * S);
+  constexpr int64_t S = R * Vec<T>::width;
+  TileBuffers<T, R> buf(in);
+  typename Route::template Scratch<R> scratch(in, tab);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int64_t row0 = t * S;
-    sparse_tile(in, tab, row0, std::min<int64_t>(S, in.rows - row0), at.data(), bt.data(), ct.data());
+    const int64_t count = std::min<int64_t>(S, in.rows - row0);
+    V poison[R] = {};
+    transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, buf.at.data(), buf.block.data(), in.block_transpose, poison);
+    transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, buf.bt.data(), buf.block.data(), in.block_transpose, poison);
+    Route::template tile<R>(in, tab, buf.at.data(), buf.bt.data(), buf.ct.data(), poison, scratch);
+    transpose_out<T, R>(buf.ct.data(), in.no, in.out, row0, count, buf.block.data(), in.block_transpose);
   }
 }
+
+struct NoScratch {
+  template <typename In, typename Tab>
+  NoScratch(const In&, const Tab&) {}
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Sparse-direct route, factored by (outer, output) groups:
+//     out[k] = sum_i a[i] * t_ik,   t_ik = sum_j c_ijk b[j].
+// For real SH, the pairs (m_i, m_k) fix |m_j| to at most two values, so a group (i, k) gathers the entries of
+// every l_j at those m_j: 1 FMA per nonzero plus 1 per group, where c * a * b per nonzero costs 2 (a multiply
+// and an FMA). Measured groups: 595 for nnz 1164 at L = 4, 2337 for 6586 at L = 6 (1.3x and 1.5x fewer FMAs).
+// Every FMA still reads one vector of rows from the L1 tile buffers (b[j] in t, a[i] in acc), so loads and
+// FMAs are balanced at one each per cycle; the coefficient broadcast is shared by the R vectors of a tile.
+// The schedule (plan_sparse) is built on the host from any (paths, coeffs) table: the op is also called with
+// permuted tables (backward), and the outer input is whichever of x1, x2 gives fewer groups.
+// ---------------------------------------------------------------------------------------------------------
+template <typename T>
+struct SparseSchedule {
+  const int32_t* runs;    // [nruns][2]: output k, number of groups (one run per output that has entries)
+  const int32_t* groups;  // [ngroups][2]: outer index i, number of entries
+  const int32_t* inner;   // [nnz]: inner index j of each entry
+  const T* coeffs;        // [nnz]
+  int nruns;
+};
+
+template <typename T>
+struct SparseRouteT {
+  using Table = SparseSchedule<T>;
+  template <int R>
+  using Scratch = NoScratch;
+
+  template <int R>
+  static SYMKERNELS_INLINE void tile(const Inputs<T>& in, const Table& s, const T* at, const T* bt, T* ct,
+                                     const typename Vec<T>::type* poison, NoScratch&) {
+    using V = typename Vec<T>::type;
+    constexpr int W = Vec<T>::width;
+    constexpr int S = R * W;
+    // Outputs no entry reaches (e.g. degrees above L1+L2) are 0 (plus poison); the runs overwrite the rest.
+    for (int k = 0; k < in.no; ++k) {
+      for (int v = 0; v < R; ++v) store(ct + k * S + v * W, poison[v]);
+    }
+    const int32_t* g = s.groups;
+    const int32_t* j = s.inner;
+    const T* c = s.coeffs;
+    for (int r = 0; r < s.nruns; ++r) {
+      const int k = s.runs[2 * r];
+      const int ngroups = s.runs[2 * r + 1];
+      V acc[R];
+      for (int v = 0; v < R; ++v) acc[v] = poison[v];
+      for (int q = 0; q < ngroups; ++q, g += 2) {
+        const T* pa = at + int64_t(g[0]) * S;
+        const int n = g[1];
+        V t[R];
+        {
+          const T ce = *c++;
+          const T* pb = bt + int64_t(*j++) * S;
+          for (int v = 0; v < R; ++v) t[v] = ce * load<V>(pb + v * W);
+        }
+        for (int e = 1; e < n; ++e) {
+          const T ce = *c++;
+          const T* pb = bt + int64_t(*j++) * S;
+          for (int v = 0; v < R; ++v) t[v] += ce * load<V>(pb + v * W);
+        }
+        for (int v = 0; v < R; ++v) acc[v] += load<V>(pa + v * W) * t[v];
+      }
+      for (int v = 0; v < R; ++v) store(ct + k * S + v * W, acc[v]);
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------------------------------------
 // Sphere-grid route. With Y_lm(beta, alpha) = Theta_l|m|(cos beta) * phi_m(alpha), phi_0 = 1, phi_m = cos(m alpha),
@@ -322,91 +453,175 @@ SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, int count, const T* f
 }
 
 template <typename T>
-SYMKERNELS_INLINE void grid_tile(const Inputs<T>& in, const GridTable<T>& g, int64_t row0, int64_t count,
-                                 GridScratch<T>& s) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int R = kGridVectors;
-  constexpr int S = R * W;
-  V poison[R] = {};
-  transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, s.at.data(), poison);
-  transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, s.bt.data(), poison);
-  const int Mo = 2 * g.lo + 1;
-  for (int p0 = 0; p0 < g.padded_pairs; p0 += kPairBlock) {
-    const int pairs = std::min(kPairBlock, g.pairs - p0);
-    grid_analysis(s.at.data(), g.l1, g, p0, s.fa.data());
-    grid_analysis(s.bt.data(), g.l2, g, p0, s.fb.data());
-    grid_product(g, pairs, s.fa.data(), s.fb.data(), s.h.data());
-    // Step 3: each output accumulates this block's pairs in registers, on top of the earlier blocks.
-    for (int l = 0; l <= g.lo; ++l) {
-      for (int m = -l; m <= l; ++m) {
-        const int k = l * l + l + m;
-        const int parity = (l + m) & 1;
-        T* c = s.ct.data() + k * S;
-        V acc[R];
-        for (int v = 0; v < R; ++v) acc[v] = p0 == 0 ? poison[v] : load<V>(c + v * W);
-        for (int q = 0; q < pairs; ++q) {
-          const T t = g.theta_out[int64_t(p0 + q) * in.no + k];
-          const T* hp = s.h.data() + (int64_t(q) * 2 + parity) * Mo * S + (g.lo + m) * S;
-          for (int v = 0; v < R; ++v) acc[v] += t * load<V>(hp + v * W);
+struct GridRoute {
+  using Table = GridTable<T>;
+  template <int R>
+  using Scratch = GridScratch<T>;
+
+  // Step 3: each output accumulates one block's pairs in registers, on top of the earlier blocks.
+  template <int R>
+  static SYMKERNELS_INLINE void tile(const Inputs<T>& in, const Table& g, const T* at, const T* bt, T* ct,
+                                     const typename Vec<T>::type* poison, GridScratch<T>& s) {
+    static_assert(R == kGridVectors, "the grid route's scratch is sized for kGridVectors");
+    using V = typename Vec<T>::type;
+    constexpr int W = Vec<T>::width;
+    constexpr int S = R * W;
+    const int Mo = 2 * g.lo + 1;
+    for (int p0 = 0; p0 < g.padded_pairs; p0 += kPairBlock) {
+      const int pairs = std::min(kPairBlock, g.pairs - p0);
+      grid_analysis(at, g.l1, g, p0, s.fa.data());
+      grid_analysis(bt, g.l2, g, p0, s.fb.data());
+      grid_product(g, pairs, s.fa.data(), s.fb.data(), s.h.data());
+      for (int l = 0; l <= g.lo; ++l) {
+        for (int m = -l; m <= l; ++m) {
+          const int k = l * l + l + m;
+          const int parity = (l + m) & 1;
+          T* c = ct + k * S;
+          V acc[R];
+          for (int v = 0; v < R; ++v) acc[v] = p0 == 0 ? poison[v] : load<V>(c + v * W);
+          for (int q = 0; q < pairs; ++q) {
+            const T t = g.theta_out[int64_t(p0 + q) * in.no + k];
+            const T* hp = s.h.data() + (int64_t(q) * 2 + parity) * Mo * S + (g.lo + m) * S;
+            for (int v = 0; v < R; ++v) acc[v] += t * load<V>(hp + v * W);
+          }
+          for (int v = 0; v < R; ++v) store(c + v * W, acc[v]);
         }
-        for (int v = 0; v < R; ++v) store(c + v * W, acc[v]);
       }
     }
   }
-  transpose_out<T, R>(s.ct.data(), in.no, in.out, row0, count);
-}
+};
+
+// Entry points compiled once per ISA (see common/simd.h). The route and tile width are template arguments of
+// the inline helpers, so each clone gets its own copy of every kernel body.
+#define SYMKERNELS_GAUNT_ROWS(T, Route, R, name)                                                           \
+  SYMKERNELS_SIMD_CLONES void name(const Inputs<T>& in, const Route<T>::Table& tab, int64_t b, int64_t e) { \
+    route_rows<T, R, Route<T>>(in, tab, b, e);                                                             \
+  }
+SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 1, sparse_rows_f32_r1)
+SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 2, sparse_rows_f32_r2)
+SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 4, sparse_rows_f32_r4)
+SYMKERNELS_GAUNT_ROWS(double, SparseRouteT, 1, sparse_rows_f64_r1)
+SYMKERNELS_GAUNT_ROWS(double, SparseRouteT, 2, sparse_rows_f64_r2)
+SYMKERNELS_GAUNT_ROWS(double, SparseRouteT, 4, sparse_rows_f64_r4)
+SYMKERNELS_GAUNT_ROWS(float, GridRoute, kGridVectors, grid_rows_f32)
+SYMKERNELS_GAUNT_ROWS(double, GridRoute, kGridVectors, grid_rows_f64)
+#undef SYMKERNELS_GAUNT_ROWS
 
 template <typename T>
-SYMKERNELS_INLINE void grid_rows(const Inputs<T>& in, const GridTable<T>& g, int64_t tile_begin, int64_t tile_end) {
-  constexpr int64_t S = kGridVectors * Vec<T>::width;
-  GridScratch<T> scratch(in, g);
-  for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t row0 = t * S;
-    grid_tile(in, g, row0, std::min<int64_t>(S, in.rows - row0), scratch);
-  }
-}
-
-// Entry points compiled once per ISA (see common/simd.h); Table selects the route.
-SYMKERNELS_SIMD_CLONES void rows_f32(const Inputs<float>& in, const SparseTable<float>& tab, int64_t b, int64_t e) {
-  sparse_rows(in, tab, b, e);
-}
-SYMKERNELS_SIMD_CLONES void rows_f64(const Inputs<double>& in, const SparseTable<double>& tab, int64_t b, int64_t e) {
-  sparse_rows(in, tab, b, e);
-}
-SYMKERNELS_SIMD_CLONES void rows_f32(const Inputs<float>& in, const GridTable<float>& g, int64_t b, int64_t e) {
-  grid_rows(in, g, b, e);
-}
-SYMKERNELS_SIMD_CLONES void rows_f64(const Inputs<double>& in, const GridTable<double>& g, int64_t b, int64_t e) {
-  grid_rows(in, g, b, e);
-}
+using RowsFn = void (*)(const Inputs<T>&, const typename SparseRouteT<T>::Table&, int64_t, int64_t);
 
 template <typename T>
 Inputs<T> inputs_of(const PreparedArgs& args) {
   return Inputs<T>{args.a.const_data_ptr<T>(), args.b.const_data_ptr<T>(), args.la, args.lb,
-                   args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no};
+                   args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no,
+                   std::strcmp(simd::runtime_simd_level(), "avx512") == 0};
 }
 
-// Runs the row tiles of either route over threads; `work` is the table work per row (sets the grain).
-template <typename T, int R, typename Table>
-void run_tiles(const Inputs<T>& in, const Table& table, int64_t work) {
-  constexpr int64_t S = R * Vec<T>::width;
+// Runs `rows_fn` over the row tiles (R vectors of rows each) on threads; `work` is the table work per row,
+// which sets the grain: at least kWorkPerTask of it per task, so small calls stay on one thread.
+template <typename T, typename Table, typename Fn>
+void run_tiles(const Inputs<T>& in, const Table& table, int R, int64_t work, Fn rows_fn) {
+  const int64_t S = R * Vec<T>::width;
   const int64_t tiles = (in.rows + S - 1) / S;
-  const int64_t grain = std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(1, work));
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<T, float>) {
-      rows_f32(in, table, begin, end);
-    } else {
-      rows_f64(in, table, begin, end);
+  const int64_t grain = std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(1, work * S));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) { rows_fn(in, table, begin, end); });
+}
+
+// The host-side schedule of the sparse route (see SparseSchedule): entries grouped by output, then by the
+// outer index, from any table (forward tables come sorted by (i3, i1), backward ones permuted and re-sorted).
+template <typename T>
+struct SparsePlan {
+  std::vector<int32_t> runs, groups, inner;
+  std::vector<T> coeffs;
+  bool swap = false;  // the outer input is x2 (then the kernel gets the inputs swapped)
+
+  SparsePlan(const PathEntry* p, const T* c, int64_t nnz, int n1, int n2, int no) {
+    // Order by output k: a counting sort keeps each output's entries in their given order.
+    std::vector<int64_t> start(no + 1, 0);
+    for (int64_t e = 0; e < nnz; ++e) ++start[p[e].i3 + 1];
+    for (int k = 0; k < no; ++k) start[k + 1] += start[k];
+    std::vector<int64_t> order(nnz);
+    {
+      std::vector<int64_t> fill(start.begin(), start.end() - 1);
+      for (int64_t e = 0; e < nnz; ++e) order[fill[p[e].i3]++] = e;
     }
-  });
+    // Groups per output if x1 (resp. x2) is the outer input: distinct i1 (i2) per output, by stamping.
+    int64_t groups1 = 0, groups2 = 0;
+    {
+      std::vector<int> stamp1(n1, -1), stamp2(n2, -1);
+      for (int k = 0; k < no; ++k) {
+        for (int64_t n = start[k]; n < start[k + 1]; ++n) {
+          const PathEntry& x = p[order[n]];
+          if (stamp1[x.i1] != k) stamp1[x.i1] = k, ++groups1;
+          if (stamp2[x.i2] != k) stamp2[x.i2] = k, ++groups2;
+        }
+      }
+    }
+    swap = groups2 < groups1;
+    auto outer = [&](int64_t e) { return swap ? p[e].i2 : p[e].i1; };
+    auto inner_of = [&](int64_t e) { return swap ? p[e].i1 : p[e].i2; };
+    inner.reserve(nnz);
+    coeffs.reserve(nnz);
+    groups.reserve(2 * std::min(groups1, groups2));
+    for (int k = 0; k < no; ++k) {
+      if (start[k] == start[k + 1]) continue;
+      // One group per outer index: sort this output's entries by it (stable, so the rest keep their order).
+      std::stable_sort(order.begin() + start[k], order.begin() + start[k + 1],
+                       [&](int64_t x, int64_t y) { return outer(x) < outer(y); });
+      int ngroups = 0;
+      for (int64_t n = start[k]; n < start[k + 1]; ++ngroups) {
+        const int32_t i = outer(order[n]);
+        int64_t m = n;
+        for (; m < start[k + 1] && outer(order[m]) == i; ++m) {
+          inner.push_back(inner_of(order[m]));
+          coeffs.push_back(c[order[m]]);
+        }
+        groups.push_back(i);
+        groups.push_back(static_cast<int32_t>(m - n));
+        n = m;
+      }
+      runs.push_back(k);
+      runs.push_back(ngroups);
+    }
+  }
+
+  SparseSchedule<T> schedule() const {
+    return SparseSchedule<T>{runs.data(), groups.data(), inner.data(), coeffs.data(),
+                             static_cast<int>(runs.size() / 2)};
+  }
+};
+
+// Row vectors per sparse tile: 4 (64 fp32 rows) while the tile's buffers, (n1 + n2 + no) vectors each, take
+// at most 40 KiB, i.e. up to L = 6 for L1 = L2 = Lo: measured (fp32, 1 thread) 4 beat 2 at every L = 2..6
+// (by ~10% at L = 6, although its 38 KiB spill the 32 KiB L1) and 8 was slower everywhere (15-40%).
+// Fewer vectors for larger degrees.
+inline int sparse_vectors(int n1, int n2, int no) {
+  const int64_t bytes_per_vector = int64_t(n1 + n2 + no) * simd::kVectorBytes;
+  if (4 * bytes_per_vector <= (40 << 10)) return 4;
+  if (2 * bytes_per_vector <= (40 << 10)) return 2;
+  return 1;
 }
 
 template <typename T>
 void run_sparse(const PreparedArgs& args, const at::Tensor& paths, const at::Tensor& coeffs) {
-  const SparseTable<T> tab{reinterpret_cast<const PathEntry*>(paths.const_data_ptr<int32_t>()),
-                           coeffs.const_data_ptr<T>(), paths.size(0)};
-  run_tiles<T, kSparseVectors>(inputs_of<T>(args), tab, tab.nnz + args.n1 + args.n2 + args.no);
+  const SparsePlan<T> plan(reinterpret_cast<const PathEntry*>(paths.const_data_ptr<int32_t>()),
+                           coeffs.const_data_ptr<T>(), paths.size(0), args.n1, args.n2, args.no);
+  const SparseSchedule<T> sched = plan.schedule();
+  Inputs<T> in = inputs_of<T>(args);
+  if (plan.swap) {
+    std::swap(in.x1, in.x2);
+    std::swap(in.l1, in.l2);
+    std::swap(in.n1, in.n2);
+  }
+  const int R = sparse_vectors(in.n1, in.n2, in.no);
+  const int64_t work = int64_t(paths.size(0)) + plan.groups.size() / 2 + in.n1 + in.n2 + in.no;
+  RowsFn<T> fn;
+  if constexpr (std::is_same_v<T, float>) {
+    fn = R == 4 ? sparse_rows_f32_r4 : R == 2 ? sparse_rows_f32_r2 : sparse_rows_f32_r1;
+  } else {
+    fn = R == 4 ? sparse_rows_f64_r4 : R == 2 ? sparse_rows_f64_r2 : sparse_rows_f64_r1;
+  }
+  run_tiles(in, sched, R, work, fn);
 }
 
 template <typename T>
@@ -417,7 +632,13 @@ void run_grid(const PreparedArgs& args, const at::Tensor& theta, const at::Tenso
                        static_cast<int>(theta.size(0)), static_cast<int>(theta.size(1)), l1, l2, lo};
   const int64_t work = int64_t(pairs) * (2 * (l1 + 1) * (l1 + 1) + 2 * (l2 + 1) * (l2 + 1) + args.no +
                                          8 * (lo + 1) * (2 * std::min(l1, l2) + 1));
-  run_tiles<T, kGridVectors>(inputs_of<T>(args), g, work);
+  void (*fn)(const Inputs<T>&, const GridTable<T>&, int64_t, int64_t);
+  if constexpr (std::is_same_v<T, float>) {
+    fn = grid_rows_f32;
+  } else {
+    fn = grid_rows_f64;
+  }
+  run_tiles(inputs_of<T>(args), g, kGridVectors, work, fn);
 }
 
 }  // namespace

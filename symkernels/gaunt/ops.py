@@ -148,27 +148,41 @@ def _grid_tables(l1: int, l2: int, lo: int, normalization: str, device: torch.de
 _CPU_ROUTE: str | None = None
 
 
+def cpu_route_fmas(l1: int, l2: int, lo: int) -> dict[str, int]:
+    """FMAs per row of each exact CPU route for degrees (L1, L2, Lo), as the kernels do them.
+
+    ``"sparse"``: one per nonzero of G (the bound of ``coefficients.sparse_table_size``) plus one per
+    (outer, output) group, bounded here by the nonzeros too (the kernel factors out[k] = Σ_i a_i Σ_j c b_j).
+    ``"grid"``: node pairs × (the three Legendre transforms, one FMA per coefficient, + 8 FMAs per complex
+    Fourier product term). 2× these are the FLOPs the benchmark counts (the fewer of the two is the least
+    work an exact method we know needs)."""
+    nnz = coefficients.sparse_table_size(l1, l2, lo)
+    pairs = ((l1 + l2 + lo) // 2 + 2) // 2
+    analysis = (l1 + 1) ** 2 + (l2 + 1) ** 2 + (lo + 1) ** 2
+    product = 8 * sum(min(l1, k + l2) - max(-l1, k - l2) + 1 for k in range(min(lo, l1 + l2) + 1))
+    return {"sparse": nnz, "grid": pairs * (analysis + product)}
+
+
 @torch.compiler.assume_constant_result  # a pure function of ints (numpy inside): a constant for Dynamo
 def cpu_route(l1: int, l2: int, lo: int) -> str:
     """The CPU kernel's route for degrees (L1, L2, Lo): ``"sparse"`` (direct over the nonzeros of G) or
     ``"grid"`` (exact sphere grid, O(L³)), whichever the cost model below says is faster.
 
-    Both costs are per row: the sparse route's table entries against the grid's FMAs (node pairs × (the
-    three Legendre transforms + 8 FMAs per complex Fourier product term)), at one to one. Measured on the
-    2-core Xeon (AVX-512) dev machine, fp32, 1 thread, 16384 rows, CPU time (machine shared, ±20%),
-    grid speed-up over sparse for L1 = L2 = Lo = L: 0.6–0.8× at L = 2, 0.9× at 3, 1.0–1.2× at 4,
-    1.0–1.6× at 5, 1.1–1.5× at 6, 2.2–2.9× at 8, 4.3–4.9× at 10; the model picks sparse up to 4 and the
-    grid from 5. Asymmetric cases agree with it too: (6,3,6) grid 1.3×, (6,6,12) 2.7×, (5,5,10) 1.4×;
-    (8,2,8) sparse 1.2×, (2,8,8) 1.3×, (4,4,8) 1.2×, (3,3,6) 1.2×; (8,1,8) a tie.
+    Both costs are per row (``cpu_route_fmas``): the sparse route's table entries against the grid's FMAs,
+    at ``_GRID_COST_FACTOR`` to one. Measured before the sparse route was factored by (outer, output) groups
+    on the 2-core AVX-512 dev machine, fp32, 1 thread, 16384 rows, CPU time (machine shared, ±20%), grid
+    speed-up over sparse for L1 = L2 = Lo = L: 0.6–0.8× at L = 2, 0.9× at 3, 1.0–1.2× at 4, 1.0–1.6× at 5,
+    1.1–1.5× at 6, 2.2–2.9× at 8, 4.3–4.9× at 10; asymmetric cases agreed too: (6,3,6) grid 1.3×,
+    (6,6,12) 2.7×, (5,5,10) 1.4×; (8,2,8) sparse 1.2×, (2,8,8) 1.3×, (4,4,8) 1.2×, (3,3,6) 1.2×; (8,1,8)
+    a tie. Re-measured after the sparse route was factored and both routes got block transposes (same setup,
+    best of 8 interleaved): grid speed-up 0.65× at L = 2, 0.64× at 3, 0.95× at 4, 1.5× at 5 and 6; (3,3,6)
+    0.8×, (4,4,8) 1.0×, (8,1,8) 0.67×, (6,3,6) 1.2×: the model still picks the faster route, sparse up to
+    L = 4 and the grid from 5.
     """
     if _CPU_ROUTE is not None:
         return _CPU_ROUTE
-    nnz = coefficients.sparse_table_size(l1, l2, lo)
-    pairs = ((l1 + l2 + lo) // 2 + 2) // 2
-    analysis = (l1 + 1) ** 2 + (l2 + 1) ** 2 + (lo + 1) ** 2
-    product = 8 * sum(min(l1, k + l2) - max(-l1, k - l2) + 1 for k in range(min(lo, l1 + l2) + 1))
-    grid = pairs * (analysis + product)
-    return "grid" if grid < _GRID_COST_FACTOR * nnz else "sparse"
+    fmas = cpu_route_fmas(l1, l2, lo)
+    return "grid" if fmas["grid"] < _GRID_COST_FACTOR * fmas["sparse"] else "sparse"
 
 
 # Time of one sparse table entry per grid FMA unit: 1 fits every measurement above.
