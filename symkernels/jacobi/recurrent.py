@@ -40,6 +40,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from symkernels.jacobi import reference
 from symkernels.jacobi.ops import rnn
+from symkernels.jacobi.solver import solve
 
 MODULE_METHODS = ("auto", "jacobi", "sequential", "newton")
 # Our method names → jacobi.rnn's ("sequential" is its Gauss–Seidel sweep: the ordinary forward loop).
@@ -337,8 +338,6 @@ def solve_layer_grid(module: JacobiRNNBase, input: torch.Tensor, hx=None, *, tol
     a CPU, where work sets the time, layer by layer is as fast or faster, and the modules use it. On a GPU,
     where a small iteration is latency-bound, the ~L-fold fewer iterations should win; not yet measured.
     """
-    from symkernels.jacobi.solver import solve
-
     if module.bidirectional:
         raise NotImplementedError("solve_layer_grid: bidirectional=True is not a wavefront (the backward "
                                   "direction of layer l − 1 at t depends on every later timestep)")

@@ -26,6 +26,7 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from symkernels import _backend
 from symkernels.jvp import _scope, conv, ops, reference
+from symkernels.jvp import attention as attention_op
 from symkernels.jvp.batch_norm import batch_norm_dual
 
 # Counters the tests use to prove the fused path ran.
@@ -261,8 +262,6 @@ class _AttentionDualFunction(torch.autograd.Function):
 def attention(q, k, v, *, causal: bool = False, scale: float | None = None, backend: str | None = None) -> torch.Tensor:
     """``softmax(q kᵀ·scale [causal]) v`` over ``[..., L, d]``; under forward mode the tangent comes from the
     fused ``attention_dual`` kernel (one call for primal and tangent; see the module docstring)."""
-    from symkernels.jvp import attention as attention_op
-
     attention_op.check_primals(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if _nested_forward_ad():

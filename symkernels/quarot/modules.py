@@ -2,8 +2,10 @@
 model families of ``quarot.families`` (Llama-style decoders, BERT encoders)."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+import sys
 from collections.abc import Callable
 
 import torch
@@ -12,6 +14,7 @@ from torch import nn
 from symkernels.hadamard import hadamard_transform, random_hadamard, random_signs, supported_size
 from symkernels.quarot import ops, reference
 from symkernels.quarot.families import ModelFamily, blocks, model_family
+from symkernels.quarot.kv import QuaRotKVCache, QuaRotKVLayer
 from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, quantize_weight_gptq,
                                        quantize_weight_rtn, search_activation_clip)
 
@@ -234,8 +237,6 @@ class AttentionQuaRot:
 
     def cache_layer(self):
         """This layer's KV4 cache layer (``kv_bits=4``)."""
-        from symkernels.quarot.kv import QuaRotKVLayer
-
         g = self.kv_group_size
         if not isinstance(g, int) or g < 2 or g % 2 or self.head_dim % g:
             raise ValueError(f"quantize_model: kv_group_size must be an even divisor of head_dim={self.head_dim}, "
@@ -265,8 +266,6 @@ def _attentions(model: nn.Module, family: ModelFamily) -> list[nn.Module]:
 
 
 def _kv_cache(attentions):
-    from symkernels.quarot.kv import QuaRotKVCache
-
     hooks = [getattr(attn, "quarot", None) for attn in attentions]
     if not all(h is not None and h.kv_bits is not None for h in hooks):
         raise ValueError("kv_cache: the model has no 4-bit KV cache (quantize_model(..., kv_bits=4) first)")
@@ -290,10 +289,6 @@ def _install_kv_cache_hooks(model: nn.Module, family: ModelFamily) -> None:
     is an error: its float K/V were never quantized. Each attention module also checks that it got
     the KV4 cache, so calling a decoder layer directly with a float cache fails instead of silently
     attending over unquantized K/V."""
-    import inspect
-
-    from symkernels.quarot.kv import QuaRotKVCache
-
     inner = model.base_model
     if getattr(inner, "_quarot_kv_hooks", False):
         return
@@ -345,8 +340,6 @@ def _install_attention_hook(model: nn.Module, family: ModelFamily) -> list[Atten
     Uses transformers' AttentionInterface: the registered function receives Q/K after RoPE and V, then
     calls the implementation the model had (sdpa/eager), with that implementation's mask format.
     """
-    import sys
-
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -595,8 +588,6 @@ def _check_quantize_options(model: nn.Module, family: ModelFamily, *, mode: str 
                             **linear_kwargs) -> None:
     """The checks ``quantize_model`` makes before it changes anything (``rotate_model(quantize=…)`` makes
     them before rotating)."""
-    import inspect
-
     if mode not in MODES:
         raise ValueError(f"quantize_model: mode must be one of {MODES}, got {mode!r}")
     if kv_bits not in (None, 4):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from symkernels.quarot import reference
 
 MSE_NORM, MSE_GRID, MSE_MAXSHRINK = 2.4, 100, 0.8
 
@@ -171,8 +172,6 @@ def search_activation_clip(x: torch.Tensor, weight: torch.Tensor, *, grid: tuple
     one ratio per layer is pinned down by a few thousand tokens, and the search costs one matmul per
     candidate.
     """
-    from symkernels.quarot import reference
-
     x2 = x.reshape(-1, x.shape[-1]).float()
     x2 = x2[::-(-x2.shape[0] // max_tokens)]
     w = weight.float()
