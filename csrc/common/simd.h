@@ -48,6 +48,78 @@ SYMKERNELS_INLINE void store(T* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// ---- fp16 / bf16 <-> fp32, 16 lanes at a time (added for the Hadamard kernels) ----------------------
+// Bit for bit what c10::Half and c10::BFloat16 do element by element in this build (c10's software
+// algorithms: the library is compiled for baseline x86-64, without F16C), including c10's NaN
+// handling (fp32 → fp16: the sign and 0x7E00; fp32 → bf16: 0x7FC0), written over whole vectors so
+// that they vectorize in every clone (a static_cast per element does not: ~10× slower than the FWHT).
+typedef unsigned int U32x16 __attribute__((vector_size(64)));
+typedef unsigned short U16x16 __attribute__((vector_size(32)));
+
+template <typename To, typename From>
+SYMKERNELS_INLINE To bit_cast_vector(From v) {
+  static_assert(sizeof(To) == sizeof(From));
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
+}
+
+SYMKERNELS_INLINE Vec<float>::type fp16_to_fp32(U16x16 h) {
+  using F = Vec<float>::type;
+  const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
+  const U32x16 sign = w & 0x80000000u;
+  const U32x16 two_w = w + w;
+  // Normal and inf/NaN inputs: exponent rebiased by 0xE0, then scaled by 2^-112 (exact).
+  const F normalized = bit_cast_vector<F>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  // Subnormal inputs and zero: the mantissa under an exponent worth 2^-24 per unit, less 0.5.
+  const F denormalized = bit_cast_vector<F>((two_w >> 17) | (126u << 23)) - 0.5f;
+  const U32x16 magnitude = two_w < (1u << 27) ? bit_cast_vector<U32x16>(denormalized)
+                                              : bit_cast_vector<U32x16>(normalized);
+  return bit_cast_vector<F>(sign | magnitude);
+}
+
+SYMKERNELS_INLINE U16x16 fp32_to_fp16(Vec<float>::type f) {
+  using F = Vec<float>::type;
+  const U32x16 w = bit_cast_vector<U32x16>(f);
+  // Both multiplies are by powers of two: exact unless they overflow to inf, so an FMA contraction of
+  // the add below gives the same bits.
+  F base = (bit_cast_vector<F>(w & 0x7FFFFFFFu) * 0x1.0p+112f) * 0x1.0p-110f;
+  const U32x16 shl1_w = w + w;
+  const U32x16 sign = w & 0x80000000u;
+  U32x16 bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? U32x16{} + 0x71000000u : bias;
+  base = bit_cast_vector<F>((bias >> 1) + 0x07800000u) + base;
+  const U32x16 bits = bit_cast_vector<U32x16>(base);
+  const U32x16 nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
+  const U32x16 half = (sign >> 16) | (shl1_w > 0xFF000000u ? U32x16{} + 0x7E00u : nonsign);
+  return __builtin_convertvector(half, U16x16);
+}
+
+SYMKERNELS_INLINE Vec<float>::type bf16_to_fp32(U16x16 h) {
+  return bit_cast_vector<Vec<float>::type>(__builtin_convertvector(h, U32x16) << 16);
+}
+
+SYMKERNELS_INLINE U16x16 fp32_to_bf16(Vec<float>::type f) {
+  const U32x16 u = bit_cast_vector<U32x16>(f);
+  const U32x16 rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;  // round to nearest even
+  return __builtin_convertvector(f != f ? U32x16{} + 0x7FC0u : rounded, U16x16);
+}
+// The same fp16 conversions with the AVX-512F instructions (vcvtph2ps, vcvtps2ph round-to-nearest-even):
+// identical results except that a NaN keeps its payload (quieted) instead of becoming 0x7E00, as in
+// PyTorch's own vectorized casts. Inline assembly, so that they compile inside any function: call them
+// only from code that runs on AVX-512F CPUs (a target("avx512f") function picked at run time).
+SYMKERNELS_INLINE Vec<float>::type fp16_to_fp32_avx512(U16x16 h) {
+  Vec<float>::type f;
+  asm("vcvtph2ps %1, %0" : "=v"(f) : "v"(h));
+  return f;
+}
+SYMKERNELS_INLINE U16x16 fp32_to_fp16_avx512(Vec<float>::type f) {
+  U16x16 h;
+  asm("vcvtps2ph $0, %1, %0" : "=v"(h) : "v"(f));
+  return h;
+}
+// ---- end of the fp16 / bf16 block ---------------------------------------------------------------------
+
 // The ISA the loader's ifunc resolver picks for SYMKERNELS_SIMD_CLONES on this CPU (same order).
 inline const char* runtime_simd_level() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SYMKERNELS_NO_SIMD_CLONES)

@@ -1,171 +1,315 @@
 // CPU fast Walsh–Hadamard transform along the last dimension.
 //
-// Per row (rows split across threads by at::parallel_for / OpenMP):
-//   1. strides 1 .. W/2 (W = lanes per 64-byte vector) are butterflies *inside* one vector register:
-//      a constant lane shuffle plus one multiply-add, fused with the load (and the scale) of the input;
-//   2. strides W .. B/2 run block by block, B = 8 KiB of data, so those stages stay in L1;
-//   3. strides ≥ B run over the whole row (≤ 128 KiB fp32, L2-resident).
-// Stages 2 and 3 go two at a time (radix 4), halving the loads and stores per stage.
-// fp16/bf16 rows are widened into an fp32 scratch row and rounded once at the end.
+// Each row (rows split across threads by at::parallel_for / OpenMP) is transformed in as few passes as
+// its size allows, every pass keeping a block of vectors in registers (W lanes per 64-byte vector):
+//   1. leaf pass: 16 consecutive vectors (16·W values: 256 fp32, 128 fp64) are loaded (widened from
+//      fp16/bf16, scaled), the strides 1 .. W/2 run *inside* each vector (a constant lane shuffle plus
+//      one multiply-add), the strides W .. 8W *across* the 16 registers; rows of ≤ 16·W values are
+//      then finished and stored, with no second pass;
+//   2. longer rows: the remaining strides 16W .. n/2 in passes of up to 4 strides (2..16 vectors h
+//      apart per register block) over the row, which stays in L1/L2 (≤ 128 KiB fp32). The last pass
+//      writes the output (rounding fp16/bf16 once); the passes before it work in place in the output
+//      (fp32/fp64) or in a per-thread fp32 scratch row (fp16/bf16).
+// So a 1024-value fp32 row is read once from memory, passed over once more in L1, and written once.
+// fp16/bf16 are widened and rounded 16 values at a time: with vcvtph2ps/vcvtps2ph for fp16 on AVX-512
+// CPUs, elsewhere with c10's own bit algorithms over vectors (common/simd.h); either way bit-identical
+// to c10's casts (NaN payloads aside). Outputs of ≥ 2 MiB reuse freed buffers (output_cpu.h).
+// Stages run in increasing stride and each butterfly is (a + b, a − b), exactly as a radix-2 FWHT of
+// the scaled input does: the result does not depend on how the stages are grouped into passes.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "common/simd.h"
 #include "hadamard/hadamard_args.h"
+#include "hadamard/output_cpu.h"
 
 namespace symkernels::hadamard {
 namespace {
 
-using simd::load;
-using simd::store;
 using simd::Vec;
 
-constexpr int64_t kL1BlockBytes = 8 * 1024;
+// Vectors one register block holds: 16 (plus the in-vector shuffle and sign constants) fit AVX-512's
+// 32 registers. log2 of it is the number of cross-vector stages one pass does.
+constexpr int kLog2BlockVectors = 4;
+constexpr int kBlockVectors = 1 << kLog2BlockVectors;
 // Rows per parallel task: enough elements that thread start-up is noise next to the work.
 constexpr int64_t kElementsPerTask = 1 << 15;
 
+// fp16 as seen by the AVX-512 entry point: the same bits, converted with vcvtph2ps/vcvtps2ph.
+struct HalfAvx512 {
+  c10::Half h;
+  HalfAvx512(float f) : h(f) {}  // scalar rows (n < 16): c10's conversion
+  operator float() const { return static_cast<float>(h); }
+};
+static_assert(sizeof(HalfAvx512) == sizeof(c10::Half));
+
+// Accumulation type of a storage type: fp32 for fp32/fp16/bf16, fp64 for fp64.
+template <typename S>
+using Acc = std::conditional_t<std::is_same_v<S, double>, double, float>;
+template <typename A>
+using VecOf = typename Vec<A>::type;
+
+template <typename A>
+constexpr int log2_width() {
+  return Vec<A>::width == 16 ? 4 : 3;
+}
+
+// One vector of W values of S, as accumulation type (widening fp16/bf16, bit-identical to c10).
+template <typename S>
+SYMKERNELS_INLINE VecOf<Acc<S>> load_acc(const S* p) {
+  if constexpr (std::is_same_v<S, HalfAvx512>) {
+    return simd::fp16_to_fp32_avx512(simd::load<simd::U16x16>(reinterpret_cast<const uint16_t*>(p)));
+  } else if constexpr (std::is_same_v<S, c10::Half>) {
+    return simd::fp16_to_fp32(simd::load<simd::U16x16>(p));
+  } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    return simd::bf16_to_fp32(simd::load<simd::U16x16>(p));
+  } else {
+    return simd::load<VecOf<S>>(p);
+  }
+}
+
+// Store W accumulated values as S (rounding once to fp16/bf16, bit-identical to c10's conversion).
+template <typename S>
+SYMKERNELS_INLINE void store_acc(S* p, VecOf<Acc<S>> v) {
+  if constexpr (std::is_same_v<S, HalfAvx512>) {
+    simd::store(reinterpret_cast<uint16_t*>(p), simd::fp32_to_fp16_avx512(v));
+  } else if constexpr (std::is_same_v<S, c10::Half>) {
+    simd::store(p, simd::fp32_to_fp16(v));
+  } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    simd::store(p, simd::fp32_to_bf16(v));
+  } else {
+    simd::store(p, v);
+  }
+}
+
 // Butterfly across lanes H apart inside one vector: lane i becomes v[i] + v[i^H] if bit H of i is clear,
 // v[i^H] − v[i] if set. The index and sign vectors are compile-time constants, so this is one permute
-// and one FMA.
-template <typename T, int H>
-SYMKERNELS_INLINE typename Vec<T>::type butterfly_in_vector(typename Vec<T>::type v) {
-  using V = typename Vec<T>::type;
-  using I = typename Vec<T>::index;
+// and one FMA (exact: the product is ±v).
+template <typename A, int H>
+SYMKERNELS_INLINE VecOf<A> butterfly_in_vector(VecOf<A> v) {
+  using V = VecOf<A>;
+  using I = typename Vec<A>::index;
   I partner{};
   V sign{};
-  for (int i = 0; i < Vec<T>::width; ++i) {
+  for (int i = 0; i < Vec<A>::width; ++i) {
     partner[i] = i ^ H;
-    sign[i] = (i & H) ? T(-1) : T(1);
+    sign[i] = (i & H) ? A(-1) : A(1);
   }
   return __builtin_shuffle(v, partner) + sign * v;
 }
 
-template <typename T>
-SYMKERNELS_INLINE typename Vec<T>::type all_in_vector_stages(typename Vec<T>::type v) {
-  v = butterfly_in_vector<T, 1>(v);
-  v = butterfly_in_vector<T, 2>(v);
-  v = butterfly_in_vector<T, 4>(v);
-  if constexpr (Vec<T>::width == 16) v = butterfly_in_vector<T, 8>(v);
+template <typename A>
+SYMKERNELS_INLINE VecOf<A> all_in_vector_stages(VecOf<A> v) {
+  v = butterfly_in_vector<A, 1>(v);
+  v = butterfly_in_vector<A, 2>(v);
+  v = butterfly_in_vector<A, 4>(v);
+  if constexpr (Vec<A>::width == 16) v = butterfly_in_vector<A, 8>(v);
   return v;
 }
 
-// Stages h and 2h over x[0, len), len a multiple of 4h, h a multiple of the vector width.
-template <typename T>
-SYMKERNELS_INLINE void radix4_stages(T* x, int64_t len, int64_t h) {
-  using V = typename Vec<T>::type;
-  for (int64_t group = 0; group < len; group += 4 * h) {
-    for (int64_t j = group; j < group + h; j += Vec<T>::width) {
-      const V a = load<V>(x + j), b = load<V>(x + j + h), c = load<V>(x + j + 2 * h), d = load<V>(x + j + 3 * h);
-      const V s0 = a + b, d0 = a - b, s1 = c + d, d1 = c - d;
-      store(x + j, s0 + s1);
-      store(x + j + h, d0 + d1);
-      store(x + j + 2 * h, s0 - s1);
-      store(x + j + 3 * h, d0 - d1);
+// Butterflies between registers H apart in v[0, N).
+template <int H, int N, typename V>
+SYMKERNELS_INLINE void cross_stage(V* v) {
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) {
+    if (i & H) continue;
+    const V a = v[i], b = v[i + H];
+    v[i] = a + b;
+    v[i + H] = a - b;
+  }
+}
+
+// All stages across N registers, smallest stride first.
+template <int N, typename V>
+SYMKERNELS_INLINE void cross_stages(V* v) {
+  if constexpr (N >= 2) cross_stage<1, N>(v);
+  if constexpr (N >= 4) cross_stage<2, N>(v);
+  if constexpr (N >= 8) cross_stage<4, N>(v);
+  if constexpr (N >= 16) cross_stage<8, N>(v);
+}
+
+// Leaf pass over N·W consecutive values: load (widen, scale), every stride below N·W, in registers.
+template <int N, typename S, typename A = Acc<S>>
+SYMKERNELS_INLINE void leaf(const S* in, A scale, VecOf<A>* v) {
+  constexpr int W = Vec<A>::width;
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) v[i] = all_in_vector_stages<A>(load_acc(in + i * W) * scale);
+  cross_stages<N>(v);
+}
+
+// A whole row of N·W values (N ≤ 16) in registers: one load and one store per vector.
+template <int N, typename S, typename A = Acc<S>>
+SYMKERNELS_INLINE void row_in_registers(const S* in, S* out, A scale) {
+  constexpr int W = Vec<A>::width;
+  VecOf<A> v[N];
+  leaf<N>(in, scale, v);
+#pragma GCC unroll 16
+  for (int i = 0; i < N; ++i) store_acc(out + i * W, v[i]);
+}
+
+// Strides h, 2h, .., 2^(K−1)·h over x[0, n), h ≥ W: 2^K vectors h apart per register block, read from
+// `src` (accumulation type) and written to `dst` (accumulation or storage type; src == dst allowed).
+template <int K, typename A, typename D>
+SYMKERNELS_INLINE void radix_pass(const A* src, D* dst, int64_t n, int64_t h) {
+  constexpr int N = 1 << K;
+  constexpr int W = Vec<A>::width;
+  for (int64_t group = 0; group < n; group += N * h) {
+    for (int64_t j = group; j < group + h; j += W) {
+      VecOf<A> v[N];
+#pragma GCC unroll 16
+      for (int i = 0; i < N; ++i) v[i] = simd::load<VecOf<A>>(src + j + i * h);
+      cross_stages<N>(v);
+#pragma GCC unroll 16
+      for (int i = 0; i < N; ++i) store_acc(dst + j + i * h, v[i]);
     }
   }
 }
 
-template <typename T>
-SYMKERNELS_INLINE void radix2_stage(T* x, int64_t len, int64_t h) {
-  using V = typename Vec<T>::type;
-  for (int64_t group = 0; group < len; group += 2 * h) {
-    for (int64_t j = group; j < group + h; j += Vec<T>::width) {
-      const V a = load<V>(x + j), b = load<V>(x + j + h);
-      store(x + j, a + b);
-      store(x + j + h, a - b);
-    }
+template <typename A, typename D>
+SYMKERNELS_INLINE void radix_pass(int k, const A* src, D* dst, int64_t n, int64_t h) {
+  switch (k) {
+    case 1: return radix_pass<1>(src, dst, n, h);
+    case 2: return radix_pass<2>(src, dst, n, h);
+    case 3: return radix_pass<3>(src, dst, n, h);
+    default: return radix_pass<4>(src, dst, n, h);
   }
 }
 
-// All stages with stride in [h_begin, h_end) over x[0, len).
-template <typename T>
-SYMKERNELS_INLINE void vector_stages(T* x, int64_t len, int64_t h_begin, int64_t h_end) {
-  int64_t h = h_begin;
-  for (; 4 * h <= h_end; h *= 4) radix4_stages(x, len, h);
-  if (h < h_end) radix2_stage(x, len, h);
-}
-
-// Rows shorter than a vector (n = 2, 4, 8 for fp32): plain scalar butterflies.
-template <typename T>
-SYMKERNELS_INLINE void scalar_row(const T* in, T* x, int64_t n, T scale) {
-  for (int64_t i = 0; i < n; ++i) x[i] = in[i] * scale;
+// Rows shorter than a vector (n = 2, 4, 8 for fp32, 2, 4 for fp64): plain scalar butterflies.
+template <typename S, typename A = Acc<S>>
+SYMKERNELS_INLINE void scalar_row(const S* in, S* out, int64_t n, A scale) {
+  A x[16];
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<A>(in[i]) * scale;
   for (int64_t h = 1; h < n; h *= 2) {
     for (int64_t i = 0; i < n; i += 2 * h) {
       for (int64_t j = i; j < i + h; ++j) {
-        const T a = x[j], b = x[j + h];
+        const A a = x[j], b = x[j + h];
         x[j] = a + b;
         x[j + h] = a - b;
       }
     }
   }
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<S>(x[i]);
 }
 
-// Transform one row: reads `in`, writes the result to `x` (in == x is allowed).
-template <typename T>
-SYMKERNELS_INLINE void transform_row(const T* in, T* x, int64_t n, T scale) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::width;
-  if (n < W) return scalar_row(in, x, n, scale);
-  const int64_t block = std::min<int64_t>(n, kL1BlockBytes / int64_t(sizeof(T)));
-  for (int64_t offset = 0; offset < n; offset += block) {
-    for (int64_t i = offset; i < offset + block; i += W) store(x + i, all_in_vector_stages<T>(load<V>(in + i) * scale));
-    vector_stages(x + offset, block, W, block);
+// Transform `rows` consecutive rows of n = 2^log2n values. `work`: n values of the accumulation type
+// for the passes before the last (the output row itself for fp32/fp64; unused when n ≤ 16·W).
+template <typename S, typename A = Acc<S>>
+SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A scale, A* work) {
+  constexpr int W = Vec<A>::width;
+  constexpr int log2w = log2_width<A>();
+  const int64_t n = int64_t{1} << log2n;
+  if (log2n < log2w) {
+    for (int64_t r = 0; r < rows; ++r) scalar_row(in + r * n, out + r * n, n, scale);
+    return;
   }
-  vector_stages(x, n, block, n);
-}
-
-// Entry points compiled once per ISA (see common/simd.h), one overload per dtype; each transforms
-// `rows` consecutive rows. Half types are widened into an fp32 scratch row and rounded once.
-template <typename Half>
-SYMKERNELS_INLINE void rows_half(const Half* in, Half* out, int64_t rows, int64_t n, float scale, float* scratch) {
+  switch (log2n - log2w) {  // rows that fit one register block
+    case 0: for (int64_t r = 0; r < rows; ++r) row_in_registers<1>(in + r * n, out + r * n, scale); return;
+    case 1: for (int64_t r = 0; r < rows; ++r) row_in_registers<2>(in + r * n, out + r * n, scale); return;
+    case 2: for (int64_t r = 0; r < rows; ++r) row_in_registers<4>(in + r * n, out + r * n, scale); return;
+    case 3: for (int64_t r = 0; r < rows; ++r) row_in_registers<8>(in + r * n, out + r * n, scale); return;
+    case 4: for (int64_t r = 0; r < rows; ++r) row_in_registers<16>(in + r * n, out + r * n, scale); return;
+    default: break;
+  }
+  // Longer rows: the leaf pass, then the remaining strides in balanced passes of ≤ 4.
+  const int rest = log2n - log2w - kLog2BlockVectors;
+  const int passes = (rest + kLog2BlockVectors - 1) / kLog2BlockVectors;
+  constexpr bool in_place = std::is_same_v<S, A>;
   for (int64_t r = 0; r < rows; ++r) {
-    const Half* src = in + r * n;
-    Half* dst = out + r * n;
-    for (int64_t i = 0; i < n; ++i) scratch[i] = static_cast<float>(src[i]);
-    transform_row(scratch, scratch, n, scale);
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Half>(scratch[i]);
+    const S* src = in + r * n;
+    S* dst = out + r * n;
+    A* x = in_place ? reinterpret_cast<A*>(dst) : work;
+    for (int64_t offset = 0; offset < n; offset += kBlockVectors * W) {
+      VecOf<A> v[kBlockVectors];
+      leaf<kBlockVectors>(src + offset, scale, v);
+#pragma GCC unroll 16
+      for (int i = 0; i < kBlockVectors; ++i) simd::store(x + offset + i * W, v[i]);
+    }
+    int64_t h = int64_t{kBlockVectors} * W;
+    int left = rest;
+    for (int p = passes; p > 0; --p) {
+      const int k = (left + p - 1) / p;  // this pass's strides: the remaining ones spread evenly
+      if (p > 1) {
+        radix_pass(k, x, x, n, h);
+      } else {
+        radix_pass(k, x, dst, n, h);
+      }
+      h <<= k;
+      left -= k;
+    }
   }
 }
 
-SYMKERNELS_SIMD_CLONES void transform_rows(const float* in, float* out, int64_t rows, int64_t n, double scale, float*) {
-  for (int64_t r = 0; r < rows; ++r) transform_row(in + r * n, out + r * n, n, static_cast<float>(scale));
+// Entry points compiled once per ISA (see common/simd.h), one overload per dtype.
+SYMKERNELS_SIMD_CLONES void transform_rows(const float* in, float* out, int64_t rows, int log2n, double scale,
+                                           float* work) {
+  rows_impl(in, out, rows, log2n, static_cast<float>(scale), work);
 }
-SYMKERNELS_SIMD_CLONES void transform_rows(const double* in, double* out, int64_t rows, int64_t n, double scale,
-                                           float*) {
-  for (int64_t r = 0; r < rows; ++r) transform_row(in + r * n, out + r * n, n, scale);
+SYMKERNELS_SIMD_CLONES void transform_rows(const double* in, double* out, int64_t rows, int log2n, double scale,
+                                           double* work) {
+  rows_impl(in, out, rows, log2n, scale, work);
 }
-SYMKERNELS_SIMD_CLONES void transform_rows(const c10::Half* in, c10::Half* out, int64_t rows, int64_t n,
-                                           double scale, float* scratch) {
-  rows_half(in, out, rows, n, static_cast<float>(scale), scratch);
+SYMKERNELS_SIMD_CLONES void transform_rows(const c10::Half* in, c10::Half* out, int64_t rows, int log2n,
+                                           double scale, float* work) {
+  rows_impl(in, out, rows, log2n, static_cast<float>(scale), work);
 }
-SYMKERNELS_SIMD_CLONES void transform_rows(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int64_t n,
-                                           double scale, float* scratch) {
-  rows_half(in, out, rows, n, static_cast<float>(scale), scratch);
+// fp16 on AVX-512 CPUs: hardware conversions (~3× faster than the portable bit manipulation).
+__attribute__((target("avx512f"))) void transform_rows_fp16_avx512(const c10::Half* in, c10::Half* out,
+                                                                   int64_t rows, int log2n, double scale,
+                                                                   float* work) {
+  rows_impl(reinterpret_cast<const HalfAvx512*>(in), reinterpret_cast<HalfAvx512*>(out), rows, log2n,
+            static_cast<float>(scale), work);
+}
+SYMKERNELS_SIMD_CLONES void transform_rows(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int log2n,
+                                           double scale, float* work) {
+  rows_impl(in, out, rows, log2n, static_cast<float>(scale), work);
+}
+
+template <typename T, typename A>
+void run_rows(const T* in, T* out, int64_t rows, int log2n, double scale, A* work) {
+  transform_rows(in, out, rows, log2n, scale, work);
+}
+void run_rows(const c10::Half* in, c10::Half* out, int64_t rows, int log2n, double scale, float* work) {
+  static const bool avx512 = std::strcmp(simd::runtime_simd_level(), "avx512") == 0;
+  if (avx512) {
+    transform_rows_fp16_avx512(in, out, rows, log2n, scale, work);
+  } else {
+    transform_rows(in, out, rows, log2n, scale, work);
+  }
 }
 
 at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
   const int64_t n = check_hadamard_args(x);
   const at::Tensor input = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  at::Tensor out = empty_output(x.sizes(), x);  // reuses recently freed outputs: no page faults
   const int64_t rows = input.numel() / n;
   if (rows == 0) return out;
+  int log2n = 0;
+  while ((int64_t{1} << log2n) < n) ++log2n;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / n);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "hadamard_transform_cpu", [&] {
+    using A = Acc<scalar_t>;
     const scalar_t* src = input.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      // fp32 scratch row for the half types (unused for fp32/fp64, which transform in place in `out`).
-      std::vector<float> scratch(std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double> ? 0 : n);
-      transform_rows(src + begin * n, dst + begin * n, end - begin, n, scale, scratch.data());
+      // Scratch row for the fp16/bf16 passes before the last (fp32/fp64 work in place in `out`),
+      // 64-byte aligned so that each vector is one cache line.
+      constexpr bool in_place = std::is_same_v<scalar_t, A>;
+      constexpr int64_t align = 64 / sizeof(A);
+      std::vector<A> scratch(in_place ? 0 : n + align);
+      A* work = scratch.data();
+      while (work != nullptr && reinterpret_cast<uintptr_t>(work) % 64 != 0) ++work;
+      run_rows(src + begin * n, dst + begin * n, end - begin, log2n, scale, work);
     });
   });
   return out;
