@@ -13,12 +13,13 @@
 // So a 1024-value fp32 row is read once from memory, passed over once more in L1, and written once.
 // fp16/bf16 are widened and rounded 16 values at a time: with vcvtph2ps/vcvtps2ph for fp16 on AVX-512
 // CPUs, elsewhere with c10's own bit algorithms over vectors (common/simd.h); either way bit-identical
-// to c10's casts (NaN payloads aside). Outputs of ≥ 2 MiB reuse freed buffers (output_cpu.h).
+// to c10's casts (NaN payloads aside).
 // Stages run in increasing stride and each butterfly is (a + b, a − b), exactly as a radix-2 FWHT of
 // the scaled input does: the result does not depend on how the stages are grouped into passes.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -31,7 +32,6 @@
 
 #include "common/simd.h"
 #include "hadamard/hadamard_args.h"
-#include "hadamard/output_cpu.h"
 
 namespace symkernels::hadamard {
 namespace {
@@ -291,7 +291,7 @@ void run_rows(const c10::Half* in, c10::Half* out, int64_t rows, int log2n, doub
 at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
   const int64_t n = check_hadamard_args(x);
   const at::Tensor input = x.contiguous();
-  at::Tensor out = empty_output(x.sizes(), x);  // reuses recently freed outputs: no page faults
+  at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t rows = input.numel() / n;
   if (rows == 0) return out;
   int log2n = 0;

@@ -2,6 +2,7 @@
 // cache, see hadamard_k_row.h), rows split across threads. The plan (H_K's sign classes) is built once.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -13,7 +14,6 @@
 #include "common/checks.h"
 #include "common/simd.h"
 #include "hadamard/hadamard_k_row.h"
-#include "hadamard/output_cpu.h"
 
 namespace symkernels::hadamard {
 namespace {
@@ -100,7 +100,7 @@ at::Tensor hadamard_transform_k_cpu(const at::Tensor& x, const at::Tensor& hk, d
                     ", got ", n);
   const int64_t p = n / k;
   const at::Tensor input = x.contiguous();
-  at::Tensor out = empty_output(x.sizes(), x);  // reuses recently freed outputs: no page faults
+  at::Tensor out = at::empty(x.sizes(), x.options());
   if (input.numel() == 0) return out;
   const bool f64 = x.scalar_type() == at::kDouble;
   const at::Tensor h = hk.to(f64 ? at::kDouble : at::kFloat).contiguous();
