@@ -6,6 +6,6 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
   m.def("hadamard_transform(Tensor x, float scale) -> Tensor");
   // y = x @ (hk ⊗ H_P).T * scale along the last dim, n = K·P, hk a K×K matrix (a ±1 Hadamard matrix
   // in practice), H_P the Sylvester matrix of the power of two P = n / K. Element k·P + j ↔ (k, j).
-  // Kernels: hadamard_k_cpu.cpp, hadamard_k_cuda.cpp.
+  // Kernels: hadamard_transform_k_cpu.cpp, hadamard_transform_k_cuda.cpp.
   m.def("hadamard_transform_k(Tensor x, Tensor hk, float scale) -> Tensor");
 }

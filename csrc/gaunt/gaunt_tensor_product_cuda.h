@@ -1,4 +1,4 @@
-// Launcher of the CUDA Gaunt kernel, shared by gaunt_cuda.cu and the torch glue gaunt_cuda.cpp.
+// Launcher of the CUDA Gaunt kernel, shared by gaunt_tensor_product_cuda.cu and the torch glue gaunt_tensor_product_cuda.cpp.
 // CUDA runtime types only, no torch headers.
 #pragma once
 

@@ -1,11 +1,11 @@
-// Torch glue of the CUDA Gaunt kernel: checks, device guard, stream, dtype switch (kernel in gaunt_cuda.cu).
+// Torch glue of the CUDA Gaunt kernel: checks, device guard, stream, dtype switch (kernel in gaunt_tensor_product_cuda.cu).
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/cuda_dispatch.h"
 #include "gaunt/gaunt_args.h"
-#include "gaunt/gaunt_cuda.h"
+#include "gaunt/gaunt_tensor_product_cuda.h"
 
 namespace symkernels::gaunt {
 namespace {

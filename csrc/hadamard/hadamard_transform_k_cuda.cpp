@@ -1,4 +1,4 @@
-// Torch glue for the CUDA hadamard_transform_k kernel (hadamard_k_cuda.cu): checks, device guard, stream.
+// Torch glue for the CUDA hadamard_transform_k kernel (hadamard_transform_k_cuda.cu): checks, device guard, stream.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs cuBLAS/cuSPARSE headers
 #include <ATen/ops/empty.h>
@@ -6,7 +6,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
-#include "hadamard/hadamard_k.h"
+#include "hadamard/hadamard_transform_k_cuda.h"
 
 namespace symkernels::hadamard {
 namespace {

@@ -1,4 +1,4 @@
-// Launchers of the CUDA Jacobi RNN kernels (raw pointers, no torch headers; glue in jacobi_rnn_cuda.cpp).
+// Launchers of the CUDA Jacobi RNN kernels (raw pointers, no torch headers; glue in jacobi_rnn_iterate_cuda.cpp).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-// Launcher of the CUDA FWHT (csrc/hadamard/hadamard_cuda.cu). Raw pointers only, so the .cu file
+// Launcher of the CUDA FWHT (csrc/hadamard/hadamard_transform_cuda.cu). Raw pointers only, so the .cu file
 // needs no torch headers and compiles quickly and standalone (`nvcc -c`).
 #pragma once
 

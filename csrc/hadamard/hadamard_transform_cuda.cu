@@ -14,7 +14,7 @@
 #include <cuda_runtime.h>
 
 #include "common/cuda_convert.cuh"
-#include "hadamard/hadamard_cuda.h"
+#include "hadamard/hadamard_transform_cuda.h"
 
 namespace symkernels::hadamard {
 namespace {

@@ -9,7 +9,7 @@
 #include <cmath>
 
 #include "jacobi/jacobi_rnn.h"
-#include "jacobi/jacobi_rnn_cuda.h"
+#include "jacobi/jacobi_rnn_iterate_cuda.h"
 
 namespace symkernels::jacobi::cuda {
 namespace {

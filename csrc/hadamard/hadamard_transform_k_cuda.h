@@ -1,4 +1,4 @@
-// Facts shared by the Kronecker Hadamard kernels (CPU glue, CUDA kernel). No torch headers.
+// Launcher of the Kronecker Hadamard CUDA kernel and the facts its glue checks against. No torch headers.
 #pragma once
 
 #include <cstdint>

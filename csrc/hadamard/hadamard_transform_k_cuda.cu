@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "common/cuda_convert.cuh"
-#include "hadamard/hadamard_k.h"
+#include "hadamard/hadamard_transform_k_cuda.h"
 
 namespace symkernels::hadamard {
 namespace {

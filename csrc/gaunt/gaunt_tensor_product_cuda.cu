@@ -8,9 +8,9 @@
 // output index, so acc lives in a register for a run and is flushed into the shared output tile, which
 // is finally written back coalesced. Half/bfloat16 inputs are widened on load and rounded once on store.
 //
-// Non-finite inputs poison the whole output row (as the dense reference does): see gaunt_cpu.cpp.
+// Non-finite inputs poison the whole output row (as the dense reference does): see gaunt_tensor_product_cpu.cpp.
 #include "common/cuda_convert.cuh"
-#include "gaunt/gaunt_cuda.h"
+#include "gaunt/gaunt_tensor_product_cuda.h"
 
 namespace symkernels::gaunt {
 namespace {

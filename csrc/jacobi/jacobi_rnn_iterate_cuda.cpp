@@ -10,7 +10,7 @@
 #include <tuple>
 
 #include "jacobi/jacobi_rnn.h"
-#include "jacobi/jacobi_rnn_cuda.h"
+#include "jacobi/jacobi_rnn_iterate_cuda.h"
 
 namespace symkernels::jacobi {
 namespace {

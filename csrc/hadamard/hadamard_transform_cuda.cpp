@@ -1,4 +1,4 @@
-// Torch glue for the CUDA FWHT: checks, stream, dispatch to the raw launcher in hadamard_cuda.cu.
+// Torch glue for the CUDA FWHT: checks, stream, dispatch to the raw launcher in hadamard_transform_cuda.cu.
 // Only c10/cuda headers (not ATen/cuda/CUDAContext.h, which drags in cuBLAS/cuSPARSE headers): the glue
 // compiles wherever the CUDA runtime headers exist, so CI syntax-checks it without a CUDA build of torch.
 #include <ATen/core/Tensor.h>
@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "hadamard/hadamard_args.h"
-#include "hadamard/hadamard_cuda.h"
+#include "hadamard/hadamard_transform_cuda.h"
 
 namespace symkernels::hadamard {
 namespace {
