@@ -1,4 +1,4 @@
-"""The CPU kernel's tile machinery and sparse schedule (csrc/gaunt/gaunt_cpu.cpp), against the dense reference.
+"""The CPU kernel's tile machinery and sparse schedule (csrc/gaunt/gaunt_tensor_product_cpu.cpp), against the dense reference.
 
 The kernel takes W rows at a time (W = 16 fp32 / 8 fp64 lanes) through an in-register block transpose when rows
 are dense, and row by row otherwise; its tiles hold 1, 2 or 4 vectors of rows depending on the degrees; the

@@ -1,4 +1,4 @@
-"""The C++ CPU FWHT kernel's own paths (csrc/hadamard/hadamard_cpu.cpp), through the bare dispatcher op.
+"""The C++ CPU FWHT kernel's own paths (csrc/hadamard/hadamard_transform_cpu.cpp), through the bare dispatcher op.
 
 Rows of ≤ 16 vectors are transformed in registers, longer ones in a leaf pass plus 1–2 passes of up to
 four strides; fp16/bf16 are widened and rounded with vector code. Every size 2..2^15 runs here in every dtype, with
