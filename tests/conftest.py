@@ -8,8 +8,11 @@ Where a backend's tensors live is decided here only: ``require_backend``/``backe
 (CUDA for "cuda", and for "triton" when a GPU exists), ``to_backend`` moves CPU-built test data there. A test
 never builds CPU tensors for a GPU backend itself.
 """
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -104,3 +107,15 @@ def pytest_report_header(config):
     for name, status in _backend.backends().items():
         lines.append(f"  backend {name:9s} {'available' if status.available else 'UNAVAILABLE'}: {status.reason}")
     return lines
+
+
+def run_compiling_script(name: str, tmp_path) -> dict:
+    """Runs ``tests/<name>`` in a subprocess without TRITON_INTERPRET (its Triton kernels are real
+    ``triton.jit`` functions, compiled or traced, where this process has them interpreted) and returns
+    the JSON report it prints last."""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / name)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])

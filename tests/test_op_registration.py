@@ -1,17 +1,11 @@
 """Every op is registered one way (``symkernels._library.register_op``), and torch.compile sees the Triton
 kernels of the ops whose CUDA kernel is Triton, not an opaque op."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from symkernels import _backend, _library
+from tests.conftest import run_compiling_script
 
-ROOT = Path(__file__).resolve().parent.parent
 needs_native = pytest.mark.skipif(not _backend.backend_available("cpu"), reason="symkernels._C is not built")
 
 
@@ -50,14 +44,8 @@ def test_autograd_callbacks_go_together():
 @needs_native
 @pytest.mark.skipif(not _backend.triton_importable(), reason="triton is not installed")
 def test_compile_traces_into_the_triton_kernels(tmp_path):
-    # A subprocess without TRITON_INTERPRET: wrap_triton traces real triton.jit kernels (tests/conftest.py
-    # makes them interpreted functions in this process).
-    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))
-    env.pop("TRITON_INTERPRET", None)
-    run = subprocess.run([sys.executable, str(ROOT / "tests" / "triton_decomposition_probe.py")], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    # In a subprocess: wrap_triton traces real triton.jit kernels, which this process has interpreted.
+    report = run_compiling_script("triton_decomposition_probe.py", tmp_path)
     served_by_triton = {name for name, r in _library.REGISTERED.items() if r.triton}
     traced = {case.split("/")[0] for case in report}
     assert served_by_triton <= traced, f"no trace case for {served_by_triton - traced}"

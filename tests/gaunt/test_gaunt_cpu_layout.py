@@ -15,27 +15,12 @@ from symkernels.gaunt import coefficients as C
 from symkernels.gaunt import gaunt_tensor_product as gtp
 from symkernels.gaunt import ops as gaunt_ops
 from symkernels.gaunt import reference
+from tests.gaunt.conftest import F64, rand, size
 from tests.conftest import require_backend
 
-F64 = torch.float64
 
 # Around 8 and 16 (one W-row group, fp64/fp32), 32 and 64 (tiles of 2 and 4 vectors of fp32 rows), and more.
 ROW_COUNTS = [1, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 129]
-
-
-def _rand(*shape, dtype=F64, seed=0):
-    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
-
-
-def _size(l):
-    return (l + 1) ** 2
-
-
-@pytest.fixture(params=["sparse", "grid"])
-def cpu_route(request, monkeypatch):
-    require_backend("cpu")
-    monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", request.param)
-    return request.param
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -44,7 +29,7 @@ def test_row_counts_around_block_and_tile_sizes(rows, dtype, cpu_route):
     # (4, 4, 4): 25 coefficients, one full W-chunk plus a partial one (fp32) or three plus one (fp64); tile of 4
     # vectors. (6, 6, 8): tile of 2 vectors; (10, 10, 10): of 1. (2, 1, 3): fewer coefficients than one chunk.
     for l1, l2, lo in [(4, 4, 4), (6, 6, 8), (10, 10, 10), (2, 1, 3)]:
-        a, b = _rand(rows, _size(l1), seed=rows), _rand(rows, _size(l2), seed=rows + 1)
+        a, b = rand(rows, size(l1), seed=rows), rand(rows, size(l2), seed=rows + 1)
         out = gtp(a.to(dtype), b.to(dtype), lo, backend="cpu")
         assert_close(out, reference.gaunt_tensor_product(a, b, lo).to(dtype), msg=f"{(l1, l2, lo)} rows={rows}")
 
@@ -54,13 +39,13 @@ def test_rows_read_in_place_match_dense_rows(layout, cpu_route):
     # Same numbers through the element-by-element path (every layout but dense rows) and the block path.
     e, c, l1, l2, lo = 5, 13, 4, 3, 5
     if layout == "noncontiguous":
-        a = random_noncontiguous((e, c, _size(l1)), dtype=F64)
-        b = random_noncontiguous((e, c, _size(l2)), dtype=F64)
+        a = random_noncontiguous((e, c, size(l1)), dtype=F64)
+        b = random_noncontiguous((e, c, size(l2)), dtype=F64)
     elif layout == "broadcast":
-        a, b = _rand(e, c, _size(l1)), _rand(e, 1, _size(l2), seed=1)
+        a, b = rand(e, c, size(l1)), rand(e, 1, size(l2), seed=1)
     else:
-        a = _rand(c, e, _size(l1)).transpose(0, 1)
-        b = _rand(c, e, _size(l2), seed=1).transpose(0, 1)
+        a = rand(c, e, size(l1)).transpose(0, 1)
+        b = rand(c, e, size(l2), seed=1).transpose(0, 1)
     out = gtp(a, b, lo, backend="cpu")
     dense = gtp(a.contiguous(), b.expand(e, c, -1).contiguous(), lo, backend="cpu")
     assert_close(out, reference.gaunt_tensor_product(a, b, lo))
@@ -69,7 +54,7 @@ def test_rows_read_in_place_match_dense_rows(layout, cpu_route):
 
 def test_nan_poisons_only_its_row_inside_a_block(cpu_route):
     # Rows 3 and 21 lie inside full 16-row blocks of the fp32 transpose; their neighbours must stay finite.
-    a, b = _rand(40, _size(4)).float(), _rand(40, _size(4), seed=1).float()
+    a, b = rand(40, size(4)).float(), rand(40, size(4), seed=1).float()
     a[3, 7] = float("nan")
     b[21, 0] = float("inf")
     out = gtp(a, b, 4, backend="cpu")
@@ -80,9 +65,9 @@ def test_nan_poisons_only_its_row_inside_a_block(cpu_route):
 
 
 def test_empty_batch(cpu_route):
-    a, b = torch.randn(0, 3, _size(4)), torch.randn(0, 3, _size(2))
+    a, b = torch.randn(0, 3, size(4)), torch.randn(0, 3, size(2))
     out = gtp(a, b, 5, backend="cpu")
-    assert out.shape == (0, 3, _size(5))
+    assert out.shape == (0, 3, size(5))
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,8 +98,8 @@ def test_any_table_order_duplicates_and_missing_outputs(l1, l2, lo):
     c[dup] *= 0.75
     keep = p[:, 2] != 1
     p, c = p[keep].contiguous(), c[keep].contiguous()
-    a, b = _rand(37, _size(l1), seed=1), _rand(37, _size(l2), seed=2)
-    expected = torch.einsum("ijk,ri,rj->rk", _dense_from_table(p, c, _size(l1), _size(l2), _size(lo)), a, b)
+    a, b = rand(37, size(l1), seed=1), rand(37, size(l2), seed=2)
+    expected = torch.einsum("ijk,ri,rj->rk", _dense_from_table(p, c, size(l1), size(l2), size(lo)), a, b)
     out = _raw(a, b, p, c, lo)
     assert_close(out, expected)
     assert (out[:, 1] == 0).all()
@@ -126,7 +111,7 @@ def test_outer_input_is_the_one_with_fewer_groups():
     """(6, 1, 6): grouping by x2's index gives fewer (outer, output) groups than by x1's, so the kernel swaps
     the inputs' roles; (1, 6, 6) does not. Both must give the reference (and each other, transposed roles)."""
     require_backend("cpu")
-    a6, b1 = _rand(50, _size(6), seed=3), _rand(50, _size(1), seed=4)
+    a6, b1 = rand(50, size(6), seed=3), rand(50, size(1), seed=4)
     p, c = C.sparse_gaunt_table(6, 1, 6)
     pairs = {"i1": len({(int(x), int(z)) for x, _, z in p}), "i2": len({(int(y), int(z)) for _, y, z in p})}
     assert pairs["i2"] < pairs["i1"]  # the premise: this table takes the swapped schedule
@@ -139,11 +124,11 @@ def test_outer_input_is_the_one_with_fewer_groups():
 @pytest.mark.parametrize("l1,l2,lo", [(4, 4, 4), (6, 2, 5)])
 def test_gradients_through_the_kernel(l1, l2, lo, cpu_route):
     # 19 rows: two fp64 8-row blocks and a remainder, in forward, backward (permuted tables) and double backward.
-    a = _rand(19, _size(l1), seed=5).requires_grad_()
-    b = _rand(19, _size(l2), seed=6).requires_grad_()
+    a = rand(19, size(l1), seed=5).requires_grad_()
+    b = rand(19, size(l2), seed=6).requires_grad_()
     torch.autograd.gradcheck(lambda x, y: gtp(x, y, lo, backend="cpu"), (a, b))
     torch.autograd.gradgradcheck(lambda x, y: gtp(x, y, lo, backend="cpu"), (a, b))
-    g = _rand(19, _size(lo), seed=7)
+    g = rand(19, size(lo), seed=7)
     ga, gb = torch.autograd.grad(gtp(a, b, lo, backend="cpu"), (a, b), g)
     ra, rb = torch.autograd.grad(reference.gaunt_tensor_product(a, b, lo), (a, b), g)
     assert_close(ga, ra)
@@ -171,6 +156,6 @@ def test_cuequivariance_peer_agrees_with_ours():
     peer = gaunt_bench._cueq_peer(lmax, channels, torch.device("cpu"))
     assert not isinstance(peer, str), peer
     product, to_ir_mul = peer
-    a, b = _rand(6, channels, _size(lmax), seed=8).float(), _rand(6, channels, _size(lmax), seed=9).float()
+    a, b = rand(6, channels, size(lmax), seed=8).float(), rand(6, channels, size(lmax), seed=9).float()
     ours = gtp(a, b, lmax, backend="reference")
     assert_close(product(to_ir_mul(a), to_ir_mul(b)), to_ir_mul(ours))

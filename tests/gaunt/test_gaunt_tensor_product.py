@@ -14,25 +14,9 @@ from symkernels.gaunt import coefficients as C
 from symkernels.gaunt import gaunt_tensor_product as gtp
 from symkernels.gaunt import ops as gaunt_ops
 from symkernels.gaunt import reference
+from tests.gaunt.conftest import F64, rand, size
 from tests.conftest import require_backend, to_backend
 
-F64 = torch.float64
-
-
-def _rand(*shape, dtype=F64, seed=0):
-    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
-
-
-def _size(l):
-    return (l + 1) ** 2
-
-
-@pytest.fixture(params=["sparse", "grid"])
-def cpu_route(request, monkeypatch):
-    """Forces one route of the CPU kernel (sparse-direct or sphere grid) for the test."""
-    require_backend("cpu")
-    monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", request.param)
-    return request.param
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,8 +24,8 @@ def cpu_route(request, monkeypatch):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("l1,l2", list(itertools.product(range(7), repeat=2)))
 def test_cpu_matches_reference_all_degrees(l1, l2, cpu_route):
-    a = _rand(19, _size(l1), seed=l1)
-    b = _rand(19, _size(l2), seed=10 + l2)
+    a = rand(19, size(l1), seed=l1)
+    b = rand(19, size(l2), seed=10 + l2)
     for lo in range(l1 + l2 + 1):  # every truncation, including Lo < max(L1, L2)
         assert_close(gtp(a, b, lo, backend="cpu"), reference.gaunt_tensor_product(a, b, lo), msg=f"{l1},{l2},{lo}")
 
@@ -49,21 +33,21 @@ def test_cpu_matches_reference_all_degrees(l1, l2, cpu_route):
 @pytest.mark.parametrize("l1,l2,lo", [(0, 2, 2), (1, 1, 2), (2, 3, 3), (3, 2, 5), (4, 4, 8), (6, 1, 4)])
 def test_triton_matches_reference(l1, l2, lo):
     device = require_backend("triton")
-    a = _rand(21, _size(l1), seed=1).to(device)
-    b = _rand(21, _size(l2), seed=2).to(device)
+    a = rand(21, size(l1), seed=1).to(device)
+    b = rand(21, size(l2), seed=2).to(device)
     assert_close(gtp(a, b, lo, backend="triton"), reference.gaunt_tensor_product(a, b, lo))
     assert_close(gtp(a.float(), b.float(), lo, backend="triton"), reference.gaunt_tensor_product(a, b, lo).float())
 
 
 @pytest.mark.parametrize("l1,l2,lo", [(12, 3, 12), (12, 12, 2), (10, 2, 12), (7, 8, 15), (12, 12, 24)])
 def test_cpu_spot_checks_high_degree(l1, l2, lo, cpu_route):
-    a, b = _rand(9, _size(l1), seed=3), _rand(9, _size(l2), seed=4)
+    a, b = rand(9, size(l1), seed=3), rand(9, size(l2), seed=4)
     assert_close(gtp(a, b, lo, backend="cpu"), reference.gaunt_tensor_product(a, b, lo))
 
 
 def test_triton_spot_check_high_degree():
     device = require_backend("triton")
-    a, b = _rand(5, _size(12), seed=5).to(device), _rand(5, _size(3), seed=6).to(device)
+    a, b = rand(5, size(12), seed=5).to(device), rand(5, size(3), seed=6).to(device)
     assert_close(gtp(a, b, 10, backend="triton"), reference.gaunt_tensor_product(a, b, 10))
 
 
@@ -75,7 +59,7 @@ def test_float32_relative_accuracy(kernel_backend, l):
     device = require_backend(kernel_backend)
     for lo in (l, 2 * l):
         rows = 16 if l == 12 else 64  # the dense float64 truth at (12, 12, 24) is 1.1 GFLOP per 64 rows
-        a, b = _rand(rows, _size(l), seed=7), _rand(rows, _size(l), seed=8)
+        a, b = rand(rows, size(l), seed=7), rand(rows, size(l), seed=8)
         truth = reference.gaunt_tensor_product(a, b, lo)
         routes = ("sparse", "grid") if kernel_backend == "cpu" else (None,)
         for route in routes:
@@ -98,7 +82,7 @@ def _cpu_route(route):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_widen_to_float32(dtype):
     require_backend("cpu")
-    a, b = _rand(8, 9, dtype=dtype), _rand(8, 4, dtype=dtype, seed=1)
+    a, b = rand(8, 9, dtype=dtype), rand(8, 4, dtype=dtype, seed=1)
     out = gtp(a, b, backend="cpu")
     assert out.dtype == dtype
     assert_close(out, reference.gaunt_tensor_product(a, b, 3))
@@ -106,7 +90,7 @@ def test_half_inputs_widen_to_float32(dtype):
 
 def test_nan_row_poisons_only_its_row(backend):
     device = require_backend(backend)
-    a, b = _rand(3, 9).to(device), _rand(3, 4, seed=1).to(device)
+    a, b = rand(3, 9).to(device), rand(3, 4, seed=1).to(device)
     a[1, 5] = float("nan")
     b[2, 0] = float("inf")
     for route in ("sparse", "grid") if backend == "cpu" else (None,):
@@ -147,7 +131,7 @@ def test_reference_matches_e3nn_tensor_product_uuu():
     with _float64_default():
         tp = o3.TensorProduct(irreps(l1), irreps(l2), irreps(lo), instructions, irrep_normalization="none",
                               path_normalization="none")
-    a, b = _rand(5, ch, _size(l1), seed=1), _rand(5, ch, _size(l2), seed=2)
+    a, b = rand(5, ch, size(l1), seed=1), rand(5, ch, size(l2), seed=2)
     expected = tp(_to_e3nn_layout(a, l1), _to_e3nn_layout(b, l2))
     got = _to_e3nn_layout(reference.gaunt_tensor_product(a, b, lo), lo)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
@@ -164,7 +148,7 @@ def test_reference_matches_e3nn_s2_grid():
         to1 = o3.ToS2Grid(l1, res, normalization=normalization)
         to2 = o3.ToS2Grid(l2, res, normalization=normalization)
         back = o3.FromS2Grid(res, lo, normalization=normalization)
-    a, b = _rand(4, _size(l1), seed=3), _rand(4, _size(l2), seed=4)
+    a, b = rand(4, size(l1), seed=3), rand(4, size(l2), seed=4)
     expected = back(to1(a) * to2(b))
     got = reference.gaunt_tensor_product(a, b, lo, normalization)
     torch.testing.assert_close(got, expected, atol=1e-11, rtol=1e-10)
@@ -176,10 +160,10 @@ def test_full_product_is_pointwise_product_of_e3nn_sh(normalization):
     vectors with e3nn's own spherical harmonics (so this checks e3nn's basis, order and normalization)."""
     o3 = pytest.importorskip("e3nn.o3")
     l1, l2 = 3, 2
-    points = _rand(50, 3, seed=9)
+    points = rand(50, 3, seed=9)
     sh = lambda lmax: o3.spherical_harmonics(list(range(lmax + 1)), points, normalize=True,  # noqa: E731
                                              normalization=normalization)
-    a, b = _rand(_size(l1), seed=1), _rand(_size(l2), seed=2)
+    a, b = rand(size(l1), seed=1), rand(size(l2), seed=2)
     c = reference.gaunt_tensor_product(a, b, l1 + l2, normalization)
     torch.testing.assert_close(sh(l1 + l2) @ c, (sh(l1) @ a) * (sh(l2) @ b), atol=1e-11, rtol=1e-10)
 
@@ -194,7 +178,7 @@ def test_equivariance_under_rotations(backend):
     d = lambda lmax, r: o3.Irreps([(1, (l, (-1) ** l)) for l in range(lmax + 1)]).D_from_matrix(r)  # noqa: E731
     torch.manual_seed(0)
     rot = o3.rand_matrix(dtype=torch.float32)
-    a, b = _rand(7, _size(l1), dtype=torch.float32, seed=5), _rand(7, _size(l2), dtype=torch.float32, seed=6)
+    a, b = rand(7, size(l1), dtype=torch.float32, seed=5), rand(7, size(l2), dtype=torch.float32, seed=6)
     lhs = gtp((a @ d(l1, rot).T).to(device), (b @ d(l2, rot).T).to(device), lo, backend=backend).cpu()
     rhs = gtp(a.to(device), b.to(device), lo, backend=backend).cpu() @ d(lo, rot).T
     assert_close(lhs, rhs)
@@ -202,7 +186,7 @@ def test_equivariance_under_rotations(backend):
 
 def test_constant_function_is_identity_and_commutativity(backend):
     device = require_backend(backend)
-    a, b = _rand(6, 16, seed=1).to(device), _rand(6, 9, seed=2).to(device)
+    a, b = rand(6, 16, seed=1).to(device), rand(6, 9, seed=2).to(device)
     one = torch.zeros(1, 1, dtype=F64, device=device)
     one[..., 0] = math.sqrt(4 * math.pi)  # the constant function 1 in 'integral' normalization
     assert_close(gtp(a, one, backend=backend), a)
@@ -213,7 +197,7 @@ def test_constant_function_is_identity_and_commutativity(backend):
 
 def test_adjointness(backend):
     device = require_backend(backend)
-    a, b, g = _rand(5, 9, seed=1).to(device), _rand(5, 16, seed=2).to(device), _rand(5, 25, seed=3).to(device)
+    a, b, g = rand(5, 9, seed=1).to(device), rand(5, 16, seed=2).to(device), rand(5, 25, seed=3).to(device)
     lhs = (gtp(a, b, 4, backend=backend) * g).sum()
     rhs = (a * gtp(b, g, 2, backend=backend)).sum()
     assert lhs.item() == pytest.approx(rhs.item(), rel=1e-12)
@@ -228,10 +212,10 @@ def test_random_shapes_cpu(l1, l2, lead, bcast, noncontig, data, cpu_route):
     lo = data.draw(st.integers(0, l1 + l2))
     shape2 = [1] * len(lead) if bcast else list(lead)
     make = random_noncontiguous if noncontig else (lambda s, dtype: torch.randn(*s, dtype=dtype))
-    a = make(tuple(lead) + (_size(l1),), dtype=F64)
-    b = make(tuple(shape2) + (_size(l2),), dtype=F64)
+    a = make(tuple(lead) + (size(l1),), dtype=F64)
+    b = make(tuple(shape2) + (size(l2),), dtype=F64)
     out = gtp(a, b, lo, backend="cpu")
-    assert out.shape == tuple(lead) + (_size(lo),)
+    assert out.shape == tuple(lead) + (size(lo),)
     assert_close(out, reference.gaunt_tensor_product(a, b, lo))
 
 
@@ -240,7 +224,7 @@ def test_triton_broadcast_noncontiguous_and_empty():
     from symkernels.gaunt import triton as triton_impl
 
     a = to_backend("triton", random_noncontiguous((3, 4, 9), dtype=F64))  # strides kept on a GPU too
-    b = _rand(3, 1, 4).to(device)
+    b = rand(3, 1, 4).to(device)
     assert_close(gtp(a, b, 3, backend="triton"), reference.gaunt_tensor_product(a, b, 3))
     # the broadcast operand is read in place through stride 0 (no expanded copy), as are strided rows
     lead = torch.Size([3, 4])
@@ -250,7 +234,7 @@ def test_triton_broadcast_noncontiguous_and_empty():
     assert view.data_ptr() == a.data_ptr()
     # three leading dims that do not coalesce into two fall back to a contiguous copy, still correct
     c = to_backend("triton", random_noncontiguous((2, 3, 2, 4), dtype=F64))
-    d = _rand(2, 1, 2, 1, seed=4).to(device)
+    d = rand(2, 1, 2, 1, seed=4).to(device)
     assert_close(gtp(c, d, 1, backend="triton"), reference.gaunt_tensor_product(c, d, 1))
     empty = gtp(torch.zeros(0, 9, dtype=F64, device=device), b[0], backend="triton")
     assert empty.shape == (0, 16)
@@ -262,11 +246,11 @@ def test_triton_broadcast_noncontiguous_and_empty():
 def test_gradcheck_and_gradgradcheck(backend):
     device = require_backend(backend)
     if backend == "triton":  # the interpreter is slow: fewer elements (double backward vs reference below)
-        a = _rand(2, 4, seed=1).to(device).requires_grad_()
-        b = _rand(1, 1, seed=2).to(device).requires_grad_()
+        a = rand(2, 4, seed=1).to(device).requires_grad_()
+        b = rand(1, 1, seed=2).to(device).requires_grad_()
     else:
-        a = _rand(2, 3, 9, seed=1).to(device).requires_grad_()
-        b = _rand(1, 4, seed=2).to(device).requires_grad_()  # broadcast along the leading dims
+        a = rand(2, 3, 9, seed=1).to(device).requires_grad_()
+        b = rand(1, 4, seed=2).to(device).requires_grad_()  # broadcast along the leading dims
     fn = lambda x, y: gtp(x, y, 1, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (a, b), check_forward_ad=True)
     if backend != "triton":
@@ -275,9 +259,9 @@ def test_gradcheck_and_gradgradcheck(backend):
 
 def test_double_backward_matches_reference(kernel_backend):
     device = require_backend(kernel_backend)
-    a = _rand(3, 9, seed=1).to(device).requires_grad_()
-    b = _rand(3, 4, seed=2).to(device).requires_grad_()
-    g = _rand(3, 9, seed=3).to(device)
+    a = rand(3, 9, seed=1).to(device).requires_grad_()
+    b = rand(3, 4, seed=2).to(device).requires_grad_()
+    g = rand(3, 9, seed=3).to(device)
     results = []
     for fn in (lambda x, y: gtp(x, y, 2, backend=kernel_backend), lambda x, y: reference.gaunt_tensor_product(x, y, 2)):
         ga, gb = torch.autograd.grad(fn(a, b), (a, b), g, create_graph=True)
@@ -289,9 +273,9 @@ def test_double_backward_matches_reference(kernel_backend):
 def test_backward_is_gaunt_product_with_degree_above_l2_plus_lo(backend):
     """∂/∂x1 = GTP(x2, g) truncated to L1, here with L1 = 6 > L2 + Lo = 3."""
     device = require_backend(backend)
-    a = _rand(4, _size(6), seed=1).to(device).requires_grad_()
-    b = _rand(4, _size(1), seed=2).to(device).requires_grad_()
-    g = _rand(4, _size(2), seed=3).to(device)
+    a = rand(4, size(6), seed=1).to(device).requires_grad_()
+    b = rand(4, size(1), seed=2).to(device).requires_grad_()
+    g = rand(4, size(2), seed=3).to(device)
     ga, gb = torch.autograd.grad(gtp(a, b, 2, backend=backend), (a, b), g)
     ra, rb = torch.autograd.grad(reference.gaunt_tensor_product(a, b, 2), (a, b), g)
     assert_close(ga, ra)
@@ -301,8 +285,8 @@ def test_backward_is_gaunt_product_with_degree_above_l2_plus_lo(backend):
 
 def test_jvp_and_vmap(kernel_backend):
     device = require_backend(kernel_backend)
-    a, b = _rand(3, 9, seed=1).to(device), _rand(3, 4, seed=2).to(device)
-    da, db = _rand(3, 9, seed=3).to(device), _rand(3, 4, seed=4).to(device)
+    a, b = rand(3, 9, seed=1).to(device), rand(3, 4, seed=2).to(device)
+    da, db = rand(3, 9, seed=3).to(device), rand(3, 4, seed=4).to(device)
     fn = lambda x, y: gtp(x, y, 3, backend=kernel_backend)  # noqa: E731
     out, tangent = torch.func.jvp(fn, (a, b), (da, db))
     _, expected = torch.func.jvp(lambda x, y: reference.gaunt_tensor_product(x, y, 3), (a, b), (da, db))
@@ -315,8 +299,8 @@ def test_torch_ops_autograd_registration_double_backward():
     """The raw dispatcher op's register_autograd (permuted tables) matches the reference to second order."""
     require_backend("cpu")
     paths, coeffs = C.sparse_gaunt_table(2, 1, 2)
-    a = _rand(3, 9, seed=1).requires_grad_()
-    b = _rand(3, 4, seed=2).requires_grad_()
+    a = rand(3, 9, seed=1).requires_grad_()
+    b = rand(3, 4, seed=2).requires_grad_()
     fn = lambda x, y: torch.ops.symkernels.gaunt_tensor_product(x, y, paths, coeffs, 2)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (a, b))
     assert torch.autograd.gradgradcheck(fn, (a, b))
@@ -326,15 +310,15 @@ def test_opcheck():
     require_backend("cpu")
     for l1, l2, lo, dtype in [(2, 1, 3, torch.float32), (1, 2, 1, F64)]:
         paths, coeffs = C.sparse_gaunt_table(l1, l2, lo)
-        a = _rand(4, _size(l1), dtype=dtype).requires_grad_()
-        b = _rand(2, 1, _size(l2), dtype=dtype, seed=1).requires_grad_()
+        a = rand(4, size(l1), dtype=dtype).requires_grad_()
+        b = rand(2, 1, size(l2), dtype=dtype, seed=1).requires_grad_()
         torch.library.opcheck(torch.ops.symkernels.gaunt_tensor_product.default, (a, b, paths, coeffs.to(dtype), lo))
 
 
 def test_torch_compile_fullgraph():
     require_backend("cpu")
-    a = _rand(4, 3, 9, dtype=torch.float32).requires_grad_()
-    b = _rand(4, 1, 4, dtype=torch.float32, seed=1).requires_grad_()
+    a = rand(4, 3, 9, dtype=torch.float32).requires_grad_()
+    b = rand(4, 1, 4, dtype=torch.float32, seed=1).requires_grad_()
 
     def loss(x, y):
         return gtp(x, y, 3).square().sum()
@@ -424,13 +408,13 @@ def test_bare_dispatcher_op_has_real_tangents():
 def test_grid_route_autograd_all_orders(monkeypatch):
     require_backend("cpu")
     monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", "grid")
-    a = _rand(2, 3, 16, seed=1).requires_grad_()
-    b = _rand(1, 9, seed=2).requires_grad_()  # broadcast along the leading dims
+    a = rand(2, 3, 16, seed=1).requires_grad_()
+    b = rand(1, 9, seed=2).requires_grad_()  # broadcast along the leading dims
     fn = lambda x, y: gtp(x, y, 3, backend="cpu")  # noqa: E731
     assert torch.autograd.gradcheck(fn, (a, b), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(fn, (a, b))
     # and against the reference, through double backward (degree 3 > L2 + Lo - ... exercised by lo = 1)
-    g = _rand(2, 3, 4, seed=3)
+    g = rand(2, 3, 4, seed=3)
     results = []
     for f in (lambda x, y: gtp(x, y, 1, backend="cpu"), lambda x, y: reference.gaunt_tensor_product(x, y, 1)):
         ga, gb = torch.autograd.grad(f(a, b), (a, b), g, create_graph=True)
@@ -446,12 +430,12 @@ def test_grid_op_autograd_registration_opcheck_and_tangents():
     op = torch.ops.symkernels.gaunt_tensor_product_grid
     for l1, l2, lo, dtype in [(2, 1, 3, torch.float32), (1, 2, 1, F64), (3, 3, 0, F64)]:
         theta, weights = C.grid_pair_tables(l1 + l2 + lo, max(l1, l2, lo))
-        a = _rand(4, _size(l1), dtype=dtype).requires_grad_()
-        b = _rand(2, 1, _size(l2), dtype=dtype, seed=1).requires_grad_()
+        a = rand(4, size(l1), dtype=dtype).requires_grad_()
+        b = rand(2, 1, size(l2), dtype=dtype, seed=1).requires_grad_()
         torch.library.opcheck(op.default, (a, b, theta.to(dtype), weights.to(dtype), lo))
         assert_close(op(a, b, theta.to(dtype), weights.to(dtype), lo), reference.gaunt_tensor_product(a, b, lo))
     theta, weights = C.grid_pair_tables(2 + 1 + 2, 2)
-    x1, x2 = _rand(3, 9, seed=1).requires_grad_(), _rand(3, 4, seed=2).requires_grad_()
+    x1, x2 = rand(3, 9, seed=1).requires_grad_(), rand(3, 4, seed=2).requires_grad_()
     fn = lambda p, q: op(p, q, theta, weights, 2)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x1, x2), check_forward_ad=True)
     assert torch.autograd.gradgradcheck(fn, (x1, x2))
@@ -480,8 +464,8 @@ def test_grid_op_rejects_bad_tables():
 def test_torch_compile_fullgraph_grid_route(monkeypatch):
     require_backend("cpu")
     monkeypatch.setattr(gaunt_ops, "_CPU_ROUTE", "grid")
-    a = _rand(4, 3, 16, dtype=torch.float32).requires_grad_()
-    b = _rand(4, 1, 9, dtype=torch.float32, seed=1).requires_grad_()
+    a = rand(4, 3, 16, dtype=torch.float32).requires_grad_()
+    b = rand(4, 1, 9, dtype=torch.float32, seed=1).requires_grad_()
 
     def loss(x, y):
         return gtp(x, y, 4).square().sum()
@@ -514,11 +498,11 @@ def test_broadcast_operand_is_read_in_place(l1, l2, cpu_route):
     x2 through stride-0 rows: the only allocation is the output (an expanded x2 would be C times larger).
     Gradients reduce over the broadcast dim."""
     e, c, lo = 16, 64, 3
-    a = _rand(e, c, _size(l1), seed=1).float()
-    b = _rand(e, 1, _size(l2), seed=2).float()
+    a = rand(e, c, size(l1), seed=1).float()
+    b = rand(e, 1, size(l2), seed=2).float()
     gtp(a, b, lo, backend="cpu")  # tables built and cached outside the measurement
-    out_bytes = e * c * _size(lo) * 4
-    expanded_b_bytes = e * c * _size(l2) * 4
+    out_bytes = e * c * size(lo) * 4
+    expanded_b_bytes = e * c * size(l2) * 4
     allocated = _allocated_bytes(lambda: gtp(a, b, lo, backend="cpu"))
     assert out_bytes <= allocated < out_bytes + expanded_b_bytes // 2, (allocated, out_bytes, expanded_b_bytes)
     # non-contiguous x1 (a transposed view) is read in place too
@@ -526,7 +510,7 @@ def test_broadcast_operand_is_read_in_place(l1, l2, cpu_route):
     assert _allocated_bytes(lambda: gtp(at, b, lo, backend="cpu")) < out_bytes + expanded_b_bytes // 2
     assert_close(gtp(at, b, lo, backend="cpu"), reference.gaunt_tensor_product(a.double(), b.double(), lo).float())
     a64, b64 = a.double().requires_grad_(), b.double().requires_grad_()
-    g = _rand(e, c, _size(lo), seed=3)
+    g = rand(e, c, size(lo), seed=3)
     ga, gb = torch.autograd.grad(gtp(a64, b64, lo, backend="cpu"), (a64, b64), g)
     ra, rb = torch.autograd.grad(reference.gaunt_tensor_product(a64, b64, lo), (a64, b64), g)
     assert gb.shape == b.shape

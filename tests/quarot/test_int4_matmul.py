@@ -215,12 +215,18 @@ def test_auto_isa_keeps_vnni_at_decode_sizes(monkeypatch):
     _check_isa_exact(torch.Generator().manual_seed(13), ((1, 33, 130), (2, 17, 64), (3, 47, 62)))
 
 
-def test_amx_epilogue_bitwise_vs_reference(monkeypatch):
-    """The AMX epilogue computes (fp32(acc)·sa)·sw + bias in the reference's order without FMA contraction
-    and rounds once to the out dtype (RNE, as torch does): bit-identical to the reference, every dtype."""
-    monkeypatch.setenv("SYMKERNELS_INT4_ISA", "amx")
-    if not _backend.backend_status("cpu") or _cpu_isa_now() != "amx":
-        pytest.skip("no AMX-INT8 path on this CPU/OS")
+# A forced path's name as int4_matmul_cpu_isa reports it (the ymm kernel runs EVEX-encoded on AVX-512 CPUs
+# without AVX-VNNI).
+_PATH_NAMES = {"amx": {"amx"}, "avx512": {"avx512"}, "avxvnni": {"avxvnni", "avxvnni-evex"}}
+
+
+@pytest.mark.parametrize("isa", sorted(_PATH_NAMES))
+def test_epilogue_bitwise_vs_reference(monkeypatch, isa):
+    """Every CPU path's epilogue computes (fp32(acc)·sa)·sw + bias in the reference's order without FMA
+    contraction and rounds once to the out dtype (RNE, as torch does): bit-identical to the reference."""
+    monkeypatch.setenv("SYMKERNELS_INT4_ISA", isa)
+    if not _backend.backend_status("cpu") or _cpu_isa_now() not in _PATH_NAMES[isa]:
+        pytest.skip(f"no {isa} path for int4_matmul on this CPU/OS")
     gen = torch.Generator().manual_seed(4)
     m, n, k = 35, 49, 194
     a_p, _ = _random_packed(m, k, gen)
