@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 from torch._library.triton import set_wrap_triton_enabled
+from torch._subclasses.functional_tensor import FunctionalTensorMode
 
 from symkernels import _backend
 
@@ -119,8 +120,6 @@ class TritonLauncher:
 def _register_triton_decomposition(qualname: str, launcher: TritonLauncher) -> None:
     """Under ``FunctionalTensorMode`` (AOTAutograd's tracing), a call on CUDA tensors becomes the
     launcher's body, so the graph holds the ``wrap_triton`` kernel launches; anything else stays the op."""
-    from torch._subclasses.functional_tensor import FunctionalTensorMode
-
     def decompose(mode, op, types, args, kwargs):
         on_cuda = any(isinstance(a, torch.Tensor) and a.device.type == "cuda"
                       for a in (*args, *kwargs.values()))

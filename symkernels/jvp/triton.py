@@ -402,7 +402,7 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
     block = triton.next_power_of_2(N) if resident else _RESIDENT_ROW_BYTES // (8 if x.dtype == torch.float64 else 4)
     kernel = _row_dual_kernel if resident else _row_dual_streamed_kernel
     dummy = x
-    _traceable(kernel)[(R,)](
+    wrap_triton(kernel)[(R,)](
         x, x_t if x_t is not None else dummy, weight if weight is not None else dummy,
         weight_t if weight_t is not None else dummy, bias if bias is not None else dummy,
         bias_t if bias_t is not None else dummy, y, y_t, R, N, T, float(eps),
@@ -411,12 +411,6 @@ def row_dual(kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: i
         HAS_B=bias is not None, HAS_BT=bias_t is not None, ACC_F64=x.dtype == torch.float64, BLOCK_N=block,
         num_warps=max(1, min(16, block // 256)))
     return y, y_t
-
-
-def _traceable(kernel):
-    """``wrap_triton(kernel)``, as every launch here. A stand-in for a kernel that is none (the launch spy of
-    tests/jvp/test_jvp_rows.py, which forwards to the kernel it wraps) is launched as it is."""
-    return wrap_triton(kernel) if isinstance(kernel, triton.runtime.KernelInterface) else kernel
 
 
 def _op_row_dual(op: str, kind: str, x, x_t, weight, weight_t, bias, bias_t, eps: float, T: int):
