@@ -35,9 +35,8 @@ _LIBRARY = torch.library.Library(NAMESPACE, "IMPL")
 
 @dataclasses.dataclass(frozen=True)
 class Registration:
-    """What ``register_op`` registered for one op (read by tests/test_op_registration.py)."""
-    autograd: bool
-    vmap: bool
+    """What ``register_op`` registered for one op that callers need to know (tests/test_op_registration.py,
+    symkernels.jvp.ops.resolve)."""
     triton: str | None  # the launcher serving the op's CUDA key, None where a native kernel (or none) does
 
 
@@ -82,8 +81,7 @@ def register_op(name: str, *, fake: Callable, setup_context: Callable | None = N
     if serve_cuda_by_triton:
         torch.library.register_kernel(qualname, "cuda", triton)
         _register_triton_decomposition(qualname, triton)
-    REGISTERED[name] = Registration(autograd=backward is not None, vmap=vmap is not None,
-                                    triton=triton.dotted if serve_cuda_by_triton else None)
+    REGISTERED[name] = Registration(triton=triton.dotted if serve_cuda_by_triton else None)
 
 
 class TritonLauncher:
