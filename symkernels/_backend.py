@@ -122,8 +122,12 @@ def build_info() -> dict:
 
 
 def has_dispatcher_op(op_name: str) -> bool:
-    """True when torch.ops.symkernels.<op_name> is registered (by _C or by a Python custom op)."""
-    return hasattr(torch.ops.symkernels, op_name)
+    """True when torch.ops.symkernels.<op_name> is registered (by _C or by a Python custom op); an overload is
+    named ``"<op>.<overload>"``."""
+    name, _, overload = op_name.partition(".")
+    if not hasattr(torch.ops.symkernels, name):
+        return False
+    return not overload or overload in getattr(torch.ops.symkernels, name).overloads()
 
 
 # Registrations are fixed once the pillars are imported, so Dynamo may evaluate these probes once at

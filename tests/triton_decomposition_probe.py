@@ -22,6 +22,16 @@ class _HopperTarget:
         return GPUTarget("cuda", 90, 32)
 
 
+def _into_fresh_buffer(out_op):
+    """``out_op(*args, out=buffer)`` on a buffer of the first argument's shape, returning the buffer: the
+    traced function then mutates no input, which aot_export_joint_simple requires."""
+    def call(x, *rest):
+        out = torch.empty_like(x)
+        out_op(x, *rest, out=out)
+        return out
+    return call
+
+
 def _cases(device):
     """{case: (op, args)}: one call of every op whose CUDA kernel may be Triton (values do not matter)."""
     ops = torch.ops.symkernels
@@ -31,6 +41,9 @@ def _cases(device):
     return {
         "hadamard_transform": (ops.hadamard_transform, (torch.empty(8, 256, **f32), 0.0625)),
         "hadamard_transform_k": (ops.hadamard_transform_k, (torch.empty(8, 12 * 64, **f32), hk, 1.0)),
+        "hadamard_transform.out": (_into_fresh_buffer(ops.hadamard_transform.out), (torch.empty(8, 256, **f32), 0.0625)),
+        "hadamard_transform_k.out": (_into_fresh_buffer(ops.hadamard_transform_k.out),
+                                     (torch.empty(8, 12 * 64, **f32), hk, 1.0)),
         "quantize_int4": (ops.quantize_int4, (torch.empty(8, 256, **f32), 1.0, None, 1.0)),
         "int4_matmul": (ops.int4_matmul, (torch.empty(8, 128, **u8), torch.empty(8, 1, **f32),
                                           torch.empty(32, 128, **u8), torch.empty(32, 1, **f32), None,
@@ -66,7 +79,9 @@ def _targets(op, args):
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
     graph = aot_export_joint_simple(call, [args[i] for i in slots], trace_joint=False)
-    return [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+    # A mutating op (out=) is recorded as auto_functionalized(op, ...): name the op it runs.
+    return [str(node.args[0]) if "auto_functionalized" in str(node.target) else str(node.target)
+            for node in graph.graph.nodes if node.op == "call_function"]
 
 
 def main():

@@ -288,12 +288,12 @@ void run_rows(const c10::Half* in, c10::Half* out, int64_t rows, int log2n, doub
   }
 }
 
-at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
-  const int64_t n = check_hadamard_args(x);
+// Writes the transform of x into out (contiguous, x's shape and dtype, checked by the callers).
+void transform_into(const at::Tensor& x, double scale, int64_t n, at::Tensor& out) {
   const at::Tensor input = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
+  check_no_overlap(out, input, "hadamard_transform");
   const int64_t rows = input.numel() / n;
-  if (rows == 0) return out;
+  if (rows == 0) return;
   int log2n = 0;
   while ((int64_t{1} << log2n) < n) ++log2n;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / n);
@@ -312,11 +312,26 @@ at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
       run_rows(src + begin * n, dst + begin * n, end - begin, log2n, scale, work);
     });
   });
+}
+
+at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
+  const int64_t n = check_hadamard_args(x);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  transform_into(x, scale, n, out);
   return out;
+}
+
+void hadamard_transform_out_cpu(const at::Tensor& x, double scale, at::Tensor& out) {
+  const int64_t n = check_hadamard_args(x);
+  check_out(out, x, "hadamard_transform");
+  transform_into(x, scale, n, out);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("hadamard_transform", &hadamard_transform_cpu); }
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) {
+  m.impl("hadamard_transform", &hadamard_transform_cpu);
+  m.impl("hadamard_transform.out", &hadamard_transform_out_cpu);
+}
 
 }  // namespace symkernels::hadamard

@@ -11,8 +11,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "common/checks.h"
 #include "common/simd.h"
+#include "hadamard/hadamard_args.h"
 #include "hadamard/hadamard_k_row.h"
 
 namespace symkernels::hadamard {
@@ -86,22 +86,13 @@ void run(const at::Tensor& input, at::Tensor& out, const at::Tensor& hk, int64_t
   });
 }
 
-at::Tensor hadamard_transform_k_cpu(const at::Tensor& x, const at::Tensor& hk, double scale) {
-  constexpr const char* op = "hadamard_transform_k";
-  check_floating(x, op, "x");
-  check_min_dim(x, 1, op, "x");
-  check_floating(hk, op, "hk");
-  TORCH_CHECK_VALUE(hk.dim() == 2 && hk.size(0) == hk.size(1) && hk.size(0) >= 1, op,
-                    ": hk must be a square K×K matrix, got shape ", hk.sizes());
-  TORCH_CHECK_VALUE(hk.device() == x.device(), op, ": hk must be on x's device (", x.device(), "), got ", hk.device());
+// Writes the transform of x into out (contiguous, x's shape and dtype, checked by the callers).
+void transform_into(const at::Tensor& x, const at::Tensor& hk, double scale, at::Tensor& out) {
   const int64_t k = hk.size(0);
-  const int64_t n = x.size(-1);
-  TORCH_CHECK_VALUE(n % k == 0 && is_power_of_two(n / k), op, ": x.shape[-1] must be K·2^m for K = hk.shape[0] = ", k,
-                    ", got ", n);
-  const int64_t p = n / k;
+  const int64_t p = x.size(-1) / k;
   const at::Tensor input = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  if (input.numel() == 0) return out;
+  check_no_overlap(out, input, "hadamard_transform_k");
+  if (input.numel() == 0) return;
   const bool f64 = x.scalar_type() == at::kDouble;
   const at::Tensor h = hk.to(f64 ? at::kDouble : at::kFloat).contiguous();
   switch (x.scalar_type()) {
@@ -109,13 +100,28 @@ at::Tensor hadamard_transform_k_cpu(const at::Tensor& x, const at::Tensor& hk, d
     case at::kDouble: run<double, double>(input, out, h, k, p, scale, rows_f64); break;
     case at::kHalf: run<c10::Half, float>(input, out, h, k, p, scale, rows_f16); break;
     case at::kBFloat16: run<c10::BFloat16, float>(input, out, h, k, p, scale, rows_bf16); break;
-    default: TORCH_CHECK_TYPE(false, op, ": unsupported dtype ", x.scalar_type());
+    default: TORCH_CHECK_TYPE(false, "hadamard_transform_k: unsupported dtype ", x.scalar_type());
   }
+}
+
+at::Tensor hadamard_transform_k_cpu(const at::Tensor& x, const at::Tensor& hk, double scale) {
+  check_hadamard_k_args(x, hk);
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  transform_into(x, hk, scale, out);
   return out;
+}
+
+void hadamard_transform_k_out_cpu(const at::Tensor& x, const at::Tensor& hk, double scale, at::Tensor& out) {
+  check_hadamard_k_args(x, hk);
+  check_out(out, x, "hadamard_transform_k");
+  transform_into(x, hk, scale, out);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(symkernels, CPU, m) { m.impl("hadamard_transform_k", &hadamard_transform_k_cpu); }
+TORCH_LIBRARY_IMPL(symkernels, CPU, m) {
+  m.impl("hadamard_transform_k", &hadamard_transform_k_cpu);
+  m.impl("hadamard_transform_k.out", &hadamard_transform_k_out_cpu);
+}
 
 }  // namespace symkernels::hadamard

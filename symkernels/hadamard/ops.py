@@ -1,8 +1,9 @@
 """Public Hadamard ops: argument checks, backend choice, fake and autograd registrations.
 
 Two dispatcher ops, each registered once with ``_library.register_op``: ``hadamard_transform`` (n a power
-of two) and ``hadamard_transform_k`` (n = K·2^m, the K×K factor passed in). The public
-``hadamard_transform`` serves both sizes and picks the op; ``randomized_hadamard_transform`` is built on it.
+of two) and ``hadamard_transform_k`` (n = K·2^m, the K×K factor passed in), each with an ``.out`` overload
+writing into a caller's buffer. The public ``hadamard_transform`` serves both sizes and picks the op;
+``randomized_hadamard_transform`` is built on it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _triton_transform = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform")
 _triton_transform_k = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform_k")
+_triton_transform_out = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform_out")
+_triton_transform_k_out = _library.TritonLauncher("symkernels.hadamard.triton.hadamard_transform_k_out")
 MAX_POWER_OF_TWO = 1 << matrices.MAX_LOG2_SIZE
 
 
@@ -43,8 +46,37 @@ def _check_args(x: torch.Tensor, scale: float, transpose: bool, op: str = OP_NAM
     return None if kp[0] == 1 else matrices.hk_for(n, x.dtype, x.device, transpose)
 
 
+def _check_out(x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out=`` must be a contiguous buffer of x's shape, dtype and device that the kernel can write while it
+    reads x (the C++ kernels check the same for direct ``torch.ops`` calls)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{OP_NAME}: out must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"{OP_NAME}: out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"{OP_NAME}: out must have x's dtype {x.dtype}, got {out.dtype}")
+    if out.device != x.device:
+        raise ValueError(f"{OP_NAME}: out must be on x's device {x.device}, got {out.device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{OP_NAME}: out must be contiguous")
+    # A strided x is copied before the kernel reads it, so only a contiguous x can overlap out.
+    if x.is_contiguous() and _shares_memory(x, out):
+        raise ValueError(f"{OP_NAME}: out must not share memory with x")
+    if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
+        raise RuntimeError(f"{OP_NAME}: out= does not record autograd (as in torch, functions with out= are not "
+                           "differentiable), but x or out requires grad; call it without out= or under torch.no_grad()")
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous tensors' byte ranges intersect."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    a_start, b_start = a.data_ptr(), b.data_ptr()
+    return a_start < b_start + b.numel() * b.element_size() and b_start < a_start + a.numel() * a.element_size()
+
+
 def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False,
-                       backend: str | None = None) -> torch.Tensor:
+                       backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Fast Walsh–Hadamard transform along the last dimension.
 
     Args:
@@ -53,10 +85,14 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool =
         backend: ``None`` (fastest available for x's device), ``"reference"``, ``"cpu"``, ``"cuda"``
             or ``"triton"``.
 
+        out: where to write the result instead of a new tensor: contiguous, x's shape, dtype and device, not
+            sharing memory with x. Skips the allocation, which at ≥ 8 MB per call costs about as much as the
+            transform on CPU (fresh memory is page-faulted in). Not differentiable, as torch's ``out=``.
+
     Returns:
-        ``[..., n]``, same dtype, contiguous; equal to ``x @ H_n.T * scale`` with the Sylvester-ordered
-        Hadamard matrix H_n (``symkernels.hadamard.hadamard_matrix``), computed in fp32
-        (fp64 for fp64 inputs) and rounded once. Differentiable to any order (backward is the same
+        ``[..., n]``, same dtype, contiguous (``out`` itself where given); equal to ``x @ H_n.T * scale``
+        with the Sylvester-ordered Hadamard matrix H_n (``symkernels.hadamard.hadamard_matrix``), computed
+        in fp32 (fp64 for fp64 inputs) and rounded once. Differentiable to any order (backward is the same
         transform of the gradient, since H_n is symmetric), also in forward mode.
 
     Non-power-of-two sizes n = K·2^m (K in ``symkernels.hadamard.ORDERS``, e.g. 11008 = 172·2^6, 4864 =
@@ -66,11 +102,30 @@ def hadamard_transform(x: torch.Tensor, scale: float = 1.0, *, transpose: bool =
     """
     hk = _check_args(x, scale, transpose)
     impl = _backend.resolve(OP_NAME if hk is None else OP_NAME_K, x.device, backend, IMPLEMENTED)
+    if out is not None:
+        _check_out(x, out)
+        _transform_into(x, hk, float(scale), impl, out)
+        return out
     if impl == "reference":
         return reference.fwht(x, scale) if hk is None else reference.reference_two_pass(x, hk, scale)
     if hk is None:
         return _HadamardFunction.apply(x, float(scale), impl)
     return _KronHadamardFunction.apply(x, hk, float(scale), impl)
+
+
+def _transform_into(x: torch.Tensor, hk: torch.Tensor | None, scale: float, impl: str, out: torch.Tensor) -> None:
+    """One kernel call writing into ``out`` (validated), for either size family."""
+    if impl == "reference":
+        out.copy_(reference.fwht(x, scale) if hk is None else reference.reference_two_pass(x, hk, scale))
+    elif impl == "triton":
+        if hk is None:
+            _triton_transform_out(x, scale, out=out)
+        else:
+            _triton_transform_k_out(x, hk, scale, out=out)
+    elif hk is None:
+        torch.ops.symkernels.hadamard_transform.out(x, scale, out=out)
+    else:
+        torch.ops.symkernels.hadamard_transform_k.out(x, hk, scale, out=out)
 
 
 def _raw_transform(x: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
@@ -145,20 +200,29 @@ _library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward
                      vmap=_vmap, triton=_triton_transform)
 
 
+# out=: no autograd (like torch's out= overloads); the fake only has to exist, since nothing is returned.
+def _fake_out(x, scale, *, out):
+    return None
+
+
+_library.register_op(f"{OP_NAME}.out", fake=_fake_out, triton=_triton_transform_out)
+
+
 # ---------------------------------------------------------------------------------------------------
 # n = K·2^m
 
 def hadamard_transform_k(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False,
-                         backend: str | None = None) -> torch.Tensor:
+                         backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Hadamard transform of a non-power-of-two size n = K·2^m along the last dimension.
 
     Returns ``x @ H_n.T * scale`` (``transpose=True``: ``x @ H_n * scale``, the inverse up to 1/n)
     with H_n = H_K ⊗ H_{2^m}: element index k·2^m + j ↔ (k, j). Computed in one pass per row on every
     kernel backend (FWHT over 2^m and the K×K mix in registers/cache), in fp32 (fp64 for fp64 inputs).
-    ``symkernels.hadamard_transform`` serves these sizes the same way; this name refuses powers of two.
+    ``symkernels.hadamard_transform`` serves these sizes the same way (``out=`` included); this name
+    refuses powers of two.
     """
     _check_args(x, scale, transpose, OP_NAME_K)  # refuses the power-of-two sizes
-    return hadamard_transform(x, scale, transpose=transpose, backend=backend)
+    return hadamard_transform(x, scale, transpose=transpose, backend=backend, out=out)
 
 
 def _raw_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
@@ -220,6 +284,13 @@ def _jvp_k(ctx, x_tangent, _hk_tangent, _scale_tangent):
 
 _library.register_op(OP_NAME_K, fake=_fake_k, setup_context=_setup_context_k, backward=_backward_k, jvp=_jvp_k,
                      triton=_triton_transform_k)
+
+
+def _fake_k_out(x, hk, scale, *, out):
+    return None
+
+
+_library.register_op(f"{OP_NAME_K}.out", fake=_fake_k_out, triton=_triton_transform_k_out)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -74,11 +74,12 @@ def transform_vectors(x, out, vectors: int, inner: int, outer_stride: int, elem_
         BLOCK_M=block_m, ACC_F64=acc_f64, num_warps=num_warps)
 
 
-def hadamard_transform(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Launcher: arguments already validated by symkernels.hadamard.ops."""
+def hadamard_transform(x: torch.Tensor, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launcher: arguments (and ``out``, contiguous and apart from x, where given) already validated by
+    symkernels.hadamard.ops."""
     n = x.shape[-1]
     x2 = x.contiguous().view(-1, n)
-    out = torch.empty_like(x2)
+    out = torch.empty_like(x2) if out is None else out.view(-1, n)
     rows = x2.shape[0]
     if rows == 0:
         return out.view(x.shape)
@@ -157,12 +158,14 @@ def launch_params(k: int, n: int) -> dict:
     return dict(K=k, K_PAD=triton.next_power_of_2(k), P=p, LOG_P=p.bit_length() - 1)
 
 
-def hadamard_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float) -> torch.Tensor:
-    """Launcher: arguments already validated by symkernels.hadamard.ops."""
+def hadamard_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launcher: arguments (and ``out``, contiguous and apart from x, where given) already validated by
+    symkernels.hadamard.ops."""
     n = x.shape[-1]
     k = hk.shape[0]
     x2 = x.contiguous().view(-1, n)
-    out = torch.empty_like(x2)
+    out = torch.empty_like(x2) if out is None else out.view(-1, n)
     if x2.shape[0] == 0:
         return out.view(x.shape)
     f64 = x.dtype == torch.float64
@@ -186,3 +189,12 @@ def hadamard_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float) -> tor
         wrap_triton(_kron_mix_kernel)[(x2.shape[0], p // block_p)](
             mid, h, out, float(scale), K=k, K_PAD=params["K_PAD"], P=p, BLOCK_P=block_p, ACC_F64=f64, num_warps=16)
     return out.view(x.shape)
+
+
+# The launchers of the out= ops (schema ``... -> ()``: they return nothing, the result is in ``out``).
+def hadamard_transform_out(x: torch.Tensor, scale: float, *, out: torch.Tensor) -> None:
+    hadamard_transform(x, scale, out)
+
+
+def hadamard_transform_k_out(x: torch.Tensor, hk: torch.Tensor, scale: float, *, out: torch.Tensor) -> None:
+    hadamard_transform_k(x, hk, scale, out)

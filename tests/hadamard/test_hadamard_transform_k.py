@@ -329,7 +329,7 @@ def test_opcheck_dispatcher_op():
         n = n or 20
         x = torch.randn(rows, n, dtype=dtype, requires_grad=rows > 0)
         hk = hk_for(n, dtype, x.device)
-        torch.library.opcheck(torch.ops.symkernels.hadamard_transform_k, (x, hk, 0.5))
+        torch.library.opcheck(torch.ops.symkernels.hadamard_transform_k.default, (x, hk, 0.5))
 
 
 def test_dispatcher_op_double_backward():
