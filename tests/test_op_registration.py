@@ -39,6 +39,27 @@ def test_every_op_has_a_fake_kernel(name):
     assert fake.kernel is not None, f"symkernels::{name} has no fake kernel: torch.compile cannot trace it"
 
 
+def test_kernel_function_refuses_arguments_apply_would_have_to_bind():
+    with pytest.raises(TypeError, match="positional, without defaults"):
+        class _WithDefault(_library.KernelFunction):  # noqa: F841
+            @staticmethod
+            def forward(x, scale=1.0):
+                return x * scale
+
+
+@needs_native
+def test_autograd_kernel_records_only_what_needs_recording():
+    op = torch.ops.symkernels.hadamard_transform
+    x = torch.randn(2, 8, dtype=torch.float64)
+    assert op(x, 1.0).grad_fn is None  # nothing to record: the kernel ran directly
+    assert op(x.requires_grad_(), 1.0).grad_fn is not None
+    with torch.no_grad():
+        assert op(x, 1.0).grad_fn is None
+    with torch.autograd.forward_ad.dual_level():
+        y = op(torch.autograd.forward_ad.make_dual(x.detach(), torch.ones_like(x)), 1.0)
+        assert torch.autograd.forward_ad.unpack_dual(y).tangent is not None
+
+
 def test_autograd_callbacks_go_together():
     with pytest.raises(TypeError, match="setup_context, backward and jvp go together"):
         _library.register_op("hadamard_transform", fake=lambda *a: None, backward=lambda ctx, g: g)

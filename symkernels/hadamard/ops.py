@@ -135,7 +135,7 @@ def _raw_transform(x: torch.Tensor, scale: float, impl: str) -> torch.Tensor:
     return torch.ops.symkernels.hadamard_transform(x, scale)
 
 
-class _HadamardFunction(torch.autograd.Function):
+class _HadamardFunction(_library.KernelFunction):
     """Autograd for the kernel backends, in both modes.
 
     The transform is linear and symmetric, so the gradient (reverse mode) and the tangent (forward mode)
@@ -232,7 +232,7 @@ def _raw_transform_k(x: torch.Tensor, hk: torch.Tensor, scale: float, impl: str)
     return torch.ops.symkernels.hadamard_transform_k(x, hk, scale)
 
 
-class _KronHadamardFunction(torch.autograd.Function):
+class _KronHadamardFunction(_library.KernelFunction):
     """Linear in x: the gradient is the transform by the transposed matrix (hkᵀ ⊗ H_P, H_P symmetric),
     the tangent the transform itself; both call ``apply`` so higher orders are recorded too."""
 

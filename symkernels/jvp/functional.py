@@ -24,7 +24,7 @@ import torch.autograd.forward_ad as fwAD
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from symkernels import _backend
+from symkernels import _backend, _library
 from symkernels.jvp import _scope, conv, ops, reference
 from symkernels.jvp import attention as attention_op
 from symkernels.jvp.batch_norm import batch_norm_dual
@@ -220,7 +220,7 @@ def softmax(x, *, backend: str | None = None) -> torch.Tensor:
     return _row("softmax", "softmax", x, None, None, 0.0, backend)
 
 
-class _AttentionDualFunction(torch.autograd.Function):
+class _AttentionDualFunction(_library.KernelFunction):
     """The transparent path of ``attention``: forward runs ``symkernels::attention_dual`` once with the
     unpacked input tangents ([T, ...] each, or None), ``jvp`` returns the saved fused tangent (T = 1), and
     the vmap rule folds vmapped tangents into T (one kernel call for vmap(jvp)). Only taken when the

@@ -213,7 +213,7 @@ def _tangent_formula(x, weight, bias, x_dot, w_dot, b_dot, activation):
     return reference.activation_derivative(activation, z) * z_dot
 
 
-class _LinearDualFunction(torch.autograd.Function):
+class _LinearDualFunction(_library.KernelFunction):
     """Autograd for the fused kernel, in both modes.
 
     forward(x, W, b, x_t, W_t, b_t, ...) → (y, y_t) by one kernel call; y_t is marked non-differentiable.
@@ -500,7 +500,7 @@ def dual_function(name: str, kernel, primal_vjp, tangent, check_vmap=None) -> ty
     * ``vmap``: ``_vmap_rule`` (vmapped tangents fold into T), after ``check_vmap(inputs)`` may refuse.
     (c0, c1) is what the plain primal needs besides the tensors: (kind, eps), (geometry, activation)."""
 
-    class DualFunction(torch.autograd.Function):
+    class DualFunction(_library.KernelFunction):
         @staticmethod
         def forward(*inputs):
             return kernel(*inputs[:-1])
