@@ -6,12 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tools"), str(REPO)]
 import gpu_compile_gate as gate  # noqa: E402  (imports triton for compiling, not interpreting)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+
+from tests.gpu_cases import cuda  # noqa: E402
 
 
 @triton.jit
@@ -42,7 +45,7 @@ def _big_pipeline_kernel(a_ptr, b_ptr, c_ptr, K, BM: tl.constexpr, BN: tl.conste
 
 
 def _cases():
-    x = lambda n, dtype=torch.float32: gate.cuda(n, dtype=dtype)  # noqa: E731
+    x = lambda n, dtype=torch.float32: cuda(n, dtype=dtype)  # noqa: E731
     return [
         ("copy", lambda: _copy_kernel[(4,)](x(4096), x(4096), 4096, BLOCK=1024)),
         ("reassigned constexpr", lambda: _reassigned_constexpr_kernel[(1,)](x(16), LOG_N=3)),

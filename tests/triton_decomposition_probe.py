@@ -1,12 +1,17 @@
 """Traces symkernels ops the way torch.compile does (AOTAutograd, FunctionalTensorMode) on fake CUDA tensors
-and prints, per case, the graph's call targets as JSON. A script, not a test module: the Triton kernels
-must be real ``triton.jit`` functions (what ``wrap_triton`` traces), so triton is imported without the
-TRITON_INTERPRET=1 that tests/conftest.py sets; see tests/test_op_registration.py.
+and prints, per case, the graph's call targets as JSON. The cases are every pillar's ``probe_cases``
+(tests/<pillar>/gpu_cases.py): one call of each op whose CUDA kernel may be Triton.
+
+A script, not a test module: the Triton kernels must be real ``triton.jit`` functions (what ``wrap_triton``
+traces), so triton is imported without the TRITON_INTERPRET=1 that tests/conftest.py sets; see
+tests/test_op_registration.py.
 
 No GPU is needed: torch asks the active Triton driver only for a target, to analyse which kernel
 arguments are written (from the kernel's TTIR), and Hopper's is given below.
 """
 import json
+import sys
+from pathlib import Path
 
 import torch
 import triton
@@ -14,57 +19,14 @@ from torch._functorch.aot_autograd import aot_export_joint_simple
 from torch._subclasses.fake_tensor import FakeTensorMode
 from triton.backends.compiler import GPUTarget
 
-import symkernels  # noqa: F401  (registers the ops)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: `tests` as a package
+import symkernels  # noqa: E402, F401  (registers the ops)
+from tests.gpu_cases import probe_cases  # noqa: E402
 
 
 class _HopperTarget:
     def get_current_target(self):
         return GPUTarget("cuda", 90, 32)
-
-
-def _into_fresh_buffer(out_op):
-    """``out_op(*args, out=buffer)`` on a buffer of the first argument's shape, returning the buffer: the
-    traced function then mutates no input, which aot_export_joint_simple requires."""
-    def call(x, *rest):
-        out = torch.empty_like(x)
-        out_op(x, *rest, out=out)
-        return out
-    return call
-
-
-def _cases(device):
-    """{case: (op, args)}: one call of every op whose CUDA kernel may be Triton (values do not matter)."""
-    ops = torch.ops.symkernels
-    f32 = dict(dtype=torch.float32, device=device)
-    hk = torch.empty(12, 12, **f32)
-    u8 = dict(dtype=torch.uint8, device=device)
-    return {
-        "hadamard_transform": (ops.hadamard_transform, (torch.empty(8, 256, **f32), 0.0625)),
-        "hadamard_transform_k": (ops.hadamard_transform_k, (torch.empty(8, 12 * 64, **f32), hk, 1.0)),
-        "hadamard_transform.out": (_into_fresh_buffer(ops.hadamard_transform.out), (torch.empty(8, 256, **f32), 0.0625)),
-        "hadamard_transform_k.out": (_into_fresh_buffer(ops.hadamard_transform_k.out),
-                                     (torch.empty(8, 12 * 64, **f32), hk, 1.0)),
-        "quantize_int4": (ops.quantize_int4, (torch.empty(8, 256, **f32), 1.0, None, 1.0)),
-        "int4_matmul": (ops.int4_matmul, (torch.empty(8, 128, **u8), torch.empty(8, 1, **f32),
-                                          torch.empty(32, 128, **u8), torch.empty(32, 1, **f32), None,
-                                          torch.float32)),
-        "jacobi_rnn_iterate": (ops.jacobi_rnn_iterate, (torch.empty(16, 2, 8, **f32), torch.empty(2, 8, **f32),
-                                                        torch.empty(8, 8, **f32), torch.empty(8, **f32),
-                                                        torch.empty(16, 2, 8, **f32), 0, 4, 0.0, "elman", "tanh",
-                                                        False)),
-        # jvp: the Triton kernels of linear_dual and the row duals serve their CUDA keys where _C has no
-        # CUDA kernel; attention_dual's CUDA kernel runs its Triton kernel for impl="triton".
-        "linear_dual": (ops.linear_dual, (torch.empty(16, 32, **f32), torch.empty(2, 16, 32, **f32),
-                                          torch.empty(24, 32, **f32), None, torch.empty(24, **f32), None, "gelu", 2)),
-        "layer_norm_dual": (ops.layer_norm_dual, (torch.empty(8, 64, **f32), torch.empty(2, 8, 64, **f32),
-                                                  torch.empty(64, **f32), None, torch.empty(64, **f32), None, 1e-5, 2)),
-        "rms_norm_dual": (ops.rms_norm_dual, (torch.empty(8, 64, **f32), torch.empty(2, 8, 64, **f32),
-                                              torch.empty(64, **f32), None, 1e-6, 2)),
-        "softmax_dual": (ops.softmax_dual, (torch.empty(8, 64, **f32), torch.empty(2, 8, 64, **f32), 2)),
-        "attention_dual": (ops.attention_dual, (torch.empty(2, 16, 32, **f32), torch.empty(2, 16, 32, **f32),
-                                                torch.empty(2, 16, 32, **f32), torch.empty(1, 2, 16, 32, **f32),
-                                                None, None, 1, False, 0.125, "triton")),
-    }
 
 
 def _targets(op, args):
@@ -89,7 +51,7 @@ def main():
     report = {}
     for device in ("cuda", "cpu"):
         with FakeTensorMode(allow_non_fake_inputs=True):
-            for case, (op, args) in _cases(device).items():
+            for case, (op, args) in probe_cases(device).items():
                 try:
                     report[f"{case}/{device}"] = _targets(op, args)
                 except Exception as exc:  # reported, so the test names the case that failed

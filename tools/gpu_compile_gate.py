@@ -5,9 +5,10 @@ on a machine without one.
 The interpreter (``TRITON_INTERPRET=1``, what the tests use) never lowers a kernel: it accepts code that
 no GPU can compile, and it cannot see shared memory, registers or spills. This tool closes that gap.
 
-1. Record. Each case below calls a package launcher (``symkernels/<pillar>/triton.py``) on *fake* CUDA
-   tensors (``FakeTensorMode``: shapes, strides and dtypes, no storage), so the launcher takes its CUDA
-   branch (block sizes, warps, precision) at the real shape without allocating it.
+1. Record. Each case (every pillar's ``gate_cases``, in ``tests/<pillar>/gpu_cases.py``) calls a package
+   launcher (``symkernels/<pillar>/triton.py``) on *fake* CUDA tensors (``FakeTensorMode``: shapes, strides
+   and dtypes, no storage), so the launcher takes its CUDA branch (block sizes, warps, precision) at the
+   real shape without allocating it.
    ``JITFunction.run`` is replaced by a recorder, so every ``kernel[grid](...)`` the launcher makes is
    captured, tensors standing in as (dtype, alignment) pointers.
 2. Specialise. Triton's own binder turns each recorded launch into the (signature, constexprs, attrs,
@@ -60,6 +61,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
 
+from tests.gpu_cases import FirstLaunchOnly, gate_cases  # noqa: E402
+
 # Dynamic shared memory a block may opt into (cudaDevAttrMaxSharedMemoryPerBlockOptin).
 SMEM_LIMIT = {90: 232448, 80: 166912}
 GPU_NAME = {90: "sm_90 (H100/H200)", 80: "sm_80 (A100)"}
@@ -108,21 +111,7 @@ _stop_after_launch = False
 
 
 class _CaseRecorded(Exception):
-    """Raised by the recorder to end a ``first_launch_only`` case once its launch is captured."""
-
-
-def first_launch_only(launch: Callable[[], object]) -> Callable[[], object]:
-    """A case that is over at its first kernel launch (the launcher's remaining work is not needed)."""
-    def run():
-        global _stop_after_launch
-        _stop_after_launch = True
-        try:
-            launch()
-        except _CaseRecorded:
-            pass
-        finally:
-            _stop_after_launch = False
-    return run
+    """Raised by the recorder to end a ``FirstLaunchOnly`` case once its launch is captured."""
 
 
 def _record_run(self, *args, grid, warmup, **kwargs):
@@ -133,15 +122,10 @@ def _record_run(self, *args, grid, warmup, **kwargs):
         raise _CaseRecorded
 
 
-def cuda(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A fake CUDA tensor (call inside ``record``)."""
-    return torch.empty(shape, dtype=dtype, device="cuda")
-
-
 def record(cases: list[tuple[str, Callable[[], object]]]) -> list[Launch]:
     """Runs every case's launcher on fake CUDA tensors; returns the kernel launches it made. Tables with
     real values a launcher needs (Hadamard factors) are built by the case beforehand, outside the fake mode."""
-    global _current_case
+    global _current_case, _stop_after_launch
     _recorded.clear()
     real_run = JITFunction.run
     JITFunction.run = _record_run
@@ -150,150 +134,18 @@ def record(cases: list[tuple[str, Callable[[], object]]]) -> list[Launch]:
         # emitting the graph node torch.compile traces.
         with FakeTensorMode(allow_non_fake_inputs=True), set_wrap_triton_enabled(False):
             for name, launch in cases:
-                _current_case = name
+                _current_case, _stop_after_launch = name, isinstance(launch, FirstLaunchOnly)
                 before = len(_recorded)
-                launch()
+                try:
+                    launch()
+                except _CaseRecorded:
+                    pass
                 if len(_recorded) == before:
                     raise RuntimeError(f"case {name!r} launched no kernel")
     finally:
         JITFunction.run = real_run
+        _stop_after_launch = False
     return list(_recorded)
-
-
-# ------------------------------------------------------------------------------------------------------
-# The cases: benchmark shapes, the largest test shapes, the largest supported sizes
-# ------------------------------------------------------------------------------------------------------
-F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
-_DT = {F16: "fp16", BF16: "bf16", F32: "fp32", F64: "fp64"}
-
-
-def _hadamard_cases():
-    from symkernels.hadamard import decompose, hadamard_k_matrix
-    from symkernels.hadamard import triton as hadamard_triton
-
-    for dtype, sizes in ((F32, (2, 16, 256, 1024, 4096, 16384, 32768)), (F16, (256, 4096, 32768)),
-                         (BF16, (1024, 16384)), (F64, (256, 4096, 32768))):
-        for n in sizes:
-            rows = max(1, (64 << 20) // (n * dtype.itemsize))  # the benchmark's 64 MiB batches
-            yield f"hadamard_transform {rows}x{n} {_DT[dtype]}", \
-                lambda n=n, rows=rows, dtype=dtype: hadamard_triton.hadamard_transform(cuda(rows, n, dtype=dtype), 1.0)
-    # K·2^m sizes: quarot's benchmark (K = 28, 172) and the largest tile (K_pad·P = 2^16).
-    for n, dtype in ((3584, F32), (11008, F32), (14336, F32), (28672, F32), (57344, F32), (11008, F16),
-                     (14336, F64)):
-        k, _ = decompose(n)
-        hk = hadamard_k_matrix(k)  # real values (built outside the fake mode); the launcher moves it
-        yield f"hadamard_transform_k 256x{n} (K={k}) {_DT[dtype]}", \
-            lambda n=n, hk=hk, dtype=dtype: hadamard_triton.hadamard_transform_k(cuda(256, n, dtype=dtype), hk, 1.0)
-
-
-def _quarot_cases():
-    from symkernels.quarot import ops
-    from symkernels.quarot import triton as qt
-
-    for rows, n, rotate in ((2048, 4096, True), (2048, 11008, True), (16, 4096, True), (2048, 4096, False),
-                            (2048, 11008, False), (64, 28672, True), (64, 57344, True), (64, 32768, False),
-                            (64, 65536, False)):
-        hk, rot_scale = ops._rotation(n, torch.device("cpu")) if rotate else (None, 1.0)
-        yield f"quantize_int4 {rows}x{n} {'rotated' if rotate else 'plain'}", \
-            lambda rows=rows, n=n, hk=hk, rot_scale=rot_scale: qt.quantize_int4(cuda(rows, n), 1.0, hk, rot_scale)
-    for m in (1, 16, 256, 2048):
-        for kn in (4096, 11008):
-            yield f"int4_matmul M={m} K=N={kn} fp16 out", lambda m=m, kn=kn: qt.int4_matmul(
-                cuda(m, kn // 2, dtype=torch.uint8), cuda(m), cuda(kn, kn // 2, dtype=torch.uint8), cuda(kn),
-                cuda(kn, dtype=F16), F16)
-
-
-def _gaunt_cases():
-    from symkernels.gaunt import coefficients
-    from symkernels.gaunt import triton as gt
-
-    def launch(l1, l2, lo, dtype, rows=4096):
-        n_beta, n_alpha = coefficients.grid_size(l1, l2, lo)
-        g = n_beta * n_alpha
-        n1, n2, no = (l1 + 1) ** 2, (l2 + 1) ** 2, (lo + 1) ** 2
-        gt.gaunt_tensor_product(cuda(rows, n1, dtype=dtype), cuda(rows, n2, dtype=dtype), cuda(n1, g, dtype=dtype),
-                                cuda(n2, g, dtype=dtype), cuda(g, no, dtype=dtype))
-
-    # Every supported degree (L1 = L2 = L, Lo ∈ {L, 2L}) and dtype, and the mixed degrees the tests run.
-    shapes = [(l, l, lo) for l in range(coefficients.MAX_L + 1) for lo in sorted({l, 2 * l})]
-    shapes += [(12, 3, 10), (12, 3, 12), (12, 12, 2), (10, 2, 12), (7, 8, 15), (6, 1, 4)]
-    for dtype in (F16, BF16, F32, F64):
-        for l1, l2, lo in shapes:
-            yield f"gaunt L={l1}x{l2}->{lo} {_DT[dtype]}", lambda a=l1, b=l2, c=lo, d=dtype: launch(a, b, c, d)
-
-
-def _jvp_cases():
-    from symkernels.jvp import triton as jt
-
-    for m, nk, t in ((16, 1024, 1), (256, 1024, 4), (4096, 4096, 16), (64, 4096, 8)):
-        for dtype in (F32, BF16, F64):
-            def dense(m=m, nk=nk, t=t, dtype=dtype):
-                jt.linear_dual(cuda(m, nk, dtype=dtype), cuda(t, m, nk, dtype=dtype), cuda(nk, nk, dtype=dtype),
-                               cuda(t, nk, nk, dtype=dtype), cuda(nk, dtype=dtype), None, "gelu", t, None, "gaussian")
-            yield f"linear_dual M={m} N=K={nk} T={t} {_DT[dtype]}", dense
-        for dist in ("rademacher", "gaussian"):
-            yield f"linear_dual seeded {dist} M={m} N=K={nk} T={t} fp32", lambda m=m, nk=nk, t=t, dist=dist: \
-                jt.linear_dual(cuda(m, nk), cuda(t, m, nk), cuda(nk, nk), None, cuda(nk), None, "tanh", t, 7, dist)
-    for kind in ("layer_norm", "rms_norm", "softmax"):
-        for r, n, t, dtype in ((4096, 1024, 1, F32), (16384, 4096, 4, F32), (1024, 4096, 4, BF16),
-                               (256, jt.MAX_ROW, 2, F32), (256, jt.MAX_ROW, 2, F64)):
-            affine = kind != "softmax"
-            yield f"{kind}_dual R={r} N={n} T={t} {_DT[dtype]}", \
-                lambda kind=kind, r=r, n=n, t=t, dtype=dtype, affine=affine: jt.row_dual(
-                    kind, cuda(r, n, dtype=dtype), cuda(t, r, n, dtype=dtype),
-                    cuda(n, dtype=dtype) if affine else None, cuda(t, n, dtype=dtype) if affine else None,
-                    cuda(n, dtype=dtype) if kind == "layer_norm" else None, None, 1e-5, t)
-    for length in (512, 2048, 8192):
-        for causal in (False, True):
-            for dtype in (F32, F16, BF16, F64):
-                if dtype == F64 and length > 2048:
-                    continue
-                def attention(length=length, causal=causal, dtype=dtype):
-                    q = lambda: cuda(24, length, 64, dtype=dtype)  # noqa: E731  [B·H, L, d], B=2, H=12
-                    qt = lambda: cuda(1, 24, length, 64, dtype=dtype)  # noqa: E731
-                    jt.attention_dual(q(), q(), q(), qt(), qt(), qt(), causal, 0.125)
-                yield f"attention_dual 2x12x{length}x64 {'causal' if causal else 'full'} {_DT[dtype]}", attention
-    yield from _conv_cases()
-
-
-def _conv_cases():
-    from symkernels.jvp import conv_triton
-    from symkernels.jvp.conv import Geometry
-
-    # the bench case (batch 64, 64→64 channels, 32×32, 3×3), a strided/dilated/grouped one, a 1×1
-    for (nb, c, hw, o, k), geo in (((64, 64, 32, 64, 3), Geometry((1, 1), (1, 1), (1, 1), 1)),
-                                   ((8, 32, 17, 48, 3), Geometry((2, 2), (2, 2), (2, 2), 4)),
-                                   ((32, 256, 14, 128, 1), Geometry((1, 1), (0, 0), (1, 1), 1))):
-        for t, seed in ((1, None), (8, None), (8, 7)):
-            for dtype in (F32, BF16, F64):
-                def conv(nb=nb, c=c, hw=hw, o=o, k=k, geo=geo, t=t, seed=seed, dtype=dtype):
-                    w_t = None if seed is not None else cuda(t, o, c // geo.groups, k, k, dtype=dtype)
-                    conv_triton.conv2d_dual(cuda(nb, c, hw, hw, dtype=dtype), cuda(t, nb, c, hw, hw, dtype=dtype),
-                                            cuda(o, c // geo.groups, k, k, dtype=dtype), w_t, cuda(o, dtype=dtype),
-                                            None, geo, "gelu", t, seed, "gaussian")
-                yield (f"conv2d_dual {nb}x{c}x{hw}x{hw}->{o} {k}x{k} s{geo.stride[0]} g{geo.groups} T={t}"
-                       f"{' seeded' if seed is not None else ''} {_DT[dtype]}"), conv
-
-
-def _jacobi_cases():
-    from symkernels.jacobi import triton as jt
-
-    # (cell, nonlinearity, gate rows per hidden unit, state width per hidden unit: the LSTM's is [h | c])
-    for cell, nonlinearity, gates, state in (("elman", "tanh", 1, 1), ("elman", "relu", 1, 1), ("gru", "tanh", 3, 1),
-                                             ("lstm", "tanh", 4, 2)):
-        for h, b, dtype in ((32, 1, F32), (64, 8, F32), (64, 8, F64)):
-            t_len = 4096
-            # Every Jacobi sweep launches with the same arguments; only the first is recorded, as the loop's
-            # bookkeeping between sweeps (indexing) is beyond what fake CUDA tensors support on a CPU build.
-            yield f"rnn_{cell}_{nonlinearity} T={t_len} B={b} H={h} {_DT[dtype]}", first_launch_only(
-                lambda h=h, b=b, dtype=dtype, cell=cell, nl=nonlinearity, g=gates, s=state, t_len=t_len: \
-                jt.jacobi_rnn_iterate(cuda(t_len, b, g * h, dtype=dtype), cuda(b, s * h, dtype=dtype),
-                                      cuda(g * h, h, dtype=dtype), cuda(g * h, dtype=dtype),
-                                      cuda(t_len, b, s * h, dtype=dtype), 0, 2, 0.0, cell, nl, False))
-
-
-def package_cases() -> list[tuple[str, Callable[[], object]]]:
-    return [c for gen in (_hadamard_cases, _quarot_cases, _gaunt_cases, _jvp_cases, _jacobi_cases) for c in gen()]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -574,7 +426,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu-compile")
     args = parser.parse_args(argv)
     start = time.time()
-    cases = [c for c in package_cases() if args.only is None or args.only in c[0]]
+    cases = [c for c in gate_cases() if args.only is None or args.only in c[0]]
     results, failures = run_gate(cases, tuple(args.arch or (90, 80)), args.jobs, args.out)
     for arch in args.arch or (90, 80):
         print(summary(results, arch))
