@@ -358,7 +358,7 @@ def hadamard_matrix_any(n: int, *, dtype: torch.dtype = torch.float64,
 
 @functools.lru_cache(maxsize=64)
 def _hk(k: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    h = hadamard_k_matrix(k)
+    h = hadamard_k_matrix(k) if k > 1 else hadamard_matrix(1)
     return (h.T if transpose else h).contiguous().to(dtype=dtype, device=device)
 
 
@@ -366,8 +366,9 @@ def _hk(k: int, transpose: bool, dtype: torch.dtype, device: torch.device) -> to
 # construction of H_K and its data-dependent H·Hᵀ = K·I check (a graph break under fullgraph=True).
 @torch.compiler.assume_constant_result
 def hk_for(n: int, dtype: torch.dtype, device: torch.device, transpose: bool = False) -> torch.Tensor:
-    """The K×K factor the kernels apply for size n (fp64 for fp64 data, else fp32; ±1 is exact in both)."""
-    k, _ = decompose(n)
+    """The K×K factor the kernels apply for a supported size n = K·P (``factor``): H_K, or [[1]] for a power
+    of two, whose transform is all butterflies. fp64 for fp64 data, else fp32 (±1 is exact in both)."""
+    k, _ = factor(n)
     return _hk(k, transpose, torch.float64 if dtype == torch.float64 else torch.float32, device)
 
 

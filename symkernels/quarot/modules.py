@@ -15,7 +15,7 @@ from symkernels.hadamard import hadamard_transform, random_hadamard, random_sign
 from symkernels.quarot import ops, reference
 from symkernels.quarot.families import ModelFamily, blocks, model_family
 from symkernels.quarot.kv import QuaRotKVCache, QuaRotKVLayer
-from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, quantize_weight_gptq,
+from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, corrective_bias, quantize_weight_gptq,
                                        quantize_weight_rtn, search_activation_clip)
 
 
@@ -119,19 +119,20 @@ class QuaRotLinear(nn.Module):
         else:
             q, scale = quantize_weight_gptq(w, gptq_hessian(x), group_size=group_size, clip_ratio=weight_clip_ratio,
                                             mse_clip=mse_clip, act_order=act_order)
-        if clip_ratio == "search":  # against the quantized weight: the error the layer will really make
-            clip_ratio = search_activation_clip(x, dequantize_weight(q, scale))
+        # Ŵ, the weight the GEMM multiplies by: the calibrated choices below measure the error the layer will
+        # really make with it
+        w_hat = None if x is None else dequantize_weight(q, scale)
+        if clip_ratio == "search":
+            clip_ratio = search_activation_clip(x, w_hat)
         has_bias = linear.bias is not None or bias_correction
         mod = cls(k, linear.out_features, bias=has_bias, online_hadamard=online_hadamard,
                   clip_ratio=float(clip_ratio), group_size=group_size, mode=mode, sign_seed=sign_seed)
-        mod.w_packed.copy_(reference.pack_int4(q))
-        mod.w_scale.copy_(scale)
         if linear.bias is not None:
             mod.bias.copy_(linear.bias.detach().float())
         if bias_correction:
-            codes, act_scale = reference.quantize_codes(x.float(), float(clip_ratio))
-            error = x.float() @ w.float().T - (codes.float() * act_scale) @ dequantize_weight(q, scale).T
-            mod.bias += error.mean(dim=0)
+            mod.bias += corrective_bias(x, w, w_hat, float(clip_ratio))
+        mod.w_packed.copy_(reference.pack_int4(q))
+        mod.w_scale.copy_(scale)
         return mod.to(linear.weight.device)
 
     def dequantized_weight(self) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from symkernels import _backend, _library
 from symkernels.hadamard import ORDERS_SUMMARY, hadamard_transform, hk_for, nearest_supported, supported_size
+from symkernels.hadamard import reference as hadamard_reference
 from symkernels.quarot import reference
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -16,13 +17,6 @@ MATMUL_IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _triton_quantize = _library.TritonLauncher("symkernels.quarot.triton.quantize_int4")
 _triton_matmul = _library.TritonLauncher("symkernels.quarot.triton.int4_matmul")
-
-
-def _rotation(n: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    """The K×K factor (``[[1]]`` for a power of two) and 1/√n for the fused rotation of size n."""
-    if n & (n - 1) == 0:
-        return torch.ones(1, 1, dtype=torch.float32, device=device), 1.0 / math.sqrt(n)
-    return hk_for(n, torch.float32, device), 1.0 / math.sqrt(n)
 
 
 def _check_quantize_args(x, clip_ratio, hadamard, op="quantize_int4") -> None:
@@ -55,13 +49,17 @@ def quantize_int4(x: torch.Tensor, *, clip_ratio: float = 1.0, hadamard: bool = 
     """
     _check_quantize_args(x, clip_ratio, hadamard)
     impl = _backend.resolve("quantize_int4", x.device, backend, QUANTIZE_IMPLEMENTED)
-    if impl == "reference":
-        return reference.quantize_int4(x, float(clip_ratio), hadamard)
-    hk, rot_scale = _rotation(x.shape[-1], x.device) if hadamard else (None, 1.0)
-    x = x.detach()
+    n, clip_ratio = x.shape[-1], float(clip_ratio)
+    # The rotation as the op takes it: H_n = H_K ⊗ H_{n/K} given by its K×K factor ([[1]] for a power of two),
+    # times 1/√n.
+    hk, rot_scale = (hk_for(n, torch.float32, x.device), 1.0 / math.sqrt(n)) if hadamard else (None, 1.0)
+    if impl == "reference":  # unfused: the Hadamard pillar's truth rotates, QuaRot's quantizes
+        rotated = x if hk is None else hadamard_reference.reference_two_pass(x.float(), hk, rot_scale)
+        return reference.quantize_int4(rotated, clip_ratio)
+    x = x.detach()  # not differentiable (integer codes): the op registers no autograd
     if impl == "triton":
-        return _triton_quantize(x, float(clip_ratio), hk, rot_scale)
-    return torch.ops.symkernels.quantize_int4(x, float(clip_ratio), hk, rot_scale)
+        return _triton_quantize(x, clip_ratio, hk, rot_scale)
+    return torch.ops.symkernels.quantize_int4(x, clip_ratio, hk, rot_scale)
 
 
 def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, *, dtype: torch.dtype = torch.float32

@@ -2,7 +2,8 @@
 
 Per-token symmetric INT4 (design note §2), all in fp32:
 
-    amax  = max |x|                       over the row (after the optional Hadamard rotation)
+    amax  = max |x|                       over the row (of the rotated x, when the op rotates: the Hadamard
+                                          pillar's reference rotates first, ``symkernels.quantize_int4``)
     scale = (clip_ratio · amax) / 7        (fp32, this operation order)
     q     = clamp(round_half_even(x / scale), −8, 7)   (0 where x / scale is NaN, i.e. amax = 0 or
                                                          a NaN/inf in the row; the scale carries it)
@@ -12,16 +13,7 @@ low nibble (CUTLASS int4b_t / torchao "plain" order). QuaRot rounds in fp16; we 
 """
 from __future__ import annotations
 
-import math
-
 import torch
-
-from symkernels.hadamard import reference as hadamard_reference
-
-
-def rotate(x: torch.Tensor) -> torch.Tensor:
-    """x @ H_nᵀ / √n in fp32 (pow2 or K·2^m n), by the pure-torch reference of the Hadamard pillar."""
-    return hadamard_reference.hadamard_transform(x.float(), 1.0 / math.sqrt(x.shape[-1]))
 
 
 def quantize_codes(x: torch.Tensor, clip_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,10 +41,9 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.where(q >= 8, q - 16, q).to(torch.int8)
 
 
-def quantize_int4(x: torch.Tensor, clip_ratio: float = 1.0, hadamard: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    xf = rotate(x) if hadamard else x.float()
-    q, scale = quantize_codes(xf, clip_ratio)
+def quantize_int4(x: torch.Tensor, clip_ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 [..., K/2], fp32 scale [..., 1]): the codes of x, packed."""
+    q, scale = quantize_codes(x, clip_ratio)
     return pack_int4(q), scale
 
 

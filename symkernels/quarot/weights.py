@@ -183,3 +183,13 @@ def search_activation_clip(x: torch.Tensor, weight: torch.Tensor, *, grid: tuple
         if err < best_err:
             best, best_err = float(c), err
     return best
+
+
+def corrective_bias(x: torch.Tensor, weight: torch.Tensor, weight_q: torch.Tensor, clip_ratio: float) -> torch.Tensor:
+    """mean(x·Wᵀ − Q(x)·Ŵᵀ) over the rows of a calibration batch ``x [T, K]`` (fp32 ``[N]``): the part of a
+    W4A4 layer's output error that every token shares, which its bias can absorb (and which mean pooling, and
+    every later layer, would otherwise accumulate). ``weight`` W and ``weight_q`` Ŵ ``[N, K]`` are in the basis
+    the quantizer sees; Q quantizes each row of x with ``clip_ratio``."""
+    codes, scale = reference.quantize_codes(x.float(), clip_ratio)
+    error = x.float() @ weight.float().T - (codes.float() * scale) @ weight_q.T
+    return error.mean(dim=0)

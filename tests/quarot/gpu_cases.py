@@ -1,9 +1,12 @@
 """The QuaRot ops' rows in the GPU checks (tests/gpu_cases.py): smoke, compile gate, decomposition probe."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 import symkernels
+from symkernels.hadamard import hk_for
 from symkernels.quarot import ops, reference
 from tests.gpu_cases import ALL_FLOATS, BF16, F16, F32, F64, SmokeOp, cuda, randn
 
@@ -32,7 +35,7 @@ def gate_cases():
     for rows, n, rotate in ((2048, 4096, True), (2048, 11008, True), (16, 4096, True), (2048, 4096, False),
                             (2048, 11008, False), (64, 28672, True), (64, 57344, True), (64, 32768, False),
                             (64, 65536, False)):
-        hk, rot_scale = ops._rotation(n, torch.device("cpu")) if rotate else (None, 1.0)
+        hk, rot_scale = (hk_for(n, torch.float32, torch.device("cpu")), 1 / math.sqrt(n)) if rotate else (None, 1.0)
         yield f"quantize_int4 {rows}x{n} {'rotated' if rotate else 'plain'}", \
             lambda rows=rows, n=n, hk=hk, rot_scale=rot_scale: qt.quantize_int4(cuda(rows, n), 1.0, hk, rot_scale)
     for m in (1, 16, 256, 2048):

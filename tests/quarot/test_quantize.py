@@ -7,9 +7,8 @@ from hypothesis import given, strategies as st
 
 import symkernels
 from symkernels import _backend
-from symkernels.hadamard import matrices, reference as hadamard_reference
+from symkernels.hadamard import hk_for, matrices, reference as hadamard_reference
 from symkernels.quarot import reference
-from symkernels.quarot.ops import _rotation
 from tests.conftest import backend_device
 
 QUANT_BACKENDS = [b for b in ("cpu", "triton")]
@@ -97,7 +96,7 @@ def test_fused_rotation_equals_unfused_same_backend(b, n):
         n = 44  # K = 172 takes ~30 s in the interpreter; the Kronecker kernel tests cover it
     x = torch.randn(4, n, device=device)
     x[:, 3] *= 50  # an outlier channel, which the rotation spreads
-    hk, rot_scale = _rotation(n, device)
+    hk, rot_scale = hk_for(n, torch.float32, device), 1 / math.sqrt(n)
     if b == "triton":
         from symkernels.hadamard import triton as hadamard_triton
 
@@ -188,7 +187,8 @@ def test_bad_inputs():
 def test_opcheck_quantize():
     if not _backend.backend_status("cpu"):
         pytest.skip("cpu backend unavailable")
-    for x, hk, rs in ((torch.randn(3, 16), None, 1.0), (torch.randn(2, 24), _rotation(24, "cpu")[0], 24 ** -0.5),
+    for x, hk, rs in ((torch.randn(3, 16), None, 1.0),
+                      (torch.randn(2, 24), hk_for(24, torch.float32, "cpu"), 24 ** -0.5),
                       (torch.randn(0, 8), None, 1.0), (torch.randn(2, 32, dtype=torch.float16), torch.ones(1, 1), 0.1)):
         torch.library.opcheck(torch.ops.symkernels.quantize_int4, (x, 0.9, hk, rs))
 
@@ -223,7 +223,7 @@ def test_triton_large_rotation_tile_rotates_then_quantizes(monkeypatch):
     n = 12 * 64
     x = torch.randn(4, n)
     x[:, 3] *= 50
-    hk, rot_scale = _rotation(n, x.device)
+    hk, rot_scale = hk_for(n, torch.float32, x.device), 1 / math.sqrt(n)
     packed, scale = symkernels.quantize_int4(x, hadamard=True, clip_ratio=0.9, backend="triton")
     up, us = symkernels.quantize_int4(hadamard_triton.hadamard_transform_k(x, hk, rot_scale), clip_ratio=0.9,
                                       backend="triton")
@@ -247,6 +247,6 @@ def test_triton_streamed_rows_bit_exact(n, monkeypatch):
     x[1, n - 1] = 40.0  # the row max in the last chunk
     x[2, 7] = float("nan")
     packed, scale = symkernels.quantize_int4(x, clip_ratio=0.9, backend="triton")
-    rp, rs = reference.quantize_int4(x, 0.9, False)
+    rp, rs = reference.quantize_int4(x, 0.9)
     assert torch.equal(packed, rp)
     torch.testing.assert_close(scale, rs, atol=0, rtol=0, equal_nan=True)
