@@ -83,7 +83,7 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, *, dtype: torch.d
     return (reference.unpack_int4(packed).to(scale.dtype) * scale).to(dtype)
 
 
-class _FakeQuantSTE(torch.autograd.Function):
+class _FakeQuantSTE(_library.KernelFunction):
     """Forward: dequantize(quantize(x)); backward: straight-through (identity through the rounding,
     exact through the rotation, whose gradient is the transposed transform)."""
 

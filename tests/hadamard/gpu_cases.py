@@ -12,11 +12,18 @@ def _transform(a, d, be):
     return symkernels.hadamard_transform(a[0], a[0].shape[-1] ** -0.5, backend=be)
 
 
+def _transform_into_buffer(a, d, be):
+    return symkernels.hadamard_transform(a[0], a[0].shape[-1] ** -0.5, backend=be, out=torch.empty_like(a[0]))
+
+
 SMOKE = [
     SmokeOp("hadamard", ops.IMPLEMENTED, ALL_FLOATS, ((3, 64), (5, 1024)),
             lambda s, d, g: (randn(g, *s, dtype=d),), _transform),
     SmokeOp("hadamard_k", ops.IMPLEMENTED, ALL_FLOATS, ((3, 48), (4, 28 * 8)),
             lambda s, d, g: (randn(g, *s, dtype=d),), _transform),
+    # out=: the .out overloads of both ops (a power of two, then K·2^m)
+    SmokeOp("hadamard_out", ops.IMPLEMENTED, ALL_FLOATS, ((3, 64), (4, 28 * 8)),
+            lambda s, d, g: (randn(g, *s, dtype=d),), _transform_into_buffer),
 ]
 
 
