@@ -7,11 +7,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <limits>
 
 #include "common/checks.h"
+#include "jacobi/commit.h"
 
 namespace symkernels::jacobi {
 namespace {
@@ -19,9 +18,7 @@ namespace {
 constexpr const char* kOp = "jacobi_commit";
 
 // Rows [0, n) of `old` and `nw` (contiguous, `row` elements each). Rows before the first one that differs
-// bitwise add nothing to the residual (their elements are equal), so the element loop starts there; it is the
-// residual of solver._row_residual with rtol = 0: |new − old| rounded in T, inf where a moved value is
-// non-finite, 0 where the bits are equal.
+// bitwise add nothing to the residual (their elements are equal), so the element loop starts there.
 template <typename T>
 void commit(T* old, const T* nw, int64_t n, int64_t row, double* out) {
   const size_t row_bytes = sizeof(T) * row;
@@ -34,13 +31,7 @@ void commit(T* old, const T* nw, int64_t n, int64_t row, double* out) {
   }
   double resid = 0;
   const int64_t begin = first * row, end = n * row;
-  for (int64_t k = begin; k < end; ++k) {
-    if (std::memcmp(old + k, nw + k, sizeof(T)) == 0) continue;
-    const double a = static_cast<double>(nw[k]), b = static_cast<double>(old[k]);
-    const double d = std::isfinite(a) && std::isfinite(b) ? std::abs(static_cast<double>(T(nw[k] - old[k])))
-                                                          : std::numeric_limits<double>::infinity();
-    resid = std::max(resid, d);
-  }
+  for (int64_t k = begin; k < end; ++k) resid = std::max(resid, moved_by(old[k], nw[k]));
   if (end > begin) std::memcpy(old + begin, nw + begin, sizeof(T) * (end - begin));
   out[0] = resid;
   out[1] = static_cast<double>(first);

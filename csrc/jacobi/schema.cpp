@@ -16,4 +16,10 @@ TORCH_LIBRARY_FRAGMENT(symkernels, m) {
   // Returns float64 [2] = (max |new − old| over moved values, inf if one is non-finite; index of the first
   // row that changed bitwise, or the row count).
   m.def("jacobi_commit(Tensor(a!) old, Tensor new) -> Tensor");
+  // One Jacobi iteration's epilogue for the autoregressive samplers (MADE, PixelCNN), sampling and commit in one:
+  // from the network output `out` ([B, D] logits for kind "bernoulli", [B, 2D] = (mean, log sigma) for
+  // "gaussian") and the pre-drawn noise [B, D], the samples of columns start..stop−1 — (noise < sigmoid(out))
+  // as 0/1, or mean + exp(log sigma) * noise — compared with rows start+1..stop of the iterate hist [D + 1, B]
+  // and written into them. Returns what jacobi_commit returns for those rows.
+  m.def("jacobi_sample_commit(Tensor(a!) hist, Tensor out, Tensor noise, int start, int stop, str kind) -> Tensor");
 }

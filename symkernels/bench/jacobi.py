@@ -10,11 +10,16 @@ Module rows (``rnn_module_*``): ``symkernels.jacobi.RNN``/``GRU``/``LSTM`` (torc
 stacked layers) against ``torch.nn.RNN``/``GRU``/``LSTM`` with the same weights and our module's own sequential
 sweep (``method="sequential"``); ``iters`` sums the Jacobi iterations over the layers, ``T/iters`` is
 layers·T over that sum.
+
+MADE rows (``made_sample``): Jacobi sampling to the exact fixed point against the sequential sampler (D passes),
+identical samples; ``bookkeeping`` is the share of a Jacobi call spent outside the network's forward (issue
+#14's "solver bookkeeping", measured in place: ``_bookkeeping_share``).
 """
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -201,6 +206,42 @@ def _digits_made(device):
     return model.eval().to(device)
 
 
+def _bookkeeping_share(model: MADE, noise: torch.Tensor, rounds: int = 5) -> float:
+    """The share of a Jacobi ``made_sample`` call spent outside the network's forward (the solver's
+    bookkeeping: sampling, convergence test, write-back, pointer, set-up), measured in place: the forward is
+    timed inside the sampling call, where it runs as it does there (the caches as the rest of the iteration
+    leaves them), and the fastest of ``rounds`` calls is kept. CPU time on CPU (immune to other processes'
+    load with one thread), wall time with a synchronize on a GPU."""
+    cpu = noise.device.type == "cpu"
+    clock = time.process_time if cpu and torch.get_num_threads() == 1 else time.perf_counter
+    sync = (lambda: None) if cpu else torch.cuda.synchronize
+    inside = [0.0]
+    forward = model.forward
+
+    def timed_forward(x):
+        sync()
+        t0 = clock()
+        y = forward(x)
+        sync()
+        inside[0] += clock() - t0
+        return y
+
+    best = (math.inf, 0.0)
+    model.forward = timed_forward
+    try:
+        for _ in range(rounds):
+            inside[0] = 0.0
+            sync()
+            t0 = clock()
+            made_sample(model, noise)
+            sync()
+            best = min(best, (clock() - t0, inside[0]))
+    finally:
+        del model.forward  # the class's forward again
+    total, in_forward = best
+    return 1.0 - in_forward / total
+
+
 def made_cases(device, quick) -> Iterable[Case]:
     # An untrained MADE barely conditions on the past (near-constant outputs converge in ~2 passes); scaling
     # the random weights ×3 gives conditionals that depend on the past as a trained model's do. The first case
@@ -232,7 +273,8 @@ def made_cases(device, quick) -> Iterable[Case]:
                    # once); Jacobi pays it once per iteration, the sequential sampler D times.
                    flops=2 * B * (D * hidden + hidden * hidden + hidden * D),
                    extra={"iters": info.iterations, "T/iters": round(D / info.iterations, 1), "identical": True,
-                          "auto": auto_info.method.split(":")[1]})
+                          "auto": auto_info.method.split(":")[1],
+                          "bookkeeping": f"{100 * _bookkeeping_share(model, noise):.1f}%"})
 
 
 @sweep("jacobi")

@@ -14,8 +14,9 @@ before weighting them, and masked inputs would then leak rounding into other out
 work for the frozen columns could be cut only by a GEMM of another shape (the output layer's columns ≥ the
 pointer, the hidden units of degree > the pointer, the unconverged images), and a BLAS GEMM of another shape
 may sum in another order — the samples would then no longer be bitwise the sequential ones. The solver's own
-bookkeeping per iteration is one fused op (``torch.ops.symkernels.jacobi_commit``), so an iteration costs
-about one sequential step; ``densenet_eval``, whose layers are separate calls, evaluates unfrozen layers only.
+bookkeeping per iteration is one fused op after the forward (``torch.ops.symkernels.jacobi_sample_commit``:
+sampling, convergence test and write-back), so an iteration costs about one sequential step;
+``densenet_eval``, whose layers are separate calls, evaluates unfrozen layers only.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from symkernels import _backend
+from symkernels.jacobi import reference
 from symkernels.jacobi.solver import CostModel, SolveInfo, solve
 
 # method="auto" for the samplers: every call of their step is one whole-batch forward, whatever the number of
@@ -98,26 +101,46 @@ class MADE(nn.Module):
         return (-0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def _autoregressive_sample(net_out, sample_rows, noise: torch.Tensor, dim: int, method: str, tol: float,
-                           **solve_kwargs) -> tuple[torch.Tensor, SolveInfo]:
-    """Solve x_d = sample_d(net(x), noise) for d = 0..dim−1 with the general solver (state: one column).
+def _autoregressive_sample(net_out, kind: str, noise: torch.Tensor, dim: int, out_dtype: torch.dtype, method: str,
+                           tol: float, **solve_kwargs) -> tuple[torch.Tensor, SolveInfo]:
+    """Solve x_d = sample_d(net(x), noise) for d = 0..dim−1 with the general solver (state: one column), the
+    samples drawn from the network output ``net_out(x)`` (dtype ``out_dtype``) as ``kind`` says
+    (:func:`reference.sample_rows`).
 
-    ``sample_rows(out_t, d)``: the samples of columns ``d`` as rows ``[len(d), B]``, from the transposed
-    network output ``out_t = net(x).t()`` (gathering rows of it gives the solver's layout directly)."""
+    On CPU the solver gets a ``fused_step`` too: the forward, then one op (``torch.ops.symkernels.
+    jacobi_sample_commit``) that samples, compares with the iterate and writes back — the same bits as the
+    step plus the commit, which as tensor ops cost an iteration ~4× the commit itself. The choice depends
+    only on the device and the dtypes, so the sequential and the Jacobi solves of the same call make the same."""
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
         raise TypeError(f"sampler: noise must be a floating torch.Tensor, got "
                         f"{type(noise).__name__ if not isinstance(noise, torch.Tensor) else noise.dtype}")
     B = noise.shape[0]
+    noise = noise.contiguous()
+
+    view = None  # (hist, the network's input [B, D]: a view of hist's rows), made once per solve
+
+    def network(hist):  # the network on the current iterate
+        nonlocal view
+        if view is None or view[0] is not hist:
+            view = hist, hist[1:].transpose(0, 1)
+        return net_out(view[1])
 
     def step(hist, t):
-        x = hist[1:].transpose(0, 1)  # [B, D], current iterate
-        return sample_rows(net_out(x).t(), t - 1)  # [len(t), B]
+        return reference.sample_rows(network(hist), noise, t, kind)
+
+    fused_step = None
+    if (noise.device.type == "cpu" and noise.dtype == out_dtype
+            and _backend.has_dispatcher_op("jacobi_sample_commit")):
+        sample_commit = torch.ops.symkernels.jacobi_sample_commit
+
+        def fused_step(hist, start, stop):
+            return sample_commit(hist, network(hist), noise, start, stop, kind)
 
     init = torch.zeros(B, dtype=noise.dtype, device=noise.device)
     if method == "auto":
         solve_kwargs.setdefault("cost_model", _WHOLE_PASS_COST)
     with torch.no_grad():
-        x, info = solve(step, init, dim, method=method, tol=tol, **solve_kwargs)
+        x, info = solve(step, init, dim, method=method, tol=tol, fused_step=fused_step, **solve_kwargs)
     return x.transpose(0, 1).contiguous(), info
 
 
@@ -134,15 +157,8 @@ def made_sample(model: MADE, noise: torch.Tensor, *, method: str = "jacobi", tol
         raise ValueError(f"made_sample: noise must be [B, D={model.dim}], got "
                          f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
 
-    noise_t = noise.t()
-
-    def rows(out_t, d):  # index_select: a plain gather (advanced indexing out[:, d] took ~20× longer)
-        u = noise_t.index_select(0, d)
-        if model.kind == "bernoulli":
-            return model.sample_from_output(out_t.index_select(0, d), u)
-        return out_t.index_select(0, d) + torch.exp(out_t.index_select(0, model.dim + d)) * u
-
-    x, info = _autoregressive_sample(model, rows, noise, model.dim, method, tol, **solve_kwargs)
+    x, info = _autoregressive_sample(model, model.kind, noise, model.dim, model.out.weight.dtype, method, tol,
+                                     **solve_kwargs)
     return (x, info) if return_info else x
 
 
@@ -194,12 +210,8 @@ def pixelcnn_sample(model: PixelCNN, noise: torch.Tensor, *, method: str = "jaco
     def net(x):
         return model(x.view(B, 1, H, W)).view(B, H * W)
 
-    noise_t = flat_noise.t()
-
-    def rows(out_t, d):
-        return (noise_t.index_select(0, d) < torch.sigmoid(out_t.index_select(0, d))).to(out_t.dtype)
-
-    x, info = _autoregressive_sample(net, rows, flat_noise, H * W, method, tol, **solve_kwargs)
+    x, info = _autoregressive_sample(net, "bernoulli", flat_noise, H * W, model.head.weight.dtype, method, tol,
+                                     **solve_kwargs)
     x = x.view(B, H, W)
     return (x, info) if return_info else x
 

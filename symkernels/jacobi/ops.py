@@ -423,7 +423,12 @@ def _commit_fake(old, new):
     return torch.empty((2,), dtype=torch.float64, device=old.device)
 
 
+def _sample_commit_fake(hist, out, noise, start, stop, kind):
+    return torch.empty((2,), dtype=torch.float64, device=hist.device)
+
+
 # No autograd on the ops: the solve is differentiated at its solution by _JacobiRNN (implicit function theorem),
 # never through the iterations.
 _library.register_op(OP_NAME, fake=_iterate_fake, triton=_triton_iterate)
 _library.register_op("jacobi_commit", fake=_commit_fake)
+_library.register_op("jacobi_sample_commit", fake=_sample_commit_fake)

@@ -1,5 +1,5 @@
-"""Pure-PyTorch truth for the Jacobi pillar's RNN op: the cells, the textbook sequential loop, and the
-reference Jacobi solve (through the general solver).
+"""Pure-PyTorch truth for the Jacobi pillar's ops: the RNN cells, the textbook sequential loop, and the
+reference Jacobi solve (through the general solver); the autoregressive samplers' step (:func:`sample_rows`).
 
 Conventions (those of ``torch.nn.RNN``/``GRU``/``LSTM`` with ``batch_first=False``):
 x ``[T, B, I]``, w_ih ``[G, I]``, w_hh ``[G, H]`` with G = H (Elman), 3H (GRU, gates r, z, n) or 4H (LSTM,
@@ -266,3 +266,21 @@ def rnn_sequential_from_u(u, h0, w_hh, b_hh, cell, nonlinearity):
         h = cell_step(h, u[t], w_hh, b_hh, cell, nonlinearity)
         out.append(h)
     return torch.stack(out) if out else u.new_empty((0,) + tuple(h0.shape))
+
+
+def sample_rows(out: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
+    """The samples of the 1-based columns ``t`` as rows ``[len(t), B]`` (the solver's layout), from a network
+    output ``out`` — ``[B, D]`` logits (``kind="bernoulli"``: ``noise < sigmoid``, as 0/1) or ``[B, 2D]`` means and
+    log standard deviations (``"gaussian"``: ``mean + exp(log σ)·noise``) — and pre-drawn ``noise [B, D]``.
+
+    Sigmoid and exp run over the whole output, the same shape in every call, so that a column's parameter is
+    the same bits whichever columns are asked for: an elementwise kernel may round an element of its scalar
+    tail differently from one of its vector body, and which elements fall in the tail depends on the shape.
+    (``torch.ops.symkernels.jacobi_sample_rows`` is this function, bit for bit, in one op.)"""
+    D = noise.shape[1]
+    d = t - 1
+    u = noise.t().index_select(0, d)
+    if kind == "bernoulli":
+        return (u < torch.sigmoid(out).t().index_select(0, d)).to(out.dtype)
+    mean, scale = out[:, :D].t().index_select(0, d), torch.exp(out[:, D:]).t().index_select(0, d)
+    return mean + scale * u

@@ -13,6 +13,13 @@ The caller supplies ``step_fn(hist, t)``:
 
 Example, an Elman RNN: ``lambda hist, t: torch.tanh(hist[t - 1] @ W.T + u[t - 1])``.
 
+Optionally also ``fused_step(hist, start, stop)``: the step and the commit of rows start+1..stop in one call
+(e.g. a sampler's network forward, then one op that samples, compares and writes back: see
+``symkernels.jacobi.modules``). It evaluates those rows as ``step_fn`` would (bit for bit), writes them into
+``hist[start + 1:stop + 1]`` (in place: no autograd through it) and returns what
+``torch.ops.symkernels.jacobi_commit`` returns for them. The solver then uses it for every sweep over a
+contiguous range of rows that needs no per-row residuals (Jacobi, exact window, the sequential sweep).
+
 **Frozen prefix and the exact stop.** An iteration that leaves rows p+1..q−1 *bitwise* unchanged has
 shown that those rows satisfy their own equations given exact predecessors, so they are the sequential
 result; row q was just computed from them, so it is exact too. The solver keeps this pointer (the
@@ -38,13 +45,14 @@ silently wrong result.
 
 **One loop.** :func:`iterate` holds the stopping, divergence and fallback rules for every solver here: it
 drives an *engine* — ``solve``'s ``step_fn`` engine (one call per iteration, then the fused convergence test
-and write-back: one op, ``torch.ops.symkernels.jacobi_commit`` on CPU; one host read of (residual, first
-changed row), which decides the rows of the next call) or the fused RNN kernels of ``jacobi.rnn``, which
-iterate and test convergence on the device and report a block of iterations per host read.
+and write-back: one op, ``torch.ops.symkernels.jacobi_commit`` on CPU, or ``fused_step`` doing both; one host
+read of (residual, first changed row), which decides the rows of the next call) or the fused RNN kernels of
+``jacobi.rnn``, which iterate and test convergence on the device and report a block of iterations per host read.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Callable, Iterable, Protocol
@@ -57,6 +65,7 @@ METHODS = ("jacobi", "gauss_seidel", "hybrid", "window", "auto")
 # The dtypes of torch.ops.symkernels.jacobi_commit's CPU kernel.
 _COMMIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+FusedStepFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (hist, start, stop) -> jacobi_commit's stats
 
 
 class JacobiDivergenceError(RuntimeError):
@@ -123,6 +132,13 @@ def _first_true(mask: torch.Tensor) -> int:
     return int(idx[0, 0]) if idx.numel() else mask.numel()
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """No inf/NaN in ``x``: x·0 is exactly 0 for a finite x and NaN otherwise, so the sum is 0 iff all are
+    finite. Two ops and one read instead of ``isfinite(x).all()``'s five: a sampler pays this once per call,
+    after a network forward has flushed the caches each op must reload."""
+    return float((x * 0).sum()) == 0.0
+
+
 def _check_step_output(out, t: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
     expected = (t.numel(),) + tuple(hist.shape[1:])
     if not isinstance(out, torch.Tensor):
@@ -140,7 +156,7 @@ def _validate(init, num_steps, method, tol, rtol, max_iters, block_size, window,
         raise TypeError(f"solve: init must be a torch.Tensor (the state s_0), got {type(init).__name__}")
     if not init.is_floating_point():
         raise TypeError(f"solve: init must have a floating dtype, got {init.dtype}")
-    if not bool(torch.isfinite(init).all()):
+    if not _all_finite(init):
         raise ValueError("solve: init contains non-finite values (inf/NaN); the initial state must be finite")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"solve: num_steps must be a non-negative int, got {num_steps!r}")
@@ -163,7 +179,7 @@ def _validate(init, num_steps, method, tol, rtol, max_iters, block_size, window,
         if tuple(guess.shape) != expected:
             raise ValueError(f"solve: guess must have shape (num_steps, *init.shape) = {expected}, "
                              f"got {tuple(guess.shape)}")
-        if not bool(torch.isfinite(guess).all()):
+        if not _all_finite(guess):
             raise ValueError("solve: guess contains non-finite values (inf/NaN)")
 
 
@@ -324,16 +340,16 @@ class _StepEngine:
     (residual, first changed row) per iteration — the pointer decides which rows the next call evaluates."""
 
     def __init__(self, step_fn: StepFn, hist: torch.Tensor, method: str, tol: float, rtol: float,
-                 block_size: int, window: int):
+                 block_size: int, window: int, fused_step: FusedStepFn | None = None):
         self.step_fn, self.hist, self.method = step_fn, hist, method
         self.tol, self.rtol, self.block_size, self.window = tol, rtol, block_size, window
         self.exact_mode = tol == 0 and rtol == 0
         T = hist.shape[0] - 1
         self.T = T
-        self.positions = torch.arange(1, T + 1, device=hist.device)
-        row = hist[0].numel()
+        row = math.prod(hist.shape[1:])
         # Per-row residuals are needed only by the tolerance window; everything else takes the fused test.
         self.fused = row > 0 and rtol == 0 and not (method == "window" and not self.exact_mode)
+        self.fused_step = fused_step if self.fused else None
         # The fused test is one C++ op on CPU (torch.ops.symkernels.jacobi_commit), a few whole-iterate tensor
         # ops on preallocated buffers elsewhere.
         self.native = (self.fused and hist.device.type == "cpu" and hist.dtype in _COMMIT_DTYPES
@@ -345,12 +361,20 @@ class _StepEngine:
             self.ne_buf = torch.empty(T * row + 1, dtype=torch.bool, device=hist.device)
             self.delta_buf = torch.empty(T * row, dtype=hist.dtype, device=hist.device)
 
+    @functools.cached_property
+    def positions(self) -> torch.Tensor:
+        """1..T, whose slices are the ``t`` of ``step_fn`` (made on first use: a ``fused_step`` solve needs none)."""
+        return torch.arange(1, self.T + 1, device=self.hist.device)
+
     def sweeps(self, p: int, m: int) -> tuple[Sweep]:
         return (self._hybrid(p) if self.method == "hybrid" else self._parallel(p),)
 
     def sequential(self, p: int) -> int:
         hist = self.hist
         for i in range(p + 1, self.T + 1):
+            if self.fused_step is not None:
+                self.fused_step(hist, i - 1, i)
+                continue
             t = self.positions[i - 1:i]
             hist[i] = _check_step_output(self.step_fn(hist, t), t, hist)[0]
         return self.T - p
@@ -379,17 +403,21 @@ class _StepEngine:
         hist, T = self.hist, self.T
         if stop is None:
             stop = T if self.method == "jacobi" else min(T, p + self.window)
-        t = self.positions[p:stop]
-        new = _check_step_output(self.step_fn(hist, t), t, hist)
-        old = hist[p + 1:stop + 1]
-        if self.fused:
-            first, resid = self._commit(new, old)
-            resid_rows = None
+        resid_rows = None
+        if self.fused_step is not None:  # evaluation and commit in one call (one host read)
+            resid, first_row = self.fused_step(hist, p, stop).tolist()
+            first = int(first_row)
         else:
-            first = _first_true(_row_changed(new, old))
-            resid_rows = _row_residual(new, old, self.rtol)
-            resid = float(resid_rows.max())
-            old.copy_(new)
+            t = self.positions[p:stop]
+            new = _check_step_output(self.step_fn(hist, t), t, hist)
+            old = hist[p + 1:stop + 1]
+            if self.fused:
+                first, resid = self._commit(new, old)
+            else:
+                first = _first_true(_row_changed(new, old))
+                resid_rows = _row_residual(new, old, self.rtol)
+                resid = float(resid_rows.max())
+                old.copy_(new)
         # Rows p+1..q unchanged-or-first-changed ⇒ exact through row q+1; only evaluated rows can be certified
         # (a window whose rows all stood still certifies up to its end).
         new_p = min(stop, max(p + 1, p + first + 1))
@@ -447,7 +475,7 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
           rtol: float = 0.0, max_iters: int | None = None, block_size: int = 32, window: int = 64,
           guess: torch.Tensor | None = None, on_failure: str = "sequential",
           divergence_factor: float = DIVERGENCE_FACTOR, cost_model: CostModel | None = None,
-          ) -> tuple[torch.Tensor, SolveInfo]:
+          fused_step: FusedStepFn | None = None) -> tuple[torch.Tensor, SolveInfo]:
     """Solve s_t = f_t(s_<t), t = 1..num_steps, by Jacobi-type parallel iteration.
 
     Args:
@@ -471,6 +499,7 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
         on_failure: ``"sequential"`` (finish exactly, report in ``info.fallback``) or ``"raise"``.
         divergence_factor: a residual this many times its best value so far counts as divergence.
         cost_model: ``method="auto"``'s calibration (unit width per row); None: measured (see ``method``).
+        fused_step: ``step_fn`` and the commit in one call, for contiguous rows (see the module docstring).
 
     Returns:
         ``(states [T, *S], info: SolveInfo)``; states[i−1] is s_i.
@@ -478,15 +507,17 @@ def solve(step_fn: StepFn, init: torch.Tensor, num_steps: int, *, method: str = 
     _validate(init, num_steps, method, tol, rtol, max_iters, block_size, window, guess, on_failure)
     T = num_steps
     info = SolveInfo(method=method)
-    hist = torch.empty((T + 1,) + tuple(init.shape), dtype=init.dtype, device=init.device)
-    hist[0] = init
-    if T:
-        hist[1:] = guess if guess is not None else init.unsqueeze(0).expand((T,) + tuple(init.shape))
+    if guess is None:  # s_0 repeated: one copy (what a sampler pays per call, so fewer ops count)
+        hist = init.unsqueeze(0).expand((T + 1,) + tuple(init.shape)).clone(memory_format=torch.contiguous_format)
+    else:
+        hist = torch.empty((T + 1,) + tuple(init.shape), dtype=init.dtype, device=init.device)
+        hist[0] = init
+        hist[1:] = guess
     exact_mode = tol == 0 and rtol == 0
     if T == 0:
         info.converged = info.exact = True
         return hist[1:], info
-    engine = _StepEngine(step_fn, hist, method, tol, rtol, block_size, window)
+    engine = _StepEngine(step_fn, hist, method, tol, rtol, block_size, window, fused_step)
     start = 0
     if method == "auto":
         if cost_model is None:

@@ -1,12 +1,15 @@
 """MADE / PixelCNN samplers and DenseNet evaluation: Jacobi fixed point == sequential, exactly."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from symkernels.jacobi import MADE, PixelCNN, densenet_eval, made_sample, pixelcnn_sample
+from symkernels.jacobi import MADE, PixelCNN, densenet_eval, made_sample, modules, pixelcnn_sample, reference
 from symkernels.jacobi.modules import MaskedConv2d
+from symkernels.jacobi.solver import _first_true, _row_changed, _row_residual
 
 
 def textbook_made_sample(model, noise):
@@ -127,3 +130,80 @@ def test_made_auto_is_jacobi_without_probes():
     _, jac = made_sample(model, noise, return_info=True)
     assert info.method == "auto:jacobi" and info.iterations == jac.iterations
     assert torch.equal(x, textbook_made_sample(model, noise))
+
+
+needs_sample_commit = pytest.mark.skipif(not hasattr(torch.ops.symkernels, "jacobi_sample_commit"),
+                                         reason="symkernels._C not built")
+
+
+def _sample_case(kind, dtype, B=37, D=21, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = (3 * torch.randn(B, D * (2 if kind == "gaussian" else 1), generator=g)).to(dtype)
+    noise = (torch.rand(B, D, generator=g) if kind == "bernoulli" else torch.randn(B, D, generator=g)).to(dtype)
+    return out, noise
+
+
+@needs_sample_commit
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_sample_commit_is_the_reference_sampler_and_commit(kind, dtype):
+    out, noise = _sample_case(kind, dtype)
+    B, D = noise.shape
+    every_column = reference.sample_rows(out, noise, torch.arange(1, D + 1), kind)
+    # Rows the solver asks for: all (Jacobi from the start), an unfrozen tail, one (a sequential step), none.
+    for start, stop in ((0, D), (5, D), (6, 7), (3, 3)):
+        t = torch.arange(start + 1, stop + 1)
+        want = reference.sample_rows(out, noise, t, kind)
+        # A column's sample does not depend on which other columns are asked for.
+        assert torch.equal(want.view(torch.uint8), every_column[start:stop].view(torch.uint8))
+        for case in ("unchanged", "changed_from_4", "all_changed"):
+            hist = torch.randn(D + 1, B).to(dtype)
+            hist[start + 1:stop + 1] = want
+            if case == "changed_from_4" and stop - start > 4:
+                hist[start + 5, 2] += 1
+                hist[start + 7:stop + 1] = 0.25
+            elif case == "all_changed":
+                hist[start + 1:stop + 1] = torch.nan
+            # The generic path: the solver's commit of the reference rows.
+            expected_hist, old = hist.clone(), hist[start + 1:stop + 1]
+            want_first = _first_true(_row_changed(want, old))
+            want_resid = float(_row_residual(want, old, 0.0).max()) if stop > start else 0.0
+            expected_hist[start + 1:stop + 1] = want
+            resid, first = torch.ops.symkernels.jacobi_sample_commit(hist, out, noise, start, stop, kind).tolist()
+            assert torch.equal(hist.view(torch.uint8), expected_hist.view(torch.uint8)), (kind, dtype, start, case)
+            assert int(first) == want_first and (resid == want_resid or math.isnan(want_resid)), \
+                (case, first, want_first, resid, want_resid)
+
+
+@needs_sample_commit
+def test_sample_commit_checks_and_opcheck():
+    out, noise = _sample_case("bernoulli", torch.float32, B=4, D=6)
+    op = torch.ops.symkernels.jacobi_sample_commit
+    torch.library.opcheck(op, (torch.zeros(7, 4), out, noise, 2, 6, "bernoulli"))
+    with pytest.raises(ValueError, match="kind must be 'bernoulli' or 'gaussian'"):
+        op(torch.zeros(7, 4), out, noise, 0, 6, "poisson")
+    with pytest.raises(ValueError, match=r"need 0 <= start <= stop <= D = 6, got start 2, stop 7"):
+        op(torch.zeros(7, 4), out, noise, 2, 7, "bernoulli")
+    with pytest.raises(ValueError, match=r"out must be \[B, 2D\]"):
+        op(torch.zeros(7, 4), out, noise, 0, 6, "gaussian")
+    with pytest.raises(ValueError, match=r"hist must be a contiguous \[D \+ 1, B\]"):
+        op(torch.zeros(4, 7).t(), out, noise, 0, 6, "bernoulli")
+    with pytest.raises(TypeError, match="noise and hist must have out's dtype"):
+        op(torch.zeros(7, 4), out, noise.double(), 0, 6, "bernoulli")
+
+
+@pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
+def test_made_sampler_without_the_fused_op_gives_the_same_samples(monkeypatch, kind):
+    # The tensor-op path (other devices, other dtypes, or no _C) and the fused op draw the same samples.
+    model = MADE(24, (48, 48), kind=kind, seed=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    noise = (torch.rand if kind == "bernoulli" else torch.randn)(9, 24, generator=torch.Generator().manual_seed(5))
+    fused, info = made_sample(model, noise, return_info=True)
+    fused_seq = made_sample(model, noise, method="gauss_seidel")
+    monkeypatch.setattr(modules._backend, "has_dispatcher_op", lambda name: False)
+    tensor_ops, tensor_info = made_sample(model, noise, return_info=True)
+    assert torch.equal(tensor_ops, fused) and torch.equal(fused_seq, fused)
+    assert torch.equal(made_sample(model, noise, method="gauss_seidel"), fused)
+    assert tensor_info.prefix == info.prefix and tensor_info.residuals == info.residuals

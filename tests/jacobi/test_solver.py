@@ -298,6 +298,37 @@ def test_commit_fused_test_matches_the_reference_ops(case):
         assert torch.equal(target.view(torch.uint8), new.contiguous().view(torch.uint8))
 
 
+@pytest.mark.parametrize("method", ["jacobi", "window", "hybrid", "gauss_seidel", "auto"])
+def test_fused_step_serves_contiguous_sweeps_and_changes_nothing(method):
+    # solve(fused_step=...) evaluates and commits in one call where a sweep covers contiguous rows; the result
+    # and the record are those of step_fn plus the solver's own commit.
+    from symkernels.jacobi.solver import _first_true, _row_changed, _row_residual
+    g = torch.Generator().manual_seed(7)
+    T, u = 23, torch.randn(23, 4, generator=g, dtype=torch.float64)
+
+    def step(hist, t):  # elementwise: batch-invariant, so every method is exact
+        return torch.tanh(1.3 * hist[t - 1] + u[t - 1])
+
+    calls = []
+
+    def fused_step(hist, start, stop):
+        calls.append((start, stop))
+        new, old = step(hist, torch.arange(start + 1, stop + 1)), hist[start + 1:stop + 1]
+        first, resid = _first_true(_row_changed(new, old)), float(_row_residual(new, old, 0.0).max())
+        old.copy_(new)
+        return torch.tensor([resid, first], dtype=torch.float64)
+
+    kwargs = dict(method=method, window=5, block_size=4)
+    if method == "auto":  # a given cost model: the choice must not depend on timing
+        kwargs["cost_model"] = CostModel(seq_fixed=1.0, seq_per_unit=0.0, jac_fixed=1.0, jac_per_unit=0.0)
+    want, want_info = solve(step, torch.zeros(4, dtype=torch.float64), T, **kwargs)
+    got, info = solve(step, torch.zeros(4, dtype=torch.float64), T, fused_step=fused_step, **kwargs)
+    assert torch.equal(got, want) and torch.equal(got, sequential(step, torch.zeros(4, dtype=torch.float64), T))
+    assert (info.iterations, info.prefix, info.residuals) == (want_info.iterations, want_info.prefix,
+                                                               want_info.residuals)
+    assert bool(calls) == (method != "hybrid")  # hybrid's inner steps take strided rows: step_fn
+
+
 def test_commit_op_opcheck():
     if not hasattr(torch.ops.symkernels, "jacobi_commit"):
         pytest.skip("symkernels._C not built")
