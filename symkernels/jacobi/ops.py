@@ -272,7 +272,7 @@ def _solve_with_kernel(u, h0, w_hh, b_hh, cfg: _Config) -> tuple[torch.Tensor, S
     return engine.h, info
 
 
-class _JacobiRNN(torch.autograd.Function):
+class _JacobiRNN(_library.KernelFunction):
     """Forward: a Jacobi solve (no graph is recorded). Backward and JVP: the linearised recurrence at the
     solution (implicit function theorem), never the unrolled iterations.
 
@@ -338,7 +338,7 @@ def _shift(h0, h):
     return torch.cat([h0.unsqueeze(0), h[:-1]])
 
 
-class _AdjointSolve(torch.autograd.Function):
+class _AdjointSolve(_library.KernelFunction):
     """λ = (I − L)⁻ᵀ g at the solution h, with a backward so that rnn's gradient is differentiable.
 
     dλ = (I − Lᵀ)⁻¹(dg + dLᵀ λ), so for a cotangent λ̄: ḡ = μ := (I − L)⁻¹ λ̄ (the forward tangent solve) and
