@@ -327,6 +327,175 @@ void run(const Config& cfg, bool zmm_epilogue, int64_t block, const uint8_t* a, 
   });
 }
 
+// ---- prefill route: W unpacked once per call into a broadcast layout -----------------------------------
+// From kPackedMinRows rows on, each W byte is used by so many rows that unpacking it once into an L2 panel
+// and running a kernel with no unpack work in its loop wins: the GEMM layout of oneDNN's int8 kernels.
+// Each zmm of the panel holds 16 columns × 4 K codes (unsigned w + 8, one dword per column); the matching
+// 4 codes of an activation row are one dword, broadcast by the vpdpbusd itself ({1to16} memory operand: a
+// 4-byte load, of which Zen 4 and Intel cores issue 2–3 per cycle, beside the one vpdpbusd zmm). The
+// accumulators are then whole output vectors (16 columns of one row): no horizontal sums, and the epilogue
+// reads them directly.
+//
+// K order: packed byte quad q (8 codes) gives two dword groups, the low nibbles of its 4 bytes (codes 8q,
+// 8q+2, 8q+4, 8q+6) and the high nibbles (8q+1, …, 8q+7): one AND (and one shift) per zmm on either side,
+// no byte shuffle. A is unpacked into the same order once per call.
+
+
+
+
+constexpr int64_t kPackedMinRows = 64;
+constexpr int kPackMR = 6, kPackNR = 4;        // 6 rows × 64 columns: 24 accumulators + 4 W registers
+constexpr int64_t kPackCols = 16 * kPackNR;    // columns per panel group
+constexpr int64_t kPanelBytes = 512 << 10;     // unpacked W per chunk of groups: half of Zen 4's 1 MiB L2
+
+// A for the packed route: rows in tiles of kPackMR; in a tile, quad q of row i is 8 bytes at
+// (q·kPackMR + i)·8: [4 low-nibble codes | 4 high-nibble codes], sign-extended int8, zero past K.
+// sum[m] = Σ codes (the 8·Σa correction of the unsigned weights).
+SK_ZMM_TARGET void unpack_a_quads(const uint8_t* a, int64_t kb, int64_t m_begin, int64_t m_end, int64_t quads,
+                                  int8_t* out, int32_t* sum) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08), ones = _mm512_set1_epi8(1);
+  // dword j of the two results: lo[j/2] or hi[j/2] for even / odd j (lo quads 0–7, then 8–15)
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+  const int64_t tile_stride = quads * kPackMR * 8;
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const uint8_t* src = a + m * kb;
+    int8_t* dst = out + (m / kPackMR) * tile_stride + (m % kPackMR) * 8;
+    __m512i total = _mm512_setzero_si512();
+    for (int64_t q0 = 0; q0 < quads; q0 += 16) {
+      const int64_t bytes = std::min<int64_t>(64, kb - 4 * q0);
+      const __m512i packed = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1,
+                                                     src + 4 * q0);
+      // sign-extend a nibble: ((x & 0xF) ^ 8) − 8
+      const __m512i lo = _mm512_sub_epi8(_mm512_ternarylogic_epi32(packed, nib, eight, 0x6A), eight);
+      const __m512i hi =
+          _mm512_sub_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(packed, 4), nib, eight, 0x6A), eight);
+      total = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(total, ones, lo), ones, hi);
+      alignas(64) int64_t pairs[16];  // pairs[j] = quad q0 + j of this row: lo dword | hi dword
+      _mm512_store_si512(pairs, _mm512_permutex2var_epi32(lo, first, hi));
+      _mm512_store_si512(pairs + 8, _mm512_permutex2var_epi32(lo, second, hi));
+      for (int64_t j = 0, e = std::min<int64_t>(16, quads - q0); j < e; ++j)
+        std::memcpy(dst + (q0 + j) * kPackMR * 8, pairs + j, 8);
+    }
+    sum[m] = _mm512_reduce_add_epi32(total);
+  }
+}
+
+// In-register transpose of a 16 × 16 dword matrix (r[i] = row i → r[j] = column j): three rounds of
+// interleaves (dwords, qwords, 128-bit lanes twice), 64 shuffles.
+SK_ZMM_TARGET SK_INLINE void transpose16x16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {  // t[2i], t[2i+1]: rows 2i, 2i+1 interleaved, elements 4L+{0,1} / 4L+{2,3}
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i+e], lane L: rows 4i…4i+3 of element 4L+e
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int e = 0; e < 4; ++e) {  // gather lane L of u[e], u[4+e], u[8+e], u[12+e]: element 4L+e, all 16 rows
+    const __m512i v0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44), v1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44),
+                  v3 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
+    r[e] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    r[4 + e] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    r[8 + e] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    r[12 + e] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
+// Columns [n0, n0 + cols) (cols ≤ kPackCols; a partial group repeats its last column) of W into one panel
+// group: for quad q, half h (low / high nibbles), register s: 16 dwords at ((2q + h)·kPackNR + s)·64, dword c
+// holding the 4 codes + 8 of column n0 + 16s + c. 16 columns × 16 quads at a time: 16 row loads (masked
+// past K: zero bytes, whose codes meet zero activations), one transpose. (A gather per 16 columns × quad
+// instead cost ~100 cycles each on Zen 4: packing took as long as a 64-row GEMM.)
+SK_ZMM_TARGET void pack_w_group(const uint8_t* w, int64_t kb, int64_t n0, int64_t cols, int64_t quads,
+                                uint8_t* dst) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08);
+  for (int s = 0; s < kPackNR; ++s) {
+    const uint8_t* col[16];
+    for (int c = 0; c < 16; ++c) col[c] = w + (n0 + std::min<int64_t>(16 * s + c, cols - 1)) * kb;
+    for (int64_t q0 = 0; q0 < quads; q0 += 16) {
+      const int64_t bytes = std::min<int64_t>(64, kb - 4 * q0);
+      const __mmask64 mask = bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
+      __m512i r[16];
+      for (int c = 0; c < 16; ++c) r[c] = _mm512_maskz_loadu_epi8(mask, col[c] + 4 * q0);
+      transpose16x16(r);  // r[j]: quad q0 + j of the 16 columns
+      for (int64_t j = 0, e = std::min<int64_t>(16, quads - q0); j < e; ++j) {
+        uint8_t* d = dst + (2 * (q0 + j) * kPackNR + s) * 64;
+        // (x & 0x0F) ^ 0x08 in one op, as in zmm_block
+        _mm512_store_si512(d, _mm512_ternarylogic_epi32(r[j], nib, eight, 0x6A));
+        _mm512_store_si512(d + kPackNR * 64, _mm512_ternarylogic_epi32(_mm512_srli_epi16(r[j], 4), nib, eight, 0x6A));
+      }
+    }
+  }
+}
+
+// acc += u · broadcast(dword at p): vpdpbusd with an embedded-broadcast memory operand (asm: see dpbusd).
+SK_ZMM_TARGET SK_INLINE void dpbusd_bcast(__m512i& acc, __m512i u, const int8_t* p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(p)));
+}
+
+// sums[i·kPackCols + c] = Σ_k (w_c[k] + 8)·a_i[k] for one A tile and one panel group, over `quads` quads.
+SK_ZMM_TARGET void micro_packed(const int8_t* a, const uint8_t* w, int64_t quads, int32_t* sums) {
+  constexpr int MR = kPackMR, NR = kPackNR;
+  __m512i acc[MR][NR];
+  SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) acc[i][s] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < quads; ++q, a += MR * 8, w += 2 * NR * 64) {
+    SK_UNROLL for (int h = 0; h < 2; ++h) {
+      __m512i u[NR];
+      SK_UNROLL for (int s = 0; s < NR; ++s) u[s] = _mm512_load_si512(w + (h * NR + s) * 64);
+      SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
+        dpbusd_bcast(acc[i][s], u[s], a + 8 * i + 4 * h);
+    }
+  }
+  SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
+    _mm512_storeu_si512(sums + i * kPackCols + 16 * s, acc[i][s]);
+}
+
+// The packed route's driver: threads split the panel groups; each walks its groups in chunks whose
+// unpacked W (≤ kPanelBytes) stays in L2 while every A tile passes over it.
+template <typename Out>
+void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_t kb, const float* sa,
+                const float* sw, const float* bias, Out* out) {
+  const int64_t quads = (kb + 3) / 4;
+  const int64_t tiles = (M + kPackMR - 1) / kPackMR;
+  const int64_t tile_stride = quads * kPackMR * 8;
+  const int64_t a_bytes = tiles * tile_stride;
+  ScratchBuffer a_owner;
+  int8_t* a_u = scratch(ScratchSlot::kCaller, a_bytes + 4 * M, a_owner);
+  int32_t* a_sum = reinterpret_cast<int32_t*>(a_u + a_bytes);
+  if (tiles * kPackMR > M)  // the padding rows of the last tile: zero codes, so zero sums (not stored)
+    for (int64_t q = 0; q < quads; ++q)
+      for (int64_t m = M; m < tiles * kPackMR; ++m)
+        std::memset(a_u + (tiles - 1) * tile_stride + (q * kPackMR + m % kPackMR) * 8, 0, 8);
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) { unpack_a_quads(a, kb, begin, end, quads, a_u, a_sum); });
+  const int64_t groups = (N + kPackCols - 1) / kPackCols;
+  const int64_t group_bytes = std::max<int64_t>(1, quads * 2 * kPackNR * 64);
+  const int64_t chunk = std::max<int64_t>(1, kPanelBytes / group_bytes);
+  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    ScratchBuffer w_owner;
+    uint8_t* panel = reinterpret_cast<uint8_t*>(
+        scratch(ScratchSlot::kWorker, std::min(chunk, g_end - g_begin) * group_bytes, w_owner));
+    alignas(64) int32_t sums[kPackMR * kPackCols];
+    for (int64_t c0 = g_begin; c0 < g_end; c0 += chunk) {
+      const int64_t c1 = std::min(g_end, c0 + chunk);
+      for (int64_t g = c0; g < c1; ++g)
+        pack_w_group(w, kb, g * kPackCols, std::min(kPackCols, N - g * kPackCols), quads, panel + (g - c0) * group_bytes);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t m0 = t * kPackMR, rows = std::min<int64_t>(kPackMR, M - m0);
+        for (int64_t g = c0; g < c1; ++g) {
+          micro_packed(a_u + t * tile_stride, panel + (g - c0) * group_bytes, quads, sums);
+          const int64_t n0 = g * kPackCols;
+          epilogue_zmm(sums, kPackCols, rows, std::min(kPackCols, N - n0), m0, n0, a_sum, sa, sw, bias, out, N);
+        }
+      }
+    }
+  });
+}
+
 // Tile shapes by M. zmm (32 registers): MR·NR accumulators + 2·NR unpacked W + 2 A + 2 constants ≤ 32.
 // Prefill 6 × 3 (28 registers); in L1 on Zen 4 (1 thread, CPU time, K = 2048): 6 × 3 and 7 × 3 at 90% of
 // the vpdpbusd peak, 5 × 4 88%, 4 × 4 86%, 8 × 2 77%, 2 × 6 75%, 1 × 6 45% (decode reads W from memory
@@ -372,7 +541,9 @@ void int4_matmul_vnni(VnniKind kind, const uint8_t* a, const uint8_t* w, int64_t
   TORCH_CHECK(vnni_kind_supported(kind), "int4_matmul: VNNI path ", static_cast<int>(kind), " not supported here");
   if (M == 0 || N == 0) return;
   switch (kind) {
-    case VnniKind::kZmm: return run(zmm_config(M), true, 64, a, w, M, N, kb, sa, sw, bias, out);
+    case VnniKind::kZmm:
+      if (M >= kPackedMinRows) return run_packed(a, w, M, N, kb, sa, sw, bias, out);
+      return run(zmm_config(M), true, 64, a, w, M, N, kb, sa, sw, bias, out);
     case VnniKind::kYmmVex: return run(ymm_config<true>(M), false, 32, a, w, M, N, kb, sa, sw, bias, out);
     case VnniKind::kYmmEvex: return run(ymm_config<false>(M), false, 32, a, w, M, N, kb, sa, sw, bias, out);
   }
