@@ -338,71 +338,71 @@ void run(const Config& cfg, bool zmm_epilogue, int64_t block, const uint8_t* a, 
 //
 // K order: packed byte quad q (8 codes) gives two dword groups, the low nibbles of its 4 bytes (codes 8q,
 // 8q+2, 8q+4, 8q+6) and the high nibbles (8q+1, …, 8q+7): one AND (and one shift) per zmm on either side,
-// no byte shuffle. A is unpacked into the same order once per call.
-
-
-
-
+// no byte shuffle. A is unpacked into the same order once per call. Group g = 2q (low) or 2q + 1 (high).
 constexpr int64_t kPackedMinRows = 64;
 constexpr int kPackMR = 6, kPackNR = 4;        // 6 rows × 64 columns: 24 accumulators + 4 W registers
 constexpr int64_t kPackCols = 16 * kPackNR;    // columns per panel group
 constexpr int64_t kPanelBytes = 512 << 10;     // unpacked W per chunk of groups: half of Zen 4's 1 MiB L2
 
-// A for the packed route: rows in tiles of kPackMR; in a tile, quad q of row i is 8 bytes at
-// (q·kPackMR + i)·8: [4 low-nibble codes | 4 high-nibble codes], sign-extended int8, zero past K.
-// sum[m] = Σ codes (the 8·Σa correction of the unsigned weights).
-SK_ZMM_TARGET void unpack_a_quads(const uint8_t* a, int64_t kb, int64_t m_begin, int64_t m_end, int64_t quads,
-                                  int8_t* out, int32_t* sum) {
+// A for the packed route: rows in tiles of kPackMR; in a tile, group g of row i (4 codes, sign-extended
+// int8, zero past K) is the dword at (g·kPackMR + i)·4. sum[m] = Σ codes (the 8·Σa correction of the
+// unsigned weights).
+SK_ZMM_TARGET void unpack_a_groups(const uint8_t* a, int64_t kb, int64_t m_begin, int64_t m_end, int64_t quads,
+                                   int8_t* out, int32_t* sum) {
   const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08), ones = _mm512_set1_epi8(1);
-  // dword j of the two results: lo[j/2] or hi[j/2] for even / odd j (lo quads 0–7, then 8–15)
-  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
-  const int64_t tile_stride = quads * kPackMR * 8;
+  const int64_t tile_stride = 2 * quads * kPackMR * 4;
   for (int64_t m = m_begin; m < m_end; ++m) {
     const uint8_t* src = a + m * kb;
-    int8_t* dst = out + (m / kPackMR) * tile_stride + (m % kPackMR) * 8;
+    int8_t* dst = out + (m / kPackMR) * tile_stride + (m % kPackMR) * 4;
     __m512i total = _mm512_setzero_si512();
     for (int64_t q0 = 0; q0 < quads; q0 += 16) {
       const int64_t bytes = std::min<int64_t>(64, kb - 4 * q0);
       const __m512i packed = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1,
                                                      src + 4 * q0);
       // sign-extend a nibble: ((x & 0xF) ^ 8) − 8
+      alignas(64) int32_t half[2][16];  // [low | high nibbles][quad q0 + j]
       const __m512i lo = _mm512_sub_epi8(_mm512_ternarylogic_epi32(packed, nib, eight, 0x6A), eight);
       const __m512i hi =
           _mm512_sub_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(packed, 4), nib, eight, 0x6A), eight);
+      _mm512_store_si512(half[0], lo);
+      _mm512_store_si512(half[1], hi);
       total = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(total, ones, lo), ones, hi);
-      alignas(64) int64_t pairs[16];  // pairs[j] = quad q0 + j of this row: lo dword | hi dword
-      _mm512_store_si512(pairs, _mm512_permutex2var_epi32(lo, first, hi));
-      _mm512_store_si512(pairs + 8, _mm512_permutex2var_epi32(lo, second, hi));
       for (int64_t j = 0, e = std::min<int64_t>(16, quads - q0); j < e; ++j)
-        std::memcpy(dst + (q0 + j) * kPackMR * 8, pairs + j, 8);
+        for (int h = 0; h < 2; ++h) std::memcpy(dst + (2 * (q0 + j) + h) * kPackMR * 4, &half[h][j], 4);
     }
-    sum[m] = _mm512_reduce_add_epi32(total);
+    sum[m] = hsum_zmm(total);
   }
 }
 
 // In-register transpose of a 16 × 16 dword matrix (r[i] = row i → r[j] = column j): three rounds of
-// interleaves (dwords, qwords, 128-bit lanes twice), 64 shuffles.
+// interleaves (dwords, qwords, 128-bit lanes twice), 64 shuffles. (Full-mask forms throughout: GCC 12's
+// unmasked ones pass an "undefined" source that -Wmaybe-uninitialized flags.)
+// lanes<imm>(x, y): 128-bit lanes imm[1:0], imm[3:2] of x, then imm[5:4], imm[7:6] of y
+template <int kImm>
+SK_ZMM_TARGET SK_INLINE __m512i lanes(__m512i x, __m512i y) {
+  return _mm512_mask_shuffle_i32x4(x, 0xFFFF, x, y, kImm);
+}
+
 SK_ZMM_TARGET SK_INLINE void transpose16x16(__m512i (&r)[16]) {
   __m512i t[16], u[16];
   for (int i = 0; i < 8; ++i) {  // t[2i], t[2i+1]: rows 2i, 2i+1 interleaved, elements 4L+{0,1} / 4L+{2,3}
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i] = _mm512_mask_unpacklo_epi32(r[2 * i], 0xFFFF, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_mask_unpackhi_epi32(r[2 * i], 0xFFFF, r[2 * i], r[2 * i + 1]);
   }
   for (int i = 0; i < 4; ++i) {  // u[4i+e], lane L: rows 4i…4i+3 of element 4L+e
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    for (int odd = 0; odd < 2; ++odd) {
+      const __m512i x = t[4 * i + odd], y = t[4 * i + 2 + odd];
+      u[4 * i + 2 * odd] = _mm512_mask_unpacklo_epi64(x, 0xFF, x, y);
+      u[4 * i + 2 * odd + 1] = _mm512_mask_unpackhi_epi64(x, 0xFF, x, y);
+    }
   }
-  for (int e = 0; e < 4; ++e) {  // gather lane L of u[e], u[4+e], u[8+e], u[12+e]: element 4L+e, all 16 rows
-    const __m512i v0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x44), v1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xEE);
-    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x44),
-                  v3 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xEE);
-    r[e] = _mm512_shuffle_i32x4(v0, v2, 0x88);
-    r[4 + e] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
-    r[8 + e] = _mm512_shuffle_i32x4(v1, v3, 0x88);
-    r[12 + e] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  for (int e = 0; e < 4; ++e) {  // lane L of u[e], u[4+e], u[8+e], u[12+e]: element 4L+e of all 16 rows
+    const __m512i v0 = lanes<0x44>(u[e], u[4 + e]), v1 = lanes<0xEE>(u[e], u[4 + e]);  // lanes 0, 1 / 2, 3
+    const __m512i v2 = lanes<0x44>(u[8 + e], u[12 + e]), v3 = lanes<0xEE>(u[8 + e], u[12 + e]);
+    r[e] = lanes<0x88>(v0, v2);  // lanes 0, 2 of each
+    r[4 + e] = lanes<0xDD>(v0, v2);  // lanes 1, 3 of each
+    r[8 + e] = lanes<0x88>(v1, v3);
+    r[12 + e] = lanes<0xDD>(v1, v3);
   }
 }
 
@@ -435,21 +435,21 @@ SK_ZMM_TARGET void pack_w_group(const uint8_t* w, int64_t kb, int64_t n0, int64_
 
 // acc += u · broadcast(dword at p): vpdpbusd with an embedded-broadcast memory operand (asm: see dpbusd).
 SK_ZMM_TARGET SK_INLINE void dpbusd_bcast(__m512i& acc, __m512i u, const int8_t* p) {
-  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(p)));
+  int32_t x;
+  std::memcpy(&x, p, 4);
+  acc = _mm512_dpbusd_epi32(acc, u, _mm512_set1_epi32(x));
 }
 
-// sums[i·kPackCols + c] = Σ_k (w_c[k] + 8)·a_i[k] for one A tile and one panel group, over `quads` quads.
-SK_ZMM_TARGET void micro_packed(const int8_t* a, const uint8_t* w, int64_t quads, int32_t* sums) {
+// sums[i·kPackCols + c] = Σ_k (w_c[k] + 8)·a_i[k] for one A tile and one panel group, over `groups` dword
+// groups: per group NR W loads, then MR·NR vpdpbusd with a broadcast A dword each.
+SK_ZMM_TARGET void micro_packed(const int8_t* a, const uint8_t* w, int64_t groups, int32_t* sums) {
   constexpr int MR = kPackMR, NR = kPackNR;
   __m512i acc[MR][NR];
   SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) acc[i][s] = _mm512_setzero_si512();
-  for (int64_t q = 0; q < quads; ++q, a += MR * 8, w += 2 * NR * 64) {
-    SK_UNROLL for (int h = 0; h < 2; ++h) {
-      __m512i u[NR];
-      SK_UNROLL for (int s = 0; s < NR; ++s) u[s] = _mm512_load_si512(w + (h * NR + s) * 64);
-      SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
-        dpbusd_bcast(acc[i][s], u[s], a + 8 * i + 4 * h);
-    }
+  for (int64_t g = 0; g < groups; ++g, a += MR * 4, w += NR * 64) {
+    __m512i u[NR];
+    SK_UNROLL for (int s = 0; s < NR; ++s) u[s] = _mm512_load_si512(w + s * 64);
+    SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) dpbusd_bcast(acc[i][s], u[s], a + 4 * i);
   }
   SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
     _mm512_storeu_si512(sums + i * kPackCols + 16 * s, acc[i][s]);
@@ -462,16 +462,16 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
                 const float* sw, const float* bias, Out* out) {
   const int64_t quads = (kb + 3) / 4;
   const int64_t tiles = (M + kPackMR - 1) / kPackMR;
-  const int64_t tile_stride = quads * kPackMR * 8;
+  const int64_t tile_stride = 2 * quads * kPackMR * 4;
   const int64_t a_bytes = tiles * tile_stride;
   ScratchBuffer a_owner;
   int8_t* a_u = scratch(ScratchSlot::kCaller, a_bytes + 4 * M, a_owner);
   int32_t* a_sum = reinterpret_cast<int32_t*>(a_u + a_bytes);
   if (tiles * kPackMR > M)  // the padding rows of the last tile: zero codes, so zero sums (not stored)
-    for (int64_t q = 0; q < quads; ++q)
+    for (int64_t g = 0; g < 2 * quads; ++g)
       for (int64_t m = M; m < tiles * kPackMR; ++m)
-        std::memset(a_u + (tiles - 1) * tile_stride + (q * kPackMR + m % kPackMR) * 8, 0, 8);
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) { unpack_a_quads(a, kb, begin, end, quads, a_u, a_sum); });
+        std::memset(a_u + (tiles - 1) * tile_stride + (g * kPackMR + m % kPackMR) * 4, 0, 4);
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) { unpack_a_groups(a, kb, begin, end, quads, a_u, a_sum); });
   const int64_t groups = (N + kPackCols - 1) / kPackCols;
   const int64_t group_bytes = std::max<int64_t>(1, quads * 2 * kPackNR * 64);
   const int64_t chunk = std::max<int64_t>(1, kPanelBytes / group_bytes);
@@ -487,7 +487,7 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m0 = t * kPackMR, rows = std::min<int64_t>(kPackMR, M - m0);
         for (int64_t g = c0; g < c1; ++g) {
-          micro_packed(a_u + t * tile_stride, panel + (g - c0) * group_bytes, quads, sums);
+          micro_packed(a_u + t * tile_stride, panel + (g - c0) * group_bytes, 2 * quads, sums);
           const int64_t n0 = g * kPackCols;
           epilogue_zmm(sums, kPackCols, rows, std::min(kPackCols, N - n0), m0, n0, a_sum, sa, sw, bias, out, N);
         }
