@@ -1,5 +1,7 @@
 // VNNI paths of the CPU W4A4 GEMM: C[m, n] = Σ_k A[m, k]·W[n, k] with vpdpbusd (unsigned × signed int8,
-// 4-way dot into int32), W unpacked from nibbles in registers, never through memory.
+// 4-way dot into int32). Two routes: below kPackedMinRows rows (decode), W is unpacked from nibbles in
+// registers, never through memory (what follows up to "prefill route" describes it); from there on (zmm
+// only), W is unpacked once per call into L2 panels in oneDNN's broadcast layout ("prefill route" below).
 //
 // Signs. vpdpbusd multiplies unsigned bytes by signed bytes. W is the unsigned operand: its nibble XOR 8
 // is w + 8 ∈ [0, 15] (one vpternlog per register does AND 0x0F and XOR 8 together), and
@@ -27,8 +29,8 @@
 // The epilogue (8·Σa correction, fp32 scales, bias, rounding to the output dtype) runs once per tile and
 // column chunk, 16 columns per instruction on the zmm path.
 //
-// Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): M = 256 at 78–80% of the vpdpbusd peak,
-// M = 2048 66–75%, M = 16 55%, M = 1 W-read bound. valgrind 3.19 hides AVX-512 from the program, so
+// Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): the decode route at M = 16 55% of the
+// vpdpbusd peak, M = 1 W-read bound; the prefill route at M = 256 and 2048 87–91%. valgrind 3.19 hides AVX-512 from the program, so
 // callgrind cannot run these kernels (the path check refuses them there).
 #include "quarot/int4_matmul_vnni.h"
 
@@ -56,6 +58,10 @@ namespace {
 #define SK_INLINE inline __attribute__((always_inline))
 // Full unrolling keeps acc[][] in registers (a loop left rolled would index the array in memory).
 #define SK_UNROLL _Pragma("GCC unroll 8")
+// No inlining, cloning or interprocedural propagation: a clone of micro_packed with its caller's stack
+// buffer propagated in (as LTO or a caller in the same unit invites) kept the accumulators in memory,
+// at half the rate. Once per 64 columns × K × 6 rows, a call costs nothing.
+#define SK_NOIPA __attribute__((noipa))
 constexpr int64_t kChunkBytes = 384 << 10;  // packed W per L2 chunk of column groups (≤ 64 groups)
 constexpr int64_t kMaxChunkGroups = 64;      // (bounds the per-thread partial sums: 64 groups × 8 × 8 int32)
 constexpr int64_t kKChunkCodes = 4096;       // K per pass: a 6-row A chunk (24 KiB) stays in L1 (2048: 7% slower, Zen 4)
@@ -328,21 +334,35 @@ void run(const Config& cfg, bool zmm_epilogue, int64_t block, const uint8_t* a, 
 }
 
 // ---- prefill route: W unpacked once per call into a broadcast layout -----------------------------------
-// From kPackedMinRows rows on, each W byte is used by so many rows that unpacking it once into an L2 panel
-// and running a kernel with no unpack work in its loop wins: the GEMM layout of oneDNN's int8 kernels.
-// Each zmm of the panel holds 16 columns × 4 K codes (unsigned w + 8, one dword per column); the matching
-// 4 codes of an activation row are one dword, broadcast by the vpdpbusd itself ({1to16} memory operand: a
-// 4-byte load, of which Zen 4 and Intel cores issue 2–3 per cycle, beside the one vpdpbusd zmm). The
-// accumulators are then whole output vectors (16 columns of one row): no horizontal sums, and the epilogue
-// reads them directly.
+// From kPackedMinRows rows on, each W byte is used by so many rows that unpacking it once per call into an
+// L2 panel, and running a kernel with no unpack work in its loop, wins: the GEMM layout of oneDNN's int8
+// kernels. Each zmm of the panel holds 16 columns × 4 K codes (unsigned w + 8, one dword per column); the
+// matching 4 codes of an activation row are one dword, broadcast to all 16 lanes (vpbroadcastd from memory:
+// a load, no vector ALU). The accumulators are whole output vectors (16 columns of one row): no horizontal
+// sums, and the epilogue reads them directly. The micro-kernel runs at 97–100% of the vpdpbusd peak with
+// its panel in L2 (1 thread, Zen 4); what the whole GEMM loses beyond that is the A stream from L3 and the
+// output's cache misses (both prefetched, below), the W packing (~0.6 ms per 4096 × 4096) and A's unpack.
 //
 // K order: packed byte quad q (8 codes) gives two dword groups, the low nibbles of its 4 bytes (codes 8q,
 // 8q+2, 8q+4, 8q+6) and the high nibbles (8q+1, …, 8q+7): one AND (and one shift) per zmm on either side,
 // no byte shuffle. A is unpacked into the same order once per call. Group g = 2q (low) or 2q + 1 (high).
-constexpr int64_t kPackedMinRows = 64;
-constexpr int kPackMR = 6, kPackNR = 4;        // 6 rows × 64 columns: 24 accumulators + 4 W registers
+//
+// Blocking: threads split the 64-column panel groups; each packs a chunk of its groups (≤ kPanelBytes, in
+// L2), then every 6-row A tile passes over the chunk, the tile streaming from L3 (A is re-read once per
+// chunk: 8 MiB per chunk at M = 2048, K = 4096, well within L3 bandwidth). No K blocking: a tile's int32
+// sums stay in registers for the whole K, so the epilogue is fused and nothing is accumulated in memory.
+//
+// From 48 rows (1 thread, CPU time, K = N = 4096, Zen 4: at 32 rows the packing still costs 16%, at 48
+// both routes tie, at 64 the packed one is 8% ahead, from 256 rows 12–17%).
+constexpr int64_t kPackedMinRows = 48;
+// 24 accumulators + 4 W registers + the broadcast. Measured at M = 256 / 2048: 6 × 4 ≈ 4 × 6 > 8 × 3 ≈ 5 × 5.
+constexpr int kPackMR = 6, kPackNR = 4;
 constexpr int64_t kPackCols = 16 * kPackNR;    // columns per panel group
 constexpr int64_t kPanelBytes = 512 << 10;     // unpacked W per chunk of groups: half of Zen 4's 1 MiB L2
+// (256 and 768 KiB measured the same within noise). An A tile is 24·K bytes, re-read from L3 for every
+// chunk: the micro-kernel prefetches its own A stream this far ahead (into the next tile at the end), which
+// brings a streamed tile to the in-L1 rate (−8% without).
+constexpr int64_t kAPrefetchBytes = 1024;
 
 // A for the packed route: rows in tiles of kPackMR; in a tile, group g of row i (4 codes, sign-extended
 // int8, zero past K) is the dword at (g·kPackMR + i)·4. sum[m] = Σ codes (the 8·Σa correction of the
@@ -433,7 +453,9 @@ SK_ZMM_TARGET void pack_w_group(const uint8_t* w, int64_t kb, int64_t n0, int64_
   }
 }
 
-// acc += u · broadcast(dword at p): vpdpbusd with an embedded-broadcast memory operand (asm: see dpbusd).
+// acc += u · broadcast(dword at p). The intrinsic here, not dpbusd's asm: GCC 12 compiles this loop to one
+// vpbroadcastd per row and no register copies, where the asm form (with an embedded {1to16} broadcast) got
+// a register copy per 4 instructions.
 SK_ZMM_TARGET SK_INLINE void dpbusd_bcast(__m512i& acc, __m512i u, const int8_t* p) {
   int32_t x;
   std::memcpy(&x, p, 4);
@@ -442,13 +464,14 @@ SK_ZMM_TARGET SK_INLINE void dpbusd_bcast(__m512i& acc, __m512i u, const int8_t*
 
 // sums[i·kPackCols + c] = Σ_k (w_c[k] + 8)·a_i[k] for one A tile and one panel group, over `groups` dword
 // groups: per group NR W loads, then MR·NR vpdpbusd with a broadcast A dword each.
-SK_ZMM_TARGET void micro_packed(const int8_t* a, const uint8_t* w, int64_t groups, int32_t* sums) {
+SK_ZMM_TARGET SK_NOIPA void micro_packed(const int8_t* a, const uint8_t* w, int64_t groups, int32_t* sums) {
   constexpr int MR = kPackMR, NR = kPackNR;
   __m512i acc[MR][NR];
   SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) acc[i][s] = _mm512_setzero_si512();
   for (int64_t g = 0; g < groups; ++g, a += MR * 4, w += NR * 64) {
     __m512i u[NR];
     SK_UNROLL for (int s = 0; s < NR; ++s) u[s] = _mm512_load_si512(w + s * 64);
+    _mm_prefetch(reinterpret_cast<const char*>(a + kAPrefetchBytes), _MM_HINT_T0);
     SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) dpbusd_bcast(acc[i][s], u[s], a + 4 * i);
   }
   SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
@@ -487,9 +510,14 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m0 = t * kPackMR, rows = std::min<int64_t>(kPackMR, M - m0);
         for (int64_t g = c0; g < c1; ++g) {
+          const int64_t n0 = g * kPackCols, cols = std::min(kPackCols, N - n0);
+          // The output lines this call's epilogue writes, fetched for writing while the micro-kernel runs:
+          // left to the stores, their misses (out is rarely cached) cost 5–7% at M = 2048 (Zen 4).
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t byte = 0; byte < cols * static_cast<int64_t>(sizeof(Out)); byte += 64)
+              __builtin_prefetch(reinterpret_cast<const char*>(out + (m0 + i) * N + n0) + byte, 1, 3);
           micro_packed(a_u + t * tile_stride, panel + (g - c0) * group_bytes, 2 * quads, sums);
-          const int64_t n0 = g * kPackCols;
-          epilogue_zmm(sums, kPackCols, rows, std::min(kPackCols, N - n0), m0, n0, a_sum, sa, sw, bias, out, N);
+          epilogue_zmm(sums, kPackCols, rows, cols, m0, n0, a_sum, sa, sw, bias, out, N);
         }
       }
     }

@@ -4,7 +4,7 @@ SYMKERNELS_INT4_ISA. Exact int32 accumulation (unit scales: the output is the in
 tile shape (M = 1, 2, 3-4, ≥ 5 pick different micro-kernels; the last row tile is 1, 2, 4 or a full tile),
 partial column groups, K tails (masked / zero-padded last block), K over one K chunk (4096 codes), several
 column chunks per thread, M = 0, K = 0, non-contiguous inputs (the epilogue of every path: test_int4_matmul.py);
-and the zmm path's packed-weight route from 64 rows (its own tests below: tiles of 6 rows, groups of 64
+and the zmm path's packed-weight route from 48 rows (its own tests below: tiles of 6 rows, groups of 64
 columns, K in byte quads, transposed 16 quads at a time)."""
 import pytest
 import torch
@@ -100,11 +100,11 @@ def test_vnni_empty_and_noncontiguous(monkeypatch, isa):
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
-# The packed route (M ≥ 64 on the zmm path): M = 64 (its threshold) and last tiles of 1-5 of the 6 rows;
+# The packed route (M ≥ 48 on the zmm path): M = 48 (its threshold) and last tiles of 1-5 of the 6 rows;
 # N: one column, partial and several 64-column groups; K/2 % 4 = 0, 1, 2, 3 (zero-padded last quad), quads
 # not a multiple of the 16 transposed at once, K = 2; kb = 4100 makes each group its own L2 chunk (a thread
 # walks several, the last one partial).
-_PACKED_SHAPES = [(64, 64, 128), (65, 1, 2), (66, 63, 130), (67, 65, 4), (68, 129, 6), (69, 200, 1000),
+_PACKED_SHAPES = [(48, 64, 128), (64, 64, 128), (65, 1, 2), (66, 63, 130), (67, 65, 4), (68, 129, 6), (69, 200, 1000),
                   (70, 200, 8200), (131, 70, 62)]
 
 
