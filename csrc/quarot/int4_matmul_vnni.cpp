@@ -472,7 +472,8 @@ SK_ZMM_TARGET SK_NOIPA void micro_packed(const int8_t* a, const uint8_t* w, int6
     __m512i u[NR];
     SK_UNROLL for (int s = 0; s < NR; ++s) u[s] = _mm512_load_si512(w + s * 64);
     _mm_prefetch(reinterpret_cast<const char*>(a + kAPrefetchBytes), _MM_HINT_T0);
-    SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) dpbusd_bcast(acc[i][s], u[s], a + 4 * i);
+    SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
+      dpbusd_bcast(acc[i][s], u[s], a + 4 * i);
   }
   SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
     _mm512_storeu_si512(sums + i * kPackCols + 16 * s, acc[i][s]);
@@ -494,7 +495,8 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
     for (int64_t g = 0; g < 2 * quads; ++g)
       for (int64_t m = M; m < tiles * kPackMR; ++m)
         std::memset(a_u + (tiles - 1) * tile_stride + (g * kPackMR + m % kPackMR) * 4, 0, 4);
-  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) { unpack_a_groups(a, kb, begin, end, quads, a_u, a_sum); });
+  at::parallel_for(0, M, 16,
+                   [&](int64_t begin, int64_t end) { unpack_a_groups(a, kb, begin, end, quads, a_u, a_sum); });
   const int64_t groups = (N + kPackCols - 1) / kPackCols;
   const int64_t group_bytes = std::max<int64_t>(1, quads * 2 * kPackNR * 64);
   const int64_t chunk = std::max<int64_t>(1, kPanelBytes / group_bytes);
@@ -506,7 +508,8 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
     for (int64_t c0 = g_begin; c0 < g_end; c0 += chunk) {
       const int64_t c1 = std::min(g_end, c0 + chunk);
       for (int64_t g = c0; g < c1; ++g)
-        pack_w_group(w, kb, g * kPackCols, std::min(kPackCols, N - g * kPackCols), quads, panel + (g - c0) * group_bytes);
+        pack_w_group(w, kb, g * kPackCols, std::min(kPackCols, N - g * kPackCols), quads,
+                     panel + (g - c0) * group_bytes);
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t m0 = t * kPackMR, rows = std::min<int64_t>(kPackMR, M - m0);
         for (int64_t g = c0; g < c1; ++g) {
