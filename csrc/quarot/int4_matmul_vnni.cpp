@@ -500,7 +500,8 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
   const int64_t groups = (N + kPackCols - 1) / kPackCols;
   const int64_t group_bytes = std::max<int64_t>(1, quads * 2 * kPackNR * 64);
   const int64_t chunk = std::max<int64_t>(1, kPanelBytes / group_bytes);
-  at::parallel_for(0, groups, 1, [&](int64_t g_begin, int64_t g_end) {
+  // Groups [g_begin, g_end) × tiles [t_begin, t_end) on one thread.
+  auto work = [&](int64_t g_begin, int64_t g_end, int64_t t_begin, int64_t t_end) {
     ScratchBuffer w_owner;
     uint8_t* panel = reinterpret_cast<uint8_t*>(
         scratch(ScratchSlot::kWorker, std::min(chunk, g_end - g_begin) * group_bytes, w_owner));
@@ -510,7 +511,7 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
       for (int64_t g = c0; g < c1; ++g)
         pack_w_group(w, kb, g * kPackCols, std::min(kPackCols, N - g * kPackCols), quads,
                      panel + (g - c0) * group_bytes);
-      for (int64_t t = 0; t < tiles; ++t) {
+      for (int64_t t = t_begin; t < t_end; ++t) {
         const int64_t m0 = t * kPackMR, rows = std::min<int64_t>(kPackMR, M - m0);
         for (int64_t g = c0; g < c1; ++g) {
           const int64_t n0 = g * kPackCols, cols = std::min(kPackCols, N - n0);
@@ -523,6 +524,21 @@ void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_
           epilogue_zmm(sums, kPackCols, rows, cols, m0, n0, a_sum, sa, sw, bias, out, N);
         }
       }
+    }
+  };
+  // Threads split the groups; with fewer groups than threads (N ≤ 64 here; N = 256 on 16 cores), they
+  // split the row tiles of each group as well, each packing its group's panel itself (packing is ~1/M of
+  // the group's work, so the duplicate costs little next to an idle core).
+  const int64_t row_parts = std::clamp<int64_t>(at::get_num_threads() / groups, 1, tiles);
+  if (row_parts == 1) {
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) { work(begin, end, 0, tiles); });
+    return;
+  }
+  const int64_t tiles_per_part = (tiles + row_parts - 1) / row_parts;
+  at::parallel_for(0, groups * row_parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / row_parts, t0 = task % row_parts * tiles_per_part;
+      work(g, g + 1, t0, std::min(tiles, t0 + tiles_per_part));
     }
   });
 }

@@ -125,6 +125,21 @@ def test_vnni_packed_route_exact(monkeypatch):
     torch.testing.assert_close(out, bias.expand(64, 3), atol=0, rtol=0)
 
 
+def test_vnni_packed_route_splits_rows(monkeypatch):
+    """Fewer 64-column groups than threads: the threads split each group's row tiles too (evenly, unevenly,
+    more threads than tiles)."""
+    _force(monkeypatch, "avx512")
+    gen = torch.Generator().manual_seed(25)
+    threads = torch.get_num_threads()
+    try:
+        for t in (3, 4, 16):
+            torch.set_num_threads(t)
+            for m, n, k in ((48, 64, 130), (66, 5, 200), (200, 130, 64)):
+                _exact(m, n, k, gen)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_auto_isa_prefers_zmm_vnni(monkeypatch):
     """Unforced, a CPU with AVX512-VNNI (and no AMX) runs the zmm kernel at every M."""
     monkeypatch.delenv("SYMKERNELS_INT4_ISA", raising=False)
