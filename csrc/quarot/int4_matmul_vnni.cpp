@@ -30,8 +30,8 @@
 // column chunk, 16 columns per instruction on the zmm path.
 //
 // Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): the decode route at M = 16 55% of the
-// vpdpbusd peak, M = 1 W-read bound; the prefill route at M = 256 and 2048 87–91%. valgrind 3.19 hides AVX-512 from the program, so
-// callgrind cannot run these kernels (the path check refuses them there).
+// vpdpbusd peak, M = 1 W-read bound; the prefill route at M = 256 and 2048 87–91%. valgrind 3.19 hides
+// AVX-512 from the program, so callgrind cannot run these kernels (the path check refuses them there).
 #include "quarot/int4_matmul_vnni.h"
 
 #include "quarot/cpu_scratch.h"
@@ -394,15 +394,15 @@ SK_ZMM_TARGET void unpack_a_groups(const uint8_t* a, int64_t kb, int64_t m_begin
   }
 }
 
-// In-register transpose of a 16 × 16 dword matrix (r[i] = row i → r[j] = column j): three rounds of
-// interleaves (dwords, qwords, 128-bit lanes twice), 64 shuffles. (Full-mask forms throughout: GCC 12's
-// unmasked ones pass an "undefined" source that -Wmaybe-uninitialized flags.)
-// lanes<imm>(x, y): 128-bit lanes imm[1:0], imm[3:2] of x, then imm[5:4], imm[7:6] of y
+// lanes<imm>(x, y): 128-bit lanes imm[1:0], imm[3:2] of x, then imm[5:4], imm[7:6] of y.
 template <int kImm>
 SK_ZMM_TARGET SK_INLINE __m512i lanes(__m512i x, __m512i y) {
   return _mm512_mask_shuffle_i32x4(x, 0xFFFF, x, y, kImm);
 }
 
+// In-register transpose of a 16 × 16 dword matrix (r[i] = row i → r[j] = column j): three rounds of
+// interleaves (dwords, qwords, 128-bit lanes twice), 64 shuffles. (Full-mask forms throughout: GCC 12's
+// unmasked ones pass an "undefined" source that -Wmaybe-uninitialized flags.)
 SK_ZMM_TARGET SK_INLINE void transpose16x16(__m512i (&r)[16]) {
   __m512i t[16], u[16];
   for (int i = 0; i < 8; ++i) {  // t[2i], t[2i+1]: rows 2i, 2i+1 interleaved, elements 4L+{0,1} / 4L+{2,3}
@@ -447,7 +447,8 @@ SK_ZMM_TARGET void pack_w_group(const uint8_t* w, int64_t kb, int64_t n0, int64_
         uint8_t* d = dst + (2 * (q0 + j) * kPackNR + s) * 64;
         // (x & 0x0F) ^ 0x08 in one op, as in zmm_block
         _mm512_store_si512(d, _mm512_ternarylogic_epi32(r[j], nib, eight, 0x6A));
-        _mm512_store_si512(d + kPackNR * 64, _mm512_ternarylogic_epi32(_mm512_srli_epi16(r[j], 4), nib, eight, 0x6A));
+        _mm512_store_si512(d + kPackNR * 64,
+                           _mm512_ternarylogic_epi32(_mm512_srli_epi16(r[j], 4), nib, eight, 0x6A));
       }
     }
   }
@@ -479,8 +480,7 @@ SK_ZMM_TARGET SK_NOIPA void micro_packed(const int8_t* a, const uint8_t* w, int6
     _mm512_storeu_si512(sums + i * kPackCols + 16 * s, acc[i][s]);
 }
 
-// The packed route's driver: threads split the panel groups; each walks its groups in chunks whose
-// unpacked W (≤ kPanelBytes) stays in L2 while every A tile passes over it.
+// The packed route's driver (blocking: see the top of this section).
 template <typename Out>
 void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_t kb, const float* sa,
                 const float* sw, const float* bias, Out* out) {
