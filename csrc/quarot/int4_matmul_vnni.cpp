@@ -1,5 +1,7 @@
 // VNNI paths of the CPU W4A4 GEMM: C[m, n] = Σ_k A[m, k]·W[n, k] with vpdpbusd (unsigned × signed int8,
-// 4-way dot into int32), W unpacked from nibbles in registers, never through memory.
+// 4-way dot into int32). Two routes: below kPackedMinRows rows (decode), W is unpacked from nibbles in
+// registers, never through memory (what follows up to "prefill route" describes it); from there on (zmm
+// only), W is unpacked once per call into L2 panels in oneDNN's broadcast layout ("prefill route" below).
 //
 // Signs. vpdpbusd multiplies unsigned bytes by signed bytes. W is the unsigned operand: its nibble XOR 8
 // is w + 8 ∈ [0, 15] (one vpternlog per register does AND 0x0F and XOR 8 together), and
@@ -27,9 +29,9 @@
 // The epilogue (8·Σa correction, fp32 scales, bias, rounding to the output dtype) runs once per tile and
 // column chunk, 16 columns per instruction on the zmm path.
 //
-// Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): M = 256 at 78–80% of the vpdpbusd peak,
-// M = 2048 66–75%, M = 16 55%, M = 1 W-read bound. valgrind 3.19 hides AVX-512 from the program, so
-// callgrind cannot run these kernels (the path check refuses them there).
+// Measured (Zen 4 EPYC, 1 thread, CPU time, K = N = 4096): the decode route at M = 16 55% of the
+// vpdpbusd peak, M = 1 W-read bound; the prefill route at M = 256 and 2048 87–91%. valgrind 3.19 hides
+// AVX-512 from the program, so callgrind cannot run these kernels (the path check refuses them there).
 #include "quarot/int4_matmul_vnni.h"
 
 #include "quarot/cpu_scratch.h"
@@ -56,6 +58,10 @@ namespace {
 #define SK_INLINE inline __attribute__((always_inline))
 // Full unrolling keeps acc[][] in registers (a loop left rolled would index the array in memory).
 #define SK_UNROLL _Pragma("GCC unroll 8")
+// No inlining, cloning or interprocedural propagation: a clone of micro_packed with its caller's stack
+// buffer propagated in (as LTO or a caller in the same unit invites) kept the accumulators in memory,
+// at half the rate. Once per 64 columns × K × 6 rows, a call costs nothing.
+#define SK_NOIPA __attribute__((noipa))
 constexpr int64_t kChunkBytes = 384 << 10;  // packed W per L2 chunk of column groups (≤ 64 groups)
 constexpr int64_t kMaxChunkGroups = 64;      // (bounds the per-thread partial sums: 64 groups × 8 × 8 int32)
 constexpr int64_t kKChunkCodes = 4096;       // K per pass: a 6-row A chunk (24 KiB) stays in L1 (2048: 7% slower, Zen 4)
@@ -327,6 +333,216 @@ void run(const Config& cfg, bool zmm_epilogue, int64_t block, const uint8_t* a, 
   });
 }
 
+// ---- prefill route: W unpacked once per call into a broadcast layout -----------------------------------
+// From kPackedMinRows rows on, each W byte is used by so many rows that unpacking it once per call into an
+// L2 panel, and running a kernel with no unpack work in its loop, wins: the GEMM layout of oneDNN's int8
+// kernels. Each zmm of the panel holds 16 columns × 4 K codes (unsigned w + 8, one dword per column); the
+// matching 4 codes of an activation row are one dword, broadcast to all 16 lanes (vpbroadcastd from memory:
+// a load, no vector ALU). The accumulators are whole output vectors (16 columns of one row): no horizontal
+// sums, and the epilogue reads them directly. The micro-kernel runs at 97–100% of the vpdpbusd peak with
+// its panel in L2 (1 thread, Zen 4); what the whole GEMM loses beyond that is the A stream from L3 and the
+// output's cache misses (both prefetched, below), the W packing (~0.6 ms per 4096 × 4096) and A's unpack.
+//
+// K order: packed byte quad q (8 codes) gives two dword groups, the low nibbles of its 4 bytes (codes 8q,
+// 8q+2, 8q+4, 8q+6) and the high nibbles (8q+1, …, 8q+7): one AND (and one shift) per zmm on either side,
+// no byte shuffle. A is unpacked into the same order once per call. Group g = 2q (low) or 2q + 1 (high).
+//
+// Blocking: threads split the 64-column panel groups; each packs a chunk of its groups (≤ kPanelBytes, in
+// L2), then every 6-row A tile passes over the chunk, the tile streaming from L3 (A is re-read once per
+// chunk: 8 MiB per chunk at M = 2048, K = 4096, well within L3 bandwidth). No K blocking: a tile's int32
+// sums stay in registers for the whole K, so the epilogue is fused and nothing is accumulated in memory.
+//
+// From 48 rows (1 thread, CPU time, K = N = 4096, Zen 4: at 32 rows the packing still costs 16%, at 48
+// both routes tie, at 64 the packed one is 8% ahead, from 256 rows 12–17%).
+constexpr int64_t kPackedMinRows = 48;
+// 24 accumulators + 4 W registers + the broadcast. Measured at M = 256 / 2048: 6 × 4 ≈ 4 × 6 > 8 × 3 ≈ 5 × 5.
+constexpr int kPackMR = 6, kPackNR = 4;
+constexpr int64_t kPackCols = 16 * kPackNR;    // columns per panel group
+constexpr int64_t kPanelBytes = 512 << 10;     // unpacked W per chunk of groups: half of Zen 4's 1 MiB L2
+// (256 and 768 KiB measured the same within noise). An A tile is 24·K bytes, re-read from L3 for every
+// chunk: the micro-kernel prefetches its own A stream this far ahead (into the next tile at the end), which
+// brings a streamed tile to the in-L1 rate (−8% without).
+constexpr int64_t kAPrefetchBytes = 1024;
+
+// A for the packed route: rows in tiles of kPackMR; in a tile, group g of row i (4 codes, sign-extended
+// int8, zero past K) is the dword at (g·kPackMR + i)·4. sum[m] = Σ codes (the 8·Σa correction of the
+// unsigned weights).
+SK_ZMM_TARGET void unpack_a_groups(const uint8_t* a, int64_t kb, int64_t m_begin, int64_t m_end, int64_t quads,
+                                   int8_t* out, int32_t* sum) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08), ones = _mm512_set1_epi8(1);
+  const int64_t tile_stride = 2 * quads * kPackMR * 4;
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const uint8_t* src = a + m * kb;
+    int8_t* dst = out + (m / kPackMR) * tile_stride + (m % kPackMR) * 4;
+    __m512i total = _mm512_setzero_si512();
+    for (int64_t q0 = 0; q0 < quads; q0 += 16) {
+      const int64_t bytes = std::min<int64_t>(64, kb - 4 * q0);
+      const __m512i packed = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1,
+                                                     src + 4 * q0);
+      // sign-extend a nibble: ((x & 0xF) ^ 8) − 8
+      alignas(64) int32_t half[2][16];  // [low | high nibbles][quad q0 + j]
+      const __m512i lo = _mm512_sub_epi8(_mm512_ternarylogic_epi32(packed, nib, eight, 0x6A), eight);
+      const __m512i hi =
+          _mm512_sub_epi8(_mm512_ternarylogic_epi32(_mm512_srli_epi16(packed, 4), nib, eight, 0x6A), eight);
+      _mm512_store_si512(half[0], lo);
+      _mm512_store_si512(half[1], hi);
+      total = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(total, ones, lo), ones, hi);
+      for (int64_t j = 0, e = std::min<int64_t>(16, quads - q0); j < e; ++j)
+        for (int h = 0; h < 2; ++h) std::memcpy(dst + (2 * (q0 + j) + h) * kPackMR * 4, &half[h][j], 4);
+    }
+    sum[m] = hsum_zmm(total);
+  }
+}
+
+// lanes<imm>(x, y): 128-bit lanes imm[1:0], imm[3:2] of x, then imm[5:4], imm[7:6] of y.
+template <int kImm>
+SK_ZMM_TARGET SK_INLINE __m512i lanes(__m512i x, __m512i y) {
+  return _mm512_mask_shuffle_i32x4(x, 0xFFFF, x, y, kImm);
+}
+
+// In-register transpose of a 16 × 16 dword matrix (r[i] = row i → r[j] = column j): three rounds of
+// interleaves (dwords, qwords, 128-bit lanes twice), 64 shuffles. (Full-mask forms throughout: GCC 12's
+// unmasked ones pass an "undefined" source that -Wmaybe-uninitialized flags.)
+SK_ZMM_TARGET SK_INLINE void transpose16x16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 8; ++i) {  // t[2i], t[2i+1]: rows 2i, 2i+1 interleaved, elements 4L+{0,1} / 4L+{2,3}
+    t[2 * i] = _mm512_mask_unpacklo_epi32(r[2 * i], 0xFFFF, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_mask_unpackhi_epi32(r[2 * i], 0xFFFF, r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // u[4i+e], lane L: rows 4i…4i+3 of element 4L+e
+    for (int odd = 0; odd < 2; ++odd) {
+      const __m512i x = t[4 * i + odd], y = t[4 * i + 2 + odd];
+      u[4 * i + 2 * odd] = _mm512_mask_unpacklo_epi64(x, 0xFF, x, y);
+      u[4 * i + 2 * odd + 1] = _mm512_mask_unpackhi_epi64(x, 0xFF, x, y);
+    }
+  }
+  for (int e = 0; e < 4; ++e) {  // lane L of u[e], u[4+e], u[8+e], u[12+e]: element 4L+e of all 16 rows
+    const __m512i v0 = lanes<0x44>(u[e], u[4 + e]), v1 = lanes<0xEE>(u[e], u[4 + e]);  // lanes 0, 1 / 2, 3
+    const __m512i v2 = lanes<0x44>(u[8 + e], u[12 + e]), v3 = lanes<0xEE>(u[8 + e], u[12 + e]);
+    r[e] = lanes<0x88>(v0, v2);  // lanes 0, 2 of each
+    r[4 + e] = lanes<0xDD>(v0, v2);  // lanes 1, 3 of each
+    r[8 + e] = lanes<0x88>(v1, v3);
+    r[12 + e] = lanes<0xDD>(v1, v3);
+  }
+}
+
+// Columns [n0, n0 + cols) (cols ≤ kPackCols; a partial group repeats its last column) of W into one panel
+// group: for quad q, half h (low / high nibbles), register s: 16 dwords at ((2q + h)·kPackNR + s)·64, dword c
+// holding the 4 codes + 8 of column n0 + 16s + c. 16 columns × 16 quads at a time: 16 row loads (masked
+// past K: zero bytes, whose codes meet zero activations), one transpose. (A gather per 16 columns × quad
+// instead cost ~100 cycles each on Zen 4: packing took as long as a 64-row GEMM.)
+SK_ZMM_TARGET void pack_w_group(const uint8_t* w, int64_t kb, int64_t n0, int64_t cols, int64_t quads,
+                                uint8_t* dst) {
+  const __m512i nib = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(0x08);
+  for (int s = 0; s < kPackNR; ++s) {
+    const uint8_t* col[16];
+    for (int c = 0; c < 16; ++c) col[c] = w + (n0 + std::min<int64_t>(16 * s + c, cols - 1)) * kb;
+    for (int64_t q0 = 0; q0 < quads; q0 += 16) {
+      const int64_t bytes = std::min<int64_t>(64, kb - 4 * q0);
+      const __mmask64 mask = bytes >= 64 ? ~__mmask64{0} : (__mmask64{1} << bytes) - 1;
+      __m512i r[16];
+      for (int c = 0; c < 16; ++c) r[c] = _mm512_maskz_loadu_epi8(mask, col[c] + 4 * q0);
+      transpose16x16(r);  // r[j]: quad q0 + j of the 16 columns
+      for (int64_t j = 0, e = std::min<int64_t>(16, quads - q0); j < e; ++j) {
+        uint8_t* d = dst + (2 * (q0 + j) * kPackNR + s) * 64;
+        // (x & 0x0F) ^ 0x08 in one op, as in zmm_block
+        _mm512_store_si512(d, _mm512_ternarylogic_epi32(r[j], nib, eight, 0x6A));
+        _mm512_store_si512(d + kPackNR * 64,
+                           _mm512_ternarylogic_epi32(_mm512_srli_epi16(r[j], 4), nib, eight, 0x6A));
+      }
+    }
+  }
+}
+
+// acc += u · broadcast(dword at p). The intrinsic here, not dpbusd's asm: GCC 12 compiles this loop to one
+// vpbroadcastd per row and no register copies, where the asm form (with an embedded {1to16} broadcast) got
+// a register copy per 4 instructions.
+SK_ZMM_TARGET SK_INLINE void dpbusd_bcast(__m512i& acc, __m512i u, const int8_t* p) {
+  int32_t x;
+  std::memcpy(&x, p, 4);
+  acc = _mm512_dpbusd_epi32(acc, u, _mm512_set1_epi32(x));
+}
+
+// sums[i·kPackCols + c] = Σ_k (w_c[k] + 8)·a_i[k] for one A tile and one panel group, over `groups` dword
+// groups: per group NR W loads, then MR·NR vpdpbusd with a broadcast A dword each.
+SK_ZMM_TARGET SK_NOIPA void micro_packed(const int8_t* a, const uint8_t* w, int64_t groups, int32_t* sums) {
+  constexpr int MR = kPackMR, NR = kPackNR;
+  __m512i acc[MR][NR];
+  SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s) acc[i][s] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g, a += MR * 4, w += NR * 64) {
+    __m512i u[NR];
+    SK_UNROLL for (int s = 0; s < NR; ++s) u[s] = _mm512_load_si512(w + s * 64);
+    _mm_prefetch(reinterpret_cast<const char*>(a + kAPrefetchBytes), _MM_HINT_T0);
+    SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
+      dpbusd_bcast(acc[i][s], u[s], a + 4 * i);
+  }
+  SK_UNROLL for (int i = 0; i < MR; ++i) SK_UNROLL for (int s = 0; s < NR; ++s)
+    _mm512_storeu_si512(sums + i * kPackCols + 16 * s, acc[i][s]);
+}
+
+// The packed route's driver (blocking: see the top of this section).
+template <typename Out>
+void run_packed(const uint8_t* a, const uint8_t* w, int64_t M, int64_t N, int64_t kb, const float* sa,
+                const float* sw, const float* bias, Out* out) {
+  const int64_t quads = (kb + 3) / 4;
+  const int64_t tiles = (M + kPackMR - 1) / kPackMR;
+  const int64_t tile_stride = 2 * quads * kPackMR * 4;
+  const int64_t a_bytes = tiles * tile_stride;
+  ScratchBuffer a_owner;
+  int8_t* a_u = scratch(ScratchSlot::kCaller, a_bytes + 4 * M, a_owner);
+  int32_t* a_sum = reinterpret_cast<int32_t*>(a_u + a_bytes);
+  if (tiles * kPackMR > M)  // the padding rows of the last tile: zero codes, so zero sums (not stored)
+    for (int64_t g = 0; g < 2 * quads; ++g)
+      for (int64_t m = M; m < tiles * kPackMR; ++m)
+        std::memset(a_u + (tiles - 1) * tile_stride + (g * kPackMR + m % kPackMR) * 4, 0, 4);
+  at::parallel_for(0, M, 16,
+                   [&](int64_t begin, int64_t end) { unpack_a_groups(a, kb, begin, end, quads, a_u, a_sum); });
+  const int64_t groups = (N + kPackCols - 1) / kPackCols;
+  const int64_t group_bytes = std::max<int64_t>(1, quads * 2 * kPackNR * 64);
+  const int64_t chunk = std::max<int64_t>(1, kPanelBytes / group_bytes);
+  // Groups [g_begin, g_end) × tiles [t_begin, t_end) on one thread.
+  auto work = [&](int64_t g_begin, int64_t g_end, int64_t t_begin, int64_t t_end) {
+    ScratchBuffer w_owner;
+    uint8_t* panel = reinterpret_cast<uint8_t*>(
+        scratch(ScratchSlot::kWorker, std::min(chunk, g_end - g_begin) * group_bytes, w_owner));
+    alignas(64) int32_t sums[kPackMR * kPackCols];
+    for (int64_t c0 = g_begin; c0 < g_end; c0 += chunk) {
+      const int64_t c1 = std::min(g_end, c0 + chunk);
+      for (int64_t g = c0; g < c1; ++g)
+        pack_w_group(w, kb, g * kPackCols, std::min(kPackCols, N - g * kPackCols), quads,
+                     panel + (g - c0) * group_bytes);
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t m0 = t * kPackMR, rows = std::min<int64_t>(kPackMR, M - m0);
+        for (int64_t g = c0; g < c1; ++g) {
+          const int64_t n0 = g * kPackCols, cols = std::min(kPackCols, N - n0);
+          // The output lines this call's epilogue writes, fetched for writing while the micro-kernel runs:
+          // left to the stores, their misses (out is rarely cached) cost 5–7% at M = 2048 (Zen 4).
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t byte = 0; byte < cols * static_cast<int64_t>(sizeof(Out)); byte += 64)
+              __builtin_prefetch(reinterpret_cast<const char*>(out + (m0 + i) * N + n0) + byte, 1, 3);
+          micro_packed(a_u + t * tile_stride, panel + (g - c0) * group_bytes, 2 * quads, sums);
+          epilogue_zmm(sums, kPackCols, rows, cols, m0, n0, a_sum, sa, sw, bias, out, N);
+        }
+      }
+    }
+  };
+  // Threads split the groups; with fewer groups than threads (N ≤ 64 here; N = 256 on 16 cores), they
+  // split the row tiles of each group as well, each packing its group's panel itself (packing is ~1/M of
+  // the group's work, so the duplicate costs little next to an idle core).
+  const int64_t row_parts = std::clamp<int64_t>(at::get_num_threads() / groups, 1, tiles);
+  if (row_parts == 1) {
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) { work(begin, end, 0, tiles); });
+    return;
+  }
+  const int64_t tiles_per_part = (tiles + row_parts - 1) / row_parts;
+  at::parallel_for(0, groups * row_parts, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / row_parts, t0 = task % row_parts * tiles_per_part;
+      work(g, g + 1, t0, std::min(tiles, t0 + tiles_per_part));
+    }
+  });
+}
+
 // Tile shapes by M. zmm (32 registers): MR·NR accumulators + 2·NR unpacked W + 2 A + 2 constants ≤ 32.
 // Prefill 6 × 3 (28 registers); in L1 on Zen 4 (1 thread, CPU time, K = 2048): 6 × 3 and 7 × 3 at 90% of
 // the vpdpbusd peak, 5 × 4 88%, 4 × 4 86%, 8 × 2 77%, 2 × 6 75%, 1 × 6 45% (decode reads W from memory
@@ -372,7 +588,9 @@ void int4_matmul_vnni(VnniKind kind, const uint8_t* a, const uint8_t* w, int64_t
   TORCH_CHECK(vnni_kind_supported(kind), "int4_matmul: VNNI path ", static_cast<int>(kind), " not supported here");
   if (M == 0 || N == 0) return;
   switch (kind) {
-    case VnniKind::kZmm: return run(zmm_config(M), true, 64, a, w, M, N, kb, sa, sw, bias, out);
+    case VnniKind::kZmm:
+      if (M >= kPackedMinRows) return run_packed(a, w, M, N, kb, sa, sw, bias, out);
+      return run(zmm_config(M), true, 64, a, w, M, N, kb, sa, sw, bias, out);
     case VnniKind::kYmmVex: return run(ymm_config<true>(M), false, 32, a, w, M, N, kb, sa, sw, bias, out);
     case VnniKind::kYmmEvex: return run(ymm_config<false>(M), false, 32, a, w, M, N, kb, sa, sw, bias, out);
   }

@@ -3,7 +3,9 @@ AVX-VNNI, or its EVEX AVX512VL-VNNI encoding where the CPU lacks AVX-VNNI), forc
 SYMKERNELS_INT4_ISA. Exact int32 accumulation (unit scales: the output is the integer dot product) over every
 tile shape (M = 1, 2, 3-4, ≥ 5 pick different micro-kernels; the last row tile is 1, 2, 4 or a full tile),
 partial column groups, K tails (masked / zero-padded last block), K over one K chunk (4096 codes), several
-column chunks per thread, M = 0, K = 0, non-contiguous inputs (the epilogue of every path: test_int4_matmul.py)."""
+column chunks per thread, M = 0, K = 0, non-contiguous inputs (the epilogue of every path: test_int4_matmul.py);
+and the zmm path's packed-weight route from 48 rows (its own tests below: tiles of 6 rows, groups of 64
+columns, K in byte quads, transposed 16 quads at a time)."""
 import pytest
 import torch
 
@@ -96,6 +98,46 @@ def test_vnni_empty_and_noncontiguous(monkeypatch, isa):
     out = symkernels.int4_matmul(a_view, torch.ones(6, 1), w_view, torch.ones(5, 1), backend="cpu")
     expected = (reference.unpack_int4(a_view).long() @ w.long().T).float()
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+# The packed route (M ≥ 48 on the zmm path): M = 48 (its threshold) and last tiles of 1-5 of the 6 rows;
+# N: one column, partial and several 64-column groups; K/2 % 4 = 0, 1, 2, 3 (zero-padded last quad), quads
+# not a multiple of the 16 transposed at once, K = 2; kb = 4100 makes each group its own L2 chunk (a thread
+# walks several, the last one partial).
+_PACKED_SHAPES = [(48, 64, 128), (64, 64, 128), (65, 1, 2), (66, 63, 130), (67, 65, 4), (68, 129, 6), (69, 200, 1000),
+                  (70, 200, 8200), (131, 70, 62)]
+
+
+def test_vnni_packed_route_exact(monkeypatch):
+    _force(monkeypatch, "avx512")
+    gen = torch.Generator().manual_seed(24)
+    for m, n, k in _PACKED_SHAPES:
+        _exact(m, n, k, gen)
+    # extreme codes (|acc| = 64·K) and K = 0 through the packed route too
+    a = torch.full((64, 8202), -8, dtype=torch.int8)
+    w = torch.where(torch.arange(5 * 8202).reshape(5, 8202) % 3 == 0, 7, -8).to(torch.int8)
+    out = symkernels.int4_matmul(reference.pack_int4(a), torch.ones(64, 1), reference.pack_int4(w),
+                                 torch.ones(5, 1), backend="cpu")
+    torch.testing.assert_close(out, (a.long() @ w.long().T).float(), atol=0, rtol=0)
+    bias = torch.randn(3)
+    out = symkernels.int4_matmul(torch.zeros(64, 0, dtype=torch.uint8), torch.ones(64, 1),
+                                 torch.zeros(3, 0, dtype=torch.uint8), torch.ones(3, 1), bias, backend="cpu")
+    torch.testing.assert_close(out, bias.expand(64, 3), atol=0, rtol=0)
+
+
+def test_vnni_packed_route_splits_rows(monkeypatch):
+    """Fewer 64-column groups than threads: the threads split each group's row tiles too (evenly, unevenly,
+    more threads than tiles)."""
+    _force(monkeypatch, "avx512")
+    gen = torch.Generator().manual_seed(25)
+    threads = torch.get_num_threads()
+    try:
+        for t in (3, 4, 16):
+            torch.set_num_threads(t)
+            for m, n, k in ((48, 64, 130), (66, 5, 200), (200, 130, 64)):
+                _exact(m, n, k, gen)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_auto_isa_prefers_zmm_vnni(monkeypatch):
