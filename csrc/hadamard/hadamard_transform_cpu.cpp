@@ -30,6 +30,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/memory.h"
 #include "common/simd.h"
 #include "hadamard/hadamard_args.h"
 
@@ -317,6 +318,7 @@ void transform_into(const at::Tensor& x, double scale, int64_t n, at::Tensor& ou
 at::Tensor hadamard_transform_cpu(const at::Tensor& x, double scale) {
   const int64_t n = check_hadamard_args(x);
   at::Tensor out = at::empty(x.sizes(), x.options());
+  advise_huge_pages(out);
   transform_into(x, scale, n, out);
   return out;
 }

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/memory.h"
 #include "common/simd.h"
 #include "hadamard/hadamard_args.h"
 #include "hadamard/hadamard_k_row.h"
@@ -107,6 +108,7 @@ void transform_into(const at::Tensor& x, const at::Tensor& hk, double scale, at:
 at::Tensor hadamard_transform_k_cpu(const at::Tensor& x, const at::Tensor& hk, double scale) {
   check_hadamard_k_args(x, hk);
   at::Tensor out = at::empty(x.sizes(), x.options());
+  advise_huge_pages(out);
   transform_into(x, hk, scale, out);
   return out;
 }

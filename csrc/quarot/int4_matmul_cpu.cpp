@@ -25,9 +25,6 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -37,6 +34,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/memory.h"
 #include "quarot/cpu_scratch.h"
 #include "quarot/int4_matmul_amx.h"
 #include "quarot/int4_matmul_vnni.h"
@@ -210,21 +208,6 @@ void micro_rows(Isa isa, int mr, const Problem& p, int64_t m0, int64_t n0, int32
     case 2: return micro<2, NR>(isa, p, m0, n0, acc);
     default: return micro<1, NR>(isa, p, m0, n0, acc);
   }
-}
-
-// A fresh output of 32 MiB or more is an mmap of its own (glibc's largest mmap threshold), which the
-// kernel's first writes fault in 4 KiB at a time: 8192 faults, ~14 ms of a ~180 ms M = 2048, K = N = 4096
-// call on 1 thread (Zen 4 VM; torch._int_mm pays the same for its int32 output). Transparent huge pages cut
-// that to ~4 ms where the system leaves them to madvise (the common default); the hint changes nothing
-// else, and failing is harmless. (PyTorch's THP_MEM_ALLOC_ENABLE=1 does this for every allocation.)
-void advise_huge_pages(const at::Tensor& out) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (out.nbytes() < (size_t{32} << 20)) return;  // smaller ones come from (and return to) glibc's heap
-  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + out.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
 }
 
 template <typename Out>
