@@ -200,8 +200,9 @@ _library.register_op(OP_NAME, fake=_fake, setup_context=_setup_context, backward
                      vmap=_vmap, triton=_triton_transform)
 
 
-# out=: no autograd (like torch's out= overloads); the fake only has to exist, since nothing is returned.
-def _fake_out(x, scale, *, out):
+# The .out overloads of both ops: no autograd (like torch's out= overloads); the fake only has to exist, since
+# nothing is returned.
+def _fake_out(*args, out):
     return None
 
 
@@ -286,11 +287,7 @@ _library.register_op(OP_NAME_K, fake=_fake_k, setup_context=_setup_context_k, ba
                      triton=_triton_transform_k)
 
 
-def _fake_k_out(x, hk, scale, *, out):
-    return None
-
-
-_library.register_op(f"{OP_NAME_K}.out", fake=_fake_k_out, triton=_triton_transform_k_out)
+_library.register_op(f"{OP_NAME_K}.out", fake=_fake_out, triton=_triton_transform_k_out)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -85,13 +85,6 @@ class MADE(nn.Module):
             h = torch.relu(layer(h))
         return self.out(h)
 
-    def sample_from_output(self, out: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_d from the model output for d and pre-drawn noise (uniform for Bernoulli, normal for Gaussian)."""
-        if self.kind == "bernoulli":
-            return (noise < torch.sigmoid(out)).to(out.dtype)
-        mu, log_sigma = out[..., :self.dim], out[..., self.dim:]
-        return mu + torch.exp(log_sigma) * noise
-
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         out = self(x)
         if self.kind == "bernoulli":

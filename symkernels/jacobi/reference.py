@@ -276,7 +276,8 @@ def sample_rows(out: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: s
     Sigmoid and exp run over the whole output, the same shape in every call, so that a column's parameter is
     the same bits whichever columns are asked for: an elementwise kernel may round an element of its scalar
     tail differently from one of its vector body, and which elements fall in the tail depends on the shape.
-    (``torch.ops.symkernels.jacobi_sample_rows`` is this function, bit for bit, in one op.)"""
+    (``torch.ops.symkernels.jacobi_sample_commit`` draws the same bits, then compares them with the iterate and
+    writes them back, in one op.)"""
     D = noise.shape[1]
     d = t - 1
     u = noise.t().index_select(0, d)

@@ -15,7 +15,7 @@ from symkernels.hadamard import hadamard_transform, random_hadamard, random_sign
 from symkernels.quarot import ops, reference
 from symkernels.quarot.families import ModelFamily, blocks, model_family
 from symkernels.quarot.kv import QuaRotKVCache, QuaRotKVLayer
-from symkernels.quarot.weights import (dequantize_weight, gptq_hessian, corrective_bias, quantize_weight_gptq,
+from symkernels.quarot.weights import (corrective_bias, dequantize_weight, gptq_hessian, quantize_weight_gptq,
                                        quantize_weight_rtn, search_activation_clip)
 
 
