@@ -108,7 +108,7 @@ def _autoregressive_sample(net_out, kind: str, noise: torch.Tensor, dim: int, ou
         raise TypeError(f"sampler: noise must be a floating torch.Tensor, got "
                         f"{type(noise).__name__ if not isinstance(noise, torch.Tensor) else noise.dtype}")
     B = noise.shape[0]
-    noise = noise.contiguous()
+    noise = reference.sampling_noise(noise.contiguous(), kind)
 
     view = None  # (hist, the network's input [B, D]: a view of hist's rows), made once per solve
 
@@ -124,7 +124,7 @@ def _autoregressive_sample(net_out, kind: str, noise: torch.Tensor, dim: int, ou
     fused_step = None
     if (noise.device.type == "cpu" and noise.dtype == out_dtype
             and _backend.has_dispatcher_op("jacobi_sample_commit")):
-        sample_commit = torch.ops.symkernels.jacobi_sample_commit
+        sample_commit = torch.ops.symkernels.jacobi_sample_commit.default
 
         def fused_step(hist, start, stop):
             return sample_commit(hist, network(hist), noise, start, stop, kind)
@@ -140,6 +140,7 @@ def _autoregressive_sample(net_out, kind: str, noise: torch.Tensor, dim: int, ou
 def made_sample(model: MADE, noise: torch.Tensor, *, method: str = "jacobi", tol: float = 0.0,
                 return_info: bool = False, **solve_kwargs):
     """Sample a MADE with pre-drawn ``noise [B, D]`` (uniform(0,1) for Bernoulli, N(0,1) for Gaussian).
+    A Bernoulli sample is 1 where u < sigmoid(logit), decided as logit > logit(u) (:func:`reference.sampling_noise`).
 
     ``method="gauss_seidel"`` is the ordinary sequential sampler (D passes); ``"jacobi"`` (default) iterates
     whole passes to the fixed point, which with ``tol=0`` is the sequential sample exactly (module docstring).

@@ -268,20 +268,30 @@ def rnn_sequential_from_u(u, h0, w_hh, b_hh, cell, nonlinearity):
     return torch.stack(out) if out else u.new_empty((0,) + tuple(h0.shape))
 
 
+def sampling_noise(noise: torch.Tensor, kind: str) -> torch.Tensor:
+    """The samplers' pre-drawn noise as :func:`sample_rows` takes it: for ``"bernoulli"`` the logits of the
+    uniforms, so that a sample, u < sigmoid(logit), is the comparison logit > logit(u): the same event in exact
+    arithmetic (in floating point they can differ only where u is within rounding of sigmoid(logit)), with no
+    transcendental per iteration: one logit per call instead of a whole-output sigmoid per network pass. The
+    normal noise of ``"gaussian"`` as it is."""
+    return torch.logit(noise) if kind == "bernoulli" else noise
+
+
 def sample_rows(out: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str) -> torch.Tensor:
     """The samples of the 1-based columns ``t`` as rows ``[len(t), B]`` (the solver's layout), from a network
-    output ``out`` — ``[B, D]`` logits (``kind="bernoulli"``: ``noise < sigmoid``, as 0/1) or ``[B, 2D]`` means and
-    log standard deviations (``"gaussian"``: ``mean + exp(log σ)·noise``) — and pre-drawn ``noise [B, D]``.
+    output ``out`` — ``[B, D]`` logits (``kind="bernoulli"``: 1 where the logit exceeds the threshold) or
+    ``[B, 2D]`` means and log standard deviations (``"gaussian"``: ``mean + exp(log σ)·noise``) — and pre-drawn
+    ``noise [B, D]`` as :func:`sampling_noise` makes it.
 
-    Sigmoid and exp run over the whole output, the same shape in every call, so that a column's parameter is
-    the same bits whichever columns are asked for: an elementwise kernel may round an element of its scalar
-    tail differently from one of its vector body, and which elements fall in the tail depends on the shape.
+    Exp runs over the whole log-σ half, the same shape in every call, so that a column's parameter is the same
+    bits whichever columns are asked for: an elementwise kernel may round an element of its scalar tail
+    differently from one of its vector body, and which elements fall in the tail depends on the shape.
     (``torch.ops.symkernels.jacobi_sample_commit`` draws the same bits, then compares them with the iterate and
     writes them back, in one op.)"""
     D = noise.shape[1]
     d = t - 1
     u = noise.t().index_select(0, d)
     if kind == "bernoulli":
-        return (u < torch.sigmoid(out).t().index_select(0, d)).to(out.dtype)
+        return (out.t().index_select(0, d) > u).to(out.dtype)
     mean, scale = out[:, :D].t().index_select(0, d), torch.exp(out[:, D:]).t().index_select(0, d)
     return mean + scale * u

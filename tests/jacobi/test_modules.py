@@ -15,11 +15,14 @@ from symkernels.jacobi.solver import _first_true, _row_changed, _row_residual
 def textbook_made_sample(model, noise):
     """Independent truth: the sequential sampler written out, not through the solver."""
     x = torch.zeros_like(noise)
+    # x_d = 1 iff u_d < sigmoid(logit_d), decided as logit_d > logit(u_d) (the samplers' definition: the same
+    # event, without a sigmoid per pass).
+    threshold = torch.logit(noise)
     with torch.no_grad():
         for d in range(model.dim):
             out = model(x)
             if model.kind == "bernoulli":
-                x[:, d] = (noise[:, d] < torch.sigmoid(out[:, d])).to(x.dtype)
+                x[:, d] = (out[:, d] > threshold[:, d]).to(x.dtype)
             else:
                 x[:, d] = out[:, d] + torch.exp(out[:, model.dim + d]) * noise[:, d]
     return x
@@ -132,6 +135,18 @@ def test_made_auto_is_jacobi_without_probes():
     assert torch.equal(x, textbook_made_sample(model, noise))
 
 
+def test_bernoulli_threshold_is_the_sigmoid_event():
+    # The samplers decide u < sigmoid(logit) as logit > logit(u) (reference.sampling_noise): the same event in
+    # exact arithmetic, so in float64 the two can disagree only within rounding of the boundary (probability
+    # ~1e-16 per draw) — and a flipped comparison or a wrong transform disagrees on about half of them.
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(100_000, dtype=torch.float64, generator=g)
+    logit = 4 * torch.randn(100_000, dtype=torch.float64, generator=g)
+    want = u < torch.sigmoid(logit)
+    assert torch.equal(logit > reference.sampling_noise(u, "bernoulli"), want)
+    assert 0.3 < want.double().mean() < 0.7
+
+
 needs_sample_commit = pytest.mark.skipif(not hasattr(torch.ops.symkernels, "jacobi_sample_commit"),
                                          reason="symkernels._C not built")
 
@@ -140,7 +155,7 @@ def _sample_case(kind, dtype, B=37, D=21, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = (3 * torch.randn(B, D * (2 if kind == "gaussian" else 1), generator=g)).to(dtype)
     noise = (torch.rand(B, D, generator=g) if kind == "bernoulli" else torch.randn(B, D, generator=g)).to(dtype)
-    return out, noise
+    return out, reference.sampling_noise(noise, kind)
 
 
 @needs_sample_commit
