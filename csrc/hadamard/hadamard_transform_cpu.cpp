@@ -6,10 +6,12 @@
 //      fp16/bf16, scaled), the strides 1 .. W/2 run *inside* each vector (a constant lane shuffle plus
 //      one multiply-add), the strides W .. 8W *across* the 16 registers; rows of ≤ 16·W values are
 //      then finished and stored, with no second pass;
-//   2. longer rows: the remaining strides 16W .. n/2 in passes of up to 4 strides (2..16 vectors h
-//      apart per register block) over the row, which stays in L1/L2 (≤ 128 KiB fp32). The last pass
-//      writes the output (rounding fp16/bf16 once); the passes before it work in place in the output
-//      (fp32/fp64) or in a per-thread fp32 scratch row (fp16/bf16).
+//   2. longer rows: a leaf pass over blocks of B vectors, then the remaining strides B·W .. n/2 in
+//      passes of up to log2(B) strides (2..B vectors h apart per register block) over the row, which
+//      stays in L1/L2 (≤ 128 KiB fp32). The last pass writes the output (rounding fp16/bf16 once); the
+//      passes before it work in place in the output (fp32/fp64) or in a per-thread fp32 scratch row
+//      (fp16/bf16). B is what the ISA's register file holds: 16 with AVX-512's 32 registers, 8 with
+//      AVX2's 16 (a 64-byte vector is two ymm), 4 with SSE2's 16 xmm (see block_log2).
 // So a 1024-value fp32 row is read once from memory, passed over once more in L1, and written once.
 // fp16/bf16 are widened and rounded 16 values at a time: with vcvtph2ps/vcvtps2ph for fp16 on AVX-512
 // CPUs, elsewhere with c10's own bit algorithms over vectors (common/simd.h); either way bit-identical
@@ -39,10 +41,24 @@ namespace {
 
 using simd::Vec;
 
-// Vectors one register block holds: 16 (plus the in-vector shuffle and sign constants) fit AVX-512's
-// 32 registers. log2 of it is the number of cross-vector stages one pass does.
-constexpr int kLog2BlockVectors = 4;
-constexpr int kBlockVectors = 1 << kLog2BlockVectors;
+// Rows of up to 16 vectors (256 fp32) are transformed in registers in one go on every ISA: on AVX2,
+// where 16 vectors are 32 ymm and spill, that still beats a leaf pass of 8 plus a second pass (65536×256
+// fp32, 1 thread, Zen 3: 8.1 ms against 8.9 ms).
+constexpr int kRowVectors = 16;
+
+// log2 of the vectors per register block of the passes over longer rows, i.e. of the strides one pass
+// does: as many 64-byte vectors as the clone that runs has registers for. Measured on Zen 3 (AVX2 clone,
+// 1 thread, out=, 64 MiB fp32): blocks of 16 vectors (32 ymm, half of them spilled: a 4-stride pass
+// cost 0.23 ns/value in L1 against 0.11 for 3 strides) took 12.5 / 11.7 / 14.5 ms at n = 4096 / 16384 /
+// 32768, blocks of 8 took 8.9 / 11.4 / 11.9 ms. SSE2 (16 xmm, four per vector): blocks of 4 were the
+// fastest in L2 (0.9–1.3 ns/value against 1.2–2.1 with 16).
+inline int block_log2() {
+  static const int log2_vectors = [] {
+    const char* level = simd::runtime_simd_level();
+    return std::strcmp(level, "avx512") == 0 ? 4 : std::strcmp(level, "avx2") == 0 ? 3 : 2;
+  }();
+  return log2_vectors;
+}
 // Rows per parallel task: enough elements that thread start-up is noise next to the work.
 constexpr int64_t kElementsPerTask = 1 << 15;
 
@@ -203,6 +219,18 @@ SYMKERNELS_INLINE void scalar_row(const S* in, S* out, int64_t n, A scale) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<S>(x[i]);
 }
 
+// Leaf pass over a whole row: blocks of N vectors loaded, transformed in registers, stored to x.
+template <int N, typename S, typename A>
+SYMKERNELS_INLINE void leaf_pass(const S* src, A* x, int64_t n, A scale) {
+  constexpr int W = Vec<A>::width;
+  for (int64_t offset = 0; offset < n; offset += N * W) {
+    VecOf<A> v[N];
+    leaf<N>(src + offset, scale, v);
+#pragma GCC unroll 16
+    for (int i = 0; i < N; ++i) simd::store(x + offset + i * W, v[i]);
+  }
+}
+
 // Transform `rows` consecutive rows of n = 2^log2n values. `work`: n values of the accumulation type
 // for the passes before the last (the output row itself for fp32/fp64; unused when n ≤ 16·W).
 template <typename S, typename A = Acc<S>>
@@ -219,24 +247,24 @@ SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A
     case 1: for (int64_t r = 0; r < rows; ++r) row_in_registers<2>(in + r * n, out + r * n, scale); return;
     case 2: for (int64_t r = 0; r < rows; ++r) row_in_registers<4>(in + r * n, out + r * n, scale); return;
     case 3: for (int64_t r = 0; r < rows; ++r) row_in_registers<8>(in + r * n, out + r * n, scale); return;
-    case 4: for (int64_t r = 0; r < rows; ++r) row_in_registers<16>(in + r * n, out + r * n, scale); return;
+    case 4: for (int64_t r = 0; r < rows; ++r) row_in_registers<kRowVectors>(in + r * n, out + r * n, scale); return;
     default: break;
   }
-  // Longer rows: the leaf pass, then the remaining strides in balanced passes of ≤ 4.
-  const int rest = log2n - log2w - kLog2BlockVectors;
-  const int passes = (rest + kLog2BlockVectors - 1) / kLog2BlockVectors;
+  // Longer rows: the leaf pass, then the remaining strides in balanced passes of ≤ log2b.
+  const int log2b = block_log2();
+  const int rest = log2n - log2w - log2b;
+  const int passes = (rest + log2b - 1) / log2b;
   constexpr bool in_place = std::is_same_v<S, A>;
   for (int64_t r = 0; r < rows; ++r) {
     const S* src = in + r * n;
     S* dst = out + r * n;
     A* x = in_place ? reinterpret_cast<A*>(dst) : work;
-    for (int64_t offset = 0; offset < n; offset += kBlockVectors * W) {
-      VecOf<A> v[kBlockVectors];
-      leaf<kBlockVectors>(src + offset, scale, v);
-#pragma GCC unroll 16
-      for (int i = 0; i < kBlockVectors; ++i) simd::store(x + offset + i * W, v[i]);
+    switch (log2b) {
+      case 2: leaf_pass<4>(src, x, n, scale); break;
+      case 3: leaf_pass<8>(src, x, n, scale); break;
+      default: leaf_pass<16>(src, x, n, scale); break;
     }
-    int64_t h = int64_t{kBlockVectors} * W;
+    int64_t h = int64_t{W} << log2b;
     int left = rest;
     for (int p = passes; p > 0; --p) {
       const int k = (left + p - 1) / p;  // this pass's strides: the remaining ones spread evenly
