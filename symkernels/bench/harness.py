@@ -33,11 +33,14 @@ Cases are generated lazily so a sweep never holds every input in memory at once.
 from __future__ import annotations
 
 import dataclasses
+import platform
 import statistics
 import time
 from typing import Callable, Iterable, Union
 
 import torch
+
+from symkernels import _backend
 
 Impl = Union[Callable[[], object], str]  # a zero-argument callable, or the reason a peer is missing
 
@@ -300,8 +303,6 @@ class Ceilings:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
-    import platform
-
     model = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:
@@ -311,4 +312,8 @@ def device_name(device: torch.device) -> str:
                     break
     except OSError:
         pass
-    return f"cpu-{model.replace(' ', '-').replace('(R)', '').replace('(TM)', '')}-{torch.get_num_threads()}threads"
+    # The SIMD level our kernels run at is part of the name: a VM's "model name" may say only "AMD EPYC" for a
+    # Zen 3 (AVX2) and a Zen 4 (AVX-512) alike, and their results must not land in one folder.
+    simd = _backend.build_info().get("simd")
+    model = model.replace(' ', '-').replace('(R)', '').replace('(TM)', '')
+    return f"cpu-{model}{f'-{simd}' if simd else ''}-{torch.get_num_threads()}threads"
