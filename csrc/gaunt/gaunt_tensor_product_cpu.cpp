@@ -10,7 +10,8 @@
 // fp32 / 8 fp64 rows each) is transposed into [coefficient][row] buffers, so every table entry is a scalar
 // broadcast against whole vectors of rows, with no gathers. Rows are read in place through a RowLayout (any
 // strides, stride 0 for broadcast dims: an edge SH shared by all channels is never expanded); dense rows are
-// transposed a W x W block at a time in registers. Tiles are spread over threads with at::parallel_for.
+// transposed an N x N block at a time in registers (N = lanes of one
+// register of the running ISA: zmm, ymm or xmm). Tiles are spread over threads with at::parallel_for.
 //
 // Non-finite inputs: the dense reference contracts with the zeros of G too, so one NaN/inf anywhere in a
 // row's inputs makes that whole output row NaN (the product function is undefined everywhere). Both routes
@@ -22,7 +23,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/simd.h"
@@ -50,68 +53,139 @@ constexpr int kGridVectors = 1;
 constexpr int kPairBlock = 2;
 constexpr int kFourierBlock = 3;
 
-// In-register transpose of a W x W block, W = lanes of V: x[j][c] becomes x[c][j]. Stage b swaps the
-// off-diagonal b x b blocks of every 2b x 2b block (log2(W) stages of W two-source permutes each).
-template <typename T>
-SYMKERNELS_INLINE void transpose_block(typename Vec<T>::type (&x)[Vec<T>::width]) {
-  using V = typename Vec<T>::type;
-  using I = typename Vec<T>::index;
-  constexpr int W = Vec<T>::width;
-#pragma GCC unroll 8
-  for (int b = W / 2; b >= 1; b /= 2) {
+// Registers of N lanes, N * sizeof(T) bytes, and the index vectors of __builtin_shuffle over them. The row
+// transposes work in the clone's own register width (transpose_lanes): N = 64 / sizeof(T) with AVX-512 (one
+// zmm), half that with AVX2 (ymm), a quarter in the baseline clone (xmm). The 64-byte Vec there is two or four
+// registers, and a two-source permute across all of it has no instruction: GCC lowered those to stack
+// shuffling, measured 1.1-2x slower than element-by-element transposes at L = 1..3 (fp32, AVX2 clone).
+template <typename T, int N>
+struct Reg {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> lane;
+  typedef lane index __attribute__((vector_size(N * sizeof(T))));
+  static constexpr int kLaneBlock = std::min<int>(N, 16 / sizeof(T));  // lanes per 128-bit lane
+  static constexpr int kStages = N == 16 ? 4 : N == 8 ? 3 : N == 4 ? 2 : N == 2 ? 1 : 0;
+};
+constexpr int kMaxStages = 4;
+
+constexpr int reverse_bits(int v, int bits) {
+  int r = 0;
+  for (int b = 0; b < bits; ++b) r |= ((v >> b) & 1) << (bits - 1 - b);
+  return r;
+}
+
+// Register that holds column c after transpose_regs (and row c when it transposes back): the stages below 128
+// bits fill the low bits of the register index with c's low bits reversed, those above with the rest reversed.
+// An involution, so the same map serves both directions.
+template <typename T, int N>
+constexpr int transposed_reg(int c) {
+  constexpr int E = Reg<T, N>::kLaneBlock, e = Reg<T, E>::kStages;
+  return reverse_bits(c % E, e) | reverse_bits(c / E, Reg<T, N>::kStages - e) * E;
+}
+
+// In-register transpose of an N x N block: lane c of x[j] ends up as lane j of x[transposed_reg(c)]. Stage g
+// (g = 1, 2, .., N/2) interleaves the g-lane chunks of the register pairs (i, i + g): inside each 128-bit lane
+// while g is smaller (vunpcklps / vunpcklpd, vshufps), across lanes above (vperm2f128; vpermt2ps, vshuff64x2
+// on zmm), one instruction each. todo (see prune_stages) lists the registers each stage must compute, or is
+// null for all of them.
+template <typename T, int N>
+SYMKERNELS_INLINE void transpose_regs(typename Reg<T, N>::type (&x)[N], const uint32_t* todo = nullptr) {
+  using U = typename Reg<T, N>::type;
+  using I = typename Reg<T, N>::index;
+  constexpr int E = Reg<T, N>::kLaneBlock;
+  int s = 0;
+#pragma GCC unroll 4
+  for (int g = 1; g < N; g *= 2, ++s) {
     I lo, hi;
-    for (int c = 0; c < W; ++c) {
-      lo[c] = (c & b) ? W + c - b : c;
-      hi[c] = (c & b) ? W + c : c + b;
+    for (int c = 0; c < N; ++c) {
+      const int base = g < E ? c / E * E : 0, u = g < E ? c % E : c;
+      lo[c] = (u / g % 2) * N + base + u / g / 2 * g + u % g;
+      hi[c] = lo[c] + (g < E ? E / 2 : N / 2);
     }
 #pragma GCC unroll 16
-    for (int i = 0; i < W; ++i) {
-      if (i & b) continue;
-      const V p = x[i], q = x[i + b];
+    for (int k = 0; k < N / 2; ++k) {
+      const int i = k / g * 2 * g + k % g;  // the k-th register with bit g clear
+      const U p = x[i], q = x[i + g];
 #if defined(__clang__)
-      V u, w;
-      for (int c = 0; c < W; ++c) {
-        u[c] = lo[c] < W ? p[lo[c]] : q[lo[c] - W];
-        w[c] = hi[c] < W ? p[hi[c]] : q[hi[c] - W];
+      U a, b;
+      for (int c = 0; c < N; ++c) {
+        a[c] = lo[c] < N ? p[lo[c]] : q[lo[c] - N];
+        b[c] = hi[c] < N ? p[hi[c]] : q[hi[c] - N];
       }
-      x[i] = u;
-      x[i + b] = w;
 #else
-      x[i] = __builtin_shuffle(p, q, lo);
-      x[i + b] = __builtin_shuffle(p, q, hi);
+      const U a = __builtin_shuffle(p, q, lo), b = __builtin_shuffle(p, q, hi);
 #endif
+      if (!todo || (todo[s] >> i & 1)) x[i] = a;
+      if (!todo || (todo[s] >> (i + g) & 1)) x[i + g] = b;
+    }
+  }
+}
+
+// The registers each stage of transpose_regs must compute when only the first `cols` columns count (a block
+// cut by the end of a row, e.g. 1 of 8 at L = 2): backward from the registers kept for a transpose into
+// columns (transpose_in: 7 of 24 permutes for that 1 of 8), forward from the live input registers for one
+// back into rows (transpose_out: a stage skips a pair of registers that both hold only padding; 14 of 24).
+template <typename T, int N>
+void prune_stages(int cols, bool into_columns, uint32_t (&todo)[kMaxStages]) {
+  constexpr int stages = Reg<T, N>::kStages;
+  auto pairs = [](uint32_t m, int g) {  // both registers of every pair that has one in m
+    uint32_t r = 0;
+    for (int i = 0; i < N; ++i) {
+      if (!(i & g) && ((m >> i | m >> (i + g)) & 1)) r |= (1u << i) | (1u << (i + g));
+    }
+    return r;
+  };
+  uint32_t m = 0;
+  for (int c = 0; c < cols; ++c) m |= 1u << (into_columns ? transposed_reg<T, N>(c) : c);
+  for (int k = 0; k < stages; ++k) {
+    const int s = into_columns ? stages - 1 - k : k;
+    if (into_columns) {
+      todo[s] = m;
+      m = pairs(m, 1 << s);
+    } else {
+      m = pairs(m, 1 << s);
+      todo[s] = m;
     }
   }
 }
 
 // True when rows are dense [rows][n] (one coalesced dim of stride n, coefficients contiguous): then a group of
-// W rows is one contiguous block of W * n elements, i.e. n whole vectors.
+// N rows is one contiguous run of N * n elements.
 inline bool dense_rows(const RowLayout& layout, int n) {
   return layout.col_stride == 1 && layout.ndim == 1 && layout.stride[0] == n;
 }
 
-// Reads `count` rows starting at row0 into dst [n][R * width] (rows past count are zero) and adds each
-// lane's 0*x into poison. Dense inputs go W rows at a time: the block's n vectors are copied to `block`
-// (W * n + W elements; the pad lets the last row's chunk be read whole), then each W-column chunk is
-// transposed in registers. Other layouts (broadcast, strided) are read element by element, row by row,
+// Reads `count` rows starting at row0 (of `rows`) into dst [n][R * width] (rows past count are zero) and adds
+// each lane's 0*x into poison. Dense inputs go N rows at a time (N = transpose_lanes, 1 for none): each
+// N-column chunk of the group is loaded as N registers straight from the rows and transposed. The chunk loads
+// of the group's last row run up to N - 1 elements past it, so the input's last group is first copied to
+// `block` (N * n + N elements). Other layouts (broadcast, strided) are read element by element, row by row,
 // then whole vectors: building vectors lane by lane instead stalls on store forwarding (measured, L = 8).
-template <typename T, int R>
-SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, int64_t row0, int64_t count, T* dst,
-                                    T* block, bool block_transpose, typename Vec<T>::type* poison) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int S = R * W;
+template <typename T, int R, int A, int N>
+SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, int64_t rows, int64_t row0,
+                                    int64_t count, T* dst, T* block, typename Reg<T, A>::type* poison) {
+  using V = typename Reg<T, A>::type;
+  using U = typename Reg<T, N>::type;
+  constexpr int S = R * A;
   int r = 0;
-  if (block_transpose && dense_rows(layout, n)) {
-    for (; r + W <= count; r += W) {
+  if constexpr (N > 1) {
+    const int full = n / N * N;
+    uint32_t todo[kMaxStages] = {};
+    if (full < n) prune_stages<T, N>(n - full, true, todo);
+    for (; dense_rows(layout, n) && r + N <= count; r += N) {
       const T* src = x + (row0 + r) * n;
-      for (int i = 0; i < n; ++i) store(block + i * W, load<V>(src + i * W));
-      for (int c0 = 0; c0 < n; c0 += W) {
-        V v[W];
-        for (int j = 0; j < W; ++j) v[j] = load<V>(block + j * n + c0);
-        transpose_block<T>(v);
-        const int cols = std::min(W, n - c0);
-        for (int q = 0; q < cols; ++q) store(dst + (c0 + q) * S + r, v[q]);
+      if (row0 + r + 2 * N > rows) {
+        for (int i = 0; i < N * n; ++i) block[i] = src[i];
+        src = block;
+      }
+      for (int c0 = 0; c0 < n; c0 += N) {
+        U v[N];
+        for (int j = 0; j < N; ++j) v[j] = load<U>(src + j * n + c0);
+        transpose_regs<T, N>(v, c0 < full ? nullptr : todo);
+#pragma GCC unroll 16
+        for (int q = 0; q < N; ++q) {
+          if (c0 + q < n) store(dst + (c0 + q) * S + r, v[transposed_reg<T, N>(q)]);
+        }
       }
     }
   }
@@ -125,31 +199,43 @@ SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, 
     }
   }
   for (int i = 0; i < n; ++i) {
-    for (int v = 0; v < R; ++v) poison[v] += load<V>(dst + i * S + v * W) * T(0);
+    for (int v = 0; v < R; ++v) poison[v] += load<V>(dst + i * S + v * A) * T(0);
   }
 }
 
-// Writes the tile's outputs ct [no][R * width] to rows row0.. of the contiguous output [rows, no]. W rows at a
-// time: W-coefficient chunks of ct (padded to whole chunks) are transposed into `block` [W][no], last chunk
-// first so that each chunk's spill into the next row is overwritten by that row's own chunk, then the block,
-// W * no contiguous elements of the output, is written as no whole vectors. The remaining rows go row by row
-// (sequential writes; coefficient by coefficient strides over all rows and measured ~4x slower).
-template <typename T, int R>
-SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count, T* block,
-                                     bool block_transpose) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int S = R * W;
+// Writes the tile's outputs ct [no][R * width] to rows row0.. of the contiguous output [rows, no]. N rows at a
+// time: each N-coefficient chunk of ct (padded to whole chunks) is transposed into N row registers stored
+// straight to the rows, last chunk first, so that a row's spill into the next row is overwritten by that
+// row's own chunks later. A spill past the group (another thread's rows, or past the end) goes through
+// `block` instead. The remaining rows go row by row (sequential writes; coefficient by coefficient strides
+// over all rows and measured ~4x slower).
+template <typename T, int R, int A, int N>
+SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, int64_t count, T* block) {
+  using U = typename Reg<T, N>::type;
+  constexpr int S = R * A;
   int r = 0;
-  for (; block_transpose && r + W <= count; r += W) {
-    for (int c0 = (no - 1) / W * W; c0 >= 0; c0 -= W) {
-      V v[W];
-      for (int q = 0; q < W; ++q) v[q] = load<V>(ct + (c0 + q) * S + r);
-      transpose_block<T>(v);
-      for (int j = 0; j < W; ++j) store(block + j * no + c0, v[j]);
+  if constexpr (N > 1) {
+    const int last = (no - 1) / N * N;
+    uint32_t todo[kMaxStages] = {};
+    if (no - last < N) prune_stages<T, N>(no - last, false, todo);
+    for (; r + N <= count; r += N) {
+      T* dst = out + (row0 + r) * no;
+      for (int c0 = last; c0 >= 0; c0 -= N) {
+        U v[N];
+        for (int q = 0; q < N; ++q) v[q] = load<U>(ct + (c0 + q) * S + r);
+        transpose_regs<T, N>(v, c0 + N > no ? todo : nullptr);
+#pragma GCC unroll 16
+        for (int j = 0; j < N; ++j) {
+          const U row = v[transposed_reg<T, N>(j)];
+          if (j * no + c0 + N <= N * no) {
+            store(dst + j * no + c0, row);
+          } else {
+            store(block, row);
+            for (int c = c0; c < no; ++c) dst[j * no + c] = block[c - c0];
+          }
+        }
+      }
     }
-    T* dst = out + (row0 + r) * no;
-    for (int i = 0; i < no; ++i) store(dst + i * W, load<V>(block + i * W));
   }
   for (; r < count; ++r) {
     T* dst = out + (row0 + r) * no;
@@ -165,19 +251,59 @@ struct Inputs {
   T* out;
   int64_t rows;
   int n1, n2, no;
-  // Dense rows through the W x W register transposes: only where the 64-byte vectors are single registers
-  // (AVX-512). The AVX2 / baseline clones lower the two-source permutes to stack shuffling, measured
-  // 1.1-2x slower than the element-by-element path at L = 1..3 (fp32, -mavx2 build of this file).
-  bool block_transpose;
+  int transpose_lanes;  // N of transpose_in / transpose_out: the lanes of one register of the running clone
 };
+
+// The lanes of one register of the running clone (see Reg).
+template <typename T>
+int transpose_lanes() {
+  const char* isa = simd::runtime_simd_level();
+  const int bytes = std::strcmp(isa, "avx512") == 0 ? 64 : std::strcmp(isa, "avx2") == 0 ? 32
+                  : std::strcmp(isa, "sse2") == 0  ? 16 : int(sizeof(T));
+  return bytes / int(sizeof(T));
+}
+
+// transpose_in / transpose_out at the running clone's register width. Not lambdas: those are not inlined into
+// the clone, so they would be compiled for baseline x86-64 (measured 2.2x slower at L = 2 on AVX2).
+template <typename T, int R, int A>
+SYMKERNELS_INLINE void tile_in(const Inputs<T>& in, int64_t row0, int64_t count, T* at, T* bt, T* block,
+                               typename Reg<T, A>::type* poison) {
+  const int lanes = std::min(in.transpose_lanes, A);
+  if (lanes == A) {
+    transpose_in<T, R, A, A>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
+    transpose_in<T, R, A, A>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
+  } else if (lanes == A / 2) {
+    transpose_in<T, R, A, A / 2>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
+    transpose_in<T, R, A, A / 2>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
+  } else if (lanes == A / 4) {
+    transpose_in<T, R, A, A / 4>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
+    transpose_in<T, R, A, A / 4>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
+  } else {
+    transpose_in<T, R, A, 1>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
+    transpose_in<T, R, A, 1>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
+  }
+}
+
+template <typename T, int R, int A>
+SYMKERNELS_INLINE void tile_out(const Inputs<T>& in, int64_t row0, int64_t count, const T* ct, T* block) {
+  const int lanes = std::min(in.transpose_lanes, A);
+  if (lanes == A) {
+    transpose_out<T, R, A, A>(ct, in.no, in.out, row0, count, block);
+  } else if (lanes == A / 2) {
+    transpose_out<T, R, A, A / 2>(ct, in.no, in.out, row0, count, block);
+  } else if (lanes == A / 4) {
+    transpose_out<T, R, A, A / 4>(ct, in.no, in.out, row0, count, block);
+  } else {
+    transpose_out<T, R, A, 1>(ct, in.no, in.out, row0, count, block);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // The prologue and epilogue both routes share. A route fills the tile's outputs ct [no][S] from the transposed
 // inputs at [n1][S], bt [n2][S] and the poison lanes (route_tile below); everything around that is here.
 // ---------------------------------------------------------------------------------------------------------
-template <typename T, int R>
+template <typename T, int64_t S>
 struct TileBuffers {
-  static constexpr int64_t S = R * Vec<T>::width;
   static constexpr int W = Vec<T>::width;
   // ct has whole W-coefficient chunks (transpose_out reads them); block serves both transposes.
   std::vector<T> at, bt, ct, block;
@@ -189,21 +315,20 @@ struct TileBuffers {
 };
 
 // Tiles [tile_begin, tile_end) of R vectors of rows each: transpose in, compute (Route::tile), transpose out.
-template <typename T, int R, typename Route>
+template <typename T, int R, int A, typename Route>
 SYMKERNELS_INLINE void route_rows(const Inputs<T>& in, const typename Route::Table& tab, int64_t tile_begin,
                                   int64_t tile_end) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t S = R * Vec<T>::width;
-  TileBuffers<T, R> buf(in);
+  using V = typename Reg<T, A>::type;
+  constexpr int64_t S = R * A;
+  TileBuffers<T, S> buf(in);
   typename Route::template Scratch<R> scratch(in, tab);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int64_t row0 = t * S;
     const int64_t count = std::min<int64_t>(S, in.rows - row0);
     V poison[R] = {};
-    transpose_in<T, R>(in.x1, in.l1, in.n1, row0, count, buf.at.data(), buf.block.data(), in.block_transpose, poison);
-    transpose_in<T, R>(in.x2, in.l2, in.n2, row0, count, buf.bt.data(), buf.block.data(), in.block_transpose, poison);
-    Route::template tile<R>(in, tab, buf.at.data(), buf.bt.data(), buf.ct.data(), poison, scratch);
-    transpose_out<T, R>(buf.ct.data(), in.no, in.out, row0, count, buf.block.data(), in.block_transpose);
+    tile_in<T, R, A>(in, row0, count, buf.at.data(), buf.bt.data(), buf.block.data(), poison);
+    Route::template tile<R, A>(in, tab, buf.at.data(), buf.bt.data(), buf.ct.data(), poison, scratch);
+    tile_out<T, R, A>(in, row0, count, buf.ct.data(), buf.block.data());
   }
 }
 
@@ -235,14 +360,14 @@ struct SparseSchedule {
 template <typename T>
 struct SparseRouteT {
   using Table = SparseSchedule<T>;
+  static constexpr bool kAnyWidth = true;
   template <int R>
   using Scratch = NoScratch;
 
-  template <int R>
+  template <int R, int W>
   static SYMKERNELS_INLINE void tile(const Inputs<T>& in, const Table& s, const T* at, const T* bt, T* ct,
-                                     const typename Vec<T>::type* poison, NoScratch&) {
-    using V = typename Vec<T>::type;
-    constexpr int W = Vec<T>::width;
+                                     const typename Reg<T, W>::type* poison, NoScratch&) {
+    using V = typename Reg<T, W>::type;
     constexpr int S = R * W;
     // Outputs no entry reaches (e.g. degrees above L1+L2) are 0 (plus poison); the runs overwrite the rest.
     for (int k = 0; k < in.no; ++k) {
@@ -455,13 +580,15 @@ SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, int count, const T* f
 template <typename T>
 struct GridRoute {
   using Table = GridTable<T>;
+  static constexpr bool kAnyWidth = false;
   template <int R>
   using Scratch = GridScratch<T>;
 
   // Step 3: each output accumulates one block's pairs in registers, on top of the earlier blocks.
-  template <int R>
+  template <int R, int A>
   static SYMKERNELS_INLINE void tile(const Inputs<T>& in, const Table& g, const T* at, const T* bt, T* ct,
                                      const typename Vec<T>::type* poison, GridScratch<T>& s) {
+    static_assert(A == Vec<T>::width, "the grid route computes in whole 64-byte vectors");
     static_assert(R == kGridVectors, "the grid route's scratch is sized for kGridVectors");
     using V = typename Vec<T>::type;
     constexpr int W = Vec<T>::width;
@@ -493,9 +620,19 @@ struct GridRoute {
 
 // Entry points compiled once per ISA (see common/simd.h). The route and tile width are template arguments of
 // the inline helpers, so each clone gets its own copy of every kernel body.
+//
+// The sparse route computes in the clone's register width below AVX-512 (2R vectors of 32 bytes: the same
+// rows per tile): in the AVX2 clone GCC 12 compiled its 64-byte vectors, two ymm each, through the stack
+// (every coefficient broadcast as 16 scalar stores, half vectors stored and reloaded): 32-byte vectors
+// measured 2.8x faster at L = 2, 6x at 3, 7.6x at 4 (fp32, 1 thread, 16384 rows, Zen 3 without AVX-512).
+// The grid route still computes in 64-byte vectors everywhere (so its AVX2 clone is still that slow).
 #define SYMKERNELS_GAUNT_ROWS(T, Route, R, name)                                                           \
   SYMKERNELS_SIMD_CLONES void name(const Inputs<T>& in, const Route<T>::Table& tab, int64_t b, int64_t e) { \
-    route_rows<T, R, Route<T>>(in, tab, b, e);                                                             \
+    constexpr int W = Vec<T>::width;                                                                       \
+    if constexpr (Route<T>::kAnyWidth) {                                                                   \
+      if (in.transpose_lanes < W) return route_rows<T, 2 * R, W / 2, Route<T>>(in, tab, b, e);             \
+    }                                                                                                      \
+    route_rows<T, R, W, Route<T>>(in, tab, b, e);                                                          \
   }
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 1, sparse_rows_f32_r1)
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 2, sparse_rows_f32_r2)
@@ -514,7 +651,7 @@ template <typename T>
 Inputs<T> inputs_of(const PreparedArgs& args) {
   return Inputs<T>{args.a.const_data_ptr<T>(), args.b.const_data_ptr<T>(), args.la, args.lb,
                    args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no,
-                   std::strcmp(simd::runtime_simd_level(), "avx512") == 0};
+                   transpose_lanes<T>()};
 }
 
 // Runs `rows_fn` over the row tiles (R vectors of rows each) on threads; `work` is the table work per row,
