@@ -12,7 +12,7 @@
 #include <string>
 
 #include "common/simd.h"
-#include "quarot/vnni_peak.h"
+#include "quarot/int8_dot_peak.h"
 #ifdef SYMKERNELS_WITH_CUDA
 #include "common/cuda_build_info.h"
 #endif
@@ -60,12 +60,12 @@ PYBIND11_MODULE(_C, m) {
   // A ceiling for the int8 GEMM rows of the benchmarks (symkernels/bench/harness.py): the measured rate of
   // the int8 dot-product instruction itself on `threads` threads, no memory traffic.
   m.def(
-      "vnni_peak",
+      "int8_dot_peak",
       [](const std::string& isa, int threads, double seconds, int repeats) {
-        symkernels::quarot::VnniPeak peak;
+        symkernels::quarot::Int8DotPeak peak;
         {
           py::gil_scoped_release release;
-          peak = symkernels::quarot::measure_vnni_peak(isa, threads, seconds, repeats);
+          peak = symkernels::quarot::measure_int8_dot_peak(isa, threads, seconds, repeats);
         }
         py::dict out;
         out["ops_per_s"] = peak.ops_per_s;
@@ -75,8 +75,9 @@ PYBIND11_MODULE(_C, m) {
         return out;
       },
       py::arg("isa") = "auto", py::arg("threads") = 1, py::arg("seconds") = 0.2, py::arg("repeats") = 5,
-      "int8 multiply-add instruction peak (vpdpbusd), ops/s over `threads` threads: a dict with ops_per_s "
+      "int8 multiply-add instruction peak (vpdpbusd, or AVX2's vpmaddubsw sequence without VNNI), ops/s over "
+      "`threads` threads: a dict with ops_per_s "
       "(wall time), ops_per_cpu_s (the slowest thread's CPU time: immune to time slices lost on a shared "
-      "machine), threads and isa (avx512_vnni, avx_vnni, avx512vl_vnni, or 'none: why' with rates 0). "
+      "machine), threads and isa (avx512_vnni, avx_vnni, avx512vl_vnni, avx2, or 'none: why' with rates 0). "
       "isa: auto | avx512 (zmm) | avx2 (ymm).");
 }

@@ -92,11 +92,11 @@ def test_markdown_table_names_the_fastest_peer_and_the_limit(monkeypatch):
 
 def test_also_vs_reports_a_share_of_each_named_ceiling(monkeypatch):
     ceilings = harness.Ceilings(torch.device("cpu"), copy_bw=1e9, clone_bw=1e9, quick=True)
-    ceilings._compute.update({"vnni": 4e12, "int8": 1e12})  # as if measured
+    ceilings._compute.update({"int8dot": 4e12, "int8": 1e12})  # as if measured
     case = harness.Case(op="g", shape="", dtype="", impls={}, ours="x", flops=10 ** 12, compute="int8",
-                        also_vs=("vnni", "int8"))
-    assert ceilings.shares(case, 2.0) == {"%vnni": 12.5, "%int8": 50.0}
-    ceilings._compute["vnni"] = "none: no VNNI"  # an unmeasurable ceiling gives no column
+                        also_vs=("int8dot", "int8"))
+    assert ceilings.shares(case, 2.0) == {"%int8dot": 12.5, "%int8": 50.0}
+    ceilings._compute["int8dot"] = "none: no int8 dot product"  # an unmeasurable ceiling gives no column
     assert ceilings.shares(case, 2.0) == {"%int8": 50.0}
 
     def sweep(device, quick):
@@ -108,16 +108,16 @@ def test_also_vs_reports_a_share_of_each_named_ceiling(monkeypatch):
     assert rows[0]["%int8"] > 0
 
 
-def test_vnni_ceiling_is_measured_by_our_micro_kernel():
+def test_int8_dot_ceiling_is_measured_by_our_micro_kernel():
     from symkernels import _backend
 
     if not _backend.backend_status("cpu"):
         pytest.skip("native build unavailable")
     ceilings = harness.Ceilings(torch.device("cpu"), copy_bw=1e9, clone_bw=1e9, quick=True)
-    rate = ceilings.compute("vnni")
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
+    rate = ceilings.compute("int8dot")
+    flags = set(open("/proc/cpuinfo").read().split()) if __import__("os").path.exists("/proc/cpuinfo") else set()
+    if flags & {"avx512_vnni", "avx_vnni", "avx2"}:
         assert isinstance(rate, float) and rate > 1e9
-        assert "VNNI peak" in ceilings.describe()
+        assert "int8 dot-product peak" in ceilings.describe()
     else:
         assert isinstance(rate, str)

@@ -7,7 +7,9 @@
 // Helpers called from a clone must be inline so that they are compiled with the clone's target.
 #pragma once
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SYMKERNELS_NO_SIMD_CLONES)
@@ -127,6 +129,43 @@ SYMKERNELS_INLINE U16x16 fp32_to_fp16_avx512(Vec<float>::type f) {
   return h;
 }
 // ---- end of the fp16 / bf16 block ---------------------------------------------------------------------
+
+// ---- explicit per-ISA entry points ---------------------------------------------------------------------
+// For kernels that need the register width as a compile-time constant (gaunt's in-register transposes):
+// a target_clones body is one source compiled per ISA, so it cannot see which clone it is and must carry
+// every width, of which each clone reaches one. SYMKERNELS_ISA_ENTRY_POINTS(name, (params), (args), Kernel)
+// defines name_avx512, name_avx2 and name_baseline, each calling Kernel::run<register bytes>(args) under
+// its own target, and name(params), which calls the one this CPU runs (chosen once). These targets also
+// enable FMA, which target_clones("avx512f"/"avx2") leave off (GCC implies it from neither); every
+// AVX-512F CPU has it, and the AVX2 one is only picked where the CPU reports FMA too.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SYMKERNELS_NO_SIMD_CLONES)
+// SYMKERNELS_MAX_SIMD=avx2 or =sse2 caps the choice (any other value: no cap; read once per entry point, at
+// its first call), so that one machine can test the narrower entry points too.
+inline int entry_point_register_bytes() {
+  const char* cap_env = std::getenv("SYMKERNELS_MAX_SIMD");
+  const std::string cap = cap_env ? cap_env : "";
+  const int max_bytes = cap == "sse2" ? 16 : cap == "avx2" ? 32 : 64;
+  __builtin_cpu_init();
+  const bool fma = __builtin_cpu_supports("fma");
+  if (max_bytes >= 64 && __builtin_cpu_supports("avx512f") && fma) return 64;
+  if (max_bytes >= 32 && __builtin_cpu_supports("avx2") && fma) return 32;
+  return 16;  // SSE2, part of x86-64
+}
+#define SYMKERNELS_ISA_ENTRY_POINTS(name, params, args, ...)                                               \
+  __attribute__((target("avx512f,fma"))) void name##_avx512 params { __VA_ARGS__::template run<64> args; } \
+  __attribute__((target("avx2,fma"))) void name##_avx2 params { __VA_ARGS__::template run<32> args; }      \
+  void name##_baseline params { __VA_ARGS__::template run<16> args; }                                      \
+  void name params {                                                                                       \
+    static const auto entry = ::symkernels::simd::entry_point_register_bytes() == 64 ? name##_avx512       \
+                            : ::symkernels::simd::entry_point_register_bytes() == 32 ? name##_avx2         \
+                                                                                      : name##_baseline;    \
+    entry args;                                                                                            \
+  }
+#else
+// Elsewhere one portable entry point, without register-width blocks (0 bytes: the kernel's scalar path).
+#define SYMKERNELS_ISA_ENTRY_POINTS(name, params, args, ...) \
+  void name params { __VA_ARGS__::template run<0> args; }
+#endif
 
 // The ISA the loader's ifunc resolver picks for SYMKERNELS_SIMD_CLONES on this CPU (same order).
 inline const char* runtime_simd_level() {

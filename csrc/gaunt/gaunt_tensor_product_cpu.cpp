@@ -54,8 +54,8 @@ constexpr int kPairBlock = 2;
 constexpr int kFourierBlock = 3;
 
 // Registers of N lanes, N * sizeof(T) bytes, and the index vectors of __builtin_shuffle over them. The row
-// transposes work in the clone's own register width (transpose_lanes): N = 64 / sizeof(T) with AVX-512 (one
-// zmm), half that with AVX2 (ymm), a quarter in the baseline clone (xmm). The 64-byte Vec there is two or four
+// transposes work in the entry point's own register width (see the entry points): N = 64 / sizeof(T) with
+// AVX-512 (one zmm), half that with AVX2 (ymm), a quarter in the baseline (xmm). The 64-byte Vec there is two or four
 // registers, and a two-source permute across all of it has no instruction: GCC lowered those to stack
 // shuffling, measured 1.1-2x slower than element-by-element transposes at L = 1..3 (fp32, AVX2 clone).
 template <typename T, int N>
@@ -156,7 +156,7 @@ inline bool dense_rows(const RowLayout& layout, int n) {
 }
 
 // Reads `count` rows starting at row0 (of `rows`) into dst [n][R * width] (rows past count are zero) and adds
-// each lane's 0*x into poison. Dense inputs go N rows at a time (N = transpose_lanes, 1 for none): each
+// each lane's 0*x into poison. Dense inputs go N rows at a time (N = lanes of one register, 1 for none): each
 // N-column chunk of the group is loaded as N registers straight from the rows and transposed. The chunk loads
 // of the group's last row run up to N - 1 elements past it, so the input's last group is first copied to
 // `block` (N * n + N elements). Other layouts (broadcast, strided) are read element by element, row by row,
@@ -251,52 +251,7 @@ struct Inputs {
   T* out;
   int64_t rows;
   int n1, n2, no;
-  int transpose_lanes;  // N of transpose_in / transpose_out: the lanes of one register of the running clone
 };
-
-// The lanes of one register of the running clone (see Reg).
-template <typename T>
-int transpose_lanes() {
-  const char* isa = simd::runtime_simd_level();
-  const int bytes = std::strcmp(isa, "avx512") == 0 ? 64 : std::strcmp(isa, "avx2") == 0 ? 32
-                  : std::strcmp(isa, "sse2") == 0  ? 16 : int(sizeof(T));
-  return bytes / int(sizeof(T));
-}
-
-// transpose_in / transpose_out at the running clone's register width. Not lambdas: those are not inlined into
-// the clone, so they would be compiled for baseline x86-64 (measured 2.2x slower at L = 2 on AVX2).
-template <typename T, int R, int A>
-SYMKERNELS_INLINE void tile_in(const Inputs<T>& in, int64_t row0, int64_t count, T* at, T* bt, T* block,
-                               typename Reg<T, A>::type* poison) {
-  const int lanes = std::min(in.transpose_lanes, A);
-  if (lanes == A) {
-    transpose_in<T, R, A, A>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
-    transpose_in<T, R, A, A>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
-  } else if (lanes == A / 2) {
-    transpose_in<T, R, A, A / 2>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
-    transpose_in<T, R, A, A / 2>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
-  } else if (lanes == A / 4) {
-    transpose_in<T, R, A, A / 4>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
-    transpose_in<T, R, A, A / 4>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
-  } else {
-    transpose_in<T, R, A, 1>(in.x1, in.l1, in.n1, in.rows, row0, count, at, block, poison);
-    transpose_in<T, R, A, 1>(in.x2, in.l2, in.n2, in.rows, row0, count, bt, block, poison);
-  }
-}
-
-template <typename T, int R, int A>
-SYMKERNELS_INLINE void tile_out(const Inputs<T>& in, int64_t row0, int64_t count, const T* ct, T* block) {
-  const int lanes = std::min(in.transpose_lanes, A);
-  if (lanes == A) {
-    transpose_out<T, R, A, A>(ct, in.no, in.out, row0, count, block);
-  } else if (lanes == A / 2) {
-    transpose_out<T, R, A, A / 2>(ct, in.no, in.out, row0, count, block);
-  } else if (lanes == A / 4) {
-    transpose_out<T, R, A, A / 4>(ct, in.no, in.out, row0, count, block);
-  } else {
-    transpose_out<T, R, A, 1>(ct, in.no, in.out, row0, count, block);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // The prologue and epilogue both routes share. A route fills the tile's outputs ct [no][S] from the transposed
@@ -314,8 +269,9 @@ struct TileBuffers {
         block(size_t(W) * std::max({in.n1, in.n2, (in.no + W - 1) / W * W}) + W) {}
 };
 
-// Tiles [tile_begin, tile_end) of R vectors of rows each: transpose in, compute (Route::tile), transpose out.
-template <typename T, int R, int A, typename Route>
+// Tiles [tile_begin, tile_end) of R vectors of A lanes of rows each: transpose in (N-lane registers), compute
+// (Route::tile), transpose out.
+template <typename T, int R, int A, int N, typename Route>
 SYMKERNELS_INLINE void route_rows(const Inputs<T>& in, const typename Route::Table& tab, int64_t tile_begin,
                                   int64_t tile_end) {
   using V = typename Reg<T, A>::type;
@@ -326,9 +282,10 @@ SYMKERNELS_INLINE void route_rows(const Inputs<T>& in, const typename Route::Tab
     const int64_t row0 = t * S;
     const int64_t count = std::min<int64_t>(S, in.rows - row0);
     V poison[R] = {};
-    tile_in<T, R, A>(in, row0, count, buf.at.data(), buf.bt.data(), buf.block.data(), poison);
+    transpose_in<T, R, A, N>(in.x1, in.l1, in.n1, in.rows, row0, count, buf.at.data(), buf.block.data(), poison);
+    transpose_in<T, R, A, N>(in.x2, in.l2, in.n2, in.rows, row0, count, buf.bt.data(), buf.block.data(), poison);
     Route::template tile<R, A>(in, tab, buf.at.data(), buf.bt.data(), buf.ct.data(), poison, scratch);
-    tile_out<T, R, A>(in, row0, count, buf.ct.data(), buf.block.data());
+    transpose_out<T, R, A, N>(buf.ct.data(), in.no, in.out, row0, count, buf.block.data());
   }
 }
 
@@ -360,7 +317,6 @@ struct SparseSchedule {
 template <typename T>
 struct SparseRouteT {
   using Table = SparseSchedule<T>;
-  static constexpr bool kAnyWidth = true;
   template <int R>
   using Scratch = NoScratch;
 
@@ -455,11 +411,9 @@ struct GridScratch {
 // Step 1 for one input of degree L: coefficients xt [(L+1)^2][S] -> f [pair][node][re, im][fourier_size(L)][S].
 // Per order m this is a small GEMM (pairs x degrees) x (degrees x rows), blocked over kPairBlock pairs so that
 // each coefficient vector, once loaded, feeds 2 * kPairBlock accumulators.
-template <typename T>
+template <typename T, int R, int W>
 SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, int p0, T* f) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int R = kGridVectors;
+  using V = typename Reg<T, W>::type;
   constexpr int S = R * W;
   constexpr int PB = kPairBlock;
   const int M = fourier_size(L);
@@ -511,13 +465,11 @@ SYMKERNELS_INLINE void grid_analysis(const T* xt, int L, const GridTable<T>& g, 
 // Step 2 at one node for the kFourierBlock outputs k0.. : sum over m of (ar + i ai)_m (br + i bi)_{k-m}. Each
 // a-coefficient, once loaded, feeds all outputs of the block; b's zero guards cover the union of the
 // outputs' m ranges.
-template <typename T>
+template <typename T, int R, int W>
 SYMKERNELS_INLINE void node_product(const T* ar, const T* ai, const T* br, const T* bi, int k0, int m_begin,
-                                    int m_end, typename Vec<T>::type (&re)[kFourierBlock][kGridVectors],
-                                    typename Vec<T>::type (&im)[kFourierBlock][kGridVectors]) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int R = kGridVectors;
+                                    int m_end, typename Reg<T, W>::type (&re)[kFourierBlock][R],
+                                    typename Reg<T, W>::type (&im)[kFourierBlock][R]) {
+  using V = typename Reg<T, W>::type;
   constexpr int S = R * W;
   constexpr int K = kFourierBlock;
   for (int q = 0; q < K; ++q) {
@@ -542,11 +494,9 @@ SYMKERNELS_INLINE void node_product(const T* ar, const T* ai, const T* br, const
 
 // Step 2 for the first `count` pairs of a block: h [pair of block][even, odd][2Lo+1][S], the sum and difference
 // of the two nodes' products.
-template <typename T>
+template <typename T, int R, int W>
 SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, int count, const T* fa, const T* fb, T* h) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::width;
-  constexpr int R = kGridVectors;
+  using V = typename Reg<T, W>::type;
   constexpr int S = R * W;
   constexpr int K = kFourierBlock;
   const int Ma = fourier_size(g.l1), Mb = fourier_size(g.l2), Mo = 2 * g.lo + 1;
@@ -560,8 +510,8 @@ SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, int count, const T* f
     for (int k0 = 0; k0 <= g.lo; k0 += K) {
       const int m_begin = std::max(-g.l1, k0 - g.l2), m_end = std::min(g.l1, k0 + K - 1 + g.l2);
       V re0[K][R], im0[K][R], re1[K][R], im1[K][R];
-      node_product<T>(ar0, ar0 + Ma * S, br0, br0 + Mb * S, k0, m_begin, m_end, re0, im0);
-      node_product<T>(ar1, ar1 + Ma * S, br1, br1 + Mb * S, k0, m_begin, m_end, re1, im1);
+      node_product<T, R, W>(ar0, ar0 + Ma * S, br0, br0 + Mb * S, k0, m_begin, m_end, re0, im0);
+      node_product<T, R, W>(ar1, ar1 + Ma * S, br1, br1 + Mb * S, k0, m_begin, m_end, re1, im1);
       for (int q = 0; q < K && k0 + q <= g.lo; ++q) {
         const int k = k0 + q;
         for (int v = 0; v < R; ++v) {
@@ -580,25 +530,22 @@ SYMKERNELS_INLINE void grid_product(const GridTable<T>& g, int count, const T* f
 template <typename T>
 struct GridRoute {
   using Table = GridTable<T>;
-  static constexpr bool kAnyWidth = false;
   template <int R>
   using Scratch = GridScratch<T>;
 
   // Step 3: each output accumulates one block's pairs in registers, on top of the earlier blocks.
-  template <int R, int A>
+  template <int R, int W>
   static SYMKERNELS_INLINE void tile(const Inputs<T>& in, const Table& g, const T* at, const T* bt, T* ct,
-                                     const typename Vec<T>::type* poison, GridScratch<T>& s) {
-    static_assert(A == Vec<T>::width, "the grid route computes in whole 64-byte vectors");
-    static_assert(R == kGridVectors, "the grid route's scratch is sized for kGridVectors");
-    using V = typename Vec<T>::type;
-    constexpr int W = Vec<T>::width;
+                                     const typename Reg<T, W>::type* poison, GridScratch<T>& s) {
+    static_assert(R * W == kGridVectors * Vec<T>::width, "the grid route's scratch holds kGridVectors vectors");
+    using V = typename Reg<T, W>::type;
     constexpr int S = R * W;
     const int Mo = 2 * g.lo + 1;
     for (int p0 = 0; p0 < g.padded_pairs; p0 += kPairBlock) {
       const int pairs = std::min(kPairBlock, g.pairs - p0);
-      grid_analysis(at, g.l1, g, p0, s.fa.data());
-      grid_analysis(bt, g.l2, g, p0, s.fb.data());
-      grid_product(g, pairs, s.fa.data(), s.fb.data(), s.h.data());
+      grid_analysis<T, R, W>(at, g.l1, g, p0, s.fa.data());
+      grid_analysis<T, R, W>(bt, g.l2, g, p0, s.fb.data());
+      grid_product<T, R, W>(g, pairs, s.fa.data(), s.fb.data(), s.h.data());
       for (int l = 0; l <= g.lo; ++l) {
         for (int m = -l; m <= l; ++m) {
           const int k = l * l + l + m;
@@ -618,22 +565,30 @@ struct GridRoute {
   }
 };
 
-// Entry points compiled once per ISA (see common/simd.h). The route and tile width are template arguments of
-// the inline helpers, so each clone gets its own copy of every kernel body.
+// Entry points compiled once per ISA (simd::IsaEntryPoints). The register width is a template argument of the
+// inline helpers, so each entry point gets its own copy of every kernel body at exactly one width (with
+// target_clones every clone compiled every width, only one of them reachable: the file took minutes).
 //
-// The sparse route computes in the clone's register width below AVX-512 (2R vectors of 32 bytes: the same
-// rows per tile): in the AVX2 clone GCC 12 compiled its 64-byte vectors, two ymm each, through the stack
-// (every coefficient broadcast as 16 scalar stores, half vectors stored and reloaded): 32-byte vectors
-// measured 2.8x faster at L = 2, 6x at 3, 7.6x at 4 (fp32, 1 thread, 16384 rows, Zen 3 without AVX-512).
-// The grid route still computes in 64-byte vectors everywhere (so its AVX2 clone is still that slow).
-#define SYMKERNELS_GAUNT_ROWS(T, Route, R, name)                                                           \
-  SYMKERNELS_SIMD_CLONES void name(const Inputs<T>& in, const Route<T>::Table& tab, int64_t b, int64_t e) { \
-    constexpr int W = Vec<T>::width;                                                                       \
-    if constexpr (Route<T>::kAnyWidth) {                                                                   \
-      if (in.transpose_lanes < W) return route_rows<T, 2 * R, W / 2, Route<T>>(in, tab, b, e);             \
-    }                                                                                                      \
-    route_rows<T, R, W, Route<T>>(in, tab, b, e);                                                          \
+// Below AVX-512 both routes compute in 32-byte vectors, 2R of them (the same rows per tile): GCC 12 compiled
+// 64-byte vectors there, two ymm each, through the stack (every coefficient broadcast as 16 scalar stores,
+// half vectors stored and reloaded): 32-byte vectors measured 2.8x faster at L = 2, 6x at 3, 7.6x at 4 (sparse
+// route, fp32, 1 thread, 16384 rows, Zen 3 without AVX-512).
+template <typename T, typename Route, int R>
+struct RowsAtWidth {
+  template <int RegisterBytes>
+  static SYMKERNELS_INLINE void run(const Inputs<T>& in, const typename Route::Table& tab, int64_t b, int64_t e) {
+    constexpr int W = Vec<T>::width;
+    constexpr int N = std::max<int>(1, RegisterBytes / int(sizeof(T)));  // lanes of one register
+    if constexpr (N < W) {
+      route_rows<T, 2 * R, W / 2, std::min(N, W / 2), Route>(in, tab, b, e);
+    } else {
+      route_rows<T, R, W, N, Route>(in, tab, b, e);
+    }
   }
+};
+#define SYMKERNELS_GAUNT_ROWS(T, Route, R, name)                                                                \
+  SYMKERNELS_ISA_ENTRY_POINTS(name, (const Inputs<T>& in, const Route<T>::Table& tab, int64_t b, int64_t e), \
+                              (in, tab, b, e), RowsAtWidth<T, Route<T>, R>)
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 1, sparse_rows_f32_r1)
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 2, sparse_rows_f32_r2)
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 4, sparse_rows_f32_r4)
@@ -650,8 +605,7 @@ using RowsFn = void (*)(const Inputs<T>&, const typename SparseRouteT<T>::Table&
 template <typename T>
 Inputs<T> inputs_of(const PreparedArgs& args) {
   return Inputs<T>{args.a.const_data_ptr<T>(), args.b.const_data_ptr<T>(), args.la, args.lb,
-                   args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no,
-                   transpose_lanes<T>()};
+                   args.out.mutable_data_ptr<T>(), args.rows, args.n1, args.n2, args.no};
 }
 
 // Runs `rows_fn` over the row tiles (R vectors of rows each) on threads; `work` is the table work per row,

@@ -21,7 +21,7 @@ alone. A peer given as a string is reported as missing with that reason.
 Every case states the least work one call of ``ours`` must do: ``bytes_moved`` (the bytes it must read
 and write at least) and ``flops`` (the useful operations, counted against the ``compute`` ceiling:
 ``"fp32"``/``"fp64"``/``"bf16"``/``"fp16"`` GEMM FLOP/s or ``"int8"`` GEMM OPS). ``Ceilings`` measures
-those limits on the same machine in the same run (plus ``"vnni"``, the int8 dot-product instruction peak
+those limits on the same machine in the same run (plus ``"int8dot"``, the int8 dot-product instruction peak
 of our own micro-kernel, which a case may name in ``also_vs`` for an extra "% of" column), and the roofline
 share of a timing is
 
@@ -58,7 +58,7 @@ class Case:
     # Implementations timed beside ours for context, not as competitors (the primal alone, another variant
     # of ours): the table's "best peer" leaves them out; the CSV has their ratios like any other.
     context: tuple[str, ...] = ()
-    # More compute ceilings to report `flops` against, each as its own "%<kind>" column (e.g. ("vnni", "int8"):
+    # More compute ceilings to report `flops` against, each as its own "%<kind>" column (e.g. ("int8dot", "int8"):
     # % of the int8 instruction peak and % of the torch._int_mm rate), beside the roofline of `compute`.
     also_vs: tuple[str, ...] = ()
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # more columns, e.g. iterations
@@ -168,20 +168,22 @@ COMPUTE_CEILINGS = {
 }
 # Ceilings that are an instruction's peak rather than a library GEMM: measured by our own micro-kernels.
 INSTRUCTION_CEILINGS = {
-    "vnni": "int8 vpdpbusd peak (symkernels._C.vnni_peak: 16 independent chains per thread, no memory)",
+    "int8dot": "int8 dot-product instruction peak (symkernels._C.int8_dot_peak: vpdpbusd with VNNI, else AVX2's "
+               "vpmaddubsw sequence; 16 independent chains per thread, no memory)",
 }
 
 
-def vnni_peak(threads: int | None = None, isa: str = "auto", seconds: float = 0.3) -> tuple[float, str]:
-    """(int8 ops/s, what was measured) of the VNNI dot-product instruction on ``threads`` threads (default
-    torch's count): the compute ceiling of an int8 GEMM on a CPU without AMX. The rate is the better of
+def int8_dot_peak(threads: int | None = None, isa: str = "auto", seconds: float = 0.3) -> tuple[float, str]:
+    """(int8 ops/s, what was measured) of the int8 dot-product instruction on ``threads`` threads (default
+    torch's count): the compute ceiling of an int8 GEMM on a CPU without AMX (vpdpbusd with VNNI, else the
+    AVX2 sequence int4_matmul's AVX2 kernel runs). The rate is the better of
     wall time and the threads' CPU time (on a shared machine the wall rate drops whenever another process
-    takes a core: the ceiling must not). ops/s is 0 when the CPU or the build has no VNNI; the string says
+    takes a core: the ceiling must not). ops/s is 0 when the CPU or the build has neither; the string says
     why."""
     from symkernels import _C
 
     threads = torch.get_num_threads() if threads is None else threads
-    peak = _C.vnni_peak(isa=isa, threads=threads, seconds=seconds, repeats=5)
+    peak = _C.int8_dot_peak(isa=isa, threads=threads, seconds=seconds, repeats=5)
     return max(float(peak["ops_per_s"]), float(peak.get("ops_per_cpu_s", 0.0))), f"{peak['isa']} × {peak['threads']} threads"
 
 
@@ -229,17 +231,17 @@ class Ceilings:
             raise ValueError(f"Case.compute must be one of {sorted(COMPUTE_CEILINGS) + sorted(INSTRUCTION_CEILINGS)}, "
                              f"got {kind!r}")
         if kind not in self._compute:
-            self._compute[kind] = self._measure_vnni() if kind == "vnni" else self._measure_gemm(kind)
+            self._compute[kind] = self._measure_int8_dot() if kind == "int8dot" else self._measure_gemm(kind)
         return self._compute[kind]
 
-    def _measure_vnni(self) -> float | str:
+    def _measure_int8_dot(self) -> float | str:
         if self.device.type != "cpu":
-            return "a CPU instruction peak (no VNNI on this device)"
+            return "a CPU instruction peak (not measured on this device)"
         try:
-            rate, what = vnni_peak(seconds=0.2 if self.quick else 0.5)
+            rate, what = int8_dot_peak(seconds=0.2 if self.quick else 0.5)
         except Exception as exc:  # e.g. a build without the helper
             return f"{type(exc).__name__}: {str(exc)[:60]}"
-        self._vnni_what = what
+        self._int8_dot_what = what
         return rate if rate > 0 else what
 
     def shares(self, case: Case, seconds: float) -> dict[str, float]:
@@ -287,9 +289,9 @@ class Ceilings:
 
     def describe(self) -> str:
         def rate(k, v):
-            if k == "vnni":
-                return (f"VNNI peak unavailable ({v})" if isinstance(v, str) else
-                        f"VNNI peak {v / 1e9:.0f} GOP/s ({getattr(self, '_vnni_what', '')})")
+            if k == "int8dot":
+                return (f"int8 dot-product peak unavailable ({v})" if isinstance(v, str) else
+                        f"int8 dot-product peak {v / 1e9:.0f} GOP/s ({getattr(self, '_int8_dot_what', '')})")
             if isinstance(v, str):
                 return f"{k} GEMM unavailable ({v})"
             return f"{k} GEMM {v / 1e9:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s"

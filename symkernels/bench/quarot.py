@@ -5,7 +5,7 @@ n×n matmul; unfused torch ops for rotate+quantize (QuaRot's ≈ 6 launches); to
 matmul and ``torch._int_mm`` (int8×int8→int32, without the dequant epilogue) for the GEMM. On CPU the GEMM
 rows also compare with ``torch._int_mm`` under oneDNN capped at AVX512-VNNI (the ISA of our kernel; timed
 in a subprocess, since oneDNN reads the cap at start-up) and report % of the measured vpdpbusd peak
-(``%vnni``) and of the large ``_int_mm`` rate (``%int8``).
+(``%int8dot``) and of the large ``_int_mm`` rate (``%int8``).
 """
 from __future__ import annotations
 
@@ -164,11 +164,11 @@ def _gemm_cases(device, quick) -> Iterable[Case]:
                 extra[f"vs _int_mm@{ISA_CAP}"] = f"{int_mm_s / ours_s:.2f}× ({int_mm_s * 1e3:.3g} ms)"
             elif isinstance(capped, str):
                 extra[f"vs _int_mm@{ISA_CAP}"] = capped
-            # % of the int8 instruction peak (our vpdpbusd loop) and of torch._int_mm's large-GEMM rate
+            # % of the int8 instruction peak (our vpdpbusd / AVX2 loop) and of torch._int_mm's large-GEMM rate
             yield Case(op="int4_matmul", shape=f"M={m} K=N={kn}",
                        dtype="int4→fp32" + (f" (cpu {isa})" if isa else ""), impls=impls,
                        ours="symkernels W4A4", flops=2 * m * kn * kn, compute="int8",
-                       also_vs=("vnni", "int8") if device.type == "cpu" else (),
+                       also_vs=("int8dot", "int8") if device.type == "cpu" else (),
                        bytes_moved=m * kn // 2 + kn * kn // 2 + 4 * m * kn + 4 * (m + kn), extra=extra)
 
 

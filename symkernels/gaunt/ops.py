@@ -1,6 +1,7 @@
 """Public Gaunt ops: argument checks, backend choice, fake and autograd registrations."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -170,7 +171,7 @@ def cpu_route(l1: int, l2: int, lo: int) -> str:
     ``"grid"`` (exact sphere grid, O(L³)), whichever the cost model below says is faster.
 
     Both costs are per row (``cpu_route_fmas``): the sparse route's table entries against the grid's FMAs,
-    at ``_GRID_COST_FACTOR`` to one. Measured before the sparse route was factored by (outer, output) groups
+    at ``grid_cost_factor()`` to one. Measured before the sparse route was factored by (outer, output) groups
     on the 2-core AVX-512 dev machine, fp32, 1 thread, 16384 rows, CPU time (machine shared, ±20%), grid
     speed-up over sparse for L1 = L2 = Lo = L: 0.6–0.8× at L = 2, 0.9× at 3, 1.0–1.2× at 4, 1.0–1.6× at 5,
     1.1–1.5× at 6, 2.2–2.9× at 8, 4.3–4.9× at 10; asymmetric cases agreed too: (6,3,6) grid 1.3×,
@@ -179,15 +180,29 @@ def cpu_route(l1: int, l2: int, lo: int) -> str:
     best of 8 interleaved): grid speed-up 0.65× at L = 2, 0.64× at 3, 0.95× at 4, 1.5× at 5 and 6; (3,3,6)
     0.8×, (4,4,8) 1.0×, (8,1,8) 0.67×, (6,3,6) 1.2×: the model still picks the faster route, sparse up to
     L = 4 and the grid from 5.
+
+    On AVX2 (Zen 3 without AVX-512, both routes in 32-byte vectors with FMA, same setup, best of 3) the grid
+    costs twice as much per FMA unit: grid speed-up 0.47× at L = 2, 0.33× at 3, 0.49× at 4, 0.79× at 5, 0.77×
+    at 6, 1.29× at 7, 1.35× at 8, 2.9× at 10; (3,3,6) 0.41×, (4,4,8) 0.67×, (6,3,6) 0.63×, (8,1,8) 0.40×,
+    (5,5,10) 0.79×, (6,6,12) 0.98×: a factor of 0.5 picks the faster route in each (a tie at (6,6,12)).
     """
     if _CPU_ROUTE is not None:
         return _CPU_ROUTE
     fmas = cpu_route_fmas(l1, l2, lo)
-    return "grid" if fmas["grid"] < _GRID_COST_FACTOR * fmas["sparse"] else "sparse"
+    return "grid" if fmas["grid"] < grid_cost_factor() * fmas["sparse"] else "sparse"
 
 
-# Time of one sparse table entry per grid FMA unit: 1 fits every measurement above.
-_GRID_COST_FACTOR = 1.0
+# Time of one sparse table entry per grid FMA unit, by the SIMD level the CPU kernels run at (measured, see
+# cpu_route). The baseline x86-64 and non-x86 builds were not measured: they take the AVX2 value (vectors of
+# a register's width there too).
+_GRID_COST_FACTOR = {"avx512": 1.0, "avx2": 0.5}
+_GRID_COST_FACTOR_UNMEASURED = 0.5
+
+
+@functools.cache
+def grid_cost_factor() -> float:
+    """The cost model's time of one sparse table entry per grid FMA unit on this CPU (see cpu_route)."""
+    return _GRID_COST_FACTOR.get(_backend.build_info().get("simd", ""), _GRID_COST_FACTOR_UNMEASURED)
 
 
 def _raw_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, normalization: str, impl: str) -> torch.Tensor:

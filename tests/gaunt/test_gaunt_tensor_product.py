@@ -485,6 +485,14 @@ def test_cpu_route_choice_follows_the_measured_crossover():
     assert gaunt_ops.cpu_route(8, 1, 8) == "sparse"  # conv-style with a low-degree edge SH: few nonzeros
 
 
+@pytest.mark.parametrize("level,grid_from", [("avx512", 5), ("avx2", 7)])
+def test_cpu_route_crossover_per_simd_level(monkeypatch, level, grid_from):
+    # The measured crossovers (cpu_route's docstring): the grid from L = 5 with AVX-512, from 7 with AVX2.
+    monkeypatch.setattr(gaunt_ops, "grid_cost_factor", lambda: gaunt_ops._GRID_COST_FACTOR[level])
+    for lmax in range(2, 11):
+        assert gaunt_ops.cpu_route(lmax, lmax, lmax) == ("grid" if lmax >= grid_from else "sparse"), lmax
+
+
 def _allocated_bytes(fn) -> int:
     """Bytes allocated on the CPU while fn runs (each op's own allocations; frees not subtracted)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:

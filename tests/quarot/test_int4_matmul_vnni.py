@@ -150,18 +150,21 @@ def test_auto_isa_prefers_zmm_vnni(monkeypatch):
     assert ran == {"avx512"}
 
 
-def test_vnni_peak_helper():
+def test_int8_dot_peak_helper():
     from symkernels import _C
 
     flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
     for isa in ("avx512", "avx2", "auto"):
-        peak = _C.vnni_peak(isa=isa, threads=1, seconds=0.02, repeats=2)
+        peak = _C.int8_dot_peak(isa=isa, threads=1, seconds=0.02, repeats=2)
         assert peak["threads"] == 1
         if peak["isa"].startswith("none"):
             assert peak["ops_per_s"] == 0.0
         else:
-            assert peak["ops_per_s"] > 1e9, peak  # any VNNI core does billions of int8 ops per second
+            assert peak["ops_per_s"] > 1e9, peak  # any AVX2 core does billions of int8 ops per second
     if "avx512_vnni" in flags:
-        assert _C.vnni_peak(isa="avx512", threads=1, seconds=0.02)["isa"] == "avx512_vnni"
-        ymm = _C.vnni_peak(isa="avx2", threads=1, seconds=0.02)["isa"]
+        assert _C.int8_dot_peak(isa="avx512", threads=1, seconds=0.02)["isa"] == "avx512_vnni"
+        ymm = _C.int8_dot_peak(isa="avx2", threads=1, seconds=0.02)["isa"]
         assert ymm == ("avx_vnni" if " avx_vnni" in flags else "avx512vl_vnni")
+    elif " avx2" in flags and " avx_vnni" not in flags:  # AVX2 without VNNI: the vpmaddubsw sequence
+        assert _C.int8_dot_peak(isa="auto", threads=1, seconds=0.02)["isa"] == "avx2"
+        assert _C.int8_dot_peak(isa="avx512", threads=1, seconds=0.02)["isa"].startswith("none")

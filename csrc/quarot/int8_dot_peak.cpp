@@ -1,8 +1,8 @@
-// Measured int8 dot-product peak (see vnni_peak.h). Each thread runs kChains independent accumulator
-// chains of vpdpbusd on register-resident operands: no loads, no stores, nothing but the instruction
-// whose rate is wanted. 16 chains cover latency × issue rate of every VNNI core known (Ice Lake and
-// Sapphire Rapids: latency 5, 1–2 zmm per cycle; Zen 4/5: latency 4–5, 1–2 zmm per cycle).
-#include "quarot/vnni_peak.h"
+// Measured int8 dot-product peak (see int8_dot_peak.h). Each thread runs kChains independent accumulator
+// chains of vpdpbusd (or its AVX2 sequence) on register-resident operands: no loads, no stores, nothing but
+// the instructions whose rate is wanted. 16 chains cover latency × issue rate of every core known (Ice Lake
+// and Sapphire Rapids: latency 5, 1–2 zmm per cycle; Zen 4/5: latency 4–5, 1–2 zmm per cycle).
+#include "quarot/int8_dot_peak.h"
 
 #include <algorithm>
 #include <atomic>
@@ -64,29 +64,38 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) int64_t chains_
   }
 SK_CHAINS_YMM(chains_ymm_vex, "avx2,avxvnni", _mm256_dpbusd_avx_epi32)
 SK_CHAINS_YMM(chains_ymm_evex, "avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32)
+// Without VNNI: 64 multiply-adds per step, as int4_matmul's AVX2 kernel does them (see int8_dot_peak.h).
+inline __attribute__((target("avx2"), always_inline)) __m256i dpbusd_pair_avx2(__m256i acc, __m256i u, __m256i s) {
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(s, u));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+SK_CHAINS_YMM(chains_ymm_avx2, "avx2", dpbusd_pair_avx2)
 #undef SK_CHAINS_YMM
 #endif
 
 }  // namespace
 
-VnniPeak measure_vnni_peak(const std::string& isa, int threads, double seconds, int repeats) {
-  VnniPeak result;
+Int8DotPeak measure_int8_dot_peak(const std::string& isa, int threads, double seconds, int repeats) {
+  Int8DotPeak result;
   result.threads = std::max(1, threads);
 #if SK_VNNI_PEAK_X86
   __builtin_cpu_init();
   const bool zmm = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
   const bool evex_ymm = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
   const bool vex_ymm = __builtin_cpu_supports("avxvnni");
+  const bool avx2 = __builtin_cpu_supports("avx2");
   int64_t (*body)(int64_t, int) = nullptr;
-  int lanes = 0;
+  int macs_per_step = 0;  // multiply-adds of one chain step
   if ((isa == "auto" || isa == "avx512") && zmm) {
-    body = chains_zmm, lanes = 16, result.isa = "avx512_vnni";
+    body = chains_zmm, macs_per_step = 64, result.isa = "avx512_vnni";
   } else if ((isa == "auto" || isa == "avx2") && vex_ymm) {
-    body = chains_ymm_vex, lanes = 8, result.isa = "avx_vnni";
+    body = chains_ymm_vex, macs_per_step = 32, result.isa = "avx_vnni";
   } else if ((isa == "auto" || isa == "avx2") && evex_ymm) {
-    body = chains_ymm_evex, lanes = 8, result.isa = "avx512vl_vnni";
+    body = chains_ymm_evex, macs_per_step = 32, result.isa = "avx512vl_vnni";
+  } else if ((isa == "auto" || isa == "avx2") && avx2) {
+    body = chains_ymm_avx2, macs_per_step = 64, result.isa = "avx2";
   } else {
-    result.isa = "none: this CPU has no " + (isa == "auto" ? std::string("VNNI") : isa + " VNNI");
+    result.isa = "none: this CPU has no " + (isa == "auto" ? std::string("AVX2") : isa + " int8 dot product");
     return result;
   }
   // Calls per thread for about seconds/repeats each: calibrated on one call (≥ 1).
@@ -94,7 +103,7 @@ VnniPeak measure_vnni_peak(const std::string& isa, int threads, double seconds, 
   volatile int64_t sink = body(kItersPerCall, 1);
   const double one = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t calls = std::max<int64_t>(1, static_cast<int64_t>(seconds / std::max(1, repeats) / std::max(one, 1e-6)));
-  const double ops_per_thread = 2.0 * 4.0 * lanes * kChains * static_cast<double>(kItersPerCall) * calls;
+  const double ops_per_thread = 2.0 * macs_per_step * kChains * static_cast<double>(kItersPerCall) * calls;
   for (int r = 0; r < std::max(1, repeats); ++r) {
     // Plain threads, started together: the count asked for, whatever the ATen pool holds.
     std::atomic<int> ready{0};
