@@ -50,6 +50,12 @@ def test_roofline_share_is_the_binding_limit_over_the_time():
                                  compute="int8")
     share, limit = ceilings.roofline(compute_bound, 8.0)
     assert limit == "int8 GEMM" and abs(share - 0.5) < 1e-12
+    # Several ceilings for the same operations: the fastest binds (a slow library GEMM is no limit).
+    ceilings._compute["int8dot"] = 4e12
+    with_peak = harness.Case(op="c", shape="", dtype="", impls={}, ours="x", flops=4 * 10 ** 12, compute="int8",
+                             also_vs=("int8dot", "int8"))
+    share, limit = ceilings.roofline(with_peak, 8.0)
+    assert limit == "int8dot peak" and abs(share - 0.125) < 1e-12
     assert ceilings.roofline(harness.Case(op="n", shape="", dtype="", impls={}, ours="x"), 1.0) is None
     with pytest.raises(ValueError, match="Case.compute"):
         ceilings.compute("int3")

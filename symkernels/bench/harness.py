@@ -274,14 +274,18 @@ class Ceilings:
 
     def roofline(self, case: Case, seconds: float) -> tuple[float, str] | None:
         """(share of the limit, the limit that binds) for one call of ``case`` taking ``seconds``; None
-        when the case states no work."""
+        when the case states no work. The compute limit is the fastest of the case's ceilings (``compute``
+        and ``also_vs`` all rate the same operations): where a library GEMM is far below the instruction
+        peak (torch._int_mm on a CPU without VNNI runs at ~2 GOP/s), the peak is what the work could reach."""
         bounds = []
         if case.bytes_moved:
             bounds.append((case.bytes_moved / self.bandwidth(case.bytes_moved), "copy BW"))
         if case.flops:
-            rate = self.compute(case.compute)
-            if not isinstance(rate, str):
-                bounds.append((case.flops / rate, f"{case.compute} GEMM"))
+            rates = [(rate, kind) for kind in dict.fromkeys((case.compute, *case.also_vs))
+                     if not isinstance(rate := self.compute(kind), str)]
+            if rates:
+                rate, kind = max(rates)
+                bounds.append((case.flops / rate, f"{kind} GEMM" if kind in COMPUTE_CEILINGS else f"{kind} peak"))
         if not bounds:
             return None
         least_time, limit = max(bounds)
