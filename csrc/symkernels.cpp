@@ -40,7 +40,7 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_arches_compiled"] = "";
 #endif
     info["simd"] = symkernels::simd::runtime_simd_level();
-#if defined(__x86_64__) && !defined(SYMKERNELS_NO_SIMD_CLONES)
+#if SYMKERNELS_X86_ENTRY_POINTS
     info["simd_compiled"] = py::make_tuple("avx512", "avx2", "sse2");
 #else
     info["simd_compiled"] = py::make_tuple("scalar");

@@ -1,10 +1,11 @@
-// CPU SIMD without per-ISA copies of each kernel.
+// CPU SIMD: each kernel written once, compiled per ISA.
 //
-// Kernels are written once over 64-byte GCC vector types (16 floats / 8 doubles). A hot entry point
-// marked SYMKERNELS_SIMD_CLONES is compiled three times — AVX-512, AVX2 and baseline x86-64 — and the
-// loader picks the best clone for the running CPU (GCC/Clang target_clones + ifunc). In the AVX2 clone a
-// 64-byte vector is two ymm registers, in the baseline one four xmm registers: the same code, narrower.
-// Helpers called from a clone must be inline so that they are compiled with the clone's target.
+// Kernels are written over GCC vector types (64-byte Vec: 16 floats / 8 doubles, or register-width ones). An
+// entry point defined with SYMKERNELS_ISA_ENTRY_POINTS is compiled three times, for AVX-512, AVX2 and baseline
+// x86-64, and calls the one the running CPU supports (chosen at its first call). In the AVX2 code a 64-byte
+// vector is two ymm registers, in the baseline four xmm: the same source, narrower. A kernel that needs the
+// width itself (gaunt's in-register transposes) reads kRegisterBytes. Helpers called from an entry point must
+// be inline, so that they are compiled with its target.
 #pragma once
 
 #include <cstdlib>
@@ -12,10 +13,8 @@
 #include <string>
 #include <type_traits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SYMKERNELS_NO_SIMD_CLONES)
-#define SYMKERNELS_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SYMKERNELS_SIMD_CLONES
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SYMKERNELS_X86_ENTRY_POINTS 1
 #endif
 
 #define SYMKERNELS_INLINE inline __attribute__((always_inline))
@@ -117,7 +116,7 @@ SYMKERNELS_INLINE U16x16 fp32_to_bf16(Vec<float>::type f) {
 // The same fp16 conversions with the AVX-512F instructions (vcvtph2ps, vcvtps2ph round-to-nearest-even):
 // identical results except that a NaN keeps its payload (quieted) instead of becoming 0x7E00, as in
 // PyTorch's own vectorized casts. Inline assembly, so that they compile inside any function: call them
-// only from code that runs on AVX-512F CPUs (a target("avx512f") function picked at run time).
+// only from code that runs on AVX-512F CPUs (the AVX-512 entry point).
 SYMKERNELS_INLINE Vec<float>::type fp16_to_fp32_avx512(U16x16 h) {
   Vec<float>::type f;
   asm("vcvtph2ps %1, %0" : "=v"(f) : "v"(h));
@@ -130,17 +129,20 @@ SYMKERNELS_INLINE U16x16 fp32_to_fp16_avx512(Vec<float>::type f) {
 }
 // ---- end of the fp16 / bf16 block ---------------------------------------------------------------------
 
-// ---- explicit per-ISA entry points ---------------------------------------------------------------------
-// For kernels that need the register width as a compile-time constant (gaunt's in-register transposes):
-// a target_clones body is one source compiled per ISA, so it cannot see which clone it is and must carry
-// every width, of which each clone reaches one. SYMKERNELS_ISA_ENTRY_POINTS(name, (params), (args), Kernel)
-// defines name_avx512, name_avx2 and name_baseline, each calling Kernel::run<register bytes>(args) under
-// its own target, and name(params), which calls the one this CPU runs (chosen once). These targets also
-// enable FMA, which target_clones("avx512f"/"avx2") leave off (GCC implies it from neither); every
-// AVX-512F CPU has it, and the AVX2 one is only picked where the CPU reports FMA too.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SYMKERNELS_NO_SIMD_CLONES)
-// SYMKERNELS_MAX_SIMD=avx2 or =sse2 caps the choice (any other value: no cap; read once per entry point, at
-// its first call), so that one machine can test the narrower entry points too.
+// ---- per-ISA entry points ------------------------------------------------------------------------------
+// SYMKERNELS_ISA_ENTRY_POINTS(name, (params), (args), body) defines name_avx512, name_avx2 and name_baseline,
+// each running `body` (with constexpr int kRegisterBytes = 64, 32, 16) under its own target, and name(params),
+// which calls the one this CPU runs. One function per ISA rather than target_clones: a clone cannot see which
+// ISA it is compiled for, so a width-specific kernel had to carry every width in every clone (the gaunt file
+// took minutes to compile), and GCC's target_clones("avx512f", "avx2") enable no FMA.
+//
+// These targets include FMA (every AVX-512F CPU has it; the AVX2 entry point is picked only where the CPU
+// reports FMA too), and GCC contracts a * b + c into one rounding. A kernel whose results must be bit-identical
+// to a reference computed without FMA (seeded tangents, sampling decisions) uses
+// SYMKERNELS_ISA_ENTRY_POINTS_NO_FMA.
+#if SYMKERNELS_X86_ENTRY_POINTS
+// SYMKERNELS_MAX_SIMD=avx2 or =sse2 caps the choice (any other value: no cap; read by each entry point at its
+// first call), so that one machine can test the narrower entry points too.
 inline int entry_point_register_bytes() {
   const char* cap_env = std::getenv("SYMKERNELS_MAX_SIMD");
   const std::string cap = cap_env ? cap_env : "";
@@ -151,32 +153,52 @@ inline int entry_point_register_bytes() {
   if (max_bytes >= 32 && __builtin_cpu_supports("avx2") && fma) return 32;
   return 16;  // SSE2, part of x86-64
 }
-#define SYMKERNELS_ISA_ENTRY_POINTS(name, params, args, ...)                                               \
-  __attribute__((target("avx512f,fma"))) void name##_avx512 params { __VA_ARGS__::template run<64> args; } \
-  __attribute__((target("avx2,fma"))) void name##_avx2 params { __VA_ARGS__::template run<32> args; }      \
-  void name##_baseline params { __VA_ARGS__::template run<16> args; }                                      \
-  void name params {                                                                                       \
-    static const auto entry = ::symkernels::simd::entry_point_register_bytes() == 64 ? name##_avx512       \
-                            : ::symkernels::simd::entry_point_register_bytes() == 32 ? name##_avx2         \
-                                                                                      : name##_baseline;    \
-    entry args;                                                                                            \
+// The dispatcher assigns to a typed pointer, which also picks among overloads (one entry point per dtype).
+#define SYMKERNELS_ENTRY_POINTS_FOR_TARGETS(avx512_target, avx2_target, name, params, args, ...)    \
+  __attribute__((target(avx512_target))) void name##_avx512 params {                               \
+    [[maybe_unused]] constexpr int kRegisterBytes = 64;                                            \
+    __VA_ARGS__;                                                                                   \
+  }                                                                                                \
+  __attribute__((target(avx2_target))) void name##_avx2 params {                                   \
+    [[maybe_unused]] constexpr int kRegisterBytes = 32;                                            \
+    __VA_ARGS__;                                                                                   \
+  }                                                                                                \
+  void name##_baseline params {                                                                    \
+    [[maybe_unused]] constexpr int kRegisterBytes = 16;                                            \
+    __VA_ARGS__;                                                                                   \
+  }                                                                                                \
+  void name params {                                                                               \
+    static void (*const entry) params = [] {                                                       \
+      void (*chosen) params = name##_baseline;                                                     \
+      const int bytes = ::symkernels::simd::entry_point_register_bytes();                          \
+      if (bytes == 64) chosen = name##_avx512;                                                     \
+      if (bytes == 32) chosen = name##_avx2;                                                       \
+      return chosen;                                                                               \
+    }();                                                                                           \
+    entry args;                                                                                    \
   }
+#define SYMKERNELS_ISA_ENTRY_POINTS(...) \
+  SYMKERNELS_ENTRY_POINTS_FOR_TARGETS("avx512f,fma", "avx2,fma", __VA_ARGS__)
+#define SYMKERNELS_ISA_ENTRY_POINTS_NO_FMA(...) SYMKERNELS_ENTRY_POINTS_FOR_TARGETS("avx512f", "avx2", __VA_ARGS__)
 #else
-// Elsewhere one portable entry point, without register-width blocks (0 bytes: the kernel's scalar path).
+// Elsewhere one portable entry point (kRegisterBytes 0: no register-width blocks).
+inline int entry_point_register_bytes() { return 0; }
 #define SYMKERNELS_ISA_ENTRY_POINTS(name, params, args, ...) \
-  void name params { __VA_ARGS__::template run<0> args; }
+  void name params {                                           \
+    [[maybe_unused]] constexpr int kRegisterBytes = 0;         \
+    __VA_ARGS__;                                               \
+  }
+#define SYMKERNELS_ISA_ENTRY_POINTS_NO_FMA SYMKERNELS_ISA_ENTRY_POINTS
 #endif
 
-// The ISA the loader's ifunc resolver picks for SYMKERNELS_SIMD_CLONES on this CPU (same order).
+// The ISA of the entry points this CPU runs (see above), for reports and for tuning choices made outside them.
 inline const char* runtime_simd_level() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SYMKERNELS_NO_SIMD_CLONES)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return "avx512";
-  if (__builtin_cpu_supports("avx2")) return "avx2";
-  return "sse2";
-#else
-  return "scalar";
-#endif
+  switch (entry_point_register_bytes()) {
+    case 64: return "avx512";
+    case 32: return "avx2";
+    case 16: return "sse2";
+    default: return "scalar";
+  }
 }
 
 }  // namespace symkernels::simd

@@ -57,7 +57,7 @@ constexpr int kFourierBlock = 3;
 // transposes work in the entry point's own register width (see the entry points): N = 64 / sizeof(T) with
 // AVX-512 (one zmm), half that with AVX2 (ymm), a quarter in the baseline (xmm). The 64-byte Vec there is two or four
 // registers, and a two-source permute across all of it has no instruction: GCC lowered those to stack
-// shuffling, measured 1.1-2x slower than element-by-element transposes at L = 1..3 (fp32, AVX2 clone).
+// shuffling, measured 1.1-2x slower than element-by-element transposes at L = 1..3 (fp32, AVX2 entry point).
 template <typename T, int N>
 struct Reg {
   typedef T type __attribute__((vector_size(N * sizeof(T))));
@@ -565,30 +565,26 @@ struct GridRoute {
   }
 };
 
-// Entry points compiled once per ISA (simd::IsaEntryPoints). The register width is a template argument of the
-// inline helpers, so each entry point gets its own copy of every kernel body at exactly one width (with
-// target_clones every clone compiled every width, only one of them reachable: the file took minutes).
+// Entry points compiled once per ISA (see common/simd.h). The register width is a template argument of the
+// inline helpers, so each entry point gets its own copy of every kernel body at exactly one width.
 //
 // Below AVX-512 both routes compute in 32-byte vectors, 2R of them (the same rows per tile): GCC 12 compiled
 // 64-byte vectors there, two ymm each, through the stack (every coefficient broadcast as 16 scalar stores,
 // half vectors stored and reloaded): 32-byte vectors measured 2.8x faster at L = 2, 6x at 3, 7.6x at 4 (sparse
 // route, fp32, 1 thread, 16384 rows, Zen 3 without AVX-512).
-template <typename T, typename Route, int R>
-struct RowsAtWidth {
-  template <int RegisterBytes>
-  static SYMKERNELS_INLINE void run(const Inputs<T>& in, const typename Route::Table& tab, int64_t b, int64_t e) {
-    constexpr int W = Vec<T>::width;
-    constexpr int N = std::max<int>(1, RegisterBytes / int(sizeof(T)));  // lanes of one register
-    if constexpr (N < W) {
-      route_rows<T, 2 * R, W / 2, std::min(N, W / 2), Route>(in, tab, b, e);
-    } else {
-      route_rows<T, R, W, N, Route>(in, tab, b, e);
-    }
+template <typename T, typename Route, int R, int RegisterBytes>
+SYMKERNELS_INLINE void rows_at_width(const Inputs<T>& in, const typename Route::Table& tab, int64_t b, int64_t e) {
+  constexpr int W = Vec<T>::width;
+  constexpr int N = std::max<int>(1, RegisterBytes / int(sizeof(T)));  // lanes of one register
+  if constexpr (N < W) {
+    route_rows<T, 2 * R, W / 2, std::min(N, W / 2), Route>(in, tab, b, e);
+  } else {
+    route_rows<T, R, W, N, Route>(in, tab, b, e);
   }
-};
+}
 #define SYMKERNELS_GAUNT_ROWS(T, Route, R, name)                                                                \
   SYMKERNELS_ISA_ENTRY_POINTS(name, (const Inputs<T>& in, const Route<T>::Table& tab, int64_t b, int64_t e), \
-                              (in, tab, b, e), RowsAtWidth<T, Route<T>, R>)
+                              (in, tab, b, e), rows_at_width<T, Route<T>, R, kRegisterBytes>(in, tab, b, e))
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 1, sparse_rows_f32_r1)
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 2, sparse_rows_f32_r2)
 SYMKERNELS_GAUNT_ROWS(float, SparseRouteT, 4, sparse_rows_f32_r4)

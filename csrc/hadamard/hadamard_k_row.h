@@ -2,7 +2,7 @@
 //
 // Shared by the hadamard_transform_k op and the fused rotate+quantize op (csrc/quarot/), so that both
 // produce bit-identical rotated rows. Everything here is inline: it must be compiled inside the
-// caller's SYMKERNELS_SIMD_CLONES entry point to get that clone's vector ISA. A KroneckerPlan, built on
+// caller's SYMKERNELS_ISA_ENTRY_POINTS to get that entry point's vector ISA. A KroneckerPlan, built on
 // the host (and cached per matrix), carries H_K and (when H_K is ±1) the sign-class lists of the K×K mix.
 //
 // Order of work per row (the data is touched once in memory, everything else is in L1/L2):
@@ -23,7 +23,7 @@
 //     branches; triples are picked so that the classes are balanced (little padding).
 //     Measured on Sapphire Rapids, the indexed adds run at about half the FMA rate (one index byte,
 //     a shift and a dependent load per NV adds), so the 3× fewer operations give ~1.4× on the mix at
-//     K ≥ 108 and nothing at K ≤ 52, hence the threshold (AVX-512 clone only, see below).
+//     K ≥ 108 and nothing at K ≤ 52, hence the threshold (AVX-512 entry point only, see below).
 //   * general FMA (any K×K matrix; ±1 ones below the threshold or with P < 2 vector widths): 16-column
 //     vector slabs × 8 output segments per pass, each loaded slab feeds 8 FMAs.
 #pragma once
@@ -44,10 +44,11 @@
 
 namespace symkernels::hadamard {
 
-// Orders from which the sign-class mix beats the FMA mix in the AVX-512 clone (measured on Sapphire
+// Orders from which the sign-class mix beats the FMA mix in the AVX-512 entry point (measured on Sapphire
 // Rapids: about equal at K = 40..52, 1.1-1.3× at K = 60, 1.25-1.45× at K = 108..172; below, the padding
-// and butterfly overhead eat the saving of K/3 + 6 adds over K multiply-adds). In the AVX2 and baseline
-// clones a 64-byte vector is 2 or 4 registers and the FMA mix's 16 accumulators spill: there the
+// and butterfly overhead eat the saving of K/3 + 6 adds over K multiply-adds; measured when the AVX-512 code
+// had no FMA, which it has since: to re-measure). In the AVX2 and baseline
+// entry points a 64-byte vector is 2 or 4 registers and the FMA mix's 16 accumulators spill: there the
 // sign-class mix was 6-19× faster at every K (12..172, measured with an -mavx2 build), so it is taken
 // whenever it applies.
 constexpr int64_t kSignClassMinOrderAvx512 = 56;
@@ -61,7 +62,7 @@ constexpr int64_t kPanelBytes = 45 * 1024;
 // Segment indices in the class lists: one byte below K = 256 (the lists share L1 with the panel, and
 // that is the size the route was measured with), two bytes up to K = 65535 (index K is the zero
 // segment). Orders past 255 (up to 1020 in symkernels.hadamard.hadamard_k, e.g. Qwen2-72B's 924) would
-// otherwise fall to the FMA mix, whose 16 accumulators spill in the AVX2 and baseline clones.
+// otherwise fall to the FMA mix, whose 16 accumulators spill in the AVX2 and baseline entry points.
 constexpr int64_t kNarrowIndexMaxOrder = 255;
 constexpr int64_t kWideIndexMaxOrder = 65535;
 
@@ -214,7 +215,7 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
 }
 
 // Host-side description of one transform: H_K, P, and the sign-class lists when H_K is ±1. Built once
-// per call (O(K²)), outside the SIMD clones; the row code below only reads it.
+// per call (O(K²)), outside the per-ISA entry points; the row code below only reads it.
 template <typename A>
 struct KroneckerPlan {
   static constexpr int kGroupRows = 3;                // outputs per pass over the K segments

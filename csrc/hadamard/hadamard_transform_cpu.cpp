@@ -47,7 +47,7 @@ using simd::Vec;
 constexpr int kRowVectors = 16;
 
 // log2 of the vectors per register block of the passes over longer rows, i.e. of the strides one pass
-// does: as many 64-byte vectors as the clone that runs has registers for. Measured on Zen 3 (AVX2 clone,
+// does: as many 64-byte vectors as the entry point that runs has registers for. Measured on Zen 3 (AVX2 entry point,
 // 1 thread, out=, 64 MiB fp32): blocks of 16 vectors (32 ymm, half of them spilled: a 4-stride pass
 // cost 0.23 ns/value in L1 against 0.11 for 3 strides) took 12.5 / 11.7 / 14.5 ms at n = 4096 / 16384 /
 // 32768, blocks of 8 took 8.9 / 11.4 / 11.9 ms. SSE2 (16 xmm, four per vector): blocks of 4 were the
@@ -279,43 +279,28 @@ SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A
   }
 }
 
-// Entry points compiled once per ISA (see common/simd.h), one overload per dtype.
-SYMKERNELS_SIMD_CLONES void transform_rows(const float* in, float* out, int64_t rows, int log2n, double scale,
-                                           float* work) {
-  rows_impl(in, out, rows, log2n, static_cast<float>(scale), work);
-}
-SYMKERNELS_SIMD_CLONES void transform_rows(const double* in, double* out, int64_t rows, int log2n, double scale,
-                                           double* work) {
-  rows_impl(in, out, rows, log2n, scale, work);
-}
-SYMKERNELS_SIMD_CLONES void transform_rows(const c10::Half* in, c10::Half* out, int64_t rows, int log2n,
-                                           double scale, float* work) {
-  rows_impl(in, out, rows, log2n, static_cast<float>(scale), work);
-}
-// fp16 on AVX-512 CPUs: hardware conversions (~3× faster than the portable bit manipulation).
-__attribute__((target("avx512f"))) void transform_rows_fp16_avx512(const c10::Half* in, c10::Half* out,
-                                                                   int64_t rows, int log2n, double scale,
-                                                                   float* work) {
-  rows_impl(reinterpret_cast<const HalfAvx512*>(in), reinterpret_cast<HalfAvx512*>(out), rows, log2n,
-            static_cast<float>(scale), work);
-}
-SYMKERNELS_SIMD_CLONES void transform_rows(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows, int log2n,
-                                           double scale, float* work) {
-  rows_impl(in, out, rows, log2n, static_cast<float>(scale), work);
-}
-
-template <typename T, typename A>
-void run_rows(const T* in, T* out, int64_t rows, int log2n, double scale, A* work) {
-  transform_rows(in, out, rows, log2n, scale, work);
-}
-void run_rows(const c10::Half* in, c10::Half* out, int64_t rows, int log2n, double scale, float* work) {
-  static const bool avx512 = std::strcmp(simd::runtime_simd_level(), "avx512") == 0;
-  if (avx512) {
-    transform_rows_fp16_avx512(in, out, rows, log2n, scale, work);
+// fp16 in the AVX-512 entry point: hardware conversions (~3× faster than the portable bit manipulation).
+template <int RegisterBytes, typename T, typename A>
+SYMKERNELS_INLINE void rows_at_width(const T* in, T* out, int64_t rows, int log2n, double scale, A* work) {
+  if constexpr (std::is_same_v<T, c10::Half> && RegisterBytes == 64) {
+    rows_impl(reinterpret_cast<const HalfAvx512*>(in), reinterpret_cast<HalfAvx512*>(out), rows, log2n,
+              static_cast<A>(scale), work);
   } else {
-    transform_rows(in, out, rows, log2n, scale, work);
+    rows_impl(in, out, rows, log2n, static_cast<A>(scale), work);
   }
 }
+
+// Entry points compiled once per ISA (see common/simd.h), one overload per dtype.
+#define SYMKERNELS_TRANSFORM_ROWS(T, A)                                                                      \
+  SYMKERNELS_ISA_ENTRY_POINTS(transform_rows,                                                               \
+                              (const T* in, T* out, int64_t rows, int log2n, double scale, A* work),        \
+                              (in, out, rows, log2n, scale, work),                                          \
+                              rows_at_width<kRegisterBytes>(in, out, rows, log2n, scale, work))
+SYMKERNELS_TRANSFORM_ROWS(float, float)
+SYMKERNELS_TRANSFORM_ROWS(double, double)
+SYMKERNELS_TRANSFORM_ROWS(c10::Half, float)
+SYMKERNELS_TRANSFORM_ROWS(c10::BFloat16, float)
+#undef SYMKERNELS_TRANSFORM_ROWS
 
 // Writes the transform of x into out (contiguous, x's shape and dtype, checked by the callers).
 void transform_into(const at::Tensor& x, double scale, int64_t n, at::Tensor& out) {
@@ -338,7 +323,7 @@ void transform_into(const at::Tensor& x, double scale, int64_t n, at::Tensor& ou
       std::vector<A> scratch(in_place ? 0 : n + align);
       A* work = scratch.data();
       while (work != nullptr && reinterpret_cast<uintptr_t>(work) % 64 != 0) ++work;
-      run_rows(src + begin * n, dst + begin * n, end - begin, log2n, scale, work);
+      transform_rows(src + begin * n, dst + begin * n, end - begin, log2n, scale, work);
     });
   });
 }

@@ -39,7 +39,7 @@ SYMKERNELS_INLINE void narrow_row(const float* row, T* out, int64_t n) {
   for (; i < n; ++i) out[i] = static_cast<T>(row[i]);
 }
 
-// One clone per ISA for each (accumulation, storage) type pair; A = double only for fp64 inputs.
+// One entry point per ISA for each (accumulation, storage) type pair; A = double only for fp64 inputs.
 template <typename A, typename T>
 SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, const KroneckerPlan<A>& plan, A scale) {
   const int64_t n = plan.k_order * plan.p;
@@ -57,22 +57,14 @@ SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, const Kronec
   }
 }
 
-SYMKERNELS_SIMD_CLONES void rows_f32(const float* in, float* out, int64_t rows, const KroneckerPlan<float>& plan,
-                                     float scale) {
-  rows_impl(in, out, rows, plan, scale);
-}
-SYMKERNELS_SIMD_CLONES void rows_f64(const double* in, double* out, int64_t rows, const KroneckerPlan<double>& plan,
-                                     double scale) {
-  rows_impl(in, out, rows, plan, scale);
-}
-SYMKERNELS_SIMD_CLONES void rows_f16(const c10::Half* in, c10::Half* out, int64_t rows,
-                                     const KroneckerPlan<float>& plan, float scale) {
-  rows_impl(in, out, rows, plan, scale);
-}
-SYMKERNELS_SIMD_CLONES void rows_bf16(const c10::BFloat16* in, c10::BFloat16* out, int64_t rows,
-                                      const KroneckerPlan<float>& plan, float scale) {
-  rows_impl(in, out, rows, plan, scale);
-}
+#define SYMKERNELS_K_ROWS(T, A, name)                                                                          \
+  SYMKERNELS_ISA_ENTRY_POINTS(name, (const T* in, T* out, int64_t rows, const KroneckerPlan<A>& plan, A scale), \
+                              (in, out, rows, plan, scale), rows_impl(in, out, rows, plan, scale))
+SYMKERNELS_K_ROWS(float, float, rows_f32)
+SYMKERNELS_K_ROWS(double, double, rows_f64)
+SYMKERNELS_K_ROWS(c10::Half, float, rows_f16)
+SYMKERNELS_K_ROWS(c10::BFloat16, float, rows_bf16)
+#undef SYMKERNELS_K_ROWS
 
 template <typename T, typename A, typename Fn>
 void run(const at::Tensor& input, at::Tensor& out, const at::Tensor& hk, int64_t k, int64_t p, double scale, Fn fn) {

@@ -249,17 +249,16 @@ SYMKERNELS_INLINE void eval_rows(const Problem& p, const T* u, const T* wt, cons
   }
 }
 
-SYMKERNELS_SIMD_CLONES void eval_rows_f32(const Problem& p, const float* u, const float* wt, const float* b_hh,
-                                          const float* prev, const float* old, float* out, double* resid,
-                                          uint8_t* changed, int64_t rb, int64_t re, float* gh) {
-  eval_rows(p, u, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
-}
-
-SYMKERNELS_SIMD_CLONES void eval_rows_f64(const Problem& p, const double* u, const double* wt, const double* b_hh,
-                                          const double* prev, const double* old, double* out, double* resid,
-                                          uint8_t* changed, int64_t rb, int64_t re, double* gh) {
-  eval_rows(p, u, wt, b_hh, prev, old, out, resid, changed, rb, re, gh);
-}
+#define SYMKERNELS_EVAL_ROWS(T, name)                                                                           \
+  SYMKERNELS_ISA_ENTRY_POINTS(name,                                                                            \
+                              (const Problem& p, const T* u, const T* wt, const T* b_hh, const T* prev,         \
+                               const T* old, T* out, double* resid, uint8_t* changed, int64_t rb, int64_t re,  \
+                               T* gh),                                                                         \
+                              (p, u, wt, b_hh, prev, old, out, resid, changed, rb, re, gh),                     \
+                              eval_rows(p, u, wt, b_hh, prev, old, out, resid, changed, rb, re, gh))
+SYMKERNELS_EVAL_ROWS(float, eval_rows_f32)
+SYMKERNELS_EVAL_ROWS(double, eval_rows_f64)
+#undef SYMKERNELS_EVAL_ROWS
 
 template <typename T>
 void eval_range(const Problem& p, const T* u, const T* wt, const T* b_hh, const T* prev, const T* old, T* out,

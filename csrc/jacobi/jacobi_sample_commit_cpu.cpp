@@ -14,7 +14,7 @@
 // (symkernels.jacobi.reference.sample_rows). A comparison is exact; the Gaussian's exp is computed by ATen over
 // the *whole* output, the same shape in every call, as the reference does: each element always takes the same
 // code path of the elementwise kernel (vectorized body or scalar tail). The rest is elementwise arithmetic,
-// identical for every element. This file is compiled for baseline x86-64 (no target_clones), which has no FMA:
+// identical for every element. This file is compiled for baseline x86-64 (no per-ISA entry points), which has no FMA:
 // `mean + scale * u` rounds the product and the sum separately, as the reference's two torch ops do.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>

@@ -111,7 +111,9 @@ SYMKERNELS_INLINE void gaussian8(float* out, uint32_t first, int count, uint32_t
 
 // The distribution branch sits outside the loops: the Rademacher loop is pure 32-bit integer math and
 // vectorizes (one lane per element); the Gaussian one works on 8-lane vectors (gaussian8).
-SYMKERNELS_SIMD_CLONES void generate_tile(float* __restrict__ out, int64_t first_index, int64_t count,
+// Without FMA: the Gaussian tangents must be bit-identical to reference.seeded_tangent (test_jvp_seeded), whose
+// products and sums are each rounded.
+SYMKERNELS_INLINE void generate_tile_impl(float* __restrict__ out, int64_t first_index, int64_t count,
                                           uint32_t key0, uint32_t key1, int dist) {
   const uint32_t first = uint32_t(first_index);
   if (Distribution(dist) == Distribution::kRademacher) {
@@ -122,6 +124,11 @@ SYMKERNELS_SIMD_CLONES void generate_tile(float* __restrict__ out, int64_t first
     }
   }
 }
+SYMKERNELS_ISA_ENTRY_POINTS_NO_FMA(generate_tile,
+                                   (float* __restrict__ out, int64_t first_index, int64_t count, uint32_t key0,
+                                    uint32_t key1, int dist),
+                                   (out, first_index, count, key0, key1, dist),
+                                   generate_tile_impl(out, first_index, count, key0, key1, dist))
 
 // y_t[t] = x @ W_t(t)^T (accumulate: y_t[t] += ...) for the seeded W_t [T, N, K]. The tangent
 // is generated tile by tile and each tile's GEMM writes its column block of y_t[t] in place (a [M, nr] view

@@ -9,8 +9,8 @@
 //   softmax:    ṡ = s (ẋ − ⟨s, ẋ⟩)
 // (fwdgrad.md §4; reference.row_dual is the spec). fp16/bf16 rows are widened to fp32 once and rounded
 // once on store; fp64 accumulates in fp64. Rows are split across threads (at::parallel_for: OpenMP).
-// The reductions run on 64-byte vectors (common/simd.h) in the AVX-512 / AVX2 / baseline clone that the
-// loader picks; without -ffast-math the compiler would not reorder a scalar sum into lanes itself.
+// The reductions run on 64-byte vectors (common/simd.h) in the AVX-512 / AVX2 / baseline entry point this
+// CPU runs; without -ffast-math the compiler would not reorder a scalar sum into lanes itself.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -237,11 +237,10 @@ SYMKERNELS_INLINE void row_dual_dispatch(const RowPointers<In>& p, int64_t r0, i
   }
 }
 
-// One SIMD-cloned entry point per element type (target_clones needs plain functions, not templates).
-#define SYMKERNELS_ROW_DUAL_ENTRY(In)                                                                       \
-  SYMKERNELS_SIMD_CLONES void row_dual_entry(const RowPointers<In>& p, int64_t r0, int64_t r1) {        \
-    row_dual_dispatch(p, r0, r1);                                                                         \
-  }
+// One set of per-ISA entry points per element type (overloads of row_dual_entry).
+#define SYMKERNELS_ROW_DUAL_ENTRY(In)                                                                 \
+  SYMKERNELS_ISA_ENTRY_POINTS(row_dual_entry, (const RowPointers<In>& p, int64_t r0, int64_t r1), (p, r0, r1), \
+                              row_dual_dispatch(p, r0, r1))
 SYMKERNELS_ROW_DUAL_ENTRY(float)
 SYMKERNELS_ROW_DUAL_ENTRY(double)
 SYMKERNELS_ROW_DUAL_ENTRY(c10::Half)

@@ -83,10 +83,11 @@ SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* s
 }
 
 #define QUANTIZE_CLONE(NAME, T)                                                                              \
-  SYMKERNELS_SIMD_CLONES void NAME(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,     \
-                                   float clip, const RotationPlan* plan, float rot_scale) {                  \
-    quantize_rows_impl(in, packed, scales, rows, n, clip, plan, rot_scale);                                  \
-  }
+  SYMKERNELS_ISA_ENTRY_POINTS(NAME,                                                                          \
+                              (const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n, float clip, \
+                               const RotationPlan* plan, float rot_scale),                                   \
+                              (in, packed, scales, rows, n, clip, plan, rot_scale),                          \
+                              quantize_rows_impl(in, packed, scales, rows, n, clip, plan, rot_scale))
 QUANTIZE_CLONE(quantize_rows_f32, float)
 QUANTIZE_CLONE(quantize_rows_f64, double)
 QUANTIZE_CLONE(quantize_rows_f16, c10::Half)
