@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/simd.h"
@@ -66,7 +67,6 @@ struct Reg {
   static constexpr int kLaneBlock = std::min<int>(N, 16 / sizeof(T));  // lanes per 128-bit lane
   static constexpr int kStages = N == 16 ? 4 : N == 8 ? 3 : N == 4 ? 2 : N == 2 ? 1 : 0;
 };
-constexpr int kMaxStages = 4;
 
 constexpr int reverse_bits(int v, int bits) {
   int r = 0;
@@ -83,69 +83,50 @@ constexpr int transposed_reg(int c) {
   return reverse_bits(c % E, e) | reverse_bits(c / E, Reg<T, N>::kStages - e) * E;
 }
 
-// In-register transpose of an N x N block: lane c of x[j] ends up as lane j of x[transposed_reg(c)]. Stage g
-// (g = 1, 2, .., N/2) interleaves the g-lane chunks of the register pairs (i, i + g): inside each 128-bit lane
-// while g is smaller (vunpcklps / vunpcklpd, vshufps), across lanes above (vperm2f128; vpermt2ps, vshuff64x2
-// on zmm), one instruction each. todo (see prune_stages) lists the registers each stage must compute, or is
-// null for all of them.
-template <typename T, int N>
-SYMKERNELS_INLINE void transpose_regs(typename Reg<T, N>::type (&x)[N], const uint32_t* todo = nullptr) {
-  using U = typename Reg<T, N>::type;
-  using I = typename Reg<T, N>::index;
-  constexpr int E = Reg<T, N>::kLaneBlock;
-  int s = 0;
-#pragma GCC unroll 4
-  for (int g = 1; g < N; g *= 2, ++s) {
-    I lo, hi;
-    for (int c = 0; c < N; ++c) {
-      const int base = g < E ? c / E * E : 0, u = g < E ? c % E : c;
-      lo[c] = (u / g % 2) * N + base + u / g / 2 * g + u % g;
-      hi[c] = lo[c] + (g < E ? E / 2 : N / 2);
-    }
+// Lane c of the shuffle that makes the low (High = false) or the high register of a stage-G pair (see
+// transpose_regs) from the pair's two registers, lanes 0..N-1 of the first and N..2N-1 of the second.
+template <int N, int E, int G, bool High>
+constexpr int stage_lane(int c) {
+  const int base = G < E ? c / E * E : 0, u = G < E ? c % E : c;
+  const int low = (u / G % 2) * N + base + u / G / 2 * G + u % G;
+  return High ? low + (G < E ? E / 2 : N / 2) : low;
+}
+template <typename T, int N, int G, bool High, int... C>
+SYMKERNELS_INLINE typename Reg<T, N>::index stage_index(std::integer_sequence<int, C...>) {
+  return typename Reg<T, N>::index{stage_lane<N, Reg<T, N>::kLaneBlock, G, High>(C)...};
+}
+
+// In-register transpose of an N x N block: lane c of x[j] ends up as lane j of x[transposed_reg(c)]. Stage G
+// (G = 1, 2, .., N/2) interleaves the G-lane chunks of the register pairs (i, i + G): inside each 128-bit lane
+// while G is smaller (vunpcklps / vunpcklpd, vshufps), across lanes above (vperm2f128; vpermt2ps, vshuff64x2
+// on zmm), one instruction each. The shuffle indices are constants (stage_index), which is what lets GCC pick
+// those instructions: computed in a loop, they were built lane by lane at run time (vpinsrd) and every
+// shuffle became two vpermps and a blend; with that, and the partial blocks' per-register pruning tests,
+// the transposes took ~85% of the L = 2 sparse kernel (AVX2, Zen 3).
+template <typename T, int N, int G = 1>
+SYMKERNELS_INLINE void transpose_regs(typename Reg<T, N>::type (&x)[N]) {
+  if constexpr (G < N) {
+    using U = typename Reg<T, N>::type;
+    constexpr auto lanes = std::make_integer_sequence<int, N>{};
+    const auto lo = stage_index<T, N, G, false>(lanes), hi = stage_index<T, N, G, true>(lanes);
 #pragma GCC unroll 16
     for (int k = 0; k < N / 2; ++k) {
-      const int i = k / g * 2 * g + k % g;  // the k-th register with bit g clear
-      const U p = x[i], q = x[i + g];
+      const int i = k / G * 2 * G + k % G;  // the k-th register with bit G clear
+      const U p = x[i], q = x[i + G];
 #if defined(__clang__)
       U a, b;
       for (int c = 0; c < N; ++c) {
         a[c] = lo[c] < N ? p[lo[c]] : q[lo[c] - N];
         b[c] = hi[c] < N ? p[hi[c]] : q[hi[c] - N];
       }
+      x[i] = a;
+      x[i + G] = b;
 #else
-      const U a = __builtin_shuffle(p, q, lo), b = __builtin_shuffle(p, q, hi);
+      x[i] = __builtin_shuffle(p, q, lo);
+      x[i + G] = __builtin_shuffle(p, q, hi);
 #endif
-      if (!todo || (todo[s] >> i & 1)) x[i] = a;
-      if (!todo || (todo[s] >> (i + g) & 1)) x[i + g] = b;
     }
-  }
-}
-
-// The registers each stage of transpose_regs must compute when only the first `cols` columns count (a block
-// cut by the end of a row, e.g. 1 of 8 at L = 2): backward from the registers kept for a transpose into
-// columns (transpose_in: 7 of 24 permutes for that 1 of 8), forward from the live input registers for one
-// back into rows (transpose_out: a stage skips a pair of registers that both hold only padding; 14 of 24).
-template <typename T, int N>
-void prune_stages(int cols, bool into_columns, uint32_t (&todo)[kMaxStages]) {
-  constexpr int stages = Reg<T, N>::kStages;
-  auto pairs = [](uint32_t m, int g) {  // both registers of every pair that has one in m
-    uint32_t r = 0;
-    for (int i = 0; i < N; ++i) {
-      if (!(i & g) && ((m >> i | m >> (i + g)) & 1)) r |= (1u << i) | (1u << (i + g));
-    }
-    return r;
-  };
-  uint32_t m = 0;
-  for (int c = 0; c < cols; ++c) m |= 1u << (into_columns ? transposed_reg<T, N>(c) : c);
-  for (int k = 0; k < stages; ++k) {
-    const int s = into_columns ? stages - 1 - k : k;
-    if (into_columns) {
-      todo[s] = m;
-      m = pairs(m, 1 << s);
-    } else {
-      m = pairs(m, 1 << s);
-      todo[s] = m;
-    }
+    transpose_regs<T, N, 2 * G>(x);
   }
 }
 
@@ -169,9 +150,6 @@ SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, 
   constexpr int S = R * A;
   int r = 0;
   if constexpr (N > 1) {
-    const int full = n / N * N;
-    uint32_t todo[kMaxStages] = {};
-    if (full < n) prune_stages<T, N>(n - full, true, todo);
     for (; dense_rows(layout, n) && r + N <= count; r += N) {
       const T* src = x + (row0 + r) * n;
       if (row0 + r + 2 * N > rows) {
@@ -181,7 +159,7 @@ SYMKERNELS_INLINE void transpose_in(const T* x, const RowLayout& layout, int n, 
       for (int c0 = 0; c0 < n; c0 += N) {
         U v[N];
         for (int j = 0; j < N; ++j) v[j] = load<U>(src + j * n + c0);
-        transpose_regs<T, N>(v, c0 < full ? nullptr : todo);
+        transpose_regs<T, N>(v);
 #pragma GCC unroll 16
         for (int q = 0; q < N; ++q) {
           if (c0 + q < n) store(dst + (c0 + q) * S + r, v[transposed_reg<T, N>(q)]);
@@ -216,14 +194,12 @@ SYMKERNELS_INLINE void transpose_out(const T* ct, int no, T* out, int64_t row0, 
   int r = 0;
   if constexpr (N > 1) {
     const int last = (no - 1) / N * N;
-    uint32_t todo[kMaxStages] = {};
-    if (no - last < N) prune_stages<T, N>(no - last, false, todo);
     for (; r + N <= count; r += N) {
       T* dst = out + (row0 + r) * no;
       for (int c0 = last; c0 >= 0; c0 -= N) {
         U v[N];
         for (int q = 0; q < N; ++q) v[q] = load<U>(ct + (c0 + q) * S + r);
-        transpose_regs<T, N>(v, c0 + N > no ? todo : nullptr);
+        transpose_regs<T, N>(v);
 #pragma GCC unroll 16
         for (int j = 0; j < N; ++j) {
           const U row = v[transposed_reg<T, N>(j)];
