@@ -38,6 +38,15 @@ struct Vec<double> {
   static constexpr int width = 8;
 };
 
+// One register's worth of T (Bytes = 64, 32 or 16: zmm, ymm, xmm), for kernels that size their register
+// blocks to the entry point (kRegisterBytes): an array of 64-byte Vec in the AVX2 code is two ymm per element,
+// and GCC 12 keeps such arrays on the stack, moving them through general registers 8 bytes at a time.
+template <typename T, int Bytes>
+struct RegVec {
+  typedef T type __attribute__((vector_size(Bytes)));
+  static constexpr int width = Bytes / int(sizeof(T));
+};
+
 // Unaligned load/store, one vmovups/vmovupd per register in every clone. Not memcpy: in the AVX2 and
 // baseline clones a 64-byte vector has no machine mode, and GCC 12 copies it by pieces through the stack
 // (ymm → stack → four xmm stores per vector; the FWHT's AVX2 clone ran 1.6–2× slower for it). A load

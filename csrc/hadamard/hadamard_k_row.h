@@ -59,6 +59,11 @@ inline int64_t sign_class_min_order() {
 // L1 bytes the sign-class mix may fill with its K × tile panel (48 KiB L1d on Sapphire Rapids; the
 // lists and the output rows stream past it). Measured: the widest tile that fits is fastest.
 constexpr int64_t kPanelBytes = 45 * 1024;
+// Register-wide slabs per sign-class tile below AVX-512: 8 classes × 2 = 16 accumulators, the whole ymm/xmm
+// file (the adds take their operand from memory). Measured (AVX2, Zen 3, fp32, 64 rows, 1 thread): against the
+// 64-byte tiles that GCC kept on the stack, 2 slabs ran 2.1-2.9x faster at n = 3584 / 11008 / 14336 / 768 /
+// 5120, 1 slab 1.5-2.2x, 4 slabs (spilling) no faster than 2.
+constexpr int kNarrowSlabs = 2;
 // Segment indices in the class lists: one byte below K = 256 (the lists share L1 with the panel, and
 // that is the size the route was measured with), two bytes up to K = 65535 (index K is the zero
 // segment). Orders past 255 (up to 1020 in symkernels.hadamard.hadamard_k, e.g. Qwen2-72B's 924) would
@@ -354,13 +359,13 @@ std::shared_ptr<const KroneckerPlan<A>> cached_kronecker_plan(const A* hk, int64
   return plan;
 }
 
-// Sign-class mix of NV vector slabs (columns j .. j + NV·W of every segment) for all output rows.
+// Sign-class mix of NV vector slabs of VB bytes (columns j .. j + NV·W of every segment) for all output rows.
 // NV·W columns × K segments stay in L1 across the K/3 groups; see the header comment for the math.
-template <typename A, int NV, typename Index>
+template <typename A, int NV, int VB, typename Index>
 SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const KroneckerPlan<A>& plan, const Index* list,
                                            A scale, int64_t j) {
-  using V = typename simd::Vec<A>::type;
-  constexpr int64_t W = simd::Vec<A>::width;
+  using V = typename simd::RegVec<A, VB>::type;
+  constexpr int64_t W = simd::RegVec<A, VB>::width;
   constexpr int C = KroneckerPlan<A>::kClasses, G = KroneckerPlan<A>::kGroupRows;
   const int64_t p = plan.p;
   const int shift = plan.p_shift;
@@ -404,19 +409,31 @@ SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const Kronecker
   }
 }
 
-template <typename A, typename Index>
+// RegisterBytes: the entry point's register width (see common/simd.h). With zmm the 8 classes × NV slabs are
+// at most 32 registers; narrower, the tile is kNarrowSlabs register-wide slabs (8 · kNarrowSlabs accumulators
+// of the 16 ymm / xmm).
+template <int RegisterBytes, typename A, typename Index>
 SYMKERNELS_INLINE void sign_class_mix(const A* seg, A* out, const KroneckerPlan<A>& plan, const Index* lists,
                                       A scale) {
-  constexpr int64_t W = simd::Vec<A>::width;
-  // Widest tile (in slabs) whose K-segment panel fits kPanelBytes and that divides P.
-  const int64_t panel_slabs = kPanelBytes / (plan.k_order * W * static_cast<int64_t>(sizeof(A)));
-  const int64_t slabs = plan.p / W;
-  if (slabs % 4 == 0 && panel_slabs >= 4) {
-    for (int64_t j = 0; j < plan.p; j += 4 * W) sign_class_mix_tile<A, 4>(seg, out, plan, lists, scale, j);
-  } else if (slabs % 2 == 0 && panel_slabs >= 2) {
-    for (int64_t j = 0; j < plan.p; j += 2 * W) sign_class_mix_tile<A, 2>(seg, out, plan, lists, scale, j);
+  if constexpr (RegisterBytes < 64) {
+    constexpr int VB = RegisterBytes > 0 ? RegisterBytes : simd::kVectorBytes;
+    constexpr int64_t W = simd::RegVec<A, VB>::width;
+    for (int64_t j = 0; j < plan.p; j += kNarrowSlabs * W) {
+      sign_class_mix_tile<A, kNarrowSlabs, VB>(seg, out, plan, lists, scale, j);
+    }
   } else {
-    for (int64_t j = 0; j < plan.p; j += W) sign_class_mix_tile<A, 1>(seg, out, plan, lists, scale, j);
+    constexpr int64_t W = simd::Vec<A>::width;
+    // Widest tile (in slabs) whose K-segment panel fits kPanelBytes and that divides P.
+    const int64_t panel_slabs = kPanelBytes / (plan.k_order * W * static_cast<int64_t>(sizeof(A)));
+    const int64_t slabs = plan.p / W;
+    constexpr int VB = simd::kVectorBytes;
+    if (slabs % 4 == 0 && panel_slabs >= 4) {
+      for (int64_t j = 0; j < plan.p; j += 4 * W) sign_class_mix_tile<A, 4, VB>(seg, out, plan, lists, scale, j);
+    } else if (slabs % 2 == 0 && panel_slabs >= 2) {
+      for (int64_t j = 0; j < plan.p; j += 2 * W) sign_class_mix_tile<A, 2, VB>(seg, out, plan, lists, scale, j);
+    } else {
+      for (int64_t j = 0; j < plan.p; j += W) sign_class_mix_tile<A, 1, VB>(seg, out, plan, lists, scale, j);
+    }
   }
 }
 
@@ -437,7 +454,7 @@ SYMKERNELS_INLINE void widen_row(const T* in, A* out, int64_t n, A s) {
 // Full row: in (any element type convertible to A) → out (A), using `scratch` (plan.scratch_size()
 // values of A, whose zero segment the caller zeroed once: the row code never writes it).
 // With K == 1 and hk = [1] this is the plain power-of-two FWHT.
-template <typename A, typename T>
+template <int RegisterBytes, typename A, typename T>
 SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, const KroneckerPlan<A>& plan, A scale, A* scratch) {
   const int64_t k_order = plan.k_order, p = plan.p, n = k_order * p;
   if (plan.sign_classes) {
@@ -446,9 +463,9 @@ SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, const Kroneck
       fwht_inplace(scratch + k * p, p);
     }
     if (plan.wide_lists.empty()) {
-      sign_class_mix(scratch, out, plan, plan.lists.data(), scale);
+      sign_class_mix<RegisterBytes>(scratch, out, plan, plan.lists.data(), scale);
     } else {
-      sign_class_mix(scratch, out, plan, plan.wide_lists.data(), scale);
+      sign_class_mix<RegisterBytes>(scratch, out, plan, plan.wide_lists.data(), scale);
     }
     return;
   }

@@ -40,7 +40,7 @@ SYMKERNELS_INLINE void narrow_row(const float* row, T* out, int64_t n) {
 }
 
 // One entry point per ISA for each (accumulation, storage) type pair; A = double only for fp64 inputs.
-template <typename A, typename T>
+template <int RegisterBytes, typename A, typename T>
 SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, const KroneckerPlan<A>& plan, A scale) {
   const int64_t n = plan.k_order * plan.p;
   constexpr bool same = std::is_same_v<A, T>;  // fp32/fp64: the row is mixed straight into `out`
@@ -49,9 +49,9 @@ SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, const Kronec
   A* row = aligned_scratch(row_buf, same ? 0 : n);
   for (int64_t r = 0; r < rows; ++r) {
     if constexpr (same) {
-      kronecker_hadamard_row(in + r * n, out + r * n, plan, scale, scratch);
+      kronecker_hadamard_row<RegisterBytes>(in + r * n, out + r * n, plan, scale, scratch);
     } else {
-      kronecker_hadamard_row(in + r * n, row, plan, scale, scratch);
+      kronecker_hadamard_row<RegisterBytes>(in + r * n, row, plan, scale, scratch);
       narrow_row(row, out + r * n, n);
     }
   }
@@ -59,7 +59,7 @@ SYMKERNELS_INLINE void rows_impl(const T* in, T* out, int64_t rows, const Kronec
 
 #define SYMKERNELS_K_ROWS(T, A, name)                                                                          \
   SYMKERNELS_ISA_ENTRY_POINTS(name, (const T* in, T* out, int64_t rows, const KroneckerPlan<A>& plan, A scale), \
-                              (in, out, rows, plan, scale), rows_impl(in, out, rows, plan, scale))
+                              (in, out, rows, plan, scale), rows_impl<kRegisterBytes>(in, out, rows, plan, scale))
 SYMKERNELS_K_ROWS(float, float, rows_f32)
 SYMKERNELS_K_ROWS(double, double, rows_f64)
 SYMKERNELS_K_ROWS(c10::Half, float, rows_f16)

@@ -55,7 +55,7 @@ SYMKERNELS_INLINE float row_absmax(const float* row, int64_t n, bool& nan) {
 }
 
 // plan == nullptr: no rotation.
-template <typename T>
+template <int RegisterBytes, typename T>
 SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,
                                           float clip, const RotationPlan* plan, float rot_scale) {
   std::vector<float> row_buf, scratch_buf;
@@ -64,7 +64,7 @@ SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* s
   for (int64_t r = 0; r < rows; ++r) {
     const T* src = in + r * n;
     if (plan) {
-      hadamard::kronecker_hadamard_row(src, row, *plan, rot_scale, scratch);
+      hadamard::kronecker_hadamard_row<RegisterBytes>(src, row, *plan, rot_scale, scratch);
     } else {
       for (int64_t i = 0; i < n; ++i) row[i] = static_cast<float>(src[i]);
     }
@@ -87,7 +87,7 @@ SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* s
                               (const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n, float clip, \
                                const RotationPlan* plan, float rot_scale),                                   \
                               (in, packed, scales, rows, n, clip, plan, rot_scale),                          \
-                              quantize_rows_impl(in, packed, scales, rows, n, clip, plan, rot_scale))
+                              quantize_rows_impl<kRegisterBytes>(in, packed, scales, rows, n, clip, plan, rot_scale))
 QUANTIZE_CLONE(quantize_rows_f32, float)
 QUANTIZE_CLONE(quantize_rows_f64, double)
 QUANTIZE_CLONE(quantize_rows_f16, c10::Half)

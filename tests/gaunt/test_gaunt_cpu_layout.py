@@ -161,36 +161,3 @@ def test_cuequivariance_peer_agrees_with_ours():
     ours = gtp(a, b, lmax, backend="reference")
     assert_close(product(to_ir_mul(a), to_ir_mul(b)), to_ir_mul(ours))
 
-
-# --------------------------------------------------------------------------------------------
-# The narrower ISA entry points (csrc/common/simd.h SYMKERNELS_ISA_ENTRY_POINTS), on a CPU that would not pick
-# them: each compiles its own register width (transpose lanes, vector width, tile vectors), so each needs the
-# row-count and layout seams above. SYMKERNELS_MAX_SIMD caps the choice in a fresh process.
-# --------------------------------------------------------------------------------------------
-_SIMD_ORDER = ["sse2", "avx2", "avx512"]
-
-
-def _narrower_simd_levels():
-    from symkernels import _backend
-
-    if not _backend.backend_status("cpu"):
-        return []
-    level = _backend.build_info().get("simd", "scalar")
-    return _SIMD_ORDER[:_SIMD_ORDER.index(level)] if level in _SIMD_ORDER else []
-
-
-@pytest.mark.parametrize("cap", _narrower_simd_levels() or [pytest.param("none", marks=pytest.mark.skip(
-    reason="no narrower SIMD entry point than the one this CPU runs"))])
-def test_narrower_simd_entry_points_match_the_reference(cap):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, SYMKERNELS_MAX_SIMD=cap)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "row_counts or read_in_place or nan_poisons or empty_batch"],
-                         env=env, capture_output=True, text=True, timeout=900, cwd=root)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout
