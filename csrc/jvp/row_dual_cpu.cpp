@@ -9,8 +9,8 @@
 //   softmax:    ṡ = s (ẋ − ⟨s, ẋ⟩)
 // (fwdgrad.md §4; reference.row_dual is the spec). fp16/bf16 rows are widened to fp32 once and rounded
 // once on store; fp64 accumulates in fp64. Rows are split across threads (at::parallel_for: OpenMP).
-// The reductions run on 64-byte vectors (common/simd.h) in the AVX-512 / AVX2 / baseline entry point this
-// CPU runs; without -ffast-math the compiler would not reorder a scalar sum into lanes itself.
+// The reductions run on register-wide vectors (common/simd.h) in the AVX-512 / AVX2 / baseline entry point
+// this CPU runs; without -ffast-math the compiler would not reorder a scalar sum into lanes itself.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -45,18 +45,24 @@ struct RowPointers {
   RowKind kind;
 };
 
-template <typename A>
-SYMKERNELS_INLINE A reduce_lanes(typename simd::Vec<A>::type v) {
+// Vectors of VB bytes: one register of the entry point (kRegisterBytes). 64-byte accumulators in the AVX2
+// code were kept on the stack and moved through general registers 8 bytes per step (perf: most of
+// layer_norm_dual's time on Zen 3).
+template <typename A, int VB>
+using RowVec = simd::RegVec<A, VB>;
+
+template <typename A, int VB>
+SYMKERNELS_INLINE A reduce_lanes(typename RowVec<A, VB>::type v) {
   A s = 0;
-  for (int j = 0; j < simd::Vec<A>::width; ++j) s += v[j];
+  for (int j = 0; j < RowVec<A, VB>::width; ++j) s += v[j];
   return s;
 }
 
 // (Σ a, Σ a·b) in one pass; b == nullptr gives (Σ a, 0). Lane-parallel partial sums.
-template <typename A>
+template <typename A, int VB>
 SYMKERNELS_INLINE void sum_and_dot(const A* __restrict__ a, const A* __restrict__ b, int64_t n, A& sum, A& dot) {
-  using V = typename simd::Vec<A>::type;
-  constexpr int64_t W = simd::Vec<A>::width;
+  using V = typename RowVec<A, VB>::type;
+  constexpr int64_t W = RowVec<A, VB>::width;
   V vs{}, vd{};
   int64_t i = 0;
   if (b) {
@@ -68,14 +74,14 @@ SYMKERNELS_INLINE void sum_and_dot(const A* __restrict__ a, const A* __restrict_
   } else {
     for (; i + W <= n; i += W) vs += simd::load<V>(a + i);
   }
-  sum = reduce_lanes<A>(vs), dot = reduce_lanes<A>(vd);
+  sum = reduce_lanes<A, VB>(vs), dot = reduce_lanes<A, VB>(vd);
   for (; i < n; ++i) {
     sum += a[i];
     if (b) dot += a[i] * b[i];
   }
 }
 
-// e^x for x <= 0 (softmax's logits minus their max) on 64-byte vectors — scalar std::exp does not vectorise
+// e^x for x <= 0 (softmax's logits minus their max) on vectors — scalar std::exp does not vectorise
 // and made the softmax primal ~6x slower than torch.softmax. x = n·ln2 + r with |r| <= ln2/2 (Cody–Waite
 // split of ln2), e^r by its Taylor series up to the term below half an ulp (degree 7 in fp32: r^8/8! <
 // 6e-9; degree 13 in fp64: r^14/14! < 5e-18), 2^n through the exponent bits. Below the log of the smallest
@@ -95,10 +101,10 @@ struct ExpConstants<double> {
   static constexpr int degree = 13, bias = 1023, mantissa = 52;
 };
 
-template <typename A>
-SYMKERNELS_INLINE typename simd::Vec<A>::type exp_nonpositive(typename simd::Vec<A>::type x) {
-  using V = typename simd::Vec<A>::type;
-  using I = typename simd::Vec<A>::index;
+template <typename A, int VB>
+SYMKERNELS_INLINE typename RowVec<A, VB>::type exp_nonpositive(typename RowVec<A, VB>::type x) {
+  using V = typename RowVec<A, VB>::type;
+  using I = decltype(V{} < V{});  // integer lanes of A's width
   using C = ExpConstants<A>;
   const V n = (x * A(1.4426950408889634) + C::round) - C::round;  // round to nearest (|n| < 2^22)
   const V r = (x - n * C::ln2_hi) - n * C::ln2_lo;
@@ -113,10 +119,10 @@ SYMKERNELS_INLINE typename simd::Vec<A>::type exp_nonpositive(typename simd::Vec
 
 // s = softmax(x) of one row into s (accumulation type), vectorised; the tail runs as one padded vector so
 // every element takes the same exp.
-template <typename A>
+template <typename A, int VB>
 SYMKERNELS_INLINE void softmax_row(const A* __restrict__ x, A* __restrict__ s, int64_t n) {
-  using V = typename simd::Vec<A>::type;
-  constexpr int64_t W = simd::Vec<A>::width;
+  using V = typename RowVec<A, VB>::type;
+  constexpr int64_t W = RowVec<A, VB>::width;
   constexpr A kNegInf = -std::numeric_limits<A>::infinity();
   V vmax = V{} + kNegInf;
   int64_t i = 0;
@@ -130,18 +136,18 @@ SYMKERNELS_INLINE void softmax_row(const A* __restrict__ x, A* __restrict__ s, i
   if (m == kNegInf) m = 0;  // all -inf: 0/0 = NaN below, as torch.softmax
   V vsum{};
   for (i = 0; i + W <= n; i += W) {
-    const V e = exp_nonpositive<A>(simd::load<V>(x + i) - m);
+    const V e = exp_nonpositive<A, VB>(simd::load<V>(x + i) - m);
     simd::store(s + i, e);
     vsum += e;
   }
   if (i < n) {
     V tail = V{} + kNegInf;
     for (int64_t j = i; j < n; ++j) tail[j - i] = x[j];
-    const V e = exp_nonpositive<A>(tail - m);  // padding lanes give exactly 0
+    const V e = exp_nonpositive<A, VB>(tail - m);  // padding lanes give exactly 0
     for (int64_t j = i; j < n; ++j) s[j] = e[j - i];
     vsum += e;
   }
-  const A scale = A(1) / reduce_lanes<A>(vsum);
+  const A scale = A(1) / reduce_lanes<A, VB>(vsum);
   for (int64_t j = 0; j < n; ++j) s[j] *= scale;
 }
 
@@ -168,7 +174,7 @@ SYMKERNELS_INLINE void widen_or_fill(const In* src, A* __restrict__ dst, int64_t
 
 // Every loop below is a plain branch-free loop over restrict pointers, which the compiler vectorises;
 // optional terms are separate passes over L1-resident rows rather than per-element null checks.
-template <RowKind kKind, typename In>
+template <RowKind kKind, int VB, typename In>
 SYMKERNELS_INLINE void row_dual_rows(const RowPointers<In>& p, int64_t r0, int64_t r1) {
   using A = typename AccumulatorOf<In>::type;
   const int64_t N = p.N, T = p.T;
@@ -186,15 +192,15 @@ SYMKERNELS_INLINE void row_dual_rows(const RowPointers<In>& p, int64_t r0, int64
     In* __restrict__ y = p.y + r * N;
     A inv = 0;  // 1/σ or 1/rms (norms)
     if constexpr (kKind == RowKind::kSoftmax) {
-      softmax_row<A>(xa, xh, N);
+      softmax_row<A, VB>(xa, xh, N);
       for (int64_t n = 0; n < N; ++n) y[n] = In(xh[n]);
     } else {
       A sum = 0, unused = 0;
-      if constexpr (kKind == RowKind::kLayerNorm) sum_and_dot<A>(xa, nullptr, N, sum, unused);
+      if constexpr (kKind == RowKind::kLayerNorm) sum_and_dot<A, VB>(xa, nullptr, N, sum, unused);
       const A mean = sum * inv_n;
       for (int64_t n = 0; n < N; ++n) xh[n] = xa[n] - mean;
       A sq = 0;
-      sum_and_dot<A>(xh, xh, N, unused, sq);
+      sum_and_dot<A, VB>(xh, xh, N, unused, sq);
       inv = A(1) / std::sqrt(sq * inv_n + A(p.eps));
       for (int64_t n = 0; n < N; ++n) xh[n] *= inv;
       for (int64_t n = 0; n < N; ++n) y[n] = In(xh[n] * wv[n] + bv[n]);
@@ -203,7 +209,7 @@ SYMKERNELS_INLINE void row_dual_rows(const RowPointers<In>& p, int64_t r0, int64
       if (p.x_t) {
         const A* __restrict__ xt = as_acc(p.x_t + t * p.x_t_stride + r * N, buf, N);
         A sum_t, dot_t;
-        sum_and_dot<A>(xt, xh, N, sum_t, dot_t);
+        sum_and_dot<A, VB>(xt, xh, N, sum_t, dot_t);
         if constexpr (kKind == RowKind::kSoftmax) {
           for (int64_t n = 0; n < N; ++n) acc[n] = xh[n] * (xt[n] - dot_t);
         } else {
@@ -228,19 +234,20 @@ SYMKERNELS_INLINE void row_dual_rows(const RowPointers<In>& p, int64_t r0, int64
   }
 }
 
-template <typename In>
+template <int RegisterBytes, typename In>
 SYMKERNELS_INLINE void row_dual_dispatch(const RowPointers<In>& p, int64_t r0, int64_t r1) {
+  constexpr int VB = RegisterBytes > 0 ? RegisterBytes : simd::kVectorBytes;
   switch (p.kind) {
-    case RowKind::kLayerNorm: return row_dual_rows<RowKind::kLayerNorm>(p, r0, r1);
-    case RowKind::kRmsNorm: return row_dual_rows<RowKind::kRmsNorm>(p, r0, r1);
-    case RowKind::kSoftmax: return row_dual_rows<RowKind::kSoftmax>(p, r0, r1);
+    case RowKind::kLayerNorm: return row_dual_rows<RowKind::kLayerNorm, VB>(p, r0, r1);
+    case RowKind::kRmsNorm: return row_dual_rows<RowKind::kRmsNorm, VB>(p, r0, r1);
+    case RowKind::kSoftmax: return row_dual_rows<RowKind::kSoftmax, VB>(p, r0, r1);
   }
 }
 
 // One set of per-ISA entry points per element type (overloads of row_dual_entry).
 #define SYMKERNELS_ROW_DUAL_ENTRY(In)                                                                 \
   SYMKERNELS_ISA_ENTRY_POINTS(row_dual_entry, (const RowPointers<In>& p, int64_t r0, int64_t r1), (p, r0, r1), \
-                              row_dual_dispatch(p, r0, r1))
+                              row_dual_dispatch<kRegisterBytes>(p, r0, r1))
 SYMKERNELS_ROW_DUAL_ENTRY(float)
 SYMKERNELS_ROW_DUAL_ENTRY(double)
 SYMKERNELS_ROW_DUAL_ENTRY(c10::Half)
