@@ -47,9 +47,9 @@ struct RegVec {
   static constexpr int width = Bytes / int(sizeof(T));
 };
 
-// Unaligned load/store, one vmovups/vmovupd per register in every clone. Not memcpy: in the AVX2 and
-// baseline clones a 64-byte vector has no machine mode, and GCC 12 copies it by pieces through the stack
-// (ymm → stack → four xmm stores per vector; the FWHT's AVX2 clone ran 1.6–2× slower for it). A load
+// Unaligned load/store, one vmovups/vmovupd per register in every entry point. Not memcpy: in the AVX2 and
+// baseline entry points a 64-byte vector has no machine mode, and GCC 12 copies it by pieces through the stack
+// (ymm → stack → four xmm stores per vector; the FWHT's AVX2 code ran 1.6–2× slower for it). A load
 // through an unaligned, may_alias type folds into the arithmetic's memory operands; a store written lane
 // by lane is merged back into whole-register stores by the SLP vectorizer (-O3).
 template <typename V>
@@ -70,7 +70,7 @@ SYMKERNELS_INLINE void store(T* p, V v) {
 // Bit for bit what c10::Half and c10::BFloat16 do element by element in this build (c10's software
 // algorithms: the library is compiled for baseline x86-64, without F16C), including c10's NaN
 // handling (fp32 → fp16: the sign and 0x7E00; fp32 → bf16: 0x7FC0), written over whole vectors so
-// that they vectorize in every clone (a static_cast per element does not: ~10× slower than the FWHT).
+// that they vectorize in every entry point (a static_cast per element does not: ~10× slower than the FWHT).
 typedef unsigned int U32x16 __attribute__((vector_size(64)));
 typedef unsigned short U16x16 __attribute__((vector_size(32)));
 
@@ -147,7 +147,7 @@ SYMKERNELS_INLINE U16x16 fp32_to_fp16_avx512(Vec<float>::type f) {
 //
 // These targets include FMA (every AVX-512F CPU has it; the AVX2 entry point is picked only where the CPU
 // reports FMA too), and GCC contracts a * b + c into one rounding. A kernel whose results must be bit-identical
-// to a reference computed without FMA (seeded tangents, sampling decisions) uses
+// to a reference computed without FMA (the seeded tangents) uses
 // SYMKERNELS_ISA_ENTRY_POINTS_NO_FMA.
 #if SYMKERNELS_X86_ENTRY_POINTS
 // SYMKERNELS_MAX_SIMD=avx2 or =sse2 caps the choice (any other value: no cap; read by each entry point at its
