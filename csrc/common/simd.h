@@ -46,6 +46,9 @@ struct RegVec {
   typedef T type __attribute__((vector_size(Bytes)));
   static constexpr int width = Bytes / int(sizeof(T));
 };
+// The RegVec width for code sized to its entry point: the register (kRegisterBytes), or the 64-byte Vec where
+// the build has no per-ISA entry points (kRegisterBytes 0).
+constexpr int register_vector_bytes(int register_bytes) { return register_bytes > 0 ? register_bytes : kVectorBytes; }
 
 // Unaligned load/store, one vmovups/vmovupd per register in every entry point. Not memcpy: in the AVX2 and
 // baseline entry points a 64-byte vector has no machine mode, and GCC 12 copies it by pieces through the stack

@@ -416,7 +416,7 @@ template <int RegisterBytes, typename A, typename Index>
 SYMKERNELS_INLINE void sign_class_mix(const A* seg, A* out, const KroneckerPlan<A>& plan, const Index* lists,
                                       A scale) {
   if constexpr (RegisterBytes < 64) {
-    constexpr int VB = RegisterBytes > 0 ? RegisterBytes : simd::kVectorBytes;
+    constexpr int VB = simd::register_vector_bytes(RegisterBytes);
     constexpr int64_t W = simd::RegVec<A, VB>::width;
     for (int64_t j = 0; j < plan.p; j += kNarrowSlabs * W) {
       sign_class_mix_tile<A, kNarrowSlabs, VB>(seg, out, plan, lists, scale, j);

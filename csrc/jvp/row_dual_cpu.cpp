@@ -236,7 +236,7 @@ SYMKERNELS_INLINE void row_dual_rows(const RowPointers<In>& p, int64_t r0, int64
 
 template <int RegisterBytes, typename In>
 SYMKERNELS_INLINE void row_dual_dispatch(const RowPointers<In>& p, int64_t r0, int64_t r1) {
-  constexpr int VB = RegisterBytes > 0 ? RegisterBytes : simd::kVectorBytes;
+  constexpr int VB = simd::register_vector_bytes(RegisterBytes);
   switch (p.kind) {
     case RowKind::kLayerNorm: return row_dual_rows<RowKind::kLayerNorm, VB>(p, r0, r1);
     case RowKind::kRmsNorm: return row_dual_rows<RowKind::kRmsNorm, VB>(p, r0, r1);

@@ -81,7 +81,7 @@ SYMKERNELS_INLINE void quantize_codes(float* row, int64_t n, float scale) {
 template <int RegisterBytes, typename T>
 SYMKERNELS_INLINE void quantize_rows_impl(const T* in, uint8_t* packed, float* scales, int64_t rows, int64_t n,
                                           float clip, const RotationPlan* plan, float rot_scale) {
-  constexpr int VB = RegisterBytes > 0 ? RegisterBytes : simd::kVectorBytes;
+  constexpr int VB = simd::register_vector_bytes(RegisterBytes);
   std::vector<float> row_buf, scratch_buf;
   float* row = hadamard::aligned_scratch(row_buf, n);
   float* scratch = hadamard::aligned_scratch(scratch_buf, plan ? plan->scratch_size() : 0);
