@@ -73,6 +73,9 @@ def backend_available(name: str) -> bool:
     return backend_status(name).available
 
 
+# Cached: what it reads is fixed in a process (the _C build, Triton's import, TRITON_INTERPRET, which Triton
+# itself reads once at import, and whether CUDA is present), and every op call asks (uncached: ~10 µs a call).
+@functools.cache
 def backend_status(name: str) -> BackendStatus:
     if name == "reference":
         return BackendStatus(name, True, "pure PyTorch, always available")
@@ -135,10 +138,13 @@ def has_dispatcher_op(op_name: str) -> bool:
 @torch.compiler.assume_constant_result
 def dispatcher_has_kernel(op_name: str, device: torch.device) -> bool:
     """True when the dispatcher op has a kernel for this device type (CPU or CUDA key)."""
-    if not has_dispatcher_op(op_name):
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    if key is None:
+    return _dispatcher_has_kernel_for(op_name, device.type)
+
+
+@functools.cache  # per (op, device type): the registrations are fixed, and every op call asks
+def _dispatcher_has_kernel_for(op_name: str, device_type: str) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None or not has_dispatcher_op(op_name):
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"symkernels::{op_name}", key)
 

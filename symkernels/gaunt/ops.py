@@ -186,10 +186,13 @@ def cpu_route(l1: int, l2: int, lo: int) -> str:
     at 6, 1.29× at 7, 1.35× at 8, 2.9× at 10; (3,3,6) 0.41×, (4,4,8) 0.67×, (6,3,6) 0.63×, (8,1,8) 0.40×,
     (5,5,10) 0.79×, (6,6,12) 0.98×: a factor of 0.5 picks the faster route in each (a tie at (6,6,12)).
     """
-    if _CPU_ROUTE is not None:
-        return _CPU_ROUTE
+    return _CPU_ROUTE if _CPU_ROUTE is not None else _cheaper_cpu_route(l1, l2, lo, grid_cost_factor())
+
+
+@functools.cache  # asked on every CPU call (~3 µs uncached, numpy inside)
+def _cheaper_cpu_route(l1: int, l2: int, lo: int, grid_cost_factor: float) -> str:
     fmas = cpu_route_fmas(l1, l2, lo)
-    return "grid" if fmas["grid"] < grid_cost_factor() * fmas["sparse"] else "sparse"
+    return "grid" if fmas["grid"] < grid_cost_factor * fmas["sparse"] else "sparse"
 
 
 # Time of one sparse table entry per grid FMA unit, by the SIMD level the CPU kernels run at (measured, see
