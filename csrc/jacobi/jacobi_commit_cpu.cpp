@@ -29,11 +29,9 @@ void commit(T* old, const T* nw, int64_t n, int64_t row, double* out) {
       break;
     }
   }
-  double resid = 0;
   const int64_t begin = first * row, end = n * row;
-  for (int64_t k = begin; k < end; ++k) resid = std::max(resid, moved_by(old[k], nw[k]));
+  out[0] = max_moved(old + begin, nw + begin, end - begin);
   if (end > begin) std::memcpy(old + begin, nw + begin, sizeof(T) * (end - begin));
-  out[0] = resid;
   out[1] = static_cast<double>(first);
 }
 

@@ -17,6 +17,7 @@
 // identical for every element. This file is compiled for baseline x86-64 (no per-ISA entry points), which has no FMA:
 // `mean + scale * u` rounds the product and the sum separately, as the reference's two torch ops do.
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
@@ -25,6 +26,8 @@
 #include <algorithm>
 #include <cstring>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/checks.h"
 #include "jacobi/commit.h"
@@ -36,28 +39,43 @@ constexpr const char* kOp = "jacobi_sample_commit";
 // Images per tile: within a tile each iterate row is compared and written as one contiguous segment while
 // each image's output and noise are read along their own rows (cache lines reused across the tile's rows).
 constexpr int64_t kTile = 16;
+// Elements per thread task: below this a call stays on one thread (waking another costs more than it saves).
+constexpr int64_t kElementsPerTask = 4096;
 
 // Columns [start, stop) of images [0, B): iterate row start + 1 + i holds column start + i (row 0 is s_0).
-// `sample(b, d)` gives the new value; returns (max moved_by, first changed row relative to start, or
+// `sample(b, d)` gives the new value; returns (the residual (max_moved), first changed row relative to start, or
 // stop − start when none changed) in `stats`. A tile's segment of a row is sampled into a buffer first and
 // compared as a whole: the rows before the first change (and most segments after it) stand still, and
 // only a segment that moved pays for the residual and the write-back.
 template <typename T, typename Sample>
 void sample_commit(T* hist, int64_t B, int64_t start, int64_t stop, Sample sample, double* stats) {
   const int64_t n = stop - start;
-  int64_t first = n;
-  double resid = 0;
-  T s[kTile];
-  for (int64_t b0 = 0; b0 < B; b0 += kTile) {
-    const int64_t w = std::min(B - b0, kTile);
-    for (int64_t i = 0; i < n; ++i) {
-      T* row = hist + (start + 1 + i) * B + b0;
-      for (int64_t j = 0; j < w; ++j) s[j] = sample(b0 + j, start + i);
-      if (std::memcmp(row, s, sizeof(T) * w) == 0) continue;  // bitwise: −0 vs +0 moved, a NaN equal to itself
-      first = std::min(first, i);
-      for (int64_t j = 0; j < w; ++j) resid = std::max(resid, moved_by(row[j], s[j]));
-      std::memcpy(row, s, sizeof(T) * w);
+  // Tiles of images are independent: threads take whole tiles, each with its own (residual, first change),
+  // merged at the end. The data comes in cold (the network's forward ran in between, on every thread), so a
+  // second core halves the cache-miss latency too; a call of few columns (late iterations) stays on one.
+  const int64_t tiles = (B + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (kTile * n));
+  std::vector<std::pair<double, int64_t>> partial(at::get_num_threads(), {0.0, n});
+  at::parallel_for(0, tiles, grain, [&](int64_t tile_begin, int64_t tile_end) {
+    auto& [resid, first] = partial[at::get_thread_num()];
+    T s[kTile];
+    for (int64_t b0 = tile_begin * kTile; b0 < std::min(B, tile_end * kTile); b0 += kTile) {
+      const int64_t w = std::min(B - b0, kTile);
+      for (int64_t i = 0; i < n; ++i) {
+        T* row = hist + (start + 1 + i) * B + b0;
+        for (int64_t j = 0; j < w; ++j) s[j] = sample(b0 + j, start + i);
+        if (std::memcmp(row, s, sizeof(T) * w) == 0) continue;  // bitwise: −0 vs +0 moved, a NaN equal to itself
+        first = std::min(first, i);
+        resid = std::max(resid, max_moved(row, s, w));
+        std::memcpy(row, s, sizeof(T) * w);
+      }
     }
+  });
+  double resid = 0;
+  int64_t first = n;
+  for (const auto& [r, f] : partial) {
+    resid = std::max(resid, r);
+    first = std::min(first, f);
   }
   stats[0] = resid;
   stats[1] = static_cast<double>(first);

@@ -161,8 +161,9 @@ def _sample_case(kind, dtype, B=37, D=21, seed=0):
 @needs_sample_commit
 @pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_sample_commit_is_the_reference_sampler_and_commit(kind, dtype):
-    out, noise = _sample_case(kind, dtype)
+@pytest.mark.parametrize("B", [37, 301])  # one tile task; tiles shared by the threads (when there are several)
+def test_sample_commit_is_the_reference_sampler_and_commit(kind, dtype, B):
+    out, noise = _sample_case(kind, dtype, B=B)
     B, D = noise.shape
     every_column = reference.sample_rows(out, noise, torch.arange(1, D + 1), kind)
     # Rows the solver asks for: all (Jacobi from the start), an unfrozen tail, one (a sequential step), none.
@@ -171,11 +172,12 @@ def test_sample_commit_is_the_reference_sampler_and_commit(kind, dtype):
         want = reference.sample_rows(out, noise, t, kind)
         # A column's sample does not depend on which other columns are asked for.
         assert torch.equal(want.view(torch.uint8), every_column[start:stop].view(torch.uint8))
-        for case in ("unchanged", "changed_from_4", "all_changed"):
+        for case in ("unchanged", "changed_inside", "all_changed"):
             hist = torch.randn(D + 1, B).to(dtype)
             hist[start + 1:stop + 1] = want
-            if case == "changed_from_4" and stop - start > 4:
+            if case == "changed_inside" and stop - start > 4:
                 hist[start + 5, 2] += 1
+                hist[start + 3, B - 1] -= 1  # the first change, in the last tile (another thread's, B = 301)
                 hist[start + 7:stop + 1] = 0.25
             elif case == "all_changed":
                 hist[start + 1:stop + 1] = torch.nan

@@ -270,10 +270,18 @@ def _commit_cases():
         yield old, inf  # a value moved to inf: residual inf
         both = inf.clone()
         yield inf.clone(), both  # equal non-finite values have not moved
+        nan = new.clone()
+        nan[7, 2, 3] = math.nan
+        yield old, nan  # a value moved to NaN: residual inf
+        huge = old.clone()
+        huge[5, 0, 0] = torch.finfo(dtype).max
+        flipped = huge.clone()
+        flipped[5, 0, 0] = -torch.finfo(dtype).max
+        yield huge, flipped  # both finite, the difference overflows T: residual inf
     yield torch.randn(5, 2), torch.randn(5, 2).t().contiguous().t()  # a non-contiguous new
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(22))
 def test_commit_fused_test_matches_the_reference_ops(case):
     """The solver's fused convergence test (C++ op on CPU, tensor ops elsewhere) against the per-row ops."""
     from symkernels.jacobi.solver import _StepEngine, _first_true, _row_changed, _row_residual
