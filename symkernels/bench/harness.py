@@ -22,7 +22,7 @@ Every case states the least work one call of ``ours`` must do: ``bytes_moved`` (
 and write at least) and ``flops`` (the useful operations, counted against the ``compute`` ceiling:
 ``"fp32"``/``"fp64"``/``"bf16"``/``"fp16"`` GEMM FLOP/s or ``"int8"`` GEMM OPS). ``Ceilings`` measures
 those limits on the same machine in the same run (plus ``"int8dot"``, the int8 dot-product instruction peak
-of our own micro-kernel, which a case may name in ``also_vs`` for an extra "% of" column), and the roofline
+of our own micro-kernel, which a case may name in ``also_vs`` for an extra "% of" column of the CSV), and the roofline
 share of a timing is
 
     share = max(bytes_moved / copy bandwidth, flops / GEMM rate) / time,
@@ -58,8 +58,9 @@ class Case:
     # Implementations timed beside ours for context, not as competitors (the primal alone, another variant
     # of ours): the table's "best peer" leaves them out; the CSV has their ratios like any other.
     context: tuple[str, ...] = ()
-    # More compute ceilings to report `flops` against, each as its own "%<kind>" column (e.g. ("int8dot", "int8"):
-    # % of the int8 instruction peak and % of the torch._int_mm rate), beside the roofline of `compute`.
+    # More compute ceilings to report `flops` against, each as its own "%<kind>" CSV column (e.g. ("int8dot", "int8"):
+    # % of the int8 instruction peak and % of the torch._int_mm rate), beside the roofline of `compute`; the
+    # table's "% of limit" is the share of the fastest of them.
     also_vs: tuple[str, ...] = ()
     extra: dict[str, object] = dataclasses.field(default_factory=dict)  # more columns, e.g. iterations
     check: Callable[[], None] | None = None  # optional correctness check run once before timing

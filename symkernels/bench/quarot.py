@@ -6,7 +6,7 @@ matmul and ``torch._int_mm`` (int8×int8→int32, without the dequant epilogue) 
 rows also compare with ``torch._int_mm`` under oneDNN capped at AVX512-VNNI (the ISA of our kernel, on CPUs
 that have it; timed in a subprocess, since oneDNN reads the cap at start-up) and report % of the measured
 int8 dot-product peak (``%int8dot``: vpdpbusd, or AVX2's sequence without VNNI) and of the large ``_int_mm``
-rate (``%int8``).
+rate (``%int8``), in the CSV; the table's "% of limit" is against the faster of the two.
 """
 from __future__ import annotations
 
