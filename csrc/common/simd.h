@@ -8,6 +8,7 @@
 // be inline, so that they are compiled with its target.
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -44,6 +45,9 @@ struct Vec<double> {
 template <typename T, int Bytes>
 struct RegVec {
   typedef T type __attribute__((vector_size(Bytes)));
+  // Integer lanes of T's size: `index` is the mask vector of __builtin_shuffle over `type`.
+  typedef std::conditional_t<sizeof(T) == 8, int64_t, std::conditional_t<sizeof(T) == 4, int32_t, int16_t>> lane;
+  typedef lane index __attribute__((vector_size(Bytes)));
   static constexpr int width = Bytes / int(sizeof(T));
 };
 // The RegVec width for code sized to its entry point: the register (kRegisterBytes), or the 64-byte Vec where

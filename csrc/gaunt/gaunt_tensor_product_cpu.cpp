@@ -53,16 +53,13 @@ constexpr int kGridVectors = 1;
 constexpr int kPairBlock = 2;
 constexpr int kFourierBlock = 3;
 
-// Registers of N lanes, N * sizeof(T) bytes, and the index vectors of __builtin_shuffle over them. The row
+// Registers of N lanes (simd::RegVec of N * sizeof(T) bytes) and the shape of their shuffles. The row
 // transposes work in the entry point's own register width (see the entry points): N = 64 / sizeof(T) with
 // AVX-512 (one zmm), half that with AVX2 (ymm), a quarter in the baseline (xmm). The 64-byte Vec there is two or four
 // registers, and a two-source permute across all of it has no instruction: GCC lowered those to stack
 // shuffling, measured 1.1-2x slower than element-by-element transposes at L = 1..3 (fp32, AVX2 entry point).
 template <typename T, int N>
-struct Reg {
-  typedef T type __attribute__((vector_size(N * sizeof(T))));
-  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> lane;
-  typedef lane index __attribute__((vector_size(N * sizeof(T))));
+struct Reg : simd::RegVec<T, N * int(sizeof(T))> {
   static constexpr int kLaneBlock = std::min<int>(N, 16 / sizeof(T));  // lanes per 128-bit lane
   static constexpr int kStages = N == 16 ? 4 : N == 8 ? 3 : N == 4 ? 2 : N == 2 ? 1 : 0;
 };
