@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import platform
 
 import torch
 
@@ -107,6 +108,27 @@ def backend_status(name: str) -> BackendStatus:
 def backends() -> dict[str, BackendStatus]:
     """Availability of every backend on this machine, with the reason."""
     return {name: backend_status(name) for name in BACKENDS}
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (``avx2``, ``avx512_vnni``, ``amx_int8``, …); empty where
+    /proc/cpuinfo is unreadable (another OS). What the hardware has, not what our kernels run: see
+    ``build_info()['simd']``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), ()))
+    except OSError:
+        return frozenset()
+
+
+def cpu_model_name() -> str:
+    """The CPU's ``model name`` from /proc/cpuinfo, else ``platform.processor()``, else ``"cpu"``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
 
 
 def build_info() -> dict:

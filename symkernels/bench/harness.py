@@ -33,7 +33,6 @@ Cases are generated lazily so a sweep never holds every input in memory at once.
 from __future__ import annotations
 
 import dataclasses
-import platform
 import statistics
 import time
 from typing import Callable, Iterable, Union
@@ -310,15 +309,7 @@ class Ceilings:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = _backend.cpu_model_name()
     # The SIMD level our kernels run at is part of the name: a VM's "model name" may say only "AMD EPYC" for a
     # Zen 3 (AVX2) and a Zen 4 (AVX-512) alike, and their results must not land in one folder.
     simd = _backend.build_info().get("simd")

@@ -96,14 +96,6 @@ def _cpu_isa(m: int) -> str | None:
         return None
 
 
-def _cpu_has(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return flag in f.read().split()
-    except OSError:
-        return False
-
-
 # oneDNN's ISA cap for the fair peer: torch._int_mm limited to the instructions our CPU kernel uses
 # (AVX512-VNNI, no AMX). oneDNN reads it once, at start-up, so that peer runs in a subprocess.
 ISA_CAP = "AVX512_CORE_VNNI"
@@ -149,7 +141,7 @@ def _gemm_cases(device, quick) -> Iterable[Case]:
         capped = None
         if device.type == "cpu":
             # below AVX512-VNNI the cap changes nothing: the unrestricted peer is already the fair one
-            capped = (_isa_capped_int_mm(kn, ms, quick) if _cpu_has("avx512_vnni")
+            capped = (_isa_capped_int_mm(kn, ms, quick) if "avx512_vnni" in _backend.cpu_flags()
                       else "n/a: no AVX512-VNNI on this CPU (same as the unrestricted _int_mm)")
         w = torch.randn(kn, kn, device=device) / math.sqrt(kn)
         w_p, w_s = symkernels.quantize_int4(w)

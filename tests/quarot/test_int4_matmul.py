@@ -145,14 +145,6 @@ def _cpu_isa_now(m=16):
     return torch.ops.symkernels.int4_matmul_cpu_isa(m)
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-
-
 # Every tail of the AMX kernel: M around the 16-row activation tile and the 2-tile row pairs (1, 15, 16, 17,
 # 33, 300 with a 2×2 block and a lone group), odd N (strips of 32 = 2 tiles of 16, zero rows), K/2 not a
 # multiple of 32 (zero-padded 64-code chunk), K < 64, K = 2; the VNNI path's 8-byte tail (K/2 = 40) and its
@@ -189,7 +181,7 @@ def test_every_cpu_isa_path_exact(monkeypatch, isa):
         assert {_cpu_isa_now(m) for m in (1, 4, 5, 300)} == {ran}
     if isa and ran != isa and not (isa == "avxvnni" and ran == "avxvnni-evex"):
         pytest.skip(f"this CPU/OS has no {isa} path for int4_matmul (it falls back to {ran}; cpu flags with "
-                    f"amx/vnni: {[f for f in _cpu_flags() if 'amx' in f or 'vnni' in f]})")
+                    f"amx/vnni: {[f for f in sorted(_backend.cpu_flags()) if 'amx' in f or 'vnni' in f]})")
     _check_isa_exact(torch.Generator().manual_seed(11))
 
 
