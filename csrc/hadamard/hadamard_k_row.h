@@ -21,8 +21,8 @@
 //     (58 instead of 172 at K = 172). Class lists are padded to the triple's longest class with a zero
 //     segment, so the 8 classes run in one loop of 8·NV independent add chains without data-dependent
 //     branches; triples are picked so that the classes are balanced (little padding).
-//     Measured on Sapphire Rapids, the indexed adds run at about half the FMA rate (one index byte,
-//     a shift and a dependent load per NV adds), so the 3× fewer operations give ~1.4× on the mix at
+//     Measured on Sapphire Rapids, the indexed adds run at about half the FMA rate (one index byte
+//     and a dependent load per NV adds), so the 3× fewer operations give ~1.4× on the mix at
 //     K ≥ 108 and nothing at K ≤ 52, hence the threshold (AVX-512 entry point only, see below).
 //   * general FMA (any K×K matrix; ±1 ones below the threshold or with P < 2 vector widths): 16-column
 //     vector slabs × 8 output segments per pass, each loaded slab feeds 8 FMAs.
@@ -141,14 +141,14 @@ SYMKERNELS_INLINE void fwht_inplace(A* x, int64_t p) {
 
 // R output segments (rows k .. k+R) × 2 vector slabs (columns j0 .. j0 + 2W) of the K×K mix.
 template <typename A, int R>
-SYMKERNELS_INLINE void mix_rows_two_slabs(const A* seg, A* out, int64_t k_order, int64_t p, const A* hk, A scale,
-                                          int64_t k, int64_t j0) {
+SYMKERNELS_INLINE void mix_rows_two_slabs(const A* seg, int64_t stride, A* out, int64_t k_order, int64_t p, const A* hk,
+                                          A scale, int64_t k, int64_t j0) {
   using V = typename simd::Vec<A>::type;
   constexpr int64_t W = simd::Vec<A>::width;
   V lo[R] = {}, hi[R] = {};
   const A* h0 = hk + k * k_order;
   for (int64_t kk = 0; kk < k_order; ++kk) {
-    const V v0 = simd::load<V>(seg + kk * p + j0), v1 = simd::load<V>(seg + kk * p + j0 + W);
+    const V v0 = simd::load<V>(seg + kk * stride + j0), v1 = simd::load<V>(seg + kk * stride + j0 + W);
     for (int r = 0; r < R; ++r) {
       const A h = h0[r * k_order + kk];
       lo[r] += h * v0;
@@ -161,9 +161,10 @@ SYMKERNELS_INLINE void mix_rows_two_slabs(const A* seg, A* out, int64_t k_order,
   }
 }
 
-// seg: K·P values (K segments of P, already FWHT'd); out: K·P values; hk: K×K row-major.
+// seg: K segments of P values (already FWHT'd), `stride` apart; out: K·P values; hk: K×K row-major.
 template <typename A>
-SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int64_t p, const A* hk, A scale) {
+SYMKERNELS_INLINE void kronecker_mix(const A* seg, int64_t stride, A* out, int64_t k_order, int64_t p, const A* hk,
+                                     A scale) {
   using V = typename simd::Vec<A>::type;
   constexpr int64_t W = simd::Vec<A>::width;
   const int64_t p_vec = p - p % W;
@@ -172,9 +173,9 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
   // so the loop is FMA-bound rather than load-bound. Same per-output summation order as below.
   for (; j0 + 2 * W <= p_vec; j0 += 2 * W) {
     int64_t k = 0;
-    for (; k + 8 <= k_order; k += 8) mix_rows_two_slabs<A, 8>(seg, out, k_order, p, hk, scale, k, j0);
-    for (; k + 4 <= k_order; k += 4) mix_rows_two_slabs<A, 4>(seg, out, k_order, p, hk, scale, k, j0);
-    for (; k < k_order; ++k) mix_rows_two_slabs<A, 1>(seg, out, k_order, p, hk, scale, k, j0);
+    for (; k + 8 <= k_order; k += 8) mix_rows_two_slabs<A, 8>(seg, stride, out, k_order, p, hk, scale, k, j0);
+    for (; k + 4 <= k_order; k += 4) mix_rows_two_slabs<A, 4>(seg, stride, out, k_order, p, hk, scale, k, j0);
+    for (; k < k_order; ++k) mix_rows_two_slabs<A, 1>(seg, stride, out, k_order, p, hk, scale, k, j0);
   }
   for (int64_t j = j0; j < p_vec; j += W) {
     int64_t k = 0;
@@ -183,7 +184,7 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
       V acc[8] = {};
       const A* h0 = hk + k * k_order;
       for (int64_t kk = 0; kk < k_order; ++kk) {
-        const V v = simd::load<V>(seg + kk * p + j);
+        const V v = simd::load<V>(seg + kk * stride + j);
         for (int r = 0; r < 8; ++r) acc[r] += h0[r * k_order + kk] * v;
       }
       for (int r = 0; r < 8; ++r) simd::store(out + (k + r) * p + j, acc[r] * scale);
@@ -192,7 +193,7 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
       V a0{}, a1{}, a2{}, a3{};
       const A* h0 = hk + k * k_order;
       for (int64_t kk = 0; kk < k_order; ++kk) {
-        const V v = simd::load<V>(seg + kk * p + j);
+        const V v = simd::load<V>(seg + kk * stride + j);
         a0 += h0[kk] * v;
         a1 += h0[k_order + kk] * v;
         a2 += h0[2 * k_order + kk] * v;
@@ -205,7 +206,7 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
     }
     for (; k < k_order; ++k) {
       V acc{};
-      for (int64_t kk = 0; kk < k_order; ++kk) acc += hk[k * k_order + kk] * simd::load<V>(seg + kk * p + j);
+      for (int64_t kk = 0; kk < k_order; ++kk) acc += hk[k * k_order + kk] * simd::load<V>(seg + kk * stride + j);
       simd::store(out + k * p + j, acc * scale);
     }
   }
@@ -213,7 +214,7 @@ SYMKERNELS_INLINE void kronecker_mix(const A* seg, A* out, int64_t k_order, int6
   for (int64_t j = p_vec; j < p; ++j) {
     for (int64_t k = 0; k < k_order; ++k) {
       A acc = 0;
-      for (int64_t kk = 0; kk < k_order; ++kk) acc += hk[k * k_order + kk] * seg[kk * p + j];
+      for (int64_t kk = 0; kk < k_order; ++kk) acc += hk[k * k_order + kk] * seg[kk * stride + j];
       out[k * p + j] = acc * scale;
     }
   }
@@ -236,9 +237,15 @@ struct KroneckerPlan {
   std::vector<int32_t> group_len;  // groups: padded class length L_g
   std::vector<uint8_t> lists;      // per group, 8 classes × L_g segment indices k' (K: the zero segment)
   std::vector<uint16_t> wide_lists; // the same for K > kNarrowIndexMaxOrder (then `lists` is empty)
-  int p_shift = 0;                 // log2 P: segment index → element offset
+  // Values from one segment to the next in the scratch: P and one cache line. The mixes read the K segments at
+  // the same column together; at a power-of-two stride those K lines fall into a few L1 sets (one or two of
+  // the 64 at P = 512 fp32, 8 ways each) and evict each other. A line more per segment spreads them over the
+  // sets: the whole transform 1.23× faster at n = 14336 (K = 28, P = 512; AVX2, Zen 3, 64 rows, 1 thread).
+  int64_t stride = 1;
 
-  KroneckerPlan(const A* h, int64_t k, int64_t p_) : hk_values(h, h + k * k), hk(hk_values.data()), k_order(k), p(p_) {
+  KroneckerPlan(const A* h, int64_t k, int64_t p_)
+      : hk_values(h, h + k * k), hk(hk_values.data()), k_order(k), p(p_),
+        stride(k > 1 ? p_ + 64 / int64_t(sizeof(A)) : p_) {
     constexpr int64_t W = simd::Vec<A>::width;
     // P ≥ 2 vectors: with one slab per index byte the indexed adds do not beat the FMA mix (measured).
     bool pm1 = k >= std::max<int64_t>(sign_class_min_order(), 1 + kGroupRows) && k <= kWideIndexMaxOrder &&
@@ -246,7 +253,6 @@ struct KroneckerPlan {
     for (int64_t i = 0; pm1 && i < k * k; ++i) pm1 = h[i] == A(1) || h[i] == A(-1);
     if (!pm1) return;
     sign_classes = true;
-    while ((int64_t{1} << p_shift) < p) ++p_shift;
     column_sign.assign(h, h + k);
     // H'[r, c] = H[r, c]·H[0, c] as ±1 integers.
     std::vector<int8_t> hn(k * k);
@@ -331,7 +337,7 @@ struct KroneckerPlan {
   }
 
   // Scratch values the row code needs: the K segments, plus one zero segment for the padded lists.
-  int64_t scratch_size() const { return (k_order + (sign_classes ? 1 : 0)) * p; }
+  int64_t scratch_size() const { return (k_order + (sign_classes ? 1 : 0)) * stride; }
   int64_t groups() const { return static_cast<int64_t>(group_len.size()); }
 };
 
@@ -367,18 +373,25 @@ SYMKERNELS_INLINE void sign_class_mix_tile(const A* seg, A* out, const Kronecker
   using V = typename simd::RegVec<A, VB>::type;
   constexpr int64_t W = simd::RegVec<A, VB>::width;
   constexpr int C = KroneckerPlan<A>::kClasses, G = KroneckerPlan<A>::kGroupRows;
-  const int64_t p = plan.p;
-  const int shift = plan.p_shift;
+  const int64_t p = plan.p, stride = plan.stride;
   const A* base = seg + j;
   for (int64_t g = 0; g < plan.groups(); ++g) {
     const int64_t len = plan.group_len[g];
-    // All 8 classes have the same (padded) length: one loop per group, with 8·NV independent add chains
-    // in registers; every add takes its operand straight from L1 (one index byte per NV adds).
-    V cls[C][NV] = {};
-    for (int64_t i = 0; i < len; ++i) {
+    // All 8 classes have the same (padded) length ≥ 1: one loop per group, with 8·NV independent add chains
+    // in registers; every add takes its operand straight from L1 (one index byte per NV adds). The sums
+    // start from their first member, not from zero: GCC stored `= {}` as a rep stosq over the whole array
+    // for every group (~10% of the AVX2 mix at K = 28).
+    V cls[C][NV];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const A* src = base + static_cast<int64_t>(list[c * len]) * stride;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) cls[c][v] = simd::load<V>(src + v * W);
+    }
+    for (int64_t i = 1; i < len; ++i) {
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
-        const A* src = base + (static_cast<int64_t>(list[c * len + i]) << shift);
+        const A* src = base + static_cast<int64_t>(list[c * len + i]) * stride;
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) cls[c][v] += simd::load<V>(src + v * W);
       }
@@ -457,11 +470,11 @@ SYMKERNELS_INLINE void widen_row(const T* in, A* out, int64_t n, A s) {
 template <int RegisterBytes, typename A, typename T>
 SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, const KroneckerPlan<A>& plan, A scale, A* scratch) {
   const int64_t k_order = plan.k_order, p = plan.p, n = k_order * p;
+  for (int64_t k = 0; k < k_order; ++k) {
+    widen_row(in + k * p, scratch + k * plan.stride, p, plan.sign_classes ? plan.column_sign[k] : A(1));  // ±1: exact
+    fwht_inplace(scratch + k * plan.stride, p);
+  }
   if (plan.sign_classes) {
-    for (int64_t k = 0; k < k_order; ++k) {
-      widen_row(in + k * p, scratch + k * p, p, plan.column_sign[k]);  // ±1: exact
-      fwht_inplace(scratch + k * p, p);
-    }
     if (plan.wide_lists.empty()) {
       sign_class_mix<RegisterBytes>(scratch, out, plan, plan.lists.data(), scale);
     } else {
@@ -469,14 +482,12 @@ SYMKERNELS_INLINE void kronecker_hadamard_row(const T* in, A* out, const Kroneck
     }
     return;
   }
-  widen_row(in, scratch, n, A(1));
-  for (int64_t k = 0; k < k_order; ++k) fwht_inplace(scratch + k * p, p);
   if (k_order == 1) {
     const A s = scale * plan.hk[0];
     for (int64_t i = 0; i < n; ++i) out[i] = scratch[i] * s;
     return;
   }
-  kronecker_mix(scratch, out, k_order, p, plan.hk, scale);
+  kronecker_mix(scratch, plan.stride, out, k_order, p, plan.hk, scale);
 }
 
 }  // namespace symkernels::hadamard
