@@ -28,7 +28,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -47,17 +46,15 @@ using simd::Vec;
 constexpr int kRowVectors = 16;
 
 // log2 of the vectors per register block of the passes over longer rows, i.e. of the strides one pass
-// does: as many 64-byte vectors as the entry point that runs has registers for. Measured on Zen 3 (AVX2 entry point,
+// does: as many 64-byte vectors as the entry point has registers for (RegisterBytes: its register width, 0 in
+// builds without entry points, which count as SSE2's). Measured on Zen 3 (AVX2 entry point,
 // 1 thread, out=, 64 MiB fp32): blocks of 16 vectors (32 ymm, half of them spilled: a 4-stride pass
 // cost 0.23 ns/value in L1 against 0.11 for 3 strides) took 12.5 / 11.7 / 14.5 ms at n = 4096 / 16384 /
 // 32768, blocks of 8 took 8.9 / 11.4 / 11.9 ms. SSE2 (16 xmm, four per vector): blocks of 4 were the
 // fastest in L2 (0.9–1.3 ns/value against 1.2–2.1 with 16).
-inline int block_log2() {
-  static const int log2_vectors = [] {
-    const char* level = simd::runtime_simd_level();
-    return std::strcmp(level, "avx512") == 0 ? 4 : std::strcmp(level, "avx2") == 0 ? 3 : 2;
-  }();
-  return log2_vectors;
+template <int RegisterBytes>
+constexpr int block_log2() {
+  return RegisterBytes == 64 ? 4 : RegisterBytes == 32 ? 3 : 2;
 }
 // Rows per parallel task: enough elements that thread start-up is noise next to the work.
 constexpr int64_t kElementsPerTask = 1 << 15;
@@ -233,7 +230,7 @@ SYMKERNELS_INLINE void leaf_pass(const S* src, A* x, int64_t n, A scale) {
 
 // Transform `rows` consecutive rows of n = 2^log2n values. `work`: n values of the accumulation type
 // for the passes before the last (the output row itself for fp32/fp64; unused when n ≤ 16·W).
-template <typename S, typename A = Acc<S>>
+template <int RegisterBytes, typename S, typename A = Acc<S>>
 SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A scale, A* work) {
   constexpr int W = Vec<A>::width;
   constexpr int log2w = log2_width<A>();
@@ -251,7 +248,7 @@ SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A
     default: break;
   }
   // Longer rows: the leaf pass, then the remaining strides in balanced passes of ≤ log2b.
-  const int log2b = block_log2();
+  constexpr int log2b = block_log2<RegisterBytes>();
   const int rest = log2n - log2w - log2b;
   const int passes = (rest + log2b - 1) / log2b;
   constexpr bool in_place = std::is_same_v<S, A>;
@@ -259,11 +256,7 @@ SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A
     const S* src = in + r * n;
     S* dst = out + r * n;
     A* x = in_place ? reinterpret_cast<A*>(dst) : work;
-    switch (log2b) {
-      case 2: leaf_pass<4>(src, x, n, scale); break;
-      case 3: leaf_pass<8>(src, x, n, scale); break;
-      default: leaf_pass<16>(src, x, n, scale); break;
-    }
+    leaf_pass<1 << log2b>(src, x, n, scale);
     int64_t h = int64_t{W} << log2b;
     int left = rest;
     for (int p = passes; p > 0; --p) {
@@ -283,10 +276,10 @@ SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A
 template <int RegisterBytes, typename T, typename A>
 SYMKERNELS_INLINE void rows_at_width(const T* in, T* out, int64_t rows, int log2n, double scale, A* work) {
   if constexpr (std::is_same_v<T, c10::Half> && RegisterBytes == 64) {
-    rows_impl(reinterpret_cast<const HalfAvx512*>(in), reinterpret_cast<HalfAvx512*>(out), rows, log2n,
+    rows_impl<RegisterBytes>(reinterpret_cast<const HalfAvx512*>(in), reinterpret_cast<HalfAvx512*>(out), rows, log2n,
               static_cast<A>(scale), work);
   } else {
-    rows_impl(in, out, rows, log2n, static_cast<A>(scale), work);
+    rows_impl<RegisterBytes>(in, out, rows, log2n, static_cast<A>(scale), work);
   }
 }
 
