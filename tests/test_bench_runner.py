@@ -57,6 +57,11 @@ def test_roofline_share_is_the_binding_limit_over_the_time():
                              also_vs=("int8dot", "int8"))
     share, limit = ceilings.roofline(with_peak, 8.0)
     assert limit == "int8dot peak" and abs(share - 0.125) < 1e-12
+    # Adds only (a butterfly): half the GEMM's FLOP/s, derived from the same measurement.
+    ceilings._compute["fp32"] = 2e11
+    adds = harness.Case(op="a", shape="", dtype="", impls={}, ours="x", flops=10 ** 11, compute="fp32add")
+    share, limit = ceilings.roofline(adds, 2.0)
+    assert limit == "fp32 adds" and abs(share - 0.5) < 1e-12
     assert ceilings.roofline(harness.Case(op="n", shape="", dtype="", impls={}, ours="x"), 1.0) is None
     with pytest.raises(ValueError, match="Case.compute"):
         ceilings.compute("int3")

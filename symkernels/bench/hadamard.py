@@ -1,7 +1,9 @@
 """FWHT sweep: rows × n, ours vs the dense Hadamard matmul, `hadamard-transform`, `fast-hadamard-transform`.
 
 Each case moves ≥ 64 MB (``--quick``: 8 MB) so it streams from memory rather than cache, and the
-roofline column compares one read + one write of the data to the same-run copy bandwidth. Each size runs
+roofline column compares one read + one write of the data to the same-run copy bandwidth at that size, and
+the n·log2 n adds to the same-run add rate (half the fp32 GEMM's FLOP/s: see ``harness.ADD_CEILINGS``),
+whichever takes longer. Each size runs
 twice: allocating its output (what most callers do, paying for fresh memory like ``clone``), and with
 ``out=`` into a buffer allocated once (what the kernel itself reaches).
 """
@@ -72,8 +74,11 @@ def cases(device: torch.device, quick: bool):
                 err = (ours - ref).abs().max().item()
                 assert err <= 1e-2 * max(1.0, ref.abs().max().item()), f"symkernels FWHT is off by {err}"
 
+            # The work: log2 n butterfly stages of one add or subtract per value, held to the add rate (not the
+            # GEMM's FMA rate, twice as many FLOPs); half types add in fp32.
             work = dict(shape=f"{rows}x{n}", dtype=str(dtype).replace("torch.", ""), bytes_moved=2 * x.numel() * elem,
-                        flops=x.numel() * int(math.log2(n)), check=check)
+                        flops=x.numel() * int(math.log2(n)),
+                        compute="fp64add" if dtype == torch.float64 else "fp32add", check=check)
             yield Case(op="hadamard_transform", impls=impls, ours="symkernels", **work)
             # The same transform into the buffer: the kernel without the page faults of fresh output memory
             # (on CPU those cost about as much as the transform itself at these sizes).

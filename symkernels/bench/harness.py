@@ -20,7 +20,8 @@ alone. A peer given as a string is reported as missing with that reason.
 
 Every case states the least work one call of ``ours`` must do: ``bytes_moved`` (the bytes it must read
 and write at least) and ``flops`` (the useful operations, counted against the ``compute`` ceiling:
-``"fp32"``/``"fp64"``/``"bf16"``/``"fp16"`` GEMM FLOP/s or ``"int8"`` GEMM OPS). ``Ceilings`` measures
+``"fp32"``/``"fp64"``/``"bf16"``/``"fp16"`` GEMM FLOP/s, ``"int8"`` GEMM OPS, or ``"fp32add"``/``"fp64add"``,
+the add rate, for work of adds only). ``Ceilings`` measures
 those limits on the same machine in the same run (plus ``"int8dot"``, the int8 dot-product instruction peak
 of our own micro-kernel, which a case may name in ``also_vs`` for an extra "% of" column of the CSV), and the roofline
 share of a timing is
@@ -53,7 +54,7 @@ class Case:
     ours: str
     bytes_moved: int = 0  # bytes one call of `ours` must read + write at least (for GB/s, % of copy)
     flops: int = 0  # useful floating-point (or integer) operations of one call
-    compute: str = "fp32"  # the GEMM ceiling `flops` count against (a key of COMPUTE_CEILINGS)
+    compute: str = "fp32"  # the GEMM ceiling `flops` count against (a key of COMPUTE_CEILINGS, ADD_CEILINGS or INSTRUCTION_CEILINGS)
     # Implementations timed beside ours for context, not as competitors (the primal alone, another variant
     # of ours): the table's "best peer" leaves them out; the CSV has their ratios like any other.
     context: tuple[str, ...] = ()
@@ -166,6 +167,11 @@ COMPUTE_CEILINGS = {
     "fp16": (torch.float16, 2048, 8192),
     "int8": (torch.int8, 2048, 8192),  # torch._int_mm: int8 × int8 → int32, what a W4A4/W8A8 GEMM beats
 }
+# The add rate of a GEMM's arithmetic: butterflies (FWHT) do only adds and subtracts, one FLOP per lane and
+# issue slot, where a GEMM's FMA counts two in the same slot (x86 cores issue vector adds at their FMA rate:
+# two per cycle on Zen 3 and Sapphire Rapids), so their compute limit is half the GEMM's FLOP/s. Derived from
+# the GEMM measurement of the same run: (the GEMM kind, the factor).
+ADD_CEILINGS = {"fp32add": ("fp32", 0.5), "fp64add": ("fp64", 0.5)}
 # Ceilings that are an instruction's peak rather than a library GEMM: measured by our own micro-kernels.
 INSTRUCTION_CEILINGS = {
     "int8dot": "int8 dot-product instruction peak (symkernels._C.int8_dot_peak: vpdpbusd with VNNI, else AVX2's "
@@ -227,9 +233,13 @@ class Ceilings:
 
     def compute(self, kind: str) -> float | str:
         """Operations/s of a large GEMM of this kind, or the reason it could not be measured."""
-        if kind not in COMPUTE_CEILINGS and kind not in INSTRUCTION_CEILINGS:
-            raise ValueError(f"Case.compute must be one of {sorted(COMPUTE_CEILINGS) + sorted(INSTRUCTION_CEILINGS)}, "
-                             f"got {kind!r}")
+        kinds = (*COMPUTE_CEILINGS, *ADD_CEILINGS, *INSTRUCTION_CEILINGS)
+        if kind not in kinds:
+            raise ValueError(f"Case.compute must be one of {sorted(kinds)}, got {kind!r}")
+        if kind in ADD_CEILINGS:
+            gemm, factor = ADD_CEILINGS[kind]
+            rate = self.compute(gemm)
+            return rate if isinstance(rate, str) else factor * rate
         if kind not in self._compute:
             self._compute[kind] = self._measure_int8_dot() if kind == "int8dot" else self._measure_gemm(kind)
         return self._compute[kind]
@@ -285,7 +295,9 @@ class Ceilings:
                      if not isinstance(rate := self.compute(kind), str)]
             if rates:
                 rate, kind = max(rates)
-                bounds.append((case.flops / rate, f"{kind} GEMM" if kind in COMPUTE_CEILINGS else f"{kind} peak"))
+                label = (f"{kind} GEMM" if kind in COMPUTE_CEILINGS else
+                         f"{ADD_CEILINGS[kind][0]} adds" if kind in ADD_CEILINGS else f"{kind} peak")
+                bounds.append((case.flops / rate, label))
         if not bounds:
             return None
         least_time, limit = max(bounds)
