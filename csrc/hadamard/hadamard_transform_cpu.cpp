@@ -1,8 +1,9 @@
 // CPU fast Walsh–Hadamard transform along the last dimension.
 //
 // Each row (rows split across threads by at::parallel_for / OpenMP) is transformed in as few passes as
-// its size allows, every pass keeping a block of vectors in registers (W lanes per 64-byte vector):
-//   1. leaf pass: 16 consecutive vectors (16·W values: 256 fp32, 128 fp64) are loaded (widened from
+// its size allows, every pass keeping a block of vectors in registers (W lanes per vector: one register of
+// the entry point for fp32/fp64, 64 bytes for fp16/bf16; see vector_bytes):
+//   1. leaf pass: 16 consecutive vectors (16·W values: 256 fp32 with AVX-512) are loaded (widened from
 //      fp16/bf16, scaled), the strides 1 .. W/2 run *inside* each vector (a constant lane shuffle plus
 //      one multiply-add), the strides W .. 8W *across* the 16 registers; rows of ≤ 16·W values are
 //      then finished and stored, with no second pass;
@@ -10,9 +11,8 @@
 //      passes of up to log2(B) strides (2..B vectors h apart per register block) over the row, which
 //      stays in L1/L2 (≤ 128 KiB fp32). The last pass writes the output (rounding fp16/bf16 once); the
 //      passes before it work in place in the output (fp32/fp64) or in a per-thread fp32 scratch row
-//      (fp16/bf16). B is what the ISA's register file holds: 16 with AVX-512's 32 registers, 8 with
-//      AVX2's 16 (a 64-byte vector is two ymm), 4 with SSE2's 16 xmm (see block_log2).
-// So a 1024-value fp32 row is read once from memory, passed over once more in L1, and written once.
+//      (fp16/bf16). B is what the register file holds (see block_log2).
+// So with AVX-512 a 1024-value fp32 row is read once from memory, passed over once more in L1, and written once.
 // fp16/bf16 are widened and rounded 16 values at a time: with vcvtph2ps/vcvtps2ph for fp16 on AVX-512
 // CPUs, elsewhere with c10's own bit algorithms over vectors (common/simd.h); either way bit-identical
 // to c10's casts (NaN payloads aside).
@@ -38,22 +38,22 @@
 namespace symkernels::hadamard {
 namespace {
 
-using simd::Vec;
-
-// Rows of up to 16 vectors (256 fp32) are transformed in registers in one go on every ISA: on AVX2,
-// where 16 vectors are 32 ymm and spill, that still beats a leaf pass of 8 plus a second pass (65536×256
-// fp32, 1 thread, Zen 3: 8.1 ms against 8.9 ms).
+// Rows of up to 16 vectors are transformed in registers in one go (256 fp32 in zmm, 128 in ymm). For 64-byte
+// vectors in AVX2 code (fp16/bf16 rows) 16 are 32 ymm and spill; that still beat a leaf pass of 8 plus a
+// second pass (measured for fp32 when it used them too: 65536×256, 1 thread, Zen 3: 8.1 ms against 8.9 ms).
 constexpr int kRowVectors = 16;
 
-// log2 of the vectors per register block of the passes over longer rows, i.e. of the strides one pass
-// does: as many 64-byte vectors as the entry point has registers for (RegisterBytes: its register width, 0 in
-// builds without entry points, which count as SSE2's). Measured on Zen 3 (AVX2 entry point,
-// 1 thread, out=, 64 MiB fp32): blocks of 16 vectors (32 ymm, half of them spilled: a 4-stride pass
-// cost 0.23 ns/value in L1 against 0.11 for 3 strides) took 12.5 / 11.7 / 14.5 ms at n = 4096 / 16384 /
-// 32768, blocks of 8 took 8.9 / 11.4 / 11.9 ms. SSE2 (16 xmm, four per vector): blocks of 4 were the
-// fastest in L2 (0.9–1.3 ns/value against 1.2–2.1 with 16).
-template <int RegisterBytes>
+// log2 of the vectors (of VB bytes) per register block of the passes over longer rows, i.e. of the strides
+// one pass does. 64-byte vectors: as many as the register file holds, 16 zmm, or 8 (16 ymm) and 4 (16 xmm)
+// in the AVX2 and baseline code (RegisterBytes 0 counts as the baseline). Measured on Zen 3 (AVX2 entry
+// point, 1 thread, out=, 64 MiB fp32): blocks of 16 64-byte vectors (32 ymm, half of them spilled: a
+// 4-stride pass cost 0.23 ns/value in L1 against 0.11 for 3 strides) took 12.5 / 11.7 / 14.5 ms at n =
+// 4096 / 16384 / 32768, blocks of 8 took 8.9 / 11.4 / 11.9 ms; SSE2 (four xmm per vector): blocks of 4
+// were the fastest in L2 (0.9–1.3 ns/value against 1.2–2.1 with 16). Register-wide vectors below AVX-512:
+// 8, half the file, leaving registers for the in-vector stages' shuffles.
+template <int RegisterBytes, int VB>
 constexpr int block_log2() {
+  if constexpr (VB < simd::kVectorBytes) return 3;
   return RegisterBytes == 64 ? 4 : RegisterBytes == 32 ? 3 : 2;
 }
 // Rows per parallel task: enough elements that thread start-up is noise next to the work.
@@ -70,17 +70,35 @@ static_assert(sizeof(HalfAvx512) == sizeof(c10::Half));
 // Accumulation type of a storage type: fp32 for fp32/fp16/bf16, fp64 for fp64.
 template <typename S>
 using Acc = std::conditional_t<std::is_same_v<S, double>, double, float>;
-template <typename A>
-using VecOf = typename Vec<A>::type;
+// Vectors of VB bytes of A: the 64-byte Vec for fp16/bf16 rows (their conversions work on 16 lanes), one
+// register of the entry point for fp32/fp64 (see vector_bytes).
+template <typename A, int VB>
+using VecOf = typename simd::RegVec<A, VB>::type;
+template <typename A, int VB>
+constexpr int kWidth = simd::RegVec<A, VB>::width;
 
-template <typename A>
+template <typename A, int VB>
 constexpr int log2_width() {
-  return Vec<A>::width == 16 ? 4 : 3;
+  int log2 = 0;
+  while ((1 << log2) < kWidth<A, VB>) ++log2;
+  return log2;
+}
+
+// The vector the transform of S rows works in: one register of the entry point (RegisterBytes: its width, 0
+// in builds without entry points) for fp32/fp64; the 64-byte Vec for fp16/bf16, whose conversions take 16
+// lanes. A 64-byte vector in AVX2 code is two ymm, and GCC kept the register blocks of them partly on the
+// stack (a 256-value row, 16 of them, is 32 ymm: 169 ymm stack moves per row). Measured (Zen 3, AVX2 entry
+// point, fp32, L2-resident rows, 1 thread, old and new builds interleaved 5 times, best of 25): 297 → 280
+// ps/value at n = 256, 350 → 301 at 1024, 371 → 338 at 4096; 255 → 264 at n = 128.
+template <int RegisterBytes, typename S>
+constexpr int vector_bytes() {
+  return std::is_same_v<S, Acc<S>> ? simd::register_vector_bytes(RegisterBytes) : simd::kVectorBytes;
 }
 
 // One vector of W values of S, as accumulation type (widening fp16/bf16, bit-identical to c10).
-template <typename S>
-SYMKERNELS_INLINE VecOf<Acc<S>> load_acc(const S* p) {
+template <typename S, int VB>
+SYMKERNELS_INLINE VecOf<Acc<S>, VB> load_acc(const S* p) {
+  static_assert(VB == simd::kVectorBytes || std::is_same_v<S, Acc<S>>, "fp16/bf16 rows convert 64-byte vectors");
   if constexpr (std::is_same_v<S, HalfAvx512>) {
     return simd::fp16_to_fp32_avx512(simd::load<simd::U16x16>(reinterpret_cast<const uint16_t*>(p)));
   } else if constexpr (std::is_same_v<S, c10::Half>) {
@@ -88,13 +106,13 @@ SYMKERNELS_INLINE VecOf<Acc<S>> load_acc(const S* p) {
   } else if constexpr (std::is_same_v<S, c10::BFloat16>) {
     return simd::bf16_to_fp32(simd::load<simd::U16x16>(p));
   } else {
-    return simd::load<VecOf<S>>(p);
+    return simd::load<VecOf<S, VB>>(p);
   }
 }
 
 // Store W accumulated values as S (rounding once to fp16/bf16, bit-identical to c10's conversion).
-template <typename S>
-SYMKERNELS_INLINE void store_acc(S* p, VecOf<Acc<S>> v) {
+template <typename S, int VB>
+SYMKERNELS_INLINE void store_acc(S* p, VecOf<Acc<S>, VB> v) {
   if constexpr (std::is_same_v<S, HalfAvx512>) {
     simd::store(reinterpret_cast<uint16_t*>(p), simd::fp32_to_fp16_avx512(v));
   } else if constexpr (std::is_same_v<S, c10::Half>) {
@@ -109,25 +127,25 @@ SYMKERNELS_INLINE void store_acc(S* p, VecOf<Acc<S>> v) {
 // Butterfly across lanes H apart inside one vector: lane i becomes v[i] + v[i^H] if bit H of i is clear,
 // v[i^H] − v[i] if set. The index and sign vectors are compile-time constants, so this is one permute
 // and one FMA (exact: the product is ±v).
-template <typename A, int H>
-SYMKERNELS_INLINE VecOf<A> butterfly_in_vector(VecOf<A> v) {
-  using V = VecOf<A>;
-  using I = typename Vec<A>::index;
+template <typename A, int VB, int H>
+SYMKERNELS_INLINE VecOf<A, VB> butterfly_in_vector(VecOf<A, VB> v) {
+  using V = VecOf<A, VB>;
+  using I = typename simd::RegVec<A, VB>::index;
   I partner{};
   V sign{};
-  for (int i = 0; i < Vec<A>::width; ++i) {
+  for (int i = 0; i < kWidth<A, VB>; ++i) {
     partner[i] = i ^ H;
     sign[i] = (i & H) ? A(-1) : A(1);
   }
   return __builtin_shuffle(v, partner) + sign * v;
 }
 
-template <typename A>
-SYMKERNELS_INLINE VecOf<A> all_in_vector_stages(VecOf<A> v) {
-  v = butterfly_in_vector<A, 1>(v);
-  v = butterfly_in_vector<A, 2>(v);
-  v = butterfly_in_vector<A, 4>(v);
-  if constexpr (Vec<A>::width == 16) v = butterfly_in_vector<A, 8>(v);
+template <typename A, int VB>
+SYMKERNELS_INLINE VecOf<A, VB> all_in_vector_stages(VecOf<A, VB> v) {
+  if constexpr (kWidth<A, VB> > 1) v = butterfly_in_vector<A, VB, 1>(v);
+  if constexpr (kWidth<A, VB> > 2) v = butterfly_in_vector<A, VB, 2>(v);
+  if constexpr (kWidth<A, VB> > 4) v = butterfly_in_vector<A, VB, 4>(v);
+  if constexpr (kWidth<A, VB> > 8) v = butterfly_in_vector<A, VB, 8>(v);
   return v;
 }
 
@@ -153,49 +171,49 @@ SYMKERNELS_INLINE void cross_stages(V* v) {
 }
 
 // Leaf pass over N·W consecutive values: load (widen, scale), every stride below N·W, in registers.
-template <int N, typename S, typename A = Acc<S>>
-SYMKERNELS_INLINE void leaf(const S* in, A scale, VecOf<A>* v) {
-  constexpr int W = Vec<A>::width;
+template <int N, int VB, typename S, typename A = Acc<S>>
+SYMKERNELS_INLINE void leaf(const S* in, A scale, VecOf<A, VB>* v) {
+  constexpr int W = kWidth<A, VB>;
 #pragma GCC unroll 16
-  for (int i = 0; i < N; ++i) v[i] = all_in_vector_stages<A>(load_acc(in + i * W) * scale);
+  for (int i = 0; i < N; ++i) v[i] = all_in_vector_stages<A, VB>(load_acc<S, VB>(in + i * W) * scale);
   cross_stages<N>(v);
 }
 
 // A whole row of N·W values (N ≤ 16) in registers: one load and one store per vector.
-template <int N, typename S, typename A = Acc<S>>
+template <int N, int VB, typename S, typename A = Acc<S>>
 SYMKERNELS_INLINE void row_in_registers(const S* in, S* out, A scale) {
-  constexpr int W = Vec<A>::width;
-  VecOf<A> v[N];
-  leaf<N>(in, scale, v);
+  constexpr int W = kWidth<A, VB>;
+  VecOf<A, VB> v[N];
+  leaf<N, VB>(in, scale, v);
 #pragma GCC unroll 16
-  for (int i = 0; i < N; ++i) store_acc(out + i * W, v[i]);
+  for (int i = 0; i < N; ++i) store_acc<S, VB>(out + i * W, v[i]);
 }
 
 // Strides h, 2h, .., 2^(K−1)·h over x[0, n), h ≥ W: 2^K vectors h apart per register block, read from
 // `src` (accumulation type) and written to `dst` (accumulation or storage type; src == dst allowed).
-template <int K, typename A, typename D>
+template <int K, int VB, typename A, typename D>
 SYMKERNELS_INLINE void radix_pass(const A* src, D* dst, int64_t n, int64_t h) {
   constexpr int N = 1 << K;
-  constexpr int W = Vec<A>::width;
+  constexpr int W = kWidth<A, VB>;
   for (int64_t group = 0; group < n; group += N * h) {
     for (int64_t j = group; j < group + h; j += W) {
-      VecOf<A> v[N];
+      VecOf<A, VB> v[N];
 #pragma GCC unroll 16
-      for (int i = 0; i < N; ++i) v[i] = simd::load<VecOf<A>>(src + j + i * h);
+      for (int i = 0; i < N; ++i) v[i] = simd::load<VecOf<A, VB>>(src + j + i * h);
       cross_stages<N>(v);
 #pragma GCC unroll 16
-      for (int i = 0; i < N; ++i) store_acc(dst + j + i * h, v[i]);
+      for (int i = 0; i < N; ++i) store_acc<D, VB>(dst + j + i * h, v[i]);
     }
   }
 }
 
-template <typename A, typename D>
+template <int VB, typename A, typename D>
 SYMKERNELS_INLINE void radix_pass(int k, const A* src, D* dst, int64_t n, int64_t h) {
   switch (k) {
-    case 1: return radix_pass<1>(src, dst, n, h);
-    case 2: return radix_pass<2>(src, dst, n, h);
-    case 3: return radix_pass<3>(src, dst, n, h);
-    default: return radix_pass<4>(src, dst, n, h);
+    case 1: return radix_pass<1, VB>(src, dst, n, h);
+    case 2: return radix_pass<2, VB>(src, dst, n, h);
+    case 3: return radix_pass<3, VB>(src, dst, n, h);
+    default: return radix_pass<4, VB>(src, dst, n, h);
   }
 }
 
@@ -217,12 +235,12 @@ SYMKERNELS_INLINE void scalar_row(const S* in, S* out, int64_t n, A scale) {
 }
 
 // Leaf pass over a whole row: blocks of N vectors loaded, transformed in registers, stored to x.
-template <int N, typename S, typename A>
+template <int N, int VB, typename S, typename A>
 SYMKERNELS_INLINE void leaf_pass(const S* src, A* x, int64_t n, A scale) {
-  constexpr int W = Vec<A>::width;
+  constexpr int W = kWidth<A, VB>;
   for (int64_t offset = 0; offset < n; offset += N * W) {
-    VecOf<A> v[N];
-    leaf<N>(src + offset, scale, v);
+    VecOf<A, VB> v[N];
+    leaf<N, VB>(src + offset, scale, v);
 #pragma GCC unroll 16
     for (int i = 0; i < N; ++i) simd::store(x + offset + i * W, v[i]);
   }
@@ -232,23 +250,24 @@ SYMKERNELS_INLINE void leaf_pass(const S* src, A* x, int64_t n, A scale) {
 // for the passes before the last (the output row itself for fp32/fp64; unused when n ≤ 16·W).
 template <int RegisterBytes, typename S, typename A = Acc<S>>
 SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A scale, A* work) {
-  constexpr int W = Vec<A>::width;
-  constexpr int log2w = log2_width<A>();
+  constexpr int VB = vector_bytes<RegisterBytes, S>();
+  constexpr int W = kWidth<A, VB>;
+  constexpr int log2w = log2_width<A, VB>();
   const int64_t n = int64_t{1} << log2n;
   if (log2n < log2w) {
     for (int64_t r = 0; r < rows; ++r) scalar_row(in + r * n, out + r * n, n, scale);
     return;
   }
   switch (log2n - log2w) {  // rows that fit one register block
-    case 0: for (int64_t r = 0; r < rows; ++r) row_in_registers<1>(in + r * n, out + r * n, scale); return;
-    case 1: for (int64_t r = 0; r < rows; ++r) row_in_registers<2>(in + r * n, out + r * n, scale); return;
-    case 2: for (int64_t r = 0; r < rows; ++r) row_in_registers<4>(in + r * n, out + r * n, scale); return;
-    case 3: for (int64_t r = 0; r < rows; ++r) row_in_registers<8>(in + r * n, out + r * n, scale); return;
-    case 4: for (int64_t r = 0; r < rows; ++r) row_in_registers<kRowVectors>(in + r * n, out + r * n, scale); return;
+    case 0: for (int64_t r = 0; r < rows; ++r) row_in_registers<1, VB>(in + r * n, out + r * n, scale); return;
+    case 1: for (int64_t r = 0; r < rows; ++r) row_in_registers<2, VB>(in + r * n, out + r * n, scale); return;
+    case 2: for (int64_t r = 0; r < rows; ++r) row_in_registers<4, VB>(in + r * n, out + r * n, scale); return;
+    case 3: for (int64_t r = 0; r < rows; ++r) row_in_registers<8, VB>(in + r * n, out + r * n, scale); return;
+    case 4: for (int64_t r = 0; r < rows; ++r) row_in_registers<kRowVectors, VB>(in + r * n, out + r * n, scale); return;
     default: break;
   }
   // Longer rows: the leaf pass, then the remaining strides in balanced passes of ≤ log2b.
-  constexpr int log2b = block_log2<RegisterBytes>();
+  constexpr int log2b = block_log2<RegisterBytes, VB>();
   const int rest = log2n - log2w - log2b;
   const int passes = (rest + log2b - 1) / log2b;
   constexpr bool in_place = std::is_same_v<S, A>;
@@ -256,15 +275,15 @@ SYMKERNELS_INLINE void rows_impl(const S* in, S* out, int64_t rows, int log2n, A
     const S* src = in + r * n;
     S* dst = out + r * n;
     A* x = in_place ? reinterpret_cast<A*>(dst) : work;
-    leaf_pass<1 << log2b>(src, x, n, scale);
+    leaf_pass<1 << log2b, VB>(src, x, n, scale);
     int64_t h = int64_t{W} << log2b;
     int left = rest;
     for (int p = passes; p > 0; --p) {
       const int k = (left + p - 1) / p;  // this pass's strides: the remaining ones spread evenly
       if (p > 1) {
-        radix_pass(k, x, x, n, h);
+        radix_pass<VB>(k, x, x, n, h);
       } else {
-        radix_pass(k, x, dst, n, h);
+        radix_pass<VB>(k, x, dst, n, h);
       }
       h <<= k;
       left -= k;
