@@ -104,7 +104,7 @@ struct ExpConstants<double> {
 template <typename A, int VB>
 SYMKERNELS_INLINE typename RowVec<A, VB>::type exp_nonpositive(typename RowVec<A, VB>::type x) {
   using V = typename RowVec<A, VB>::type;
-  using I = decltype(V{} < V{});  // integer lanes of A's width
+  using I = typename RowVec<A, VB>::index;  // integer lanes of A's width
   using C = ExpConstants<A>;
   const V n = (x * A(1.4426950408889634) + C::round) - C::round;  // round to nearest (|n| < 2^22)
   const V r = (x - n * C::ln2_hi) - n * C::ln2_lo;

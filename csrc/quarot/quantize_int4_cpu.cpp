@@ -37,7 +37,7 @@ using RowVec = simd::RegVec<float, VB>;
 template <int VB>
 SYMKERNELS_INLINE float row_absmax(const float* row, int64_t n, bool& nan) {
   using V = typename RowVec<VB>::type;
-  using I = decltype(V{} != V{});
+  using I = typename RowVec<VB>::index;
   constexpr int64_t W = RowVec<VB>::width;
   V m{};
   I bad{};

@@ -190,9 +190,9 @@ def cpu_route(l1: int, l2: int, lo: int) -> str:
 
 
 @functools.cache  # asked on every CPU call (~3 µs uncached, numpy inside)
-def _cheaper_cpu_route(l1: int, l2: int, lo: int, grid_cost_factor: float) -> str:
+def _cheaper_cpu_route(l1: int, l2: int, lo: int, cost_factor: float) -> str:
     fmas = cpu_route_fmas(l1, l2, lo)
-    return "grid" if fmas["grid"] < grid_cost_factor * fmas["sparse"] else "sparse"
+    return "grid" if fmas["grid"] < cost_factor * fmas["sparse"] else "sparse"
 
 
 # Time of one sparse table entry per grid FMA unit, by the SIMD level the CPU kernels run at (measured, see
